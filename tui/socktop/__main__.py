@@ -1,0 +1,5 @@
+"""`python -m socktop` runs the same entry point as the `socktop` script."""
+
+from socktop.cli import main
+
+raise SystemExit(main())
