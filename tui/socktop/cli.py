@@ -1,0 +1,170 @@
+"""The `socktop` command: the TUI by default; `--once`, `--json`, `demo`, `explain` without it.
+
+The non-interactive paths never import Textual: they must start fast (a
+`--json` run at 20k sockets has to beat `ss -tanp`) and work where no
+terminal does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from . import __version__
+from .collect.records import BackendUnavailable, CollectError, TcpState
+from .model.engine import BACKENDS
+
+EXAMPLES = """\
+examples:
+  socktop                          live TUI, refreshed every second
+  sudo socktop                     the same, with the owner of every socket
+  socktop --once                   one summary (states, top ports, top processes), then exit
+  socktop --json --state close-wait --port 8080
+                                   one JSON document (schema socktop/1), filtered
+  socktop --json --sockets         ... with every socket listed
+  socktop demo --duration 120      start the loopback demo scenario (leaks, TIME_WAIT, ...)
+  socktop --demo                   the TUI together with the demo scenario
+  socktop explain close-wait       what a state means and what to do about it
+"""
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """Bad arguments get one line on stderr and exit status 2, not a usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see socktop --help)\n")
+
+
+def _state(text: str) -> TcpState:
+    try:
+        return TcpState.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}: expected 1-65535")
+    return int(text)
+
+
+def _pid(text: str) -> int:
+    if not text.isdigit() or int(text) <= 0:
+        raise argparse.ArgumentTypeError(f"invalid pid {text!r}: expected a positive number")
+    return int(text)
+
+
+def _interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid interval {text!r}: expected seconds, e.g. 1 or 0.5") from None
+    if not 0.5 <= value <= 10:
+        raise argparse.ArgumentTypeError(f"interval {text} out of range: 0.5 to 10 seconds")
+    return value
+
+
+def _duration(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: expected seconds") from None
+    if not 1 <= value <= 86400:
+        raise argparse.ArgumentTypeError(f"duration {text} out of range: 1 to 86400 seconds")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(
+        prog="socktop",
+        description="Live monitor of this machine's TCP sockets: by state, port and process, "
+        "with what each state means and the command that fixes a pile-up.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"socktop {__version__}")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--once", action="store_true", help="print one summary and exit")
+    mode.add_argument("--json", action="store_true", help="print one JSON document (schema socktop/1) and exit")
+    mode.add_argument("--demo", action="store_true", help="run the TUI together with the loopback demo scenario")
+    parser.add_argument("--sockets", action="store_true", help="with --json: list every socket too")
+    parser.add_argument("--state", type=_state, help="only sockets in this state, e.g. close-wait")
+    parser.add_argument("--port", type=_port, help="only sockets with this local or remote port")
+    parser.add_argument("--pid", type=_pid, help="only sockets held by (or inferred for) this process")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto",
+                        help="how to read the socket table (default: auto = netlink, else /proc, else psutil)")
+    parser.add_argument("-i", "--interval", type=_interval, default=1.0, help="TUI refresh interval in seconds (0.5-10)")
+    parser.add_argument("--clipboard", choices=("auto", "osc52", "system", "off"), default="auto",
+                        help="how the TUI copies commands (default: auto)")
+    return parser
+
+
+def build_demo_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(prog="socktop demo", description="Start the loopback demo scenario and wait.")
+    parser.add_argument("--duration", type=_duration, default=600.0, help="seconds before it stops by itself (default 600)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "demo":
+        return _run_demo(build_demo_parser().parse_args(args[1:]))
+    if args and args[0] == "explain":
+        return _run_explain(args[1:])
+    options = build_parser().parse_args(args)
+    if options.sockets and not options.json:
+        build_parser().error("--sockets needs --json")
+    if options.once or options.json:
+        return _run_once(options)
+    return _run_tui(options)
+
+
+def _fail(message: str) -> int:
+    print(f"socktop: error: {message}", file=sys.stderr)
+    return 1
+
+
+def _run_once(options: argparse.Namespace) -> int:
+    from .model.engine import Engine
+    from .report import render_json, render_summary
+
+    try:
+        snapshot = Engine(options.backend).refresh()
+    except (BackendUnavailable, CollectError, OSError) as exc:
+        return _fail(str(exc))
+    filters: dict[str, Any] = {
+        "state": options.state.name if options.state else None, "port": options.port, "pid": options.pid,
+    }
+    snapshot = snapshot.filtered(state=options.state, port=options.port, pid=options.pid)
+    if options.json:
+        sys.stdout.write(render_json(snapshot, filters, options.sockets) + "\n")
+    else:
+        sys.stdout.write(render_summary(snapshot))
+    return 0
+
+
+def _run_tui(options: argparse.Namespace) -> int:
+    from .ui.app import run
+
+    return run(options)
+
+
+def _run_demo(options: argparse.Namespace) -> int:
+    from .demo.scenario import run_demo
+
+    return run_demo(options.duration, echo=print)
+
+
+def _run_explain(args: list[str]) -> int:
+    from .analyze.knowledge import explain_text
+
+    if len(args) != 1:
+        return _fail("explain takes one state, e.g. socktop explain close-wait")
+    try:
+        state = TcpState.parse(args[0])
+    except ValueError as exc:
+        return _fail(str(exc))
+    sys.stdout.write(explain_text(state) + "\n")
+    return 0

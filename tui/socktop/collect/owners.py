@@ -1,0 +1,269 @@
+"""Which process holds each socket: inode → pids from /proc/*/fd, kept incrementally.
+
+A full scan of every process's descriptors costs about 100 ms at 20k fds,
+too much for every refresh. So the scanner only looks when the socket
+table shows inodes it cannot place, re-reads only descriptors that are new
+or whose socket has gone, remembers inodes known to be unowned (other
+users' sockets without root, or a container's PID 1), and rescans
+everything at a bounded rate to catch descriptor numbers reused in place.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import time
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass, field
+
+from .records import ProcessInfo
+
+PROC = "/proc"
+SOCKET_LINK_PREFIX = "socket:["
+FULL_RESCAN_EVERY = 30.0
+RETRY_UNKNOWN_AFTER = 5.0
+NOT_A_SOCKET = 0
+
+
+def user_name(uid: int, _cache: dict[int, str] = {}) -> str:  # noqa: B006 - deliberate process-wide cache
+    """The login name for a uid, or the number when the passwd database lacks it."""
+    name = _cache.get(uid)
+    if name is None:
+        try:
+            name = pwd.getpwuid(uid).pw_name
+        except (KeyError, OverflowError):
+            name = str(uid)
+        _cache[uid] = name
+    return name
+
+
+def read_text(path: str, limit: int = 65536) -> str | None:
+    """A small /proc file as text, or None when it vanished or may not be read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, limit).decode("utf-8", "replace")
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def start_ticks(stat_text: str) -> int | None:
+    """Field 22 of /proc/PID/stat (start time in clock ticks), read after the last ')'.
+
+    The command name in field 2 may itself hold spaces and parentheses.
+    """
+    fields = stat_text.rpartition(")")[2].split()
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def soft_fd_limit(limits_text: str | None) -> int | None:
+    """The soft RLIMIT_NOFILE from /proc/PID/limits; None when unlimited or unreadable."""
+    for line in (limits_text or "").splitlines():
+        if line.startswith("Max open files"):
+            soft = line[len("Max open files"):].split()[0]
+            return int(soft) if soft.isdigit() else None
+    return None
+
+
+def read_process(pid: int, fd_count: int | None, known: ProcessInfo | None = None) -> ProcessInfo | None:
+    """Facts about one process; None when it exited or its /proc entry is closed to us.
+
+    ``known`` is the cached entry for this pid: when its start time still
+    matches, only the descriptor count is refreshed (the name, command
+    line and limit of a process do not change often enough to re-read).
+    """
+    base = f"{PROC}/{pid}"
+    stat_text = read_text(f"{base}/stat")
+    if stat_text is None:
+        return None
+    started = start_ticks(stat_text)
+    if started is None:
+        return None
+    if known is not None and known.start_ticks == started:
+        return known if known.fd_count == fd_count else _with_fd_count(known, fd_count)
+    name = (read_text(f"{base}/comm") or stat_text.partition("(")[2].rpartition(")")[0]).rstrip("\n")
+    cmdline = (read_text(f"{base}/cmdline", 8192) or "").replace("\x00", " ").strip()
+    try:
+        uid = os.stat(base).st_uid
+    except OSError:
+        return None
+    return ProcessInfo(
+        pid=pid, start_ticks=started, name=name, cmdline=cmdline, uid=uid, user=user_name(uid),
+        fd_count=fd_count, fd_limit=soft_fd_limit(read_text(f"{base}/limits")),
+    )
+
+
+def _with_fd_count(process: ProcessInfo, fd_count: int | None) -> ProcessInfo:
+    return ProcessInfo(
+        pid=process.pid, start_ticks=process.start_ticks, name=process.name, cmdline=process.cmdline,
+        uid=process.uid, user=process.user, fd_count=fd_count, fd_limit=process.fd_limit,
+    )
+
+
+@dataclass(slots=True)
+class _ProcessFds:
+    """The descriptors of one process as last read: fd name → socket inode (0: not a socket)."""
+
+    start_ticks: int
+    inode_by_fd: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class ScanStats:
+    """What the last update did, for the benchmark and the status line."""
+
+    scans: int = 0
+    full_scans: int = 0
+    links_read: int = 0
+    denied_pids: int = 0
+    vanished_pids: int = 0
+
+
+class OwnerScanner:
+    """Keeps inode → owning pids current with as little /proc reading as it can.
+
+    ``pids_by_inode`` and ``processes`` are replaced on change, never
+    mutated, so a snapshot can hold them while the next scan runs.
+    """
+
+    def __init__(self, proc: str = PROC, clock: Callable[[], float] = time.monotonic) -> None:
+        self._proc = proc
+        self._clock = clock
+        self._fds_by_pid: dict[int, _ProcessFds] = {}
+        self._processes: dict[int, ProcessInfo] = {}
+        self.pids_by_inode: dict[int, tuple[int, ...]] = {}
+        self.unowned: set[int] = set()
+        self.denied_pids: set[int] = set()
+        self._last_full_scan = float("-inf")
+        self._last_unknown_retry = float("-inf")
+        self.stats = ScanStats()
+
+    @property
+    def processes(self) -> dict[int, ProcessInfo]:
+        """pid → facts for every process that holds at least one socket (replaced, never mutated)."""
+        return self._processes
+
+    def update(self, inodes: Collection[int]) -> None:
+        """Bring the map up to date for the sockets present now (inode 0 excluded)."""
+        present = inodes if isinstance(inodes, (set, frozenset)) else set(inodes)
+        present.discard(0)
+        now = self._clock()
+        self.unowned &= present
+        unknown = present - self.pids_by_inode.keys() - self.unowned
+        full_due = now - self._last_full_scan >= FULL_RESCAN_EVERY
+        if full_due:
+            self._scan(present, full=True)
+        elif unknown:
+            self._scan(present, full=False)
+            still_unknown = present - self.pids_by_inode.keys() - self.unowned
+            if still_unknown and now - self._last_unknown_retry >= RETRY_UNKNOWN_AFTER:
+                self._last_unknown_retry = now
+                self._scan(present, full=True)
+        else:
+            self._forget_closed(present)
+            return
+        self.unowned |= present - self.pids_by_inode.keys()
+
+    def _forget_closed(self, present: set[int]) -> None:
+        """Drop closed sockets by building a new map: snapshots share the old one."""
+        if self.pids_by_inode.keys() - present:
+            self.pids_by_inode = {inode: pids for inode, pids in self.pids_by_inode.items() if inode in present}
+
+    def _scan(self, present: set[int], full: bool) -> None:
+        """Read the fd tables of every process; with ``full`` re-read every link."""
+        self.stats.scans += 1
+        if full:
+            self.stats.full_scans += 1
+            self._last_full_scan = self._clock()
+        pids_by_inode: dict[int, list[int]] = {}
+        seen_pids: set[int] = set()
+        denied: set[int] = set()
+        for pid in self._list_pids():
+            fds = self._read_fds(pid, present, full, denied)
+            if fds is None:
+                continue
+            seen_pids.add(pid)
+            for inode in fds.inode_by_fd.values():
+                if inode in present:
+                    holders = pids_by_inode.setdefault(inode, [])
+                    if pid not in holders:
+                        holders.append(pid)
+        for gone in self._fds_by_pid.keys() - seen_pids:
+            del self._fds_by_pid[gone]
+        self.denied_pids = denied
+        self.stats.denied_pids = len(denied)
+        self.pids_by_inode = {inode: tuple(pids) for inode, pids in pids_by_inode.items()}
+        self._refresh_processes({pid for pids in pids_by_inode.values() for pid in pids})
+
+    def _list_pids(self) -> Iterable[int]:
+        try:
+            names = os.listdir(self._proc)
+        except OSError:
+            return ()
+        return [int(name) for name in names if name.isdigit()]
+
+    def _read_fds(self, pid: int, present: set[int], full: bool, denied: set[int]) -> _ProcessFds | None:
+        """This pid's fd → inode table, re-reading only what may have changed."""
+        fd_dir = f"{self._proc}/{pid}/fd"
+        try:
+            names = os.listdir(fd_dir)
+        except PermissionError:
+            denied.add(pid)
+            return None
+        except OSError:  # exited mid-scan, or a kernel thread
+            self.stats.vanished_pids += 1
+            return None
+        known = self._fds_by_pid.get(pid)
+        started = self._start_ticks(pid)
+        if started is None:
+            self.stats.vanished_pids += 1
+            return None
+        if known is None or known.start_ticks != started:
+            known = self._fds_by_pid[pid] = _ProcessFds(started)
+        previous = known.inode_by_fd
+        current: dict[str, int] = {}
+        for name in names:
+            inode = previous.get(name)
+            if inode is None or full or (inode != NOT_A_SOCKET and inode not in present):
+                inode = self._read_link(fd_dir, name)
+                if inode is None:
+                    continue
+            current[name] = inode
+        known.inode_by_fd = current
+        return known
+
+    def _start_ticks(self, pid: int) -> int | None:
+        stat_text = read_text(f"{self._proc}/{pid}/stat")
+        if stat_text is None:
+            return None
+        started = start_ticks(stat_text)
+        return started
+
+    def _read_link(self, fd_dir: str, name: str) -> int | None:
+        self.stats.links_read += 1
+        try:
+            target = os.readlink(f"{fd_dir}/{name}")
+        except OSError:  # closed between listdir and readlink, or the process exited
+            return None
+        if target.startswith(SOCKET_LINK_PREFIX):
+            try:
+                return int(target[len(SOCKET_LINK_PREFIX):-1])
+            except ValueError:
+                return NOT_A_SOCKET
+        return NOT_A_SOCKET
+
+    def _refresh_processes(self, owner_pids: set[int]) -> None:
+        processes: dict[int, ProcessInfo] = {}
+        for pid in owner_pids:
+            fds = self._fds_by_pid.get(pid)
+            info = read_process(pid, len(fds.inode_by_fd) if fds else None, self._processes.get(pid))
+            if info is not None:
+                processes[pid] = info
+        self._processes = processes

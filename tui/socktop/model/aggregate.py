@@ -1,0 +1,292 @@
+"""Fold a socket table into the panes' groups: by state, service port, process, remote host.
+
+Runs once per refresh over up to 50,000 records, so the per-socket work is
+done by C iterators (``map``, ``zip``, ``compress``, ``Counter``) and the
+Python loops only walk the distinct groups, which are few.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from itertools import compress
+from operator import itemgetter, not_
+
+from ..collect.records import ProcessInfo, SocketRecord, TcpState
+
+STATE = itemgetter(1)
+LOCAL_PORT = itemgetter(3)
+REMOTE_ADDR = itemgetter(4)
+REMOTE_PORT = itemgetter(5)
+INODE = itemgetter(12)
+CONNECTION = itemgetter(2, 3, 4, 5)
+
+Pids = tuple[int, ...]
+StateCounts = dict[TcpState, int]
+
+
+class Direction(str, Enum):
+    """A socket on a port we listen on serves ("in"); any other one calls out ("out")."""
+
+    IN = "in"
+    OUT = "out"
+
+
+class OwnerKind(str, Enum):
+    """How a group of sockets was tied to its processes."""
+
+    DIRECT = "direct"  # the process holds the socket's descriptor
+    INFERRED = "inferred"  # an inode-0 socket: the port's listener, or the connection's last owner
+    UNKNOWN = "unknown"  # a socket with an inode we could not place (another user's, without root)
+    NONE = "none"  # an inode-0 socket nobody can be named for
+
+
+Connection = tuple[str, int, str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Ownership:
+    """Who holds which socket, as the owner scan found it for one snapshot."""
+
+    pids_by_inode: Mapping[int, Pids]
+    processes: Mapping[int, ProcessInfo]
+
+
+@dataclass(frozen=True, slots=True)
+class PortGroup:
+    """The sockets of one service port in one direction."""
+
+    port: int
+    direction: Direction
+    counts: StateCounts
+    total: int
+    pids: Pids  # every process tied to these sockets, held or inferred
+
+    @property
+    def key(self) -> str:
+        return f"{self.direction.value}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessGroup:
+    """The sockets of one process, or of one uid whose processes we may not see.
+
+    ``counts`` are sockets the process holds; ``inferred_time_wait`` are
+    TIME_WAIT sockets (no owner in the kernel) tied to it by inference.
+    """
+
+    key: str  # "pid:4242", or "uid:1000" for sockets of that user whose process we may not see
+    process: ProcessInfo | None
+    uid: int | None
+    user: str
+    counts: StateCounts
+    inferred_time_wait: int
+    total: int
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    @property
+    def name(self) -> str:
+        return self.process.name if self.process else "?"
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteGroup:
+    """The sockets connected to one remote address."""
+
+    address: str
+    counts: StateCounts
+    total: int
+
+
+@dataclass(frozen=True, slots=True)
+class Aggregates:
+    """Every pane's groups for one snapshot."""
+
+    total: int
+    by_state: StateCounts
+    by_port: Mapping[str, PortGroup]
+    by_process: Mapping[str, ProcessGroup]
+    by_remote: Mapping[str, RemoteGroup]
+    listening_ports: frozenset[int]
+    listener_pids: Mapping[int, Pids]  # listening port → processes holding a listener on it
+    last_owners: Mapping[Connection, Pids]  # outgoing connection → its holder, now or when last held
+    with_inode: int
+    owned: int
+
+    @property
+    def coverage(self) -> float:
+        """Share of sockets with an inode whose owner is known (1.0 when none has one)."""
+        return self.owned / self.with_inode if self.with_inode else 1.0
+
+
+@dataclass(slots=True)
+class _ProcessTally:
+    counts: Counter[TcpState] = field(default_factory=Counter)
+    inferred_time_wait: int = 0
+
+
+def process_key(pid: int) -> str:
+    return f"pid:{pid}"
+
+
+def uid_key(uid: int) -> str:
+    return f"uid:{uid}"
+
+
+def aggregate(
+    records: Sequence[SocketRecord],
+    ownership: Ownership,
+    user_of: Callable[[int], str],
+    last_owners: Mapping[Connection, Pids],
+    listeners: Mapping[int, Pids] | None = None,
+) -> Aggregates:
+    """All the panes' groups in one sweep of C-level passes over ``records``.
+
+    ``user_of`` names a uid, for the rows of owners we may not see.
+    ``last_owners`` is the previous snapshot's ``last_owners``: a client
+    socket that closed first turns into an inode-0 TIME_WAIT, and this is
+    how it stays tied (as inferred) to the process that held it.
+    ``listeners`` (port → pids) replaces the listeners found in ``records``
+    when those are a filtered subset of the table.
+    """
+    states = list(map(STATE, records))
+    by_state: StateCounts = dict(Counter(states))
+    local_ports = list(map(LOCAL_PORT, records))
+    owner_pids = list(map(ownership.pids_by_inode.get, map(INODE, records)))
+    listener_pids = _listener_pids(local_ports, states, owner_pids) if listeners is None else listeners
+    listening_ports = frozenset(listener_pids)
+    inbound = list(map(listening_ports.__contains__, local_ports))
+    outbound = list(map(not_, inbound))
+
+    out_records = list(compress(records, outbound))
+    out_pids = list(compress(owner_pids, outbound))
+    out_connections = list(map(CONNECTION, out_records))
+    held = {connection: pids for connection, pids in zip(out_connections, out_pids) if pids}
+    unheld = [(connection, record) for connection, record, pids in zip(out_connections, out_records, out_pids)
+              if not pids and not record.inode]
+    inferred = {connection: pids for connection, _ in unheld if (pids := last_owners.get(connection))}
+
+    # (port, state, pids or None) per direction: a few thousand distinct keys at most
+    inbound_keys = Counter(zip(compress(local_ports, inbound), compress(states, inbound), compress(owner_pids, inbound)))
+    outbound_keys = Counter(zip(map(REMOTE_PORT, out_records), compress(states, outbound), out_pids))
+    inferred_out = Counter((record.remote_port, inferred[connection]) for connection, record in unheld
+                           if connection in inferred)
+
+    tallies: dict[str, _ProcessTally] = {}
+    port_counts: dict[tuple[int, Direction], Counter[TcpState]] = {}
+    port_pids: dict[tuple[int, Direction], set[int]] = {}
+    owned = 0
+    for direction, keys in ((Direction.IN, inbound_keys), (Direction.OUT, outbound_keys)):
+        for (port, state, pids), count in keys.items():
+            group = (port, direction)
+            port_counts.setdefault(group, Counter())[state] += count
+            if pids is None:
+                if direction is Direction.IN and state is TcpState.TIME_WAIT:
+                    listeners = listener_pids.get(port, ())
+                    port_pids.setdefault(group, set()).update(listeners)
+                    for pid in listeners:
+                        _tally(tallies, pid).inferred_time_wait += count
+                continue
+            owned += count
+            port_pids.setdefault(group, set()).update(pids)
+            for pid in pids:
+                _tally(tallies, pid).counts[state] += count
+    for (port, pids), count in inferred_out.items():
+        port_pids.setdefault((port, Direction.OUT), set()).update(pids)
+        for pid in pids:
+            _tally(tallies, pid).inferred_time_wait += count
+
+    by_port = {
+        group.key: group
+        for group in (
+            PortGroup(port, direction, dict(counts), sum(counts.values()),
+                      tuple(sorted(port_pids.get((port, direction), ()))))
+            for (port, direction), counts in port_counts.items()
+        )
+    }
+    return Aggregates(
+        total=len(records),
+        by_state=by_state,
+        by_port=by_port,
+        by_process=_process_groups(tallies, ownership.processes, _unknown_uid_counts(records, owner_pids), user_of),
+        by_remote=_remote_groups(records, states),
+        listening_ports=listening_ports,
+        listener_pids=listener_pids,
+        last_owners=held | inferred,
+        with_inode=len(records) - _count_inode_zero(records),
+        owned=owned,
+    )
+
+
+def _listener_pids(local_ports: list[int], states: list[TcpState], owner_pids: list[Pids | None]) -> dict[int, Pids]:
+    is_listener = list(map(TcpState.LISTEN.__eq__, states))
+    found: dict[int, set[int]] = {}
+    for port, pids in zip(compress(local_ports, is_listener), compress(owner_pids, is_listener)):
+        found.setdefault(port, set()).update(pids or ())
+    return {port: tuple(sorted(pids)) for port, pids in found.items()}
+
+
+def _tally(tallies: dict[str, _ProcessTally], pid: int) -> _ProcessTally:
+    key = process_key(pid)
+    tally = tallies.get(key)
+    if tally is None:
+        tally = tallies[key] = _ProcessTally()
+    return tally
+
+
+def _count_inode_zero(records: Sequence[SocketRecord]) -> int:
+    return list(map(INODE, records)).count(0)
+
+
+def _unknown_uid_counts(records: Sequence[SocketRecord], owner_pids: list[Pids | None]) -> Counter[tuple[int, TcpState]]:
+    """(uid, state) counts of sockets that have an inode but no owner we could find."""
+    unplaced = map(not_, owner_pids)
+    return Counter(
+        (r.uid, r.state) for r in compress(records, unplaced) if r.inode
+    )
+
+
+def _process_groups(
+    tallies: dict[str, _ProcessTally],
+    processes: Mapping[int, ProcessInfo],
+    unknown_uids: Counter[tuple[int, TcpState]],
+    user_of: Callable[[int], str],
+) -> dict[str, ProcessGroup]:
+    groups: dict[str, ProcessGroup] = {}
+    for key, tally in tallies.items():
+        pid = int(key.partition(":")[2])
+        process = processes.get(pid)
+        counts = dict(tally.counts)
+        groups[key] = ProcessGroup(
+            key=key, process=process, uid=process.uid if process else None,
+            user=process.user if process else "?", counts=counts,
+            inferred_time_wait=tally.inferred_time_wait, total=sum(counts.values()),
+        )
+    per_uid: dict[int, Counter[TcpState]] = {}
+    for (uid, state), count in unknown_uids.items():
+        per_uid.setdefault(uid, Counter())[state] += count
+    for uid, counts in per_uid.items():
+        key = uid_key(uid)
+        groups[key] = ProcessGroup(
+            key=key, process=None, uid=uid, user=user_of(uid), counts=dict(counts),
+            inferred_time_wait=0, total=sum(counts.values()),
+        )
+    return groups
+
+
+def _remote_groups(records: Sequence[SocketRecord], states: list[TcpState]) -> dict[str, RemoteGroup]:
+    """Connected sockets by peer address (listeners and unconnected sockets have none)."""
+    connected = list(map(bool, map(REMOTE_PORT, records)))
+    pairs = Counter(zip(map(REMOTE_ADDR, compress(records, connected)), compress(states, connected)))
+    counts_by_address: dict[str, dict[TcpState, int]] = {}
+    for (address, state), count in pairs.items():
+        counts_by_address.setdefault(address, {})[state] = count
+    return {
+        address: RemoteGroup(address, counts, sum(counts.values()))
+        for address, counts in counts_by_address.items()
+    }

@@ -1,0 +1,104 @@
+"""The immutable picture of one refresh, and the bounded history behind its trends."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from ..collect.records import ProcessInfo, SocketRecord, TcpState
+from .aggregate import CONNECTION, Aggregates, Ownership, OwnerKind, Pids, StateCounts, aggregate
+
+
+@dataclass(frozen=True, slots=True)
+class SourceInfo:
+    """Where a snapshot came from, and what it could not see."""
+
+    host: str
+    kernel: str
+    backend: str  # "netlink", "proc" or "psutil"
+    backend_note: str  # why this backend, when it is not the one asked for or the best one
+    is_root: bool
+    owner_note: str  # e.g. "run as root to see every owner", or "" when every owner is visible
+
+
+@dataclass(frozen=True, slots=True)
+class Attribution:
+    """Who a socket belongs to, and how sure we are."""
+
+    processes: tuple[ProcessInfo, ...]
+    kind: OwnerKind
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPoint:
+    """Per-state totals and per-process counts at one refresh; the history keeps a ring of them."""
+
+    seq: int
+    taken_at: float  # wall clock, seconds
+    monotonic: float
+    by_state: StateCounts
+    by_process: dict[str, StateCounts]  # process key → counts, TIME_WAIT including the inferred
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything one refresh saw. Shared between threads, so never mutated."""
+
+    seq: int
+    taken_at: float  # wall clock, seconds since the epoch
+    monotonic: float
+    collect_seconds: float  # how long the refresh took
+    source: SourceInfo
+    sockets: Sequence[SocketRecord]
+    ownership: Ownership
+    aggregates: Aggregates
+    history: tuple[HistoryPoint, ...] = ()
+    warnings: tuple[str, ...] = ()
+    user_of: Callable[[int], str] = field(default=str, repr=False, compare=False)
+
+    @property
+    def coverage(self) -> float:
+        return self.aggregates.coverage
+
+    def process(self, pid: int) -> ProcessInfo | None:
+        return self.ownership.processes.get(pid)
+
+    def owners_of(self, record: SocketRecord) -> Attribution:
+        """The processes behind one socket: held, inferred (inode 0), or unknown."""
+        pids = self.ownership.pids_by_inode.get(record.inode)
+        if pids:
+            return Attribution(self._processes(pids), OwnerKind.DIRECT)
+        if record.inode:
+            return Attribution((), OwnerKind.UNKNOWN)
+        if record.state is not TcpState.LISTEN and record.local_port in self.aggregates.listening_ports:
+            inferred: Pids = self.aggregates.listener_pids.get(record.local_port, ())
+        else:
+            inferred = self.aggregates.last_owners.get(CONNECTION(record), ())
+        if inferred:
+            return Attribution(self._processes(inferred), OwnerKind.INFERRED)
+        return Attribution((), OwnerKind.NONE)
+
+    def _processes(self, pids: Pids) -> tuple[ProcessInfo, ...]:
+        found = self.ownership.processes
+        return tuple(found[pid] for pid in pids if pid in found)
+
+    def filtered(self, state: TcpState | None = None, port: int | None = None, pid: int | None = None) -> Snapshot:
+        """The same snapshot narrowed to matching sockets, with its aggregates recomputed.
+
+        ``port`` matches either end; ``pid`` matches held and inferred owners.
+        """
+        if state is None and port is None and pid is None:
+            return self
+        kept = [
+            record for record in self.sockets
+            if (state is None or record.state is state)
+            and (port is None or port in (record.local_port, record.remote_port))
+            and (pid is None or any(p.pid == pid for p in self.owners_of(record).processes))
+        ]
+        aggregates = aggregate(kept, self.ownership, self.user_of, self.aggregates.last_owners,
+                               listeners=self.aggregates.listener_pids)
+        return Snapshot(
+            seq=self.seq, taken_at=self.taken_at, monotonic=self.monotonic, collect_seconds=self.collect_seconds,
+            source=self.source, sockets=kept, ownership=self.ownership, aggregates=aggregates,
+            history=self.history, warnings=self.warnings, user_of=self.user_of,
+        )
