@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from . import __version__
@@ -56,24 +56,19 @@ def _pid(text: str) -> int:
     return int(text)
 
 
-def _interval(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid interval {text!r}: expected seconds, e.g. 1 or 0.5") from None
-    if not 0.5 <= value <= 10:
-        raise argparse.ArgumentTypeError(f"interval {text} out of range: 0.5 to 10 seconds")
-    return value
+def _seconds(low: float, high: float, what: str) -> Callable[[str], float]:
+    """An argparse type for a number of seconds within [low, high]."""
 
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {what} {text!r}: expected seconds, e.g. 1 or 0.5") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{what} {text} out of range: {low:g} to {high:g} seconds")
+        return value
 
-def _duration(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: expected seconds") from None
-    if not 1 <= value <= 86400:
-        raise argparse.ArgumentTypeError(f"duration {text} out of range: 1 to 86400 seconds")
-    return value
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pid", type=_pid, help="only sockets held by (or inferred for) this process")
     parser.add_argument("--backend", choices=BACKENDS, default="auto",
                         help="how to read the socket table (default: auto = netlink, else /proc, else psutil)")
-    parser.add_argument("-i", "--interval", type=_interval, default=1.0, help="TUI refresh interval in seconds (0.5-10)")
+    parser.add_argument("-i", "--interval", type=_seconds(0.5, 10, "interval"), default=1.0, help="TUI refresh interval in seconds (0.5-10)")
     parser.add_argument("--clipboard", choices=("auto", "osc52", "system", "off"), default="auto",
                         help="how the TUI copies commands (default: auto)")
     return parser
@@ -103,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def build_demo_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(prog="socktop demo", description="Start the loopback demo scenario and wait.")
-    parser.add_argument("--duration", type=_duration, default=600.0, help="seconds before it stops by itself (default 600)")
+    parser.add_argument("--duration", type=_seconds(1, 86400, "duration"), default=600.0, help="seconds before it stops by itself (default 600)")
     return parser
 
 
