@@ -9,8 +9,10 @@ TEST_STAMP := $(VENV)/.installed-test
 .PHONY: run test bench screenshots clean
 
 $(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || \
+		{ echo "socktop needs Python 3.10 or newer ($(PYTHON) is older)"; exit 1; }
+	@$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); \
+		echo "could not create $(VENV): on Debian/Ubuntu install python3-venv (sudo apt install python3-venv)"; exit 1; }
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
@@ -26,8 +28,9 @@ run: $(STAMP)
 test: $(TEST_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: $(STAMP)
+bench: $(TEST_STAMP)
 	$(BIN)/python tests/perf/bench.py $(ARGS)
+	$(BIN)/python tests/perf/ui_bench.py $(ARGS)
 
 screenshots: $(TEST_STAMP)
 	$(BIN)/python tests/screenshots.py

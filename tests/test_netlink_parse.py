@@ -1,0 +1,129 @@
+"""The sock_diag parser on hand-built buffers: good, truncated, corrupt, interrupted, duplicated."""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+
+import pytest
+
+from socktop.collect.netlink import (
+    NLM_F_DUMP_INTR, NLMSG_DONE, NLMSG_ERROR, SOCK_DIAG_BY_FAMILY, AddressText, Dump, drop_duplicates,
+    parse_dump_chunk,
+)
+from socktop.collect.records import CollectError, TcpState, TimerKind
+
+ATTRIBUTE_PADDING = b"\x08\x00\x01\x00\x00\x00\x00\x00"  # one 8-byte route attribute, as the kernel adds
+
+
+def diag_message(state: int, src: bytes, sport: int, dst: bytes, dport: int, *, family: int = socket.AF_INET,
+                 timer: int = 0, expires: int = 0, rqueue: int = 0, wqueue: int = 0, uid: int = 1000,
+                 inode: int = 4242, cookie: int = 1, flags: int = 0, attributes: bytes = b"") -> bytes:
+    body = struct.pack("=BBBB", family, state, timer, 0) + struct.pack(">HH", sport, dport)
+    body += src.ljust(16, b"\0") + dst.ljust(16, b"\0") + struct.pack("=IQ", 0, cookie)
+    body += struct.pack("=IIIII", expires, rqueue, wqueue, uid, inode) + attributes
+    return struct.pack("=IHHII", 16 + len(body), SOCK_DIAG_BY_FAMILY, flags, 1, 0) + body
+
+
+def done_message() -> bytes:
+    return struct.pack("=IHHIIi", 20, NLMSG_DONE, 0, 1, 0, 0)
+
+
+def parse(chunk: bytes, family: int = socket.AF_INET) -> tuple[Dump, bool]:
+    addresses = AddressText()
+    dump = Dump(family)
+    cache, convert = (addresses.v4_cache, addresses.v4) if family == socket.AF_INET else (addresses.v6_cache, addresses.v6)
+    done = parse_dump_chunk(chunk, len(chunk), dump, cache, convert)
+    return dump, done
+
+
+LOOPBACK = socket.inet_pton(socket.AF_INET, "127.0.0.1")
+OTHER = socket.inet_pton(socket.AF_INET, "10.1.2.3")
+
+
+def test_parses_sockets_of_varying_sizes_until_done() -> None:
+    chunk = (
+        diag_message(10, LOOPBACK, 8080, b"", 0, rqueue=3, wqueue=128, attributes=ATTRIBUTE_PADDING * 3)
+        + diag_message(6, LOOPBACK, 40000, OTHER, 6379, timer=3, expires=59000, inode=0, uid=0, cookie=2)
+        + diag_message(12, LOOPBACK, 8080, OTHER, 51000, inode=0, cookie=3)
+        + done_message()
+    )
+    dump, done = parse(chunk)
+    assert done
+    listener, time_wait, request = dump.records
+    assert (listener.state, listener.local_addr, listener.local_port, listener.recv_q, listener.send_q) == (
+        TcpState.LISTEN, "127.0.0.1", 8080, 3, 128)
+    assert (time_wait.state, time_wait.remote_addr, time_wait.remote_port) == (TcpState.TIME_WAIT, "10.1.2.3", 6379)
+    assert (time_wait.timer, time_wait.timer_ms, time_wait.inode) == (TimerKind.TIME_WAIT, 59000, 0)
+    assert request.state is TcpState.SYN_RECV  # NEW_SYN_RECV is shown as ss shows it
+    assert listener.uid == 1000 and listener.inode == 4242
+
+
+def test_ipv4_mapped_ipv6_is_shown_as_ipv4() -> None:
+    mapped = b"\0" * 10 + b"\xff\xff" + LOOPBACK
+    v6 = socket.inet_pton(socket.AF_INET6, "2001:db8::1")
+    dump, _ = parse(diag_message(1, mapped, 443, v6, 50000, family=socket.AF_INET6) + done_message(), socket.AF_INET6)
+    (record,) = dump.records
+    assert (record.local_addr, record.remote_addr, record.family) == ("127.0.0.1", "2001:db8::1", socket.AF_INET6)
+
+
+def test_chunk_without_done_asks_for_more() -> None:
+    dump, done = parse(diag_message(1, LOOPBACK, 1, OTHER, 2))
+    assert not done and len(dump.records) == 1
+
+
+@pytest.mark.parametrize("cut", [1, 10, 40, 87])
+def test_truncated_message_is_a_clear_error(cut: int) -> None:
+    chunk = diag_message(1, LOOPBACK, 1, OTHER, 2) + diag_message(1, LOOPBACK, 3, OTHER, 4)
+    truncated = chunk[: len(chunk) - cut]
+    with pytest.raises(CollectError, match="sock_diag"):
+        parse(truncated)
+
+
+def test_corrupt_length_is_a_clear_error() -> None:
+    message = bytearray(diag_message(1, LOOPBACK, 1, OTHER, 2))
+    struct.pack_into("=I", message, 0, 4)  # shorter than a header: stepping by it would loop forever
+    with pytest.raises(CollectError, match="claims 4 bytes"):
+        parse(bytes(message))
+
+
+def test_unknown_state_and_message_type_are_errors() -> None:
+    with pytest.raises(CollectError, match="unknown TCP state 99"):
+        parse(diag_message(99, LOOPBACK, 1, OTHER, 2))
+    foreign = bytearray(diag_message(1, LOOPBACK, 1, OTHER, 2))
+    struct.pack_into("=H", foreign, 4, 77)
+    with pytest.raises(CollectError, match="unexpected message type 77"):
+        parse(bytes(foreign))
+
+
+def test_nlmsg_error_carries_the_errno() -> None:
+    error = struct.pack("=IHHIIi", 36, NLMSG_ERROR, 0, 1, 0, -errno.EACCES) + b"\0" * 16
+    with pytest.raises(OSError) as raised:
+        parse(error)
+    assert raised.value.errno == errno.EACCES
+
+
+def test_dump_intr_marks_the_dump_for_a_retry() -> None:
+    dump, _ = parse(diag_message(1, LOOPBACK, 1, OTHER, 2, flags=NLM_F_DUMP_INTR) + done_message())
+    assert dump.interrupted
+
+
+def test_a_connection_seen_twice_keeps_its_later_state() -> None:
+    chunk = (
+        diag_message(1, LOOPBACK, 40000, OTHER, 80, cookie=7)
+        + diag_message(1, LOOPBACK, 40001, OTHER, 80, cookie=8)
+        + diag_message(6, LOOPBACK, 40000, OTHER, 80, cookie=7, inode=0)
+        + done_message()
+    )
+    dump, _ = parse(chunk)
+    kept, dropped = drop_duplicates(dump.records)
+    assert dropped == 1
+    assert [(r.local_port, r.state) for r in kept] == [(40000, TcpState.TIME_WAIT), (40001, TcpState.ESTABLISHED)]
+
+
+def test_reuseport_listeners_sharing_a_tuple_are_both_kept() -> None:
+    chunk = diag_message(10, LOOPBACK, 8080, b"", 0, cookie=0) + diag_message(10, LOOPBACK, 8080, b"", 0, cookie=0)
+    dump, _ = parse(chunk + done_message())
+    kept, dropped = drop_duplicates(dump.records)
+    assert len(kept) == 2 and dropped == 0
