@@ -1,0 +1,187 @@
+"""psutil: the socket table where neither netlink nor /proc exists (macOS, the BSDs).
+
+psutil says less than the kernel interfaces: no queues, no timers, no
+retransmit count, no inode, and no socket uid (``uid`` is the owning
+process's real uid, or 0 when no process is known: our records have no
+"unknown" uid). What it does say is which processes hold a socket, so each
+owned socket gets a synthetic inode and `PsutilBackend.owner_hint` maps it
+to those pids, sparing the owner scan a /proc/*/fd it would not find.
+"""
+
+from __future__ import annotations
+
+import socket
+from itertools import count
+from typing import NamedTuple, Protocol
+
+import psutil
+
+from .netlink import AddressText
+from .procnet import AddressCache
+from .records import BackendUnavailable, CollectError, SocketRecord, TcpState, TimerKind
+
+#: Synthetic inodes start here: the kernel's inode numbers are 32-bit, so they cannot collide.
+SYNTHETIC_INODE_BASE = 1 << 40
+
+_STATE_BY_STATUS: dict[str, TcpState] = {
+    psutil.CONN_ESTABLISHED: TcpState.ESTABLISHED,
+    psutil.CONN_SYN_SENT: TcpState.SYN_SENT,
+    psutil.CONN_SYN_RECV: TcpState.SYN_RECV,
+    psutil.CONN_FIN_WAIT1: TcpState.FIN_WAIT1,
+    psutil.CONN_FIN_WAIT2: TcpState.FIN_WAIT2,
+    psutil.CONN_TIME_WAIT: TcpState.TIME_WAIT,
+    psutil.CONN_CLOSE: TcpState.CLOSE,
+    psutil.CONN_CLOSE_WAIT: TcpState.CLOSE_WAIT,
+    psutil.CONN_LAST_ACK: TcpState.LAST_ACK,
+    psutil.CONN_LISTEN: TcpState.LISTEN,
+    psutil.CONN_CLOSING: TcpState.CLOSING,
+}  # CONN_NONE is psutil's "a state I do not know": such entries are skipped and counted
+_UNSPECIFIED = {socket.AF_INET: "0.0.0.0", socket.AF_INET6: "::"}
+
+
+class Connection(Protocol):
+    """The fields we use of psutil's ``sconn`` and ``pconn``."""
+
+    @property
+    def family(self) -> socket.AddressFamily: ...
+    @property
+    def laddr(self) -> tuple[str, int] | tuple[()]: ...
+    @property
+    def raddr(self) -> tuple[str, int] | tuple[()]: ...
+    @property
+    def status(self) -> str: ...
+
+
+class SocketKey(NamedTuple):
+    """A socket as psutil lets us tell it apart: the leading fields of its record."""
+
+    family: int
+    state: TcpState
+    local_addr: str
+    local_port: int
+    remote_addr: str
+    remote_port: int
+
+
+def address_bytes(text: str, family: int) -> bytes:
+    """psutil's address text in network order; a scope (``fe80::1%lo0``) is dropped, as netlink has none."""
+    return socket.inet_pton(family, text.partition("%")[0])
+
+
+def readable_connections(process: psutil.Process) -> list[Connection]:
+    """The TCP sockets of one process, or none if it is gone or not ours to inspect."""
+    # psutil 6 renamed connections() to net_connections(); we still accept 5.9.
+    list_connections = getattr(process, "net_connections", None) or process.connections
+    try:
+        return list_connections(kind="tcp")
+    except psutil.Error:
+        return []
+
+
+class PsutilBackend:
+    """Lists TCP sockets with ``psutil.net_connections``.
+
+    Where that needs privileges we lack (macOS without root), it falls back
+    to asking each process we may inspect for its own sockets, and sets
+    ``system_wide`` to False: sockets of other users' processes, and those
+    no process holds (TIME_WAIT), are then missing.
+
+    Entries psutil lists more than once (a socket shared by several
+    processes) become one record. ``skipped_entries`` counts the entries
+    dropped for an unknown status or an address we cannot read.
+    """
+
+    name = "psutil"
+
+    def __init__(self) -> None:
+        self.system_wide = True
+        self.skipped_entries = 0
+        addresses = AddressText()
+        self._caches = {family: AddressCache.for_family(family, address_bytes, addresses) for family in _UNSPECIFIED}
+        self._fresh_inodes = count(SYNTHETIC_INODE_BASE)
+        self._inodes: dict[SocketKey, int] = {}
+        self._owners: dict[int, tuple[int, ...]] = {}
+        try:
+            self._entries()
+        except (psutil.Error, OSError, RuntimeError, NotImplementedError) as exc:
+            raise BackendUnavailable(f"psutil cannot list TCP sockets here: {exc}") from exc
+
+    def owner_hint(self) -> dict[int, tuple[int, ...]]:
+        """Synthetic inode -> pids holding that socket, for the last `sockets()` call.
+
+        Every socket with a known owner has a synthetic inode (from
+        SYNTHETIC_INODE_BASE up) that stays the same while the socket keeps
+        its state and addresses; sockets with no known owner have inode 0
+        and are not in the hint. Use it instead of scanning /proc/*/fd.
+        """
+        return self._owners
+
+    def sockets(self) -> list[SocketRecord]:
+        try:
+            entries = self._entries()
+        except (psutil.Error, OSError, RuntimeError) as exc:
+            raise CollectError(f"psutil could not list TCP sockets: {exc}") from exc
+        for cache in self._caches.values():
+            cache.trim()
+        pids_by_socket: dict[SocketKey, list[int]] = {}
+        for pid, connection in entries:
+            key = self._key(connection)
+            if key is None:
+                self.skipped_entries += 1
+                continue
+            pids = pids_by_socket.setdefault(key, [])
+            if pid is not None and pid not in pids:
+                pids.append(pid)
+        return self._records(pids_by_socket)
+
+    def _entries(self) -> list[tuple[int | None, Connection]]:
+        """(owning pid or None, connection) for every TCP socket psutil lets us see."""
+        if self.system_wide:
+            try:
+                return [(connection.pid, connection) for connection in psutil.net_connections(kind="tcp")]
+            except psutil.AccessDenied:
+                self.system_wide = False
+        return [(process.pid, connection) for process in psutil.process_iter()
+                for connection in readable_connections(process)]
+
+    def _key(self, connection: Connection) -> SocketKey | None:
+        state = _STATE_BY_STATUS.get(connection.status)
+        family = connection.family
+        if state is None or family not in self._caches:
+            return None
+        local_addr, local_port = connection.laddr or (_UNSPECIFIED[family], 0)
+        remote_addr, remote_port = connection.raddr or (_UNSPECIFIED[family], 0)
+        cache = self._caches[family]
+        try:
+            return SocketKey(family, state,
+                             cache.known.get(local_addr) or cache.convert(local_addr), local_port,
+                             cache.known.get(remote_addr) or cache.convert(remote_addr), remote_port)
+        except OSError:  # inet_pton: not an address of this family
+            return None
+
+    def _records(self, pids_by_socket: dict[SocketKey, list[int]]) -> list[SocketRecord]:
+        """One record per socket; owned ones get their synthetic inode, kept from the last call."""
+        uids: dict[int, int] = {}
+        inodes: dict[SocketKey, int] = {}
+        owners: dict[int, tuple[int, ...]] = {}
+        records: list[SocketRecord] = []
+        for key, pids in pids_by_socket.items():
+            uid = inode = 0
+            if pids:
+                inode = inodes[key] = self._inodes.get(key) or next(self._fresh_inodes)
+                owners[inode] = tuple(pids)
+                uid = _process_uid(pids[0], uids)
+            records.append(SocketRecord(*key, 0, 0, TimerKind.NONE, 0, 0, uid, inode))
+        self._inodes = inodes
+        self._owners = owners
+        return records
+
+
+def _process_uid(pid: int, known: dict[int, int]) -> int:
+    """The real uid of a process, 0 if it is gone or hidden; ``known`` spares a second look."""
+    if pid not in known:
+        try:
+            known[pid] = psutil.Process(pid).uids().real
+        except psutil.Error:
+            known[pid] = 0
+    return known[pid]
