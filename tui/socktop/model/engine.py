@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from operator import itemgetter
 
+from ..collect.kernelstate import read_kernel_state
 from ..collect.owners import OwnerScanner, user_name
 from ..collect.records import Backend, BackendUnavailable
 from .aggregate import Ownership, aggregate
@@ -103,15 +104,16 @@ class Engine:
             records = self.backend.sockets()
             ownership = self._ownership(records)
             aggregates = aggregate(records, ownership, user_name, self._last_owners)
+        kernel = read_kernel_state()
         self._last_owners = aggregates.last_owners
         self._seq += 1
         taken_at, monotonic = time.time(), time.monotonic()
-        history = self.history.record(self._seq, taken_at, monotonic, aggregates)
+        history = self.history.record(self._seq, taken_at, monotonic, aggregates, kernel.counters)
         return Snapshot(
             seq=self._seq, taken_at=taken_at, monotonic=monotonic,
             collect_seconds=time.perf_counter() - started,
             source=self._source(aggregates.coverage), sockets=records, ownership=ownership,
-            aggregates=aggregates, history=history, user_of=user_name,
+            aggregates=aggregates, history=history, user_of=user_name, kernel=kernel,
         )
 
     def _ownership(self, records: list) -> Ownership:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from ..collect.records import TcpState
 from .aggregate import Aggregates, StateCounts
@@ -23,14 +23,16 @@ class History:
     def __init__(self, capacity: int) -> None:
         self._points: deque[HistoryPoint] = deque(maxlen=capacity)
 
-    def record(self, seq: int, taken_at: float, monotonic: float, aggregates: Aggregates) -> tuple[HistoryPoint, ...]:
+    def record(self, seq: int, taken_at: float, monotonic: float, aggregates: Aggregates,
+               counters: Mapping[str, int] | None = None) -> tuple[HistoryPoint, ...]:
         by_process: dict[str, StateCounts] = {}
         for key, group in aggregates.by_process.items():
             counts = dict(group.counts)
             if group.inferred_time_wait:
                 counts[TcpState.TIME_WAIT] = counts.get(TcpState.TIME_WAIT, 0) + group.inferred_time_wait
             by_process[key] = counts
-        self._points.append(HistoryPoint(seq, taken_at, monotonic, dict(aggregates.by_state), by_process))
+        self._points.append(HistoryPoint(seq, taken_at, monotonic, dict(aggregates.by_state), by_process,
+                                         dict(counters or {})))
         return tuple(self._points)
 
     def resize(self, capacity: int) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from ..collect.kernelstate import KernelState
 from ..collect.records import ProcessInfo, SocketRecord, TcpState
 from .aggregate import CONNECTION, Aggregates, Ownership, OwnerKind, Pids, StateCounts, aggregate
 
@@ -38,6 +39,7 @@ class HistoryPoint:
     monotonic: float
     by_state: StateCounts
     by_process: dict[str, StateCounts]  # process key → counts, TIME_WAIT including the inferred
+    counters: dict[str, int] = field(default_factory=dict)  # kernel counters (nstat names), for rates
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +57,7 @@ class Snapshot:
     history: tuple[HistoryPoint, ...] = ()
     warnings: tuple[str, ...] = ()
     user_of: Callable[[int], str] = field(default=str, repr=False, compare=False)
+    kernel: KernelState | None = None  # sysctls and counters at this refresh; None when not read
 
     @property
     def coverage(self) -> float:
@@ -100,5 +103,5 @@ class Snapshot:
         return Snapshot(
             seq=self.seq, taken_at=self.taken_at, monotonic=self.monotonic, collect_seconds=self.collect_seconds,
             source=self.source, sockets=kept, ownership=self.ownership, aggregates=aggregates,
-            history=self.history, warnings=self.warnings, user_of=self.user_of,
+            history=self.history, warnings=self.warnings, user_of=self.user_of, kernel=self.kernel,
         )
