@@ -141,6 +141,7 @@ class OwnerScanner:
         self.pids_by_inode: dict[int, tuple[int, ...]] = {}
         self.unowned: set[int] = set()
         self.denied_pids: set[int] = set()
+        self._present: set[int] = set()  # the TCP inodes of the previous update
         self._last_full_scan = float("-inf")
         self._last_unknown_retry = float("-inf")
         self.stats = ScanStats()
@@ -155,17 +156,18 @@ class OwnerScanner:
         present = inodes if isinstance(inodes, (set, frozenset)) else set(inodes)
         present.discard(0)
         now = self._clock()
+        closed, self._present = self._present - present, present
         self.unowned &= present
         unknown = present - self.pids_by_inode.keys() - self.unowned
         full_due = now - self._last_full_scan >= FULL_RESCAN_EVERY
         if full_due:
-            self._scan(present, full=True)
+            self._scan(present, closed, full=True)
         elif unknown:
-            self._scan(present, full=False)
+            self._scan(present, closed, full=False)
             still_unknown = present - self.pids_by_inode.keys() - self.unowned
             if still_unknown and now - self._last_unknown_retry >= RETRY_UNKNOWN_AFTER:
                 self._last_unknown_retry = now
-                self._scan(present, full=True)
+                self._scan(present, closed, full=True)
         else:
             self._forget_closed(present)
             return
@@ -176,8 +178,14 @@ class OwnerScanner:
         if self.pids_by_inode.keys() - present:
             self.pids_by_inode = {inode: pids for inode, pids in self.pids_by_inode.items() if inode in present}
 
-    def _scan(self, present: set[int], full: bool) -> None:
-        """Read the fd tables of every process; with ``full`` re-read every link."""
+    def _scan(self, present: set[int], closed: set[int], full: bool) -> None:
+        """Read the fd tables of every process; with ``full`` re-read every link.
+
+        Otherwise only new descriptors are read, and those that held a TCP
+        socket which has closed since (the number may now name another).
+        UNIX and UDP sockets never appear in ``present``; re-reading them
+        each time would cost as much as a full scan.
+        """
         self.stats.scans += 1
         if full:
             self.stats.full_scans += 1
@@ -186,7 +194,7 @@ class OwnerScanner:
         seen_pids: set[int] = set()
         denied: set[int] = set()
         for pid in self._list_pids():
-            fds = self._read_fds(pid, present, full, denied)
+            fds = self._read_fds(pid, closed, full, denied)
             if fds is None:
                 continue
             seen_pids.add(pid)
@@ -209,7 +217,7 @@ class OwnerScanner:
             return ()
         return [int(name) for name in names if name.isdigit()]
 
-    def _read_fds(self, pid: int, present: set[int], full: bool, denied: set[int]) -> _ProcessFds | None:
+    def _read_fds(self, pid: int, closed: set[int], full: bool, denied: set[int]) -> _ProcessFds | None:
         """This pid's fd → inode table, re-reading only what may have changed."""
         fd_dir = f"{self._proc}/{pid}/fd"
         try:
@@ -231,7 +239,7 @@ class OwnerScanner:
         current: dict[str, int] = {}
         for name in names:
             inode = previous.get(name)
-            if inode is None or full or (inode != NOT_A_SOCKET and inode not in present):
+            if inode is None or full or inode in closed:
                 inode = self._read_link(fd_dir, name)
                 if inode is None:
                     continue

@@ -1,0 +1,85 @@
+"""The owner scanner on real processes: incremental reads, exits mid-scan, reused PIDs."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+from socktop.collect.owners import OwnerScanner, read_process, soft_fd_limit, start_ticks
+
+HOLDER = (
+    "import socket, sys, time\n"
+    "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(1)\n"
+    "print(s.getsockname()[1], flush=True); sys.stdin.read()\n"
+)
+
+
+def socket_inode(sock: socket.socket) -> int:
+    return os.fstat(sock.fileno()).st_ino
+
+
+def test_finds_this_process_and_reads_only_new_links() -> None:
+    scanner = OwnerScanner()
+    first = socket.socket()
+    scanner.update({socket_inode(first)})
+    assert scanner.pids_by_inode[socket_inode(first)] == (os.getpid(),)
+    me = scanner.processes[os.getpid()]
+    assert me.name and me.user and me.fd_count and me.fd_limit == soft_fd_limit(
+        open(f"/proc/{os.getpid()}/limits").read())
+    links_after_first_scan = scanner.stats.links_read
+    scanner.update({socket_inode(first)})
+    assert scanner.stats.links_read == links_after_first_scan  # nothing unknown: no scan at all
+    second = socket.socket()
+    scanner.update({socket_inode(first), socket_inode(second)})
+    assert scanner.pids_by_inode[socket_inode(second)] == (os.getpid(),)
+    assert scanner.stats.links_read - links_after_first_scan < 0.5 * links_after_first_scan
+    first.close()
+    second.close()
+
+
+def test_unowned_inodes_do_not_trigger_a_scan_every_time() -> None:
+    scanner = OwnerScanner()
+    phantom = 999_999_999
+    scanner.update({phantom})
+    scans = scanner.stats.scans
+    scanner.update({phantom})
+    assert phantom in scanner.unowned and scanner.stats.scans == scans
+
+
+def test_a_process_that_exits_mid_scan_is_skipped() -> None:
+    child = subprocess.Popen([sys.executable, "-c", HOLDER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    child.stdout.readline()
+    mine = socket.socket()
+
+    class ExitingDuringScan(OwnerScanner):
+        def _list_pids(self):
+            pids = list(super()._list_pids())
+            child.kill()  # it is listed, then gone before its fds are read
+            child.wait()
+            return pids
+
+    scanner = ExitingDuringScan()
+    scanner.update({socket_inode(mine)})
+    assert scanner.pids_by_inode[socket_inode(mine)] == (os.getpid(),)
+    assert child.pid not in scanner.processes and scanner.stats.vanished_pids >= 1
+    mine.close()
+
+
+def test_process_facts_survive_odd_command_names() -> None:
+    stat = "4242 (evil) name (x)) S 1 4242 4242 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 123456 1 1"
+    assert start_ticks(stat) == 123456
+    assert start_ticks("garbage") is None
+    assert soft_fd_limit("Max open files            1024                 524288               files\n") == 1024
+    assert soft_fd_limit("Max open files            unlimited            unlimited            files\n") is None
+    assert read_process(2**22 + 12345, None) is None  # no such pid: None, not an exception
+
+
+def test_a_reused_pid_is_read_afresh() -> None:
+    me = read_process(os.getpid(), 3)
+    assert me is not None
+    stale = type(me)(pid=me.pid, start_ticks=me.start_ticks - 1, name="someone-else", cmdline="", uid=me.uid,
+                     user=me.user, fd_count=3, fd_limit=me.fd_limit)
+    fresh = read_process(os.getpid(), 3, known=stale)
+    assert fresh is not None and fresh.name != "someone-else" and fresh.start_ticks == me.start_ticks
