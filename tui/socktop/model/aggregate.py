@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from itertools import compress
-from operator import itemgetter, not_
+from operator import add, and_, itemgetter, not_
 
 from ..collect.records import ProcessInfo, SocketRecord, TcpState
 
@@ -22,6 +22,8 @@ REMOTE_ADDR = itemgetter(4)
 REMOTE_PORT = itemgetter(5)
 INODE = itemgetter(12)
 CONNECTION = itemgetter(2, 3, 4, 5)
+REMOTE_PORT_OF_CONNECTION = itemgetter(3)
+UID_AND_STATE = itemgetter(11, 1)
 
 Pids = tuple[int, ...]
 StateCounts = dict[TcpState, int]
@@ -138,12 +140,25 @@ def uid_key(uid: int) -> str:
     return f"uid:{uid}"
 
 
+DEFAULT_EPHEMERAL_PORTS = (32768, 60999)  # Linux's default net.ipv4.ip_local_port_range
+_INBOUND_BY_SCORE = (False, False, True, True)
+
+
+def _port_table(ephemeral: tuple[int, int], inside: int, outside: int) -> list[int]:
+    """A lookup by port number, built with slices: a Python loop would cost 28k steps."""
+    low, high = ephemeral
+    table = [outside] * 65536
+    table[low:high + 1] = [inside] * (high + 1 - low)
+    return table
+
+
 def aggregate(
     records: Sequence[SocketRecord],
     ownership: Ownership,
     user_of: Callable[[int], str],
     last_owners: Mapping[Connection, Pids],
     listeners: Mapping[int, Pids] | None = None,
+    ephemeral_ports: tuple[int, int] = DEFAULT_EPHEMERAL_PORTS,
 ) -> Aggregates:
     """All the panes' groups in one sweep of C-level passes over ``records``.
 
@@ -153,29 +168,43 @@ def aggregate(
     how it stays tied (as inferred) to the process that held it.
     ``listeners`` (port → pids) replaces the listeners found in ``records``
     when those are a filtered subset of the table.
+
+    A socket is "in" under its local port when that port listens, or when
+    it is a fixed port talking to an ephemeral one (``ephemeral_ports``,
+    the kernel's ip_local_port_range): the server-side TIME_WAIT of a
+    service that has just been restarted must not scatter into one "out"
+    row per client port.
     """
     states = list(map(STATE, records))
     by_state: StateCounts = dict(Counter(states))
     local_ports = list(map(LOCAL_PORT, records))
-    owner_pids = list(map(ownership.pids_by_inode.get, map(INODE, records)))
+    remote_ports = list(map(REMOTE_PORT, records))
+    inodes = list(map(INODE, records))
+    owner_pids = list(map(ownership.pids_by_inode.get, inodes))
     listener_pids = _listener_pids(local_ports, states, owner_pids) if listeners is None else listeners
     listening_ports = frozenset(listener_pids)
-    inbound = list(map(listening_ports.__contains__, local_ports))
+
+    # score = local side (2 listening, 1 fixed port, 0 ephemeral) + remote side (1 ephemeral); >= 2 is "in"
+    local_score = _port_table(ephemeral_ports, inside=0, outside=1)
+    for port in listening_ports:
+        local_score[port] = 2
+    remote_score = _port_table(ephemeral_ports, inside=1, outside=0)
+    inbound = list(map(_INBOUND_BY_SCORE.__getitem__, map(
+        add, map(local_score.__getitem__, local_ports), map(remote_score.__getitem__, remote_ports))))
     outbound = list(map(not_, inbound))
 
-    out_records = list(compress(records, outbound))
+    # outgoing sockets: who holds each connection now, or held it before it turned inode-0
     out_pids = list(compress(owner_pids, outbound))
-    out_connections = list(map(CONNECTION, out_records))
-    held = {connection: pids for connection, pids in zip(out_connections, out_pids) if pids}
-    unheld = [(connection, record) for connection, record, pids in zip(out_connections, out_records, out_pids)
-              if not pids and not record.inode]
-    inferred = {connection: pids for connection, _ in unheld if (pids := last_owners.get(connection))}
+    out_connections = list(map(CONNECTION, compress(records, outbound)))
+    held = dict(compress(zip(out_connections, out_pids), out_pids))
+    unheld = list(compress(out_connections, map(not_, out_pids)))
+    found = list(map(last_owners.get, unheld))
+    inferred = dict(compress(zip(unheld, found), found))
 
     # (port, state, pids or None) per direction: a few thousand distinct keys at most
     inbound_keys = Counter(zip(compress(local_ports, inbound), compress(states, inbound), compress(owner_pids, inbound)))
-    outbound_keys = Counter(zip(map(REMOTE_PORT, out_records), compress(states, outbound), out_pids))
-    inferred_out = Counter((record.remote_port, inferred[connection]) for connection, record in unheld
-                           if connection in inferred)
+    outbound_keys = Counter(zip(compress(remote_ports, outbound), compress(states, outbound), out_pids))
+    inferred_out = Counter(compress(zip(map(REMOTE_PORT_OF_CONNECTION, unheld), found), found))
 
     tallies: dict[str, _ProcessTally] = {}
     port_counts: dict[tuple[int, Direction], Counter[TcpState]] = {}
@@ -213,12 +242,13 @@ def aggregate(
         total=len(records),
         by_state=by_state,
         by_port=by_port,
-        by_process=_process_groups(tallies, ownership.processes, _unknown_uid_counts(records, owner_pids), user_of),
-        by_remote=_remote_groups(records, states),
+        by_process=_process_groups(tallies, ownership.processes, _unknown_uid_counts(records, owner_pids, inodes),
+                                   user_of),
+        by_remote=_remote_groups(records, states, remote_ports),
         listening_ports=listening_ports,
         listener_pids=listener_pids,
         last_owners=held | inferred,
-        with_inode=len(records) - _count_inode_zero(records),
+        with_inode=len(records) - inodes.count(0),
         owned=owned,
     )
 
@@ -239,16 +269,11 @@ def _tally(tallies: dict[str, _ProcessTally], pid: int) -> _ProcessTally:
     return tally
 
 
-def _count_inode_zero(records: Sequence[SocketRecord]) -> int:
-    return list(map(INODE, records)).count(0)
-
-
-def _unknown_uid_counts(records: Sequence[SocketRecord], owner_pids: list[Pids | None]) -> Counter[tuple[int, TcpState]]:
+def _unknown_uid_counts(records: Sequence[SocketRecord], owner_pids: list[Pids | None],
+                        inodes: list[int]) -> Counter[tuple[int, TcpState]]:
     """(uid, state) counts of sockets that have an inode but no owner we could find."""
-    unplaced = map(not_, owner_pids)
-    return Counter(
-        (r.uid, r.state) for r in compress(records, unplaced) if r.inode
-    )
+    unplaced = map(and_, map(not_, owner_pids), map(bool, inodes))
+    return Counter(map(UID_AND_STATE, compress(records, unplaced)))
 
 
 def _process_groups(
@@ -279,9 +304,9 @@ def _process_groups(
     return groups
 
 
-def _remote_groups(records: Sequence[SocketRecord], states: list[TcpState]) -> dict[str, RemoteGroup]:
-    """Connected sockets by peer address (listeners and unconnected sockets have none)."""
-    connected = list(map(bool, map(REMOTE_PORT, records)))
+def _remote_groups(records: Sequence[SocketRecord], states: list[TcpState],
+                   connected: list[int]) -> dict[str, RemoteGroup]:
+    """Connected sockets (a remote port, not 0) by peer address."""
     pairs = Counter(zip(map(REMOTE_ADDR, compress(records, connected)), compress(states, connected)))
     counts_by_address: dict[str, dict[TcpState, int]] = {}
     for (address, state), count in pairs.items():

@@ -14,10 +14,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from operator import itemgetter
 
-from ..collect.kernelstate import read_kernel_state
+from ..collect.kernelstate import KernelState, read_kernel_state
 from ..collect.owners import OwnerScanner, user_name
 from ..collect.records import Backend, BackendUnavailable
-from .aggregate import Ownership, aggregate
+from .aggregate import DEFAULT_EPHEMERAL_PORTS, Ownership, aggregate
 from .history import DEFAULT_WINDOW_SECONDS, History, history_capacity
 from .snapshot import Snapshot, SourceInfo
 
@@ -66,6 +66,15 @@ def open_backend(name: str = "auto") -> tuple[Backend, str]:
     raise BackendUnavailable("no way to read the socket table here: " + "; ".join(reasons))
 
 
+def ephemeral_port_range(kernel: KernelState) -> tuple[int, int]:
+    """net.ipv4.ip_local_port_range as read this refresh, or Linux's default."""
+    try:
+        low, high = map(int, (kernel.sysctls.get("net.ipv4.ip_local_port_range") or "").split())
+    except ValueError:
+        return DEFAULT_EPHEMERAL_PORTS
+    return (low, high) if 0 < low <= high < 65536 else DEFAULT_EPHEMERAL_PORTS
+
+
 @contextmanager
 def gc_paused() -> Iterator[None]:
     """Hold the cyclic GC while 50,000 tuples are built: they hold no cycles, and
@@ -103,8 +112,9 @@ class Engine:
         with gc_paused():
             records = self.backend.sockets()
             ownership = self._ownership(records)
-            aggregates = aggregate(records, ownership, user_name, self._last_owners)
-        kernel = read_kernel_state()
+            kernel = read_kernel_state()
+            aggregates = aggregate(records, ownership, user_name, self._last_owners,
+                                   ephemeral_ports=ephemeral_port_range(kernel))
         self._last_owners = aggregates.last_owners
         self._seq += 1
         taken_at, monotonic = time.time(), time.monotonic()
