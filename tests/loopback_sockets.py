@@ -61,6 +61,7 @@ class Population:
     layout: Layout
     listener: socket.socket
     held: list[socket.socket] = field(default_factory=list)
+    client_ports: set[int] = field(default_factory=set)
     expected: set[SocketKey] = field(default_factory=set)
 
     @classmethod
@@ -79,7 +80,9 @@ class Population:
         return self.listener.getsockname()[1]
 
     def is_ours(self, record: SocketRecord) -> bool:
-        return self.port in (record.local_port, record.remote_port)
+        """Both ends are ours: a TIME_WAIT left by an earlier listener on the same port is not."""
+        ends = {record.local_port, record.remote_port}
+        return self.port in ends and ends <= self.client_ports | {self.port, 0}
 
     def ours(self, records: list[SocketRecord]) -> list[SocketRecord]:
         return [record for record in records if self.is_ours(record)]
@@ -137,6 +140,7 @@ class Population:
         client = socket.socket(self.layout.client_family, socket.SOCK_STREAM)
         self.held.append(client)
         client.connect((self.layout.connect_host, self.port))
+        self.client_ports.add(client.getsockname()[1])
         return client
 
     def _connect_and_accept(self) -> tuple[socket.socket, socket.socket]:

@@ -27,7 +27,7 @@ from .records import CANONICAL_STATE, BackendUnavailable, CollectError, SocketRe
 
 PROC_NET = "/proc/net"
 USER_HZ = os.sysconf("SC_CLK_TCK")
-READ_SIZE = 1 << 20  # far more than one read returns: one call per page the kernel fills
+READ_SIZE = 1 << 16  # more than one read ever returns (a page), yet below malloc's mmap threshold
 MIN_FIELDS = 10  # sl, local, remote, st, tx:rx, tr:when, retrnsmt, uid, timeout, inode
 
 _HEX_DIGITS = {socket.AF_INET: 8, socket.AF_INET6: 32}
@@ -68,7 +68,7 @@ class AddressCache:
         return cls(lambda spelled: to_bytes(spelled, family), to_text)
 
     def convert(self, spelled: str) -> str:
-        """Text for an address not seen yet; raises ValueError if it is not one."""
+        """Text for an address not seen yet; ValueError if ``spelled`` is not an address."""
         text = self._to_text(self._to_bytes(spelled))
         self.known[spelled] = text
         return text
@@ -88,6 +88,8 @@ def parse_proc_net_tcp(text: str, family: int, addresses: AddressCache | None = 
     (bad hex, too few fields, an unknown state) is skipped and counted,
     never fatal. Runs once per socket: locals only, no regexes.
     """
+    if family not in _HEX_DIGITS:
+        raise ValueError(f"/proc/net/tcp lists AF_INET or AF_INET6 sockets, not family {family}")
     if addresses is None:
         addresses = AddressCache.for_family(family, address_bytes, AddressText())
     cached = addresses.known.get
@@ -105,7 +107,7 @@ def parse_proc_net_tcp(text: str, family: int, addresses: AddressCache | None = 
     if lines and lines[0].lstrip().startswith("sl"):
         del lines[0]
     for line in lines:
-        fields = line.split()
+        fields = line.split(None, MIN_FIELDS)  # the trailing fields stay one unsplit string
         if not fields:
             continue
         try:

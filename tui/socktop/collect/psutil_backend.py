@@ -37,6 +37,9 @@ _STATE_BY_STATUS: dict[str, TcpState] = {
     psutil.CONN_CLOSING: TcpState.CLOSING,
 }  # CONN_NONE is psutil's "a state I do not know": such entries are skipped and counted
 _UNSPECIFIED = {socket.AF_INET: "0.0.0.0", socket.AF_INET6: "::"}
+# What psutil raises when it cannot list: its own errors, OS errors, and RuntimeError
+# (a /proc line it cannot parse; NotImplementedError on a platform it does not cover).
+_LISTING_FAILURES = (psutil.Error, OSError, RuntimeError)
 
 
 class Connection(Protocol):
@@ -65,7 +68,10 @@ class SocketKey(NamedTuple):
 
 def address_bytes(text: str, family: int) -> bytes:
     """psutil's address text in network order; a scope (``fe80::1%lo0``) is dropped, as netlink has none."""
-    return socket.inet_pton(family, text.partition("%")[0])
+    try:
+        return socket.inet_pton(family, text.partition("%")[0])
+    except OSError as exc:  # inet_pton's way of saying "not an address"
+        raise ValueError(f"{text!r} is not an address of family {family}") from exc
 
 
 def readable_connections(process: psutil.Process) -> list[Connection]:
@@ -87,8 +93,10 @@ class PsutilBackend:
     no process holds (TIME_WAIT), are then missing.
 
     Entries psutil lists more than once (a socket shared by several
-    processes) become one record. ``skipped_entries`` counts the entries
-    dropped for an unknown status or an address we cannot read.
+    processes) become one record; so do SO_REUSEPORT listeners on one
+    address, which psutil gives no way to tell apart. ``skipped_entries``
+    counts the entries dropped for an unknown status or an address we
+    cannot read.
     """
 
     name = "psutil"
@@ -103,7 +111,7 @@ class PsutilBackend:
         self._owners: dict[int, tuple[int, ...]] = {}
         try:
             self._entries()
-        except (psutil.Error, OSError, RuntimeError, NotImplementedError) as exc:
+        except _LISTING_FAILURES as exc:
             raise BackendUnavailable(f"psutil cannot list TCP sockets here: {exc}") from exc
 
     def owner_hint(self) -> dict[int, tuple[int, ...]]:
@@ -119,7 +127,7 @@ class PsutilBackend:
     def sockets(self) -> list[SocketRecord]:
         try:
             entries = self._entries()
-        except (psutil.Error, OSError, RuntimeError) as exc:
+        except _LISTING_FAILURES as exc:
             raise CollectError(f"psutil could not list TCP sockets: {exc}") from exc
         for cache in self._caches.values():
             cache.trim()
@@ -156,7 +164,7 @@ class PsutilBackend:
             return SocketKey(family, state,
                              cache.known.get(local_addr) or cache.convert(local_addr), local_port,
                              cache.known.get(remote_addr) or cache.convert(remote_addr), remote_port)
-        except OSError:  # inet_pton: not an address of this family
+        except ValueError:
             return None
 
     def _records(self, pids_by_socket: dict[SocketKey, list[int]]) -> list[SocketRecord]:
