@@ -1,0 +1,101 @@
+"""The non-interactive CLI as a user runs it: `--once`, `--json` (schema socktop/1), filters, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from socktop import __version__
+from socktop.demo.builders import SocketFarm
+
+
+def socktop(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "socktop", *args], capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def close_wait_port():
+    with SocketFarm() as farm:
+        yield farm.close_wait(3).port
+
+
+def test_once_prints_states_ports_and_processes(close_wait_port: int) -> None:
+    result = socktop("--once", "--port", str(close_wait_port))
+    assert result.returncode == 0, result.stderr
+    for heading in ("By state", "Top ports", "Top processes", "CLOSE-WAIT", str(close_wait_port)):
+        assert heading in result.stdout
+
+
+def test_json_document_has_the_documented_fields(close_wait_port: int) -> None:
+    result = socktop("--json", "--sockets", "--port", str(close_wait_port))
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["schema"] == "socktop/1"
+    for field in ("host", "kernel", "time", "backend", "root", "filters", "coverage", "totals", "ports",
+                  "processes", "remote_hosts", "sockets"):
+        assert field in document
+    assert document["backend"] == "netlink"
+    assert document["filters"] == {"state": None, "port": close_wait_port, "pid": None}
+    assert document["totals"] == {"sockets": 7, "by_state": {"FIN_WAIT2": 3, "CLOSE_WAIT": 3, "LISTEN": 1}}
+    (inbound,) = [p for p in document["ports"] if p["direction"] == "in"]
+    assert inbound == {"port": close_wait_port, "direction": "in", "total": 4,
+                       "by_state": {"CLOSE_WAIT": 3, "LISTEN": 1}, "pids": [os.getpid()]}
+    (me,) = [p for p in document["processes"] if p["pid"] == os.getpid()]
+    assert me["by_state"]["CLOSE_WAIT"] == 3 and me["fds"] and me["uid"] == os.geteuid()
+    assert len(document["sockets"]) == 7
+    sample = document["sockets"][0]
+    assert set(sample) >= {"state", "local", "local_port", "remote", "remote_port", "recv_q", "send_q", "timer",
+                           "timer_ms", "uid", "inode", "pids", "owner"}
+
+
+def test_filters_combine(close_wait_port: int) -> None:
+    document = json.loads(socktop("--json", "--port", str(close_wait_port), "--state", "close-wait",
+                                  "--pid", str(os.getpid())).stdout)
+    assert document["totals"]["by_state"] == {"CLOSE_WAIT": 3}
+    assert document["filters"]["state"] == "CLOSE_WAIT"
+    nobody = json.loads(socktop("--json", "--port", str(close_wait_port), "--pid", "999999999").stdout)
+    assert nobody["totals"] == {"sockets": 0, "by_state": {}}
+
+
+@pytest.mark.parametrize("args, complaint", [
+    (["--state", "bogus"], "unknown TCP state 'bogus'"),
+    (["--port", "70000"], "invalid port '70000'"),
+    (["--pid", "-3"], "argument --pid"),
+    (["--interval", "0.1"], "out of range"),
+    (["--backend", "carrier-pigeon"], "invalid choice"),
+    (["--sockets"], "--sockets needs --json"),
+    (["--once", "--json"], "not allowed with"),
+    (["demo", "--duration", "forever"], "invalid duration"),
+])
+def test_bad_arguments_get_one_line_and_a_nonzero_exit(args: list[str], complaint: str) -> None:
+    result = socktop(*args)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert complaint in result.stderr
+
+
+def test_version_and_help() -> None:
+    assert socktop("--version").stdout.strip() == f"socktop {__version__}"
+    help_text = socktop("--help").stdout
+    assert "examples:" in help_text and "socktop --json --state close-wait" in help_text
+
+
+def test_explicit_backends_give_the_same_counts(close_wait_port: int) -> None:
+    counts = {
+        backend: json.loads(socktop("--json", "--backend", backend, "--port", str(close_wait_port)).stdout)["totals"]
+        for backend in ("netlink", "proc")
+    }
+    assert counts["netlink"] == counts["proc"]
+
+
+def test_console_script_is_installed() -> None:
+    script = Path(sys.executable).parent / "socktop"
+    result = subprocess.run([str(script), "--once"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and socket.gethostname() in result.stdout
