@@ -8,6 +8,7 @@ boundary, and the fallback then runs for real.
 from __future__ import annotations
 
 import os
+import resource
 from collections.abc import Iterator
 
 import psutil
@@ -63,3 +64,16 @@ def test_unavailable_when_psutil_cannot_list_at_all(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(psutil, "net_connections", unsupported)
     with pytest.raises(BackendUnavailable, match="psutil cannot list TCP sockets here"):
         PsutilBackend()
+
+
+def test_processes_describes_the_owners(population: Population) -> None:
+    backend = PsutilBackend()
+    backend.sockets()
+    me = backend.processes({os.getpid(), 0})
+    assert list(me) == [os.getpid()]
+    info = me[os.getpid()]
+    assert (info.uid, info.name) == (os.getuid(), psutil.Process().name())
+    assert info.fd_count is not None and info.fd_count >= len(population.held) + 1
+    assert info.fd_limit == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    backend.sockets()
+    assert backend.processes({os.getpid()})[os.getpid()].start_ticks == info.start_ticks

@@ -4,21 +4,25 @@ psutil says less than the kernel interfaces: no queues, no timers, no
 retransmit count, no inode, and no socket uid (``uid`` is the owning
 process's real uid, or 0 when no process is known: our records have no
 "unknown" uid). What it does say is which processes hold a socket, so each
-owned socket gets a synthetic inode and `PsutilBackend.owner_hint` maps it
-to those pids, sparing the owner scan a /proc/*/fd it would not find.
+owned socket gets a synthetic inode, `PsutilBackend.owner_hint` maps it
+to those pids and `PsutilBackend.processes` describes them, sparing the
+owner scan a /proc it would not find.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import socket
+from collections.abc import Callable, Collection
 from itertools import count
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, TypeVar
 
 import psutil
 
 from .netlink import AddressText
+from .owners import user_name
 from .procnet import AddressCache
-from .records import BackendUnavailable, CollectError, SocketRecord, TcpState, TimerKind
+from .records import BackendUnavailable, CollectError, ProcessInfo, SocketRecord, TcpState, TimerKind
 
 #: Synthetic inodes start here: the kernel's inode numbers are 32-bit, so they cannot collide.
 SYNTHETIC_INODE_BASE = 1 << 40
@@ -109,6 +113,7 @@ class PsutilBackend:
         self._fresh_inodes = count(SYNTHETIC_INODE_BASE)
         self._inodes: dict[SocketKey, int] = {}
         self._owners: dict[int, tuple[int, ...]] = {}
+        self._processes: dict[int, ProcessInfo] = {}
         try:
             self._entries()
         except _LISTING_FAILURES as exc:
@@ -123,6 +128,14 @@ class PsutilBackend:
         and are not in the hint. Use it instead of scanning /proc/*/fd.
         """
         return self._owners
+
+    def processes(self, pids: Collection[int]) -> dict[int, ProcessInfo]:
+        """The processes among ``pids`` that held sockets in the last `sockets()` call.
+
+        The engine asks for them with the owner hint, in place of the owner
+        scan's /proc reads; a process that exited or hides from us is absent.
+        """
+        return {pid: self._processes[pid] for pid in pids if pid in self._processes}
 
     def sockets(self) -> list[SocketRecord]:
         try:
@@ -169,7 +182,11 @@ class PsutilBackend:
 
     def _records(self, pids_by_socket: dict[SocketKey, list[int]]) -> list[SocketRecord]:
         """One record per socket; owned ones get their synthetic inode, kept from the last call."""
-        uids: dict[int, int] = {}
+        known = self._processes
+        self._processes = {
+            pid: info for pid in {pid for pids in pids_by_socket.values() for pid in pids}
+            if (info := describe_process(pid, known.get(pid))) is not None
+        }
         inodes: dict[SocketKey, int] = {}
         owners: dict[int, tuple[int, ...]] = {}
         records: list[SocketRecord] = []
@@ -178,18 +195,48 @@ class PsutilBackend:
             if pids:
                 inode = inodes[key] = self._inodes.get(key) or next(self._fresh_inodes)
                 owners[inode] = tuple(pids)
-                uid = _process_uid(pids[0], uids)
+                owner = self._processes.get(pids[0])
+                uid = owner.uid if owner else 0
             records.append(SocketRecord(*key, 0, 0, TimerKind.NONE, 0, 0, uid, inode))
         self._inodes = inodes
         self._owners = owners
         return records
 
 
-def _process_uid(pid: int, known: dict[int, int]) -> int:
-    """The real uid of a process, 0 if it is gone or hidden; ``known`` spares a second look."""
-    if pid not in known:
-        try:
-            known[pid] = psutil.Process(pid).uids().real
-        except psutil.Error:
-            known[pid] = 0
-    return known[pid]
+_T = TypeVar("_T")
+
+
+def describe_process(pid: int, known: ProcessInfo | None) -> ProcessInfo | None:
+    """One process as psutil sees it; None once it has exited or hides from us.
+
+    ``known`` is last snapshot's entry for the pid: while the start time
+    matches, only the descriptor count is read again. ``start_ticks`` is
+    the start time in ms here (psutil has no kernel ticks everywhere); it
+    only has to tell a reused pid apart.
+    """
+    try:
+        process = psutil.Process(pid)
+        with process.oneshot():
+            started = int(process.create_time() * 1000)
+            fd_count = _unless_denied(process.num_fds, None)
+            if known is not None and known.start_ticks == started:
+                return known if known.fd_count == fd_count else dataclasses.replace(known, fd_count=fd_count)
+            uid = process.uids().real
+            # psutil reads limits on Linux and FreeBSD only, not on macOS.
+            fd_limit = (_unless_denied(lambda: process.rlimit(psutil.RLIMIT_NOFILE)[0], None)
+                        if hasattr(process, "rlimit") else None)
+            return ProcessInfo(
+                pid=pid, start_ticks=started, name=process.name(),
+                cmdline=" ".join(_unless_denied(process.cmdline, [])), uid=uid, user=user_name(uid),
+                fd_count=fd_count, fd_limit=fd_limit,
+            )
+    except psutil.Error:
+        return None
+
+
+def _unless_denied(read: Callable[[], _T], default: _T) -> _T:
+    """What ``read`` returns, or ``default`` where the process hides that one fact from us."""
+    try:
+        return read()
+    except psutil.AccessDenied:
+        return default
