@@ -1,0 +1,196 @@
+"""Shell commands socktop hands out, built by pure functions and safe to paste.
+
+Every value that reaches a command passes through ``shlex.quote`` or is a
+validated number or address. A process name (chosen by whoever started
+the process) is only ever put in a trailing comment, and that comment is
+made safe twice: control and invisible characters are escaped (no newline
+to end the comment, no ESC to drive the terminal, no bidi override to
+disguise the line), and the rest is shell-quoted too, so that even a shell
+that does not treat ``#`` as a comment (interactive zsh without
+INTERACTIVE_COMMENTS) sees only inert words.
+
+The UI and the findings use:
+- `Command` (line, note): what to copy, and one line on what it does;
+- `ss_sockets(...)`, `ss_for_row(kind, key, state)`: `ss` listing exactly the sockets of a row;
+- `lsof_sockets(pid, state)`, `kill_commands(pid, name)`, `ss_kill(record)`;
+- `sysctl_runtime(key, value)`, `sysctl_persistent(key, value)`;
+- `stack_dump(process)`: py-spy, jstack or gdb, by the kind of process;
+- `nstat_counters(names)`: the kernel counters behind a finding.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import shlex
+import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from ..collect.records import ProcessInfo, SocketRecord, TcpState
+from ..safetext import printable
+
+#: Where persistent settings go; read late by `sysctl --system`, so it wins over most distribution files.
+SYSCTL_FILE = "/etc/sysctl.d/90-socktop.conf"
+COMMENT_MAX_CHARS = 60
+
+#: ss takes most states by their slug, but not these three.
+_SS_STATE_NAMES = {TcpState.ESTABLISHED: "established", TcpState.LISTEN: "listening", TcpState.CLOSE: "closed"}
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A command line to copy, and one line saying what it does and what it costs."""
+
+    line: str
+    note: str
+
+
+def safe_comment(text: str) -> str:
+    """``  # text`` that nothing in ``text`` can end early, run, or use to drive the terminal."""
+    shown = "".join(
+        f"\\u{ord(char):04x}" if unicodedata.category(char) in ("Cf", "Zl", "Zp") else char
+        for char in printable(text)
+    )
+    if len(shown) > COMMENT_MAX_CHARS:
+        shown = shown[: COMMENT_MAX_CHARS - 1] + "…"
+    return f"  # {shlex.quote(shown)}"
+
+
+def ss_state_name(state: TcpState) -> str:
+    """The name ss accepts after ``state`` (``established``, ``listening``, ``close-wait``, ...)."""
+    return _SS_STATE_NAMES.get(state, state.slug)
+
+
+def ss_address(address: str) -> str:
+    """An address as an ss filter wants it: IPv6 in brackets (a bare ``::1`` silently matches nothing),
+    IPv4-mapped IPv6 as IPv4 (the kernel matches an IPv4 condition against mapped sockets)."""
+    ip = ipaddress.ip_address(address)  # raises ValueError on anything that is not an address
+    if ip.version == 6 and ip.ipv4_mapped is None:
+        return f"[{ip}]"
+    return str(getattr(ip, "ipv4_mapped", None) or ip)
+
+
+def _ss_expression(local_addr: str | None, local_port: int | None,
+                   remote_addr: str | None, remote_port: int | None) -> str:
+    terms = [
+        term for term in (
+            f"src {ss_address(local_addr)}" if local_addr else "",
+            f"sport = :{int(local_port)}" if local_port else "",
+            f"dst {ss_address(remote_addr)}" if remote_addr else "",
+            f"dport = :{int(remote_port)}" if remote_port else "",
+        ) if term
+    ]
+    return f"( {' and '.join(terms)} )" if terms else ""
+
+
+def ss_sockets(state: TcpState | None = None, *, local_addr: str | None = None, local_port: int | None = None,
+               remote_addr: str | None = None, remote_port: int | None = None, pid: int | None = None) -> Command:
+    """``ss -tanp [state S] '( filter )'`` for exactly these sockets.
+
+    ss cannot filter by process, so ``pid`` keeps the lines whose
+    ``users:`` field names that pid; sockets no process holds (TIME_WAIT,
+    SYN_RECV) never carry one, so for them filter by port instead.
+    """
+    # bound-only sockets (CLOSE) are listed only on request: -B, --bound-inactive (a recent ss)
+    words = ["ss", "-tanpB" if state is TcpState.CLOSE else "-tanp"]
+    if state is not None:
+        words += ["state", ss_state_name(state)]
+    expression = _ss_expression(local_addr, local_port, remote_addr, remote_port)
+    if expression:
+        words.append(expression)
+    line = shlex.join(words)
+    scope = f"{state.label} sockets" if state is not None else "sockets"
+    if pid is not None:
+        line += f" | grep -F {shlex.quote(f'pid={int(pid)},')}"
+        scope += f" held by pid {int(pid)}"
+    return Command(line, f"list the {scope} (add -o for timers, -i for TCP details)")
+
+
+def ss_for_row(kind: str, key: object, state: TcpState | None = None) -> Command:
+    """`ss` for one row of a pane: kind "state" (key a TcpState), "port" ("in:8080" serves on
+    local port 8080, "out:443" calls remote port 443), "process" ("pid:4242"; "uid:N" rows
+    list by state only) or "remote" (an address)."""
+    if kind == "state":
+        return ss_sockets(key if isinstance(key, TcpState) else TcpState.parse(str(key)))
+    text = str(key)
+    if kind == "port":
+        direction, _, port = text.partition(":")
+        return ss_sockets(state, **{"local_port" if direction == "in" else "remote_port": int(port)})
+    if kind == "process":
+        prefix, _, number = text.partition(":")
+        return ss_sockets(state, pid=int(number) if prefix == "pid" else None)
+    if kind == "remote":
+        return ss_sockets(state, remote_addr=text)
+    raise ValueError(f"unknown row kind {kind!r}")
+
+
+def lsof_sockets(pid: int, state: TcpState | None = None) -> Command:
+    """``lsof -nP -a -p PID -iTCP [-sTCP:STATE]``: the descriptors behind a process's sockets."""
+    words = ["lsof", "-nP", "-a", "-p", str(int(pid)), "-iTCP"]
+    if state is not None:
+        words.append(f"-sTCP:{state.name}")
+    return Command(shlex.join(words), "the descriptors (fd numbers) holding them; -nP: no DNS or port-name lookups")
+
+
+def kill_commands(pid: int, name: str) -> tuple[Command, Command]:
+    """TERM first, KILL as the second step; the name only in a trailing comment."""
+    pid = int(pid)
+    comment = safe_comment(name)
+    return (
+        Command(f"kill -TERM {pid}{comment}",
+                "ask the process to exit (closes its sockets); check the pid is still that process first"),
+        Command(f"kill -KILL {pid}{comment}",
+                "only if it is still running after TERM: no cleanup, the kernel closes its sockets"),
+    )
+
+
+def ss_kill(record: SocketRecord) -> Command:
+    """``ss -K`` for this one connection (needs root and CONFIG_INET_DIAG_DESTROY)."""
+    expression = _ss_expression(record.local_addr, record.local_port, record.remote_addr, record.remote_port)
+    line = shlex.join(["ss", "-K", "state", ss_state_name(record.state), expression])
+    return Command(line, "abort this one connection (RST to the peer); root and CONFIG_INET_DIAG_DESTROY; "
+                         "a process holding it keeps its descriptor until it closes it")
+
+
+def sysctl_runtime(key: str, value: str) -> Command:
+    """``sysctl -w key=value``: in force at once, lost at reboot."""
+    return Command(shlex.join(["sysctl", "-w", f"{key}={value}"]), "takes effect now (root), lost at reboot")
+
+
+def sysctl_persistent(key: str, value: str, path: str = SYSCTL_FILE) -> Command:
+    """Append ``key = value`` to a file under /etc/sysctl.d/, then load every file with ``sysctl --system``."""
+    line = f"echo {shlex.quote(f'{key} = {value}')} >> {shlex.quote(path)} && sysctl --system"
+    return Command(line, f"kept across reboots in {path} (root); a later file setting the same key wins")
+
+
+def nstat_counters(names: Iterable[str]) -> Command:
+    """``nstat -az NAME...``: the counters since boot (``nstat`` without -a shows the change since its last run)."""
+    return Command(shlex.join(["nstat", "-az", *sorted(names)]), "the kernel counters behind this, since boot")
+
+
+def process_kind(process: ProcessInfo) -> str:
+    """"python", "java" or "native", told from the name and the program in the command line."""
+    program = os.path.basename(process.cmdline.split(" ", 1)[0]) if process.cmdline else ""
+    for candidate in (process.name, program):
+        lowered = candidate.lower()
+        if lowered.startswith(("python", "pypy", "gunicorn", "uwsgi", "celery")):
+            return "python"
+        if lowered.startswith("java"):
+            return "java"
+    return "native"
+
+
+def stack_dump(process: ProcessInfo) -> Command:
+    """The tool that shows where every thread of this process is, to find the missing close()."""
+    pid = str(int(process.pid))
+    kind = process_kind(process)
+    if kind == "python":
+        return Command(shlex.join(["py-spy", "dump", "--pid", pid]),
+                       "Python stacks of every thread (pip install py-spy; root or ptrace rights)")
+    if kind == "java":
+        user = f"#{process.uid}" if process.user.isdigit() else process.user  # sudo takes a bare uid as #N
+        return Command(shlex.join(["sudo", "-u", user, "jstack", "-l", pid]),
+                       "every Java thread's stack; run as the JVM's own user")
+    return Command(shlex.join(["gdb", "-p", pid, "-batch", "-ex", "thread apply all bt"]),
+                   "native stacks of every thread; pauses the process for a moment (root or ptrace rights)")
