@@ -1,0 +1,227 @@
+"""The demo's builders and scenario, checked against the kernel's own socket table.
+
+Every count is filtered by the ports the code under test reports: TIME_WAIT
+of earlier runs lingers 60 s, and other tests share the loopback.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from socktop.collect.netlink import NetlinkBackend
+from socktop.collect.records import SocketRecord, TcpState, TimerKind
+from socktop.demo import BuildError, DemoScenario, SocketFarm, build_population
+from socktop.demo.builders import MAX_BUILD, open_fds
+
+FAMILIES = [pytest.param(socket.AF_INET, id="v4"), pytest.param(socket.AF_INET6, id="v6")]
+
+
+@pytest.fixture(scope="module")
+def backend() -> NetlinkBackend:
+    return NetlinkBackend()
+
+
+def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Children start in ~0.1 s and act at their own pace: poll rather than sleep blindly."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+def socket_inodes(pid: int) -> set[int]:
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except FileNotFoundError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def owned_by(pid: int, records: list[SocketRecord]) -> list[SocketRecord]:
+    inodes = socket_inodes(pid)
+    return [record for record in records if record.inode in inodes]
+
+
+def comm(pid: int) -> str:
+    return Path(f"/proc/{pid}/comm").read_text().strip()
+
+
+def gone(pid: int) -> bool:
+    """Exited: no /proc entry, or a zombie its new parent has not reaped yet."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+# --- builders -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_builders_leave_exact_counts_per_state(family: int, backend: NetlinkBackend) -> None:
+    with SocketFarm() as farm:
+        builds = [farm.listener(family), farm.established(5, family), farm.close_wait(4, family),
+                  farm.fin_wait2(3, family), farm.time_wait(20, family), farm.full_accept_queue(family, backlog=3)]
+        records = backend.sockets()
+        for built in builds:
+            assert built.states(records) == built.expected
+    assert [dict(built.expected) for built in builds] == [
+        {TcpState.LISTEN: 1},
+        {TcpState.LISTEN: 1, TcpState.ESTABLISHED: 10},
+        {TcpState.LISTEN: 1, TcpState.CLOSE_WAIT: 4, TcpState.FIN_WAIT2: 4},
+        {TcpState.LISTEN: 1, TcpState.FIN_WAIT2: 3, TcpState.CLOSE_WAIT: 3},
+        {TcpState.LISTEN: 1, TcpState.TIME_WAIT: 20},
+        {TcpState.LISTEN: 1, TcpState.ESTABLISHED: 8},
+    ]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_builders_hold_what_they_promise(family: int, backend: NetlinkBackend) -> None:
+    with SocketFarm() as farm:
+        close_wait, fin_wait2 = farm.close_wait(2, family), farm.fin_wait2(2, family)
+        time_wait, queue = farm.time_wait(3, family), farm.full_accept_queue(family, backlog=2)
+        records = backend.sockets()
+        of = lambda built: [record for record in records if built.covers(record)]  # noqa: E731
+        # close(): the client ends are the kernel's alone; shutdown(): both still held
+        assert {(r.state, r.inode != 0) for r in of(close_wait) if r.state != TcpState.LISTEN} == {
+            (TcpState.CLOSE_WAIT, True), (TcpState.FIN_WAIT2, False)}
+        assert all(record.inode for record in of(fin_wait2))
+        assert {(r.timer, r.inode) for r in of(time_wait) if r.state == TcpState.TIME_WAIT} == {(TimerKind.TIME_WAIT, 0)}
+        (listener,) = [record for record in of(queue) if record.state == TcpState.LISTEN]
+        assert (listener.recv_q, listener.send_q) == (3, 2)
+    after = backend.sockets()
+    assert not [record for record in after if close_wait.covers(record) and record.inode]
+
+
+def test_builders_refuse_what_cannot_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    with SocketFarm() as farm:
+        with pytest.raises(ValueError):
+            farm.established(0)
+        with pytest.raises(ValueError):
+            farm.time_wait(MAX_BUILD + 1)
+        monkeypatch.setattr(farm, "fd_limit", open_fds() + 100)
+        with pytest.raises(BuildError, match="RLIMIT_NOFILE"):
+            farm.established(50)
+
+
+def test_population_spreads_pairs_over_children(backend: NetlinkBackend) -> None:
+    with build_population(301) as population:
+        records = backend.sockets()
+        ports = set(population.ports)
+        mine = [r for r in records if r.family == socket.AF_INET and (r.local_port in ports or r.remote_port in ports)]
+        assert Counter(record.state for record in mine) == {TcpState.ESTABLISHED: 300, TcpState.LISTEN: 1}
+        assert population.sockets == 301
+        assert [comm(pid) for pid in population.pids] == ["sock-farm"]
+    assert all(map(gone, population.pids))
+
+
+# --- scenario -------------------------------------------------------------------
+
+LEAK_RATE = 25.0
+CRAWL_RATE = 100.0
+BACKLOG = 4
+HALF_CLOSED = 3
+POOL_SIZE = 3
+
+
+@pytest.fixture(scope="module")
+def scenario() -> Iterator[DemoScenario]:
+    demo = DemoScenario(duration=20, leak_rate=LEAK_RATE, crawl_rate=CRAWL_RATE, backlog=BACKLOG,
+                        half_closed=HALF_CLOSED, pool_size=POOL_SIZE)
+    with demo:
+        eventually(lambda: all(comm(pid) == role for role, pid in demo.pids.items()))
+        time.sleep(1.0)  # a second of traffic
+        yield demo
+        demo.check()
+
+
+def test_scenario_names_every_process(scenario: DemoScenario) -> None:
+    assert set(scenario.pids) == {"leaky-api", "api-client", "cache-srv", "crawler", "pg-fake", "db-pool",
+                                  "upload-srv", "half-closer", "slow-acceptor", "stuck-client"}
+    assert {role: comm(pid) for role, pid in scenario.pids.items()} == {role: role for role in scenario.pids}
+    assert set(scenario.ports) == {"leaky-api", "cache-srv", "pg-fake", "upload-srv", "slow-acceptor"}
+
+
+def test_leaky_api_close_wait_grows(scenario: DemoScenario, backend: NetlinkBackend) -> None:
+    def leaked() -> int:
+        return sum(record.state == TcpState.CLOSE_WAIT and record.local_port == scenario.ports["leaky-api"]
+                   for record in owned_by(scenario.pids["leaky-api"], backend.sockets()))
+
+    first = leaked()
+    time.sleep(1.0)
+    assert first >= 5
+    assert leaked() >= first + LEAK_RATE / 2
+
+
+def test_crawler_leaves_time_wait_toward_cache(scenario: DemoScenario, backend: NetlinkBackend) -> None:
+    toward_cache = [record for record in backend.sockets()
+                    if record.state == TcpState.TIME_WAIT and record.remote_port == scenario.ports["cache-srv"]]
+    assert len(toward_cache) >= CRAWL_RATE / 2
+    assert {record.inode for record in toward_cache} == {0}
+
+
+def test_half_closed_pairs(scenario: DemoScenario, backend: NetlinkBackend) -> None:
+    records = backend.sockets()
+    port = scenario.ports["upload-srv"]
+    client_states = Counter(r.state for r in owned_by(scenario.pids["half-closer"], records) if r.remote_port == port)
+    server_states = Counter(r.state for r in owned_by(scenario.pids["upload-srv"], records) if r.local_port == port)
+    assert client_states == {TcpState.FIN_WAIT2: HALF_CLOSED}
+    assert server_states == {TcpState.LISTEN: 1, TcpState.CLOSE_WAIT: HALF_CLOSED}
+
+
+def test_slow_acceptor_queue_is_full(scenario: DemoScenario, backend: NetlinkBackend) -> None:
+    records = backend.sockets()
+    (listener,) = owned_by(scenario.pids["slow-acceptor"], records)
+    assert listener.state == TcpState.LISTEN
+    assert listener.recv_q > listener.send_q == BACKLOG
+    attempts = Counter(record.state for record in owned_by(scenario.pids["stuck-client"], records))
+    assert attempts[TcpState.SYN_SENT] >= 1
+
+
+def test_db_pool_idles_with_keepalive(scenario: DemoScenario, backend: NetlinkBackend) -> None:
+    pool = owned_by(scenario.pids["db-pool"], backend.sockets())
+    assert [(record.state, record.timer, record.remote_port) for record in pool] == [
+        (TcpState.ESTABLISHED, TimerKind.KEEPALIVE, scenario.ports["pg-fake"])] * POOL_SIZE
+
+
+def test_stop_ends_every_child_and_is_idempotent() -> None:
+    demo = DemoScenario(duration=30).start()
+    eventually(lambda: comm(demo.pids["leaky-api"]) == "leaky-api")
+    demo.stop()
+    assert all(map(gone, demo.pids.values()))
+    demo.stop()
+
+
+def test_children_stop_by_themselves_at_the_deadline() -> None:
+    with DemoScenario(duration=1.0) as demo:
+        eventually(lambda: all(map(gone, demo.pids.values())), timeout=4.0)
+        demo.check()  # every child ended on its own, with exit code 0
+
+
+def test_children_stop_when_the_parent_dies() -> None:
+    starter = "from socktop.demo import DemoScenario; import os; " \
+              "print(*DemoScenario(duration=60).start().pids.values(), flush=True); os._exit(0)"
+    output = subprocess.run([sys.executable, "-c", starter], capture_output=True, text=True, timeout=10, check=True)
+    pids = [int(pid) for pid in output.stdout.split()]
+    assert len(pids) == 10
+    eventually(lambda: all(map(gone, pids)), timeout=4.0)
+
+
+def test_scenario_refuses_absurd_knobs() -> None:
+    with pytest.raises(ValueError, match="crawl_rate"):
+        DemoScenario(crawl_rate=10_000)
+    with pytest.raises(ValueError, match="duration"):
+        DemoScenario(duration=0)
