@@ -60,6 +60,7 @@ class Population:
 
     layout: Layout
     listener: socket.socket
+    port: int
     held: list[socket.socket] = field(default_factory=list)
     client_ports: set[int] = field(default_factory=set)
     expected: set[SocketKey] = field(default_factory=set)
@@ -71,21 +72,15 @@ class Population:
             listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, layout.client_family == socket.AF_INET6)
         listener.bind((layout.listen_host, 0))
         listener.listen(64)
-        population = cls(layout, listener)
+        population = cls(layout, listener, listener.getsockname()[1])
         population._expect(listener, TcpState.LISTEN)
         return population
 
-    @property
-    def port(self) -> int:
-        return self.listener.getsockname()[1]
-
-    def is_ours(self, record: SocketRecord) -> bool:
-        """Both ends are ours: a TIME_WAIT left by an earlier listener on the same port is not."""
-        ends = {record.local_port, record.remote_port}
-        return self.port in ends and ends <= self.client_ports | {self.port, 0}
-
     def ours(self, records: list[SocketRecord]) -> list[SocketRecord]:
-        return [record for record in records if self.is_ours(record)]
+        """The records with both ends ours: a TIME_WAIT left by an earlier listener on the same port is not."""
+        port, ends = self.port, self.client_ports | {self.port, 0}
+        return [record for record in records if port in (record.local_port, record.remote_port)
+                and record.local_port in ends and record.remote_port in ends]
 
     def established(self, count: int) -> list[tuple[socket.socket, socket.socket]]:
         """``count`` accepted connections, both ends ESTABLISHED and held open."""
