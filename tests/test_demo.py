@@ -6,10 +6,12 @@ of earlier runs lingers 60 s, and other tests share the loopback.
 
 from __future__ import annotations
 
+import _thread
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -19,7 +21,7 @@ import pytest
 
 from socktop.collect.netlink import NetlinkBackend
 from socktop.collect.records import SocketRecord, TcpState, TimerKind
-from socktop.demo import BuildError, DemoScenario, SocketFarm, build_population
+from socktop.demo import BuildError, Built, DemoScenario, SocketFarm, build_population, run_demo
 from socktop.demo.builders import MAX_BUILD, open_fds
 
 FAMILIES = [pytest.param(socket.AF_INET, id="v4"), pytest.param(socket.AF_INET6, id="v6")]
@@ -53,6 +55,10 @@ def socket_inodes(pid: int) -> set[int]:
 def owned_by(pid: int, records: list[SocketRecord]) -> list[SocketRecord]:
     inodes = socket_inodes(pid)
     return [record for record in records if record.inode in inodes]
+
+
+def covered(built: Built, records: list[SocketRecord]) -> list[SocketRecord]:
+    return [record for record in records if built.covers(record)]
 
 
 def comm(pid: int) -> str:
@@ -91,19 +97,22 @@ def test_builders_leave_exact_counts_per_state(family: int, backend: NetlinkBack
 @pytest.mark.parametrize("family", FAMILIES)
 def test_builders_hold_what_they_promise(family: int, backend: NetlinkBackend) -> None:
     with SocketFarm() as farm:
-        close_wait, fin_wait2 = farm.close_wait(2, family), farm.fin_wait2(2, family)
-        time_wait, queue = farm.time_wait(3, family), farm.full_accept_queue(family, backlog=2)
+        established, close_wait = farm.established(2, family), farm.close_wait(2, family)
+        fin_wait2, queue = farm.fin_wait2(2, family), farm.full_accept_queue(family, backlog=2)
+        time_wait = farm.time_wait(3, family)
         records = backend.sockets()
-        of = lambda built: [record for record in records if built.covers(record)]  # noqa: E731
         # close(): the client ends are the kernel's alone; shutdown(): both still held
-        assert {(r.state, r.inode != 0) for r in of(close_wait) if r.state != TcpState.LISTEN} == {
+        assert {(r.state, r.inode != 0) for r in covered(close_wait, records) if r.state != TcpState.LISTEN} == {
             (TcpState.CLOSE_WAIT, True), (TcpState.FIN_WAIT2, False)}
-        assert all(record.inode for record in of(fin_wait2))
-        assert {(r.timer, r.inode) for r in of(time_wait) if r.state == TcpState.TIME_WAIT} == {(TimerKind.TIME_WAIT, 0)}
-        (listener,) = [record for record in of(queue) if record.state == TcpState.LISTEN]
+        assert all(record.inode for record in covered(fin_wait2, records))
+        waiting = [record for record in covered(time_wait, records) if record.state == TcpState.TIME_WAIT]
+        assert {(record.timer, record.inode) for record in waiting} == {(TimerKind.TIME_WAIT, 0)}
+        (listener,) = [record for record in covered(queue, records) if record.state == TcpState.LISTEN]
         assert (listener.recv_q, listener.send_q) == (3, 2)
-    after = backend.sockets()
-    assert not [record for record in after if close_wait.covers(record) and record.inode]
+    # closing resets: nothing is left but the TIME_WAIT that was asked for
+    reset = (established, close_wait, fin_wait2, queue)
+    eventually(lambda: not any(covered(built, backend.sockets()) for built in reset))
+    assert time_wait.states(backend.sockets()) == {TcpState.TIME_WAIT: 3}
 
 
 def test_builders_refuse_what_cannot_fit(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -121,11 +130,14 @@ def test_population_spreads_pairs_over_children(backend: NetlinkBackend) -> None
     with build_population(301) as population:
         records = backend.sockets()
         ports = set(population.ports)
-        mine = [r for r in records if r.family == socket.AF_INET and (r.local_port in ports or r.remote_port in ports)]
+        mine = [record for record in records
+                if record.family == socket.AF_INET and ports & {record.local_port, record.remote_port}]
         assert Counter(record.state for record in mine) == {TcpState.ESTABLISHED: 300, TcpState.LISTEN: 1}
         assert population.sockets == 301
         assert [comm(pid) for pid in population.pids] == ["sock-farm"]
     assert all(map(gone, population.pids))
+    # the children reset their pairs on SIGTERM: no TIME_WAIT lingers to skew the next population
+    eventually(lambda: not [r for r in backend.sockets() if ports & {r.local_port, r.remote_port}])
 
 
 # --- scenario -------------------------------------------------------------------
@@ -218,6 +230,22 @@ def test_children_stop_when_the_parent_dies() -> None:
     pids = [int(pid) for pid in output.stdout.split()]
     assert len(pids) == 10
     eventually(lambda: all(map(gone, pids)), timeout=4.0)
+
+
+def test_wait_stops_cleanly_on_ctrl_c() -> None:
+    demo = DemoScenario(duration=30).start()
+    threading.Timer(0.5, _thread.interrupt_main).start()  # what Ctrl-C does to the main thread
+    assert demo.wait() is False
+    assert all(map(gone, demo.pids.values()))
+
+
+def test_run_demo_says_what_runs_where_and_ends_by_itself() -> None:
+    lines: list[str] = []
+    assert run_demo(duration=1.0, echo=lines.append) == 0
+    text = "\n".join(lines)
+    for role in ("leaky-api", "crawler", "db-pool", "half-closer", "slow-acceptor", "stuck-client"):
+        assert role in text
+    assert "CLOSE_WAIT" in text and "TIME_WAIT" in text and lines[-1] == "demo finished"
 
 
 def test_scenario_refuses_absurd_knobs() -> None:

@@ -23,6 +23,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -44,6 +45,7 @@ WORKER_MODULE = "socktop.demo.worker"
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder that holds `socktop`
 
 _TCP_INFO = struct.Struct("=B23xI")  # tcp_info: tcpi_state ... tcpi_unacked (a listener's accept queue)
+_LINGER_ABORT = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST and skips TIME_WAIT
 
 
 class BuildError(RuntimeError):
@@ -82,25 +84,32 @@ def port_of(sock: socket.socket) -> int:
     return sock.getsockname()[1]
 
 
-def tcp_info(sock: socket.socket) -> tuple[TcpState, int]:
-    """The kernel's state of a socket we hold, and for a listener its accept-queue length."""
-    state, unacked = _TCP_INFO.unpack(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO.size))
-    return TcpState(state), unacked
+def tcp_state(sock: socket.socket) -> TcpState:
+    """The kernel's state of a socket we hold."""
+    return TcpState(_TCP_INFO.unpack(_tcp_info(sock))[0])
+
+
+def accept_queue(listener: socket.socket) -> int:
+    """How many connections wait in a listener's accept queue (tcpi_unacked of a LISTEN socket)."""
+    return _TCP_INFO.unpack(_tcp_info(listener))[1]
+
+
+def _tcp_info(sock: socket.socket) -> bytes:
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO.size)
 
 
 def await_state(sockets: Iterable[socket.socket], state: TcpState) -> None:
     """Return once every socket is in `state`."""
     for sock in sockets:
-        _settle(lambda: tcp_info(sock)[0] == state,
-                lambda: f"a socket stayed in {tcp_info(sock)[0].name}, expected {state.name}")
+        _settle(partial(tcp_state, sock), state, "a socket's state")
 
 
-def _settle(reached: Callable[[], bool], failure: Callable[[], str]) -> None:
-    """Poll the kernel until `reached`; BuildError with `failure` after SETTLE_TIMEOUT."""
+def _settle(probe: Callable[[], object], expected: object, what: str) -> None:
+    """Poll the kernel until `probe` returns `expected`; BuildError after SETTLE_TIMEOUT."""
     deadline = time.monotonic() + SETTLE_TIMEOUT
-    while not reached():
+    while (current := probe()) != expected:
         if time.monotonic() > deadline:
-            raise BuildError(failure())
+            raise BuildError(f"{what} stayed {current!r}, expected {expected!r}")
         time.sleep(0.001)
 
 
@@ -170,6 +179,9 @@ class SocketFarm(ClosedOnExit):
         self._held: list[socket.socket] = []
 
     def close(self) -> None:
+        """Reset rather than close: no TIME_WAIT of ours outlives the farm and skews the next count."""
+        for sock in self._held:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ABORT)
         _close_all(self._held)
         self._held.clear()
 
@@ -187,7 +199,8 @@ class SocketFarm(ClosedOnExit):
         (FIN_WAIT2, no timeout while held), the server never closes (CLOSE_WAIT)."""
         listener, clients, servers = self._pairs(n, family)
         _half_close(clients, servers)
-        return self._built(listener, map(port_of, clients), {TcpState.LISTEN: 1, TcpState.FIN_WAIT2: n, TcpState.CLOSE_WAIT: n})
+        return self._built(listener, map(port_of, clients),
+                           {TcpState.LISTEN: 1, TcpState.FIN_WAIT2: n, TcpState.CLOSE_WAIT: n})
 
     def close_wait(self, n: int, family: int = socket.AF_INET) -> Built:
         """n server ends in CLOSE_WAIT, held; their clients closed and linger,
@@ -205,10 +218,12 @@ class SocketFarm(ClosedOnExit):
         _check_count(n)
         port_low, port_high = _sysctl_range("ip_local_port_range")
         if n > port_high - port_low + 1 - 1024:
-            raise BuildError(f"{n} TIME_WAIT towards one port would exhaust ip_local_port_range {port_low}-{port_high}")
+            raise BuildError(f"{n} TIME_WAIT towards one port would exhaust "
+                             f"ip_local_port_range {port_low}-{port_high}")
         max_buckets = int(Path("/proc/sys/net/ipv4/tcp_max_tw_buckets").read_text())
         if _sockstat_time_wait() + n > max_buckets:
-            raise BuildError(f"{n} more TIME_WAIT would pass tcp_max_tw_buckets ({max_buckets}); the kernel would drop them")
+            raise BuildError(f"{n} more TIME_WAIT would pass tcp_max_tw_buckets ({max_buckets}): "
+                             "the kernel would drop them")
         listener = self._listen(family, backlog=TIME_WAIT_CHUNK, sockets=1 + 2 * min(n, TIME_WAIT_CHUNK))
         client_ports: list[int] = []
         for start in range(0, n, TIME_WAIT_CHUNK):
@@ -230,9 +245,9 @@ class SocketFarm(ClosedOnExit):
         listener = self._listen(family, backlog, sockets=2 + backlog)
         clients = [self._keep(socket.create_connection((LOOPBACK[family], port_of(listener)), SETTLE_TIMEOUT))
                    for _ in range(backlog + 1)]
-        _settle(lambda: tcp_info(listener)[1] == backlog + 1,  # queued once the client's last ACK is in
-                lambda: f"the accept queue holds {tcp_info(listener)[1]}, expected {backlog + 1}")
-        return self._built(listener, map(port_of, clients), {TcpState.LISTEN: 1, TcpState.ESTABLISHED: 2 * (backlog + 1)})
+        _settle(partial(accept_queue, listener), backlog + 1, "the accept queue")  # an entry needs the last ACK
+        return self._built(listener, map(port_of, clients),
+                           {TcpState.LISTEN: 1, TcpState.ESTABLISHED: 2 * (backlog + 1)})
 
     def _pairs(self, n: int, family: int) -> tuple[socket.socket, list[socket.socket], list[socket.socket]]:
         _check_count(n)

@@ -66,6 +66,7 @@ class DemoScenario:
         self.shows: dict[str, str] = {}  # role -> what it puts in the socket table
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
         self._deadline = 0.0
+        self._stopped = False
         self._lock = threading.Lock()  # the TUI may stop the demo from another thread
 
     def __enter__(self) -> DemoScenario:
@@ -76,8 +77,8 @@ class DemoScenario:
 
     def start(self) -> DemoScenario:
         """Bind the listeners, start every role; returns without waiting for them."""
-        if self._processes:
-            raise RuntimeError("this demo scenario has already been started")
+        if self._deadline:
+            raise RuntimeError("a demo scenario starts once")
         self._deadline = time.monotonic() + self.duration
         listeners = {role: listen(self.family, backlog) for role, backlog in self._servers().items()}
         self.ports = {role: port_of(listener) for role, listener in listeners.items()}
@@ -98,9 +99,12 @@ class DemoScenario:
         """Terminate every role by PID, kill stragglers, reap them. Safe to call twice."""
         with self._lock:
             stop_processes(self._processes.values())
+            self._stopped = True
 
     def check(self) -> None:
-        """Raise ScenarioError if a role has died before its time."""
+        """Raise ScenarioError if a role has died before its time (or before stop())."""
+        if self._stopped:
+            return
         for role, process in self._processes.items():
             if process.poll() not in (None, 0):
                 raise ScenarioError(f"{role} (pid {process.pid}) stopped: {exit_report(process)}")
@@ -141,8 +145,9 @@ class DemoScenario:
             (Job("cache-srv", seconds, family),
              "well-behaved server: closes once its client has closed"),
             (Job("crawler", seconds, family, port=ports["cache-srv"], rate=self.crawl_rate, limit=crawls),
-             f"{self.crawl_rate:g} short connections/s to cache-srv, closing first: "
-             f"~{self.crawl_rate * TIME_WAIT_SECONDS:.0f} TIME_WAIT after {TIME_WAIT_SECONDS} s"),
+             f"{self.crawl_rate:g} short connections/s to cache-srv, closing first: TIME_WAIT climbs for "
+             f"{TIME_WAIT_SECONDS} s toward {self.crawl_rate * TIME_WAIT_SECONDS:.0f} "
+             "(loopback tw_reuse recycles some)"),
             (Job("pg-fake", seconds, family),
              "database stand-in: holds db-pool's connections"),
             (Job("db-pool", seconds, family, port=ports["pg-fake"], count=self.pool_size),

@@ -191,11 +191,20 @@ def never_accept(job: Job, lifetime: Lifetime) -> None:
 
 
 def farm(job: Job, lifetime: Lifetime) -> None:
-    """Hold `count` ESTABLISHED pairs for a population; say "ready PORT" once built."""
+    """Hold `count` ESTABLISHED pairs for a population; say "ready PORT" once built.
+
+    SIGTERM unwinds through the farm's close(), which resets the pairs:
+    a closed population leaves no TIME_WAIT behind to skew the next one.
+    """
+    signal.signal(signal.SIGTERM, _leave)
     with SocketFarm() as sockets:
         built = sockets.established(job.count, job.family)
         print(f"ready {built.port}", flush=True)
         lifetime.wait_out()
+
+
+def _leave(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 ROLES: dict[str, Callable[[Job, Lifetime], None]] = {
