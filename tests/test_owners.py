@@ -20,8 +20,9 @@ def socket_inode(sock: socket.socket) -> int:
     return os.fstat(sock.fileno()).st_ino
 
 
-def test_finds_this_process_and_reads_only_new_links() -> None:
-    scanner = OwnerScanner()
+def test_finds_this_process_and_reads_only_new_links(tmp_path) -> None:
+    (tmp_path / str(os.getpid())).symlink_to(f"/proc/{os.getpid()}")  # a /proc with only us: no noise
+    scanner = OwnerScanner(proc=str(tmp_path))
     first = socket.socket()
     scanner.update({socket_inode(first)})
     assert scanner.pids_by_inode[socket_inode(first)] == (os.getpid(),)

@@ -97,9 +97,10 @@ def parse_dump_chunk(data: bytes | bytearray | memoryview, length: int, dump: Du
     """Parse one received chunk into ``dump``; True once NLMSG_DONE is seen.
 
     Steps by the 4-byte-aligned ``nlmsg_len``: attribute sets differ by
-    state, privilege and kernel, so message sizes are not fixed. A
-    Duplicates are left to `drop_duplicates`, once per dump. Raises CollectError on a truncated or corrupt buffer and
-    OSError when the kernel answers NLMSG_ERROR. This loop runs once per
+    state, privilege and kernel, so message sizes are not fixed.
+    Duplicates are left to `drop_duplicates`, once per dump. Raises
+    CollectError on a truncated or corrupt buffer and OSError when the
+    kernel answers NLMSG_ERROR. This loop runs once per
     socket, 50,000 times a second on a busy host: locals only, one
     ``unpack_from`` per message, list lookups instead of dict lookups.
     """

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import NamedTuple, Protocol
+from collections.abc import Collection
+from typing import NamedTuple, Protocol, runtime_checkable
 
 
 class TcpState(IntEnum):
@@ -169,6 +170,19 @@ class Backend(Protocol):
 
     def sockets(self) -> list[SocketRecord]:
         """Every TCP socket, IPv4 and IPv6, in every state."""
+        ...
+
+
+@runtime_checkable
+class OwnerAwareBackend(Backend, Protocol):
+    """A backend that learns owners itself (psutil, where /proc/*/fd does not exist)."""
+
+    def owner_hint(self) -> dict[int, tuple[int, ...]]:
+        """pids per (synthetic) inode of the last `sockets()` call."""
+        ...
+
+    def processes(self, pids: Collection[int]) -> dict[int, ProcessInfo]:
+        """Facts about these processes, skipping those that exited."""
         ...
 
 

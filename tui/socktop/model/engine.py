@@ -16,7 +16,7 @@ from operator import itemgetter
 
 from ..collect.kernelstate import KernelState, read_kernel_state
 from ..collect.owners import OwnerScanner, user_name
-from ..collect.records import Backend, BackendUnavailable
+from ..collect.records import Backend, BackendUnavailable, OwnerAwareBackend, SocketRecord
 from .aggregate import DEFAULT_EPHEMERAL_PORTS, Ownership, aggregate
 from .history import DEFAULT_WINDOW_SECONDS, History, history_capacity
 from .snapshot import Snapshot, SourceInfo
@@ -126,11 +126,10 @@ class Engine:
             aggregates=aggregates, history=history, user_of=user_name, kernel=kernel,
         )
 
-    def _ownership(self, records: list) -> Ownership:
-        hint = getattr(self.backend, "owner_hint", None)
-        if hint is not None:
-            pids_by_inode = hint()
-            return Ownership(pids_by_inode, self.backend.processes(  # type: ignore[attr-defined]
+    def _ownership(self, records: list[SocketRecord]) -> Ownership:
+        if isinstance(self.backend, OwnerAwareBackend):
+            pids_by_inode = self.backend.owner_hint()
+            return Ownership(pids_by_inode, self.backend.processes(
                 {pid for pids in pids_by_inode.values() for pid in pids}))
         self.scanner.update(set(map(_INODE, records)))
         return Ownership(self.scanner.pids_by_inode, self.scanner.processes)
