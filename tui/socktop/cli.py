@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from . import __version__
@@ -27,6 +29,9 @@ examples:
   socktop demo --duration 120      start the loopback demo scenario (leaks, TIME_WAIT, ...)
   socktop --demo                   the TUI together with the demo scenario
   socktop explain close-wait       what a state means and what to do about it
+  socktop explain tcp_tw_recycle   what a kernel setting does (and why that one is gone)
+  socktop --once --sample 10 --threshold close_wait_warning=20
+                                   findings with rates and trends over 10 s, a lower threshold
 """
 
 
@@ -71,6 +76,15 @@ def _seconds(low: float, high: float, what: str) -> Callable[[str], float]:
     return parse
 
 
+def _threshold(text: str) -> tuple[str, int | float]:
+    from .analyze.config import parse_override
+
+    try:
+        return parse_override(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(
         prog="socktop",
@@ -93,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-i", "--interval", type=_seconds(0.5, 10, "interval"), default=1.0, help="TUI refresh interval in seconds (0.5-10)")
     parser.add_argument("--clipboard", choices=("auto", "osc52", "system", "off"), default="auto",
                         help="how the TUI copies commands (default: auto)")
+    parser.add_argument("--sample", type=_seconds(0, 600, "sample"), default=0.0, metavar="SECONDS",
+                        help="with --once/--json: watch this long first (one refresh per interval) so findings "
+                             "can use rates and trends (default 0: one snapshot)")
+    parser.add_argument("--threshold", type=_threshold, action="append", default=[], metavar="KEY=VALUE",
+                        help="override one finding threshold, e.g. close_wait_warning=20 (repeatable)")
+    parser.add_argument("--config", type=Path, default=None, metavar="PATH",
+                        help="thresholds file (default: $XDG_CONFIG_HOME/socktop/config.toml)")
     return parser
 
 
@@ -122,21 +143,32 @@ def _fail(message: str) -> int:
 
 
 def _run_once(options: argparse.Namespace) -> int:
+    from .analyze.config import load_thresholds
+    from .analyze.findings import analyze
     from .model.engine import Engine
     from .report import render_json, render_summary
 
+    thresholds, warnings = load_thresholds(options.config, options.threshold)
+    for warning in warnings:
+        print(f"socktop: warning: {warning}", file=sys.stderr)
     try:
-        snapshot = Engine(options.backend).refresh()
+        engine = Engine(options.backend, options.interval)
+        snapshot = engine.refresh()
+        deadline = time.monotonic() + options.sample
+        while time.monotonic() < deadline:
+            time.sleep(min(options.interval, max(0.0, deadline - time.monotonic())))
+            snapshot = engine.refresh()
     except (BackendUnavailable, CollectError, OSError) as exc:
         return _fail(str(exc))
+    analysis = analyze(snapshot, thresholds, warnings)  # host-wide: the filters narrow the tables only
     filters: dict[str, Any] = {
         "state": options.state.name if options.state else None, "port": options.port, "pid": options.pid,
     }
     snapshot = snapshot.filtered(state=options.state, port=options.port, pid=options.pid)
     if options.json:
-        sys.stdout.write(render_json(snapshot, filters, options.sockets) + "\n")
+        sys.stdout.write(render_json(snapshot, filters, options.sockets, analysis) + "\n")
     else:
-        sys.stdout.write(render_summary(snapshot))
+        sys.stdout.write(render_summary(snapshot, analysis=analysis))
     return 0
 
 
@@ -154,12 +186,16 @@ def _run_demo(options: argparse.Namespace) -> int:
 
 def _run_explain(args: list[str]) -> int:
     from .analyze.knowledge import explain_text
+    from .analyze.sysctl import explain_sysctl
 
     if len(args) != 1:
-        return _fail("explain takes one state, e.g. socktop explain close-wait")
+        return _fail("explain takes one state or kernel setting, e.g. socktop explain close-wait")
     try:
-        state = TcpState.parse(args[0])
+        text = explain_text(TcpState.parse(args[0]))
     except ValueError as exc:
-        return _fail(str(exc))
-    sys.stdout.write(explain_text(state) + "\n")
+        setting = explain_sysctl(args[0])
+        if setting is None:
+            return _fail(f"{exc}; or a kernel setting such as tcp_tw_reuse")
+        text = setting
+    sys.stdout.write(text + "\n")
     return 0

@@ -1,15 +1,21 @@
 """The non-interactive outputs: a Rich summary (`--once`) and a versioned JSON document (`--json`).
 
-Both render the same snapshot the TUI shows; neither imports Textual.
+Both render the same snapshot the TUI shows, with the analysis of it
+(findings most severe first, the sysctl context) when one is given;
+neither imports Textual, and the JSON path does not import Rich.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import datetime, timezone
 from typing import Any
 
-from .collect.records import DISPLAY_STATES, SocketRecord
+from .analyze.commands import Command
+from .analyze.findings import Analysis, Finding
+from .analyze.sysctl import Suggestion
+from .collect.records import DISPLAY_STATES, SocketRecord, TcpState
 from .model.aggregate import ProcessGroup, StateCounts
 from .model.snapshot import Snapshot
 from .safetext import printable
@@ -60,7 +66,54 @@ def socket_dict(snapshot: Snapshot, record: SocketRecord) -> dict[str, Any]:
     }
 
 
-def snapshot_document(snapshot: Snapshot, filters: dict[str, Any], with_sockets: bool) -> dict[str, Any]:
+def command_dict(command: Command) -> dict[str, str]:
+    return {"command": command.line, "note": command.note}
+
+
+def suggestion_dict(suggestion: Suggestion) -> dict[str, Any]:
+    return {
+        "key": suggestion.key, "current": suggestion.current, "suggested": suggestion.suggested,
+        "why": suggestion.why, "risk": suggestion.risk,
+        "runtime": suggestion.runtime.line, "persistent": suggestion.persistent.line,
+    }
+
+
+def finding_dict(finding: Finding) -> dict[str, Any]:
+    key = finding.subject.key
+    return {
+        "id": finding.id,
+        "kind": finding.kind,
+        "severity": finding.severity.value,
+        "title": finding.title,
+        "subject": {"kind": finding.subject.kind, "key": key.name if isinstance(key, TcpState) else key},
+        "state": finding.state.name,
+        "evidence": list(finding.evidence),
+        "metrics": dict(finding.metrics),
+        "ss": finding.ss.line,
+        "cause": finding.cause,
+        "actions": [command_dict(command) for command in finding.actions],
+        "suggestions": [suggestion_dict(suggestion) for suggestion in finding.suggestions],
+    }
+
+
+def analysis_fields(analysis: Analysis) -> dict[str, Any]:
+    """The `--json` fields the analysis adds: findings, sysctl context, thresholds."""
+    context = analysis.sysctl
+    return {
+        "findings": [finding_dict(finding) for finding in analysis.findings],
+        "sysctl": {
+            "settings": {reading.key: reading.value for reading in context.readings},
+            "counter_rates": {rate.name: {"per_second": None if rate.per_second is None else round(rate.per_second, 3),
+                                          "over_seconds": round(rate.over_seconds, 1)} for rate in context.rates},
+            "suggestions": [suggestion_dict(suggestion) for suggestion in context.suggestions],
+            "note": context.note or None,
+        },
+        "thresholds": dataclasses.asdict(analysis.thresholds),
+    }
+
+
+def snapshot_document(snapshot: Snapshot, filters: dict[str, Any], with_sockets: bool,
+                      analysis: Analysis | None = None) -> dict[str, Any]:
     """The `--json` document; its fields are documented in the README (schema socktop/1)."""
     aggregates = snapshot.aggregates
     source = snapshot.source
@@ -93,6 +146,8 @@ def snapshot_document(snapshot: Snapshot, filters: dict[str, Any], with_sockets:
     }
     if with_sockets:
         document["sockets"] = [socket_dict(snapshot, record) for record in snapshot.sockets]
+    if analysis is not None:
+        document.update(analysis_fields(analysis))
     return document
 
 
@@ -100,14 +155,15 @@ def _process_order(group: ProcessGroup) -> tuple[int, str]:
     return (-(group.total + group.inferred_time_wait), group.key)
 
 
-def render_json(snapshot: Snapshot, filters: dict[str, Any], with_sockets: bool) -> str:
-    return json.dumps(snapshot_document(snapshot, filters, with_sockets), indent=1, ensure_ascii=False)
+def render_json(snapshot: Snapshot, filters: dict[str, Any], with_sockets: bool,
+                analysis: Analysis | None = None) -> str:
+    return json.dumps(snapshot_document(snapshot, filters, with_sockets, analysis), indent=1, ensure_ascii=False)
 
 
 TOP_ROWS = 10
 
 
-def render_summary(snapshot: Snapshot, width: int | None = None) -> str:
+def render_summary(snapshot: Snapshot, width: int | None = None, analysis: Analysis | None = None) -> str:
     """The `--once` summary as plain text with Rich tables (untrusted names stay text)."""
     from rich.console import Console
     from rich.table import Table
@@ -155,7 +211,56 @@ def render_summary(snapshot: Snapshot, width: int | None = None) -> str:
             str(group.inferred_time_wait or ""), fds,
         )
     console.print(processes)
+    if analysis is not None:
+        _print_analysis(console, analysis)
     return console.export_text()
+
+
+def _print_analysis(console: Any, analysis: Analysis) -> None:
+    """Findings most severe first, then the settings, counter rates and suggested changes.
+
+    Command lines are never wrapped, so that a copied line is the whole command.
+    """
+    from rich.padding import Padding
+    from rich.table import Table
+    from rich.text import Text
+
+    def indented(line: str) -> None:
+        console.print(Padding(Text(line), (0, 0, 0, 9)))
+
+    def headed(head: str, line: str) -> None:
+        grid = Table.grid(padding=(0, 1))
+        grid.add_column(width=8)
+        grid.add_column()
+        grid.add_row(head, Text(line))
+        console.print(grid)
+
+    def command(line: str) -> None:
+        console.print(Text(f"         $ {line}"), soft_wrap=True)
+
+    console.print(Text(f"Findings ({len(analysis.findings)}, most severe first; host-wide, filters do not apply)"
+                       if analysis.findings else "Findings: none"))
+    for finding in analysis.findings:
+        headed(finding.severity.value.upper(), finding.title)
+        for line in (*finding.evidence, f"cause: {finding.cause}"):
+            indented(line)
+        for action in (finding.ss, *finding.actions):
+            command(action.line)
+    settings = Table(title="Kernel settings", title_justify="left")
+    settings.add_column("setting")
+    settings.add_column("value")
+    for reading in analysis.sysctl.readings:
+        settings.add_row(reading.key, reading.value if reading.value is not None else f"({reading.note})")
+    console.print(settings)
+    rates = [rate for rate in analysis.sysctl.rates if rate.per_second is not None]
+    console.print(Text("Counter rates: " + (", ".join(f"{r.name} {r.per_second:.1f}/s" for r in rates)
+                                            if rates else "need two snapshots (use --sample SECONDS)")))
+    for suggestion in analysis.sysctl.suggestions:
+        headed("SUGGEST", f"{suggestion.key}: {suggestion.current} -> {suggestion.suggested}")
+        for line in (f"why: {suggestion.why}", f"risk: {suggestion.risk}"):
+            indented(line)
+        command(suggestion.runtime.line)
+        command(suggestion.persistent.line)
 
 
 class _NullFile:

@@ -702,4 +702,4 @@ def _trend_text(scan: _Scan, rate: float, threshold: float) -> str:
 
 def _counter_text(scan: _Scan, name: str) -> str:
     rate, span = counter_rate(scan.points, name)
-    return "rate needs two snapshots" if rate is None else f"{_rate_text(rate)} over {span:.0f} s"
+    return "no rate yet (one snapshot)" if rate is None else f"{_rate_text(rate)} over {span:.0f} s"
