@@ -16,6 +16,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass, field
 
 from .builders import Job, exit_report, listen, port_of, spawn_worker, stop_processes
 
@@ -35,39 +36,42 @@ class ScenarioError(RuntimeError):
     """A demo process ended before its time; the message says which and how."""
 
 
+@dataclass(slots=True, eq=False)
 class DemoScenario:
     """The demo's processes: start() returns at once, stop() ends them by PID.
 
-    ``ports`` maps each server role to its loopback port, ``pids`` every
-    role to its process id; both are filled by start().
+    The knobs are fixed at construction; ``ports`` (server role -> loopback
+    port), ``pids`` (role -> pid) and ``shows`` (role -> what it puts in
+    the socket table) are filled by start().
     """
 
-    def __init__(self, duration: float = DEFAULT_DURATION, *, family: int = socket.AF_INET,
-                 leak_rate: float = 3.0, leak_limit: int = 400, crawl_rate: float = 80.0,
-                 pool_size: int = 4, half_closed: int = 6, backlog: int = 8, syn_overflow: int = 2) -> None:
-        _check("duration", duration, 1.0, MAX_DURATION)
-        _check("leak_rate", leak_rate, MIN_RATE, MAX_LEAK_RATE)
-        _check("leak_limit", leak_limit, 1, MAX_LEAKS)
-        _check("crawl_rate", crawl_rate, MIN_RATE, MAX_CRAWL_RATE)
-        for name, count in (("pool_size", pool_size), ("half_closed", half_closed), ("backlog", backlog)):
-            _check(name, count, 1, MAX_HELD)
-        _check("syn_overflow", syn_overflow, 0, MAX_HELD)
-        self.duration = duration
-        self.family = family
-        self.leak_rate = leak_rate
-        self.leak_limit = leak_limit
-        self.crawl_rate = crawl_rate
-        self.pool_size = pool_size
-        self.half_closed = half_closed
-        self.backlog = backlog
-        self.syn_overflow = syn_overflow
-        self.ports: dict[str, int] = {}
-        self.pids: dict[str, int] = {}
-        self.shows: dict[str, str] = {}  # role -> what it puts in the socket table
-        self._processes: dict[str, subprocess.Popen[bytes]] = {}
-        self._deadline = 0.0
-        self._stopped = False
-        self._lock = threading.Lock()  # the TUI may stop the demo from another thread
+    duration: float = DEFAULT_DURATION
+    _: KW_ONLY
+    family: int = socket.AF_INET
+    leak_rate: float = 3.0  # CLOSE_WAIT per second at leaky-api
+    leak_limit: int = 400
+    crawl_rate: float = 80.0  # crawler connections per second, each a TIME_WAIT for 60 s
+    pool_size: int = 4
+    half_closed: int = 6
+    backlog: int = 8  # slow-acceptor's listen backlog
+    syn_overflow: int = 2  # attempts beyond the full queue, left in SYN_SENT
+    ports: dict[str, int] = field(default_factory=dict, init=False)
+    pids: dict[str, int] = field(default_factory=dict, init=False)
+    shows: dict[str, str] = field(default_factory=dict, init=False)
+    _processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, init=False, repr=False)
+    _deadline: float = field(default=0.0, init=False, repr=False)
+    _stopped: bool = field(default=False, init=False, repr=False)
+    # the TUI may stop the demo from another thread than the one that started it
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        _check("duration", self.duration, 1.0, MAX_DURATION)
+        _check("leak_rate", self.leak_rate, MIN_RATE, MAX_LEAK_RATE)
+        _check("leak_limit", self.leak_limit, 1, MAX_LEAKS)
+        _check("crawl_rate", self.crawl_rate, MIN_RATE, MAX_CRAWL_RATE)
+        for name in ("pool_size", "half_closed", "backlog"):
+            _check(name, getattr(self, name), 1, MAX_HELD)
+        _check("syn_overflow", self.syn_overflow, 0, MAX_HELD)
 
     def __enter__(self) -> DemoScenario:
         return self.start()
