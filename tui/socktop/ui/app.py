@@ -1,0 +1,694 @@
+"""The socktop TUI: top bar, trends, three drill-down panes, sockets, findings, drawer, copy keys.
+
+Threads:
+- the poller: one thread worker per refresh calls ``source.refresh()``,
+  the analysis and `build_view`, then posts `Refreshed`; the next refresh
+  is scheduled by the UI thread once that one has been applied, so two
+  never overlap, and a slow UI slows the refresh rather than queueing;
+- the view builder: a thread worker re-filters and re-sorts the current
+  snapshot when the user changes the drill-down, filter or socket sort;
+- pyperclip, when used, in a thread.
+None of them touches a widget: they post messages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
+from functools import partial
+from typing import Any, Protocol
+
+from rich.console import RenderableType
+from textual import on, work
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.css.query import NoMatches
+from textual.events import Resize
+from textual.message import Message
+from textual.screen import Screen
+from textual.widget import Widget
+from textual.widgets import Footer, Input, Static, Tab, Tabs
+from textual.worker import get_current_worker
+
+from ..collect.records import TcpState
+from ..model.snapshot import Snapshot
+from ..safetext import printable
+from . import analysis as analysis_api
+from . import clipboard, keys, style
+from .bars import FilterLine, TopBar, TrendStrip
+from .details import COPY_ACTIONS, Copyable, Selection, Styles, commands_for, describe
+from .panes import FindingsPane, Pane, PortsPane, ProcessesPane, StatesPane
+from .screens import CommandDialog, HelpScreen
+from .sockets import SocketList
+from .view import CONNECTION, PORT, PROCESS, STATE, Level, Query, View, ViewSpec, build_view, with_level
+
+PANE_ORDER = ("states", "ports", "processes", "sockets", "findings")
+PANE_TITLES = {"states": "1 States", "ports": "2 Ports", "processes": "3 Processes", "sockets": "4 Sockets",
+               "findings": "5 Findings"}
+INTERVALS = (0.5, 1.0, 2.0, 3.0, 5.0, 10.0)
+WIDE_COLUMNS = 140
+MIN_WIDTH, MIN_HEIGHT = 60, 15
+FILTER_DEBOUNCE = 0.25
+
+
+class SnapshotSource(Protocol):
+    """What the poller reads: `Engine`, or a frozen source in tests."""
+
+    def refresh(self) -> Snapshot: ...
+
+    def set_interval(self, interval: float) -> None: ...
+
+
+class Refreshed(Message):
+    """Posted by the poller thread: one refresh, analysed and viewed, or why it failed."""
+
+    def __init__(self, snapshot: Snapshot | None, analysis: Any, view: View | None,
+                 connections: frozenset | None, error: str, started: float) -> None:
+        super().__init__()
+        self.snapshot = snapshot
+        self.analysis = analysis
+        self.view = view
+        self.connections = connections
+        self.error = error
+        self.started = started
+        self.posted = time.perf_counter()
+
+
+class ViewBuilt(Message):
+    """Posted by the view thread: the panes' rows for a new drill-down, filter or sort."""
+
+    def __init__(self, view: View) -> None:
+        super().__init__()
+        self.view = view
+
+
+class ClipboardDone(Message):
+    def __init__(self, text: str, what: str, error: str) -> None:
+        super().__init__()
+        self.text = text
+        self.what = what
+        self.error = error
+
+
+class Drawer(VerticalScroll):
+    """The details drawer: on the right when wide, the whole body when narrow."""
+
+    COMPONENT_CLASSES = {"drawer--muted", "drawer--warning", "drawer--danger", "drawer--command", "drawer--key",
+                         "drawer--heading", "drawer--title"}
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="drawer-text")
+
+    def styles_for_text(self) -> Styles:
+        get = partial(self.get_component_rich_style, partial=True)
+        return Styles(title=get("drawer--title"), heading=get("drawer--heading"), muted=get("drawer--muted"),
+                      warning=get("drawer--warning"), danger=get("drawer--danger"),
+                      command=get("drawer--command"), key=get("drawer--key"))
+
+    def show(self, text: RenderableType) -> None:
+        self.query_one("#drawer-text", Static).update(text)
+
+
+class SocktopApp(App[int]):
+    """socktop's terminal UI over a snapshot source."""
+
+    TITLE = "socktop"
+    CSS = style.CSS
+    BINDINGS = keys.bindings() + [Binding("ctrl+c", "quit", "Quit", show=False, priority=True)]
+    ENABLE_COMMAND_PALETTE = True
+
+    def __init__(self, source: SnapshotSource | Callable[[], SnapshotSource], *, interval: float = 1.0,
+                 clipboard_mode: str = "auto", keymap: dict[str, str] | None = None,
+                 config_notes: Sequence[str] = (), analyze: bool = True,
+                 on_exit: Callable[[], None] | None = None) -> None:
+        super().__init__()
+        self._source_or_factory = source
+        self.source: SnapshotSource | None = None
+        self.interval = interval
+        self._pending_interval: float | None = interval
+        self.clipboard_plan = clipboard.plan(clipboard_mode)
+        self.clipboard_mode = clipboard_mode
+        self.keymap_overrides = dict(keymap or {})
+        self.config_notes = list(config_notes)
+        self.analyzer = analysis_api.Analyzer() if analyze else None
+        if self.analyzer is not None:
+            self.config_notes += self.analyzer.warnings
+        self.on_exit_callback = on_exit
+        self.paused = False
+        self.error = ""
+        self.snapshot: Snapshot | None = None
+        self.analysis: Any = None
+        self.view: View | None = None
+        self.spec = ViewSpec()
+        self.connections: frozenset | None = None
+        self.previous_connections: frozenset | None = None
+        self.drawer_open = False
+        self.active_pane = "states"
+        self.layout_mode = ""
+        self._refresh_timer: Any = None
+        self._filter_timer: Any = None
+        self._query_before_edit = Query()
+        self._refreshing = False
+        self.refresh_count = 0
+        self.last_apply_seconds = 0.0
+        self.first_frame_at: float | None = None
+
+    # --- composition -----------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield TopBar(id="topbar")
+        yield TrendStrip(id="trends")
+        yield FilterLine(id="filterline")
+        yield Tabs(*(Tab(PANE_TITLES[name], id=f"tab-{name}") for name in PANE_ORDER), id="tabs")
+        with Horizontal(id="body"):
+            with Vertical(id="main"):
+                with Horizontal(id="top-row", classes="row"):
+                    yield StatesPane(id="states", classes="pane")
+                    yield PortsPane(id="ports", classes="pane")
+                    yield ProcessesPane(id="processes", classes="pane")
+                with Horizontal(id="bottom-row", classes="row"):
+                    yield SocketList(id="sockets", classes="pane")
+                    yield FindingsPane(id="findings", classes="pane")
+            yield Drawer(id="drawer")
+        yield Input(placeholder="filter: words, or state:close-wait port:8080 pid:42 proc:java user:app addr:10.0",
+                    id="filter")
+        yield Footer()
+        yield Static("socktop needs at least 60x15: please enlarge the terminal.", id="too-small")
+
+    def on_mount(self) -> None:
+        if self.keymap_overrides:
+            self.set_keymap(self.keymap_overrides)
+        self.theme = "textual-dark"
+        self._layout(self.size.width, self.size.height)
+        self.pane("states").focus()
+        self._show_top()
+        self.call_after_refresh(self._first_frame)
+        for note in self.config_notes:
+            self.notify(printable(note), title="config", severity="warning", markup=False, timeout=8)
+        self._start_poll()
+
+    def _first_frame(self) -> None:
+        self.first_frame_at = time.perf_counter()
+
+    def pane(self, name: str) -> Any:
+        return self.query_one(f"#{name}")
+
+    @property
+    def aggregate_panes(self) -> tuple[Pane, ...]:
+        return (self.pane("states"), self.pane("ports"), self.pane("processes"))
+
+    # --- layout -------------------------------------------------------------------------------------
+
+    def on_resize(self, event: Resize) -> None:
+        self._layout(event.size.width, event.size.height)
+
+    def _layout(self, width: int, height: int) -> None:
+        tiny = width < MIN_WIDTH or height < MIN_HEIGHT
+        mode = "tiny" if tiny else "wide" if width >= WIDE_COLUMNS else "narrow"
+        self.layout_mode = mode
+        self.set_class(tiny, "-tiny")
+        self.set_class(mode == "wide", "-wide")
+        self.set_class(mode == "narrow", "-narrow")
+        self._show_active_pane()
+
+    def _show_active_pane(self) -> None:
+        for name in PANE_ORDER:
+            self.pane(name).set_class(name == self.active_pane, "-active")
+        for row in self.query(".row"):
+            row.set_class(any(child.id == self.active_pane for child in row.children), "-has-active")
+        try:
+            tabs = self.query_one("#tabs", Tabs)
+        except NoMatches:
+            return
+        if tabs.active != f"tab-{self.active_pane}":
+            tabs.active = f"tab-{self.active_pane}"
+
+    def on_descendant_focus(self, event: Any) -> None:
+        widget = event.widget
+        name = getattr(widget, "id", None)
+        if name in PANE_ORDER and name != self.active_pane:
+            self.active_pane = name
+            self._show_active_pane()
+            self._refresh_drawer()
+
+    @on(Tabs.TabActivated, "#tabs")
+    def _tab_clicked(self, event: Tabs.TabActivated) -> None:
+        name = (event.tab.id or "").removeprefix("tab-")
+        if name in PANE_ORDER and name != self.active_pane:
+            self.action_focus_pane(name)
+
+    # --- the poller ---------------------------------------------------------------------------------
+
+    def _source(self) -> SnapshotSource:
+        if self.source is None:
+            factory = self._source_or_factory
+            self.source = factory() if callable(factory) and not hasattr(factory, "refresh") else factory  # type: ignore[assignment]
+        return self.source  # type: ignore[return-value]
+
+    def _start_poll(self) -> None:
+        self._refresh_timer = None
+        if self._refreshing or self.paused:
+            return
+        self._refreshing = True
+        self._poll(self.spec, self.view, self.connections, self._pending_interval)
+        self._pending_interval = None
+
+    @work(thread=True, exclusive=True, group="poll", exit_on_error=False)
+    def _poll(self, spec: ViewSpec, prior: View | None, previous: frozenset | None,
+              new_interval: float | None) -> None:
+        started = time.perf_counter()
+        worker = get_current_worker()
+        try:
+            source = self._source()
+            if new_interval is not None:
+                source.set_interval(new_interval)
+            snapshot = source.refresh()
+        except Exception as exc:  # CollectError, OSError, BackendUnavailable, anything: keep running
+            message = f"collect error: {type(exc).__name__}: {exc}" if not str(exc) else f"collect error: {exc}"
+            self.post_message(Refreshed(None, None, None, None, message, started))
+            return
+        error = ""
+        analysis = None
+        if self.analyzer is not None:
+            try:
+                analysis = self.analyzer.analyze(snapshot)
+            except Exception as exc:
+                error = f"analysis error: {type(exc).__name__}: {exc}"
+        view = build_view(snapshot, spec, prior if prior is not None and prior.seq < snapshot.seq else None)
+        connections = frozenset(map(CONNECTION, snapshot.sockets))
+        if not worker.is_cancelled:
+            self.post_message(Refreshed(snapshot, analysis, view, connections, error, started))
+
+    def on_refreshed(self, message: Refreshed) -> None:
+        self._refreshing = False
+        self.refresh_count += 1
+        if message.snapshot is None:
+            self.error = message.error
+            self._show_top()
+            self._schedule(message.started)
+            return
+        began = time.perf_counter()
+        self.error = message.error
+        self.snapshot = message.snapshot
+        self.analysis = message.analysis
+        self.previous_connections = self.connections
+        self.connections = message.connections
+        self._show_top()
+        self.query_one(TrendStrip).show(message.snapshot)
+        view = message.view
+        if view is not None and view.spec == self.spec:
+            self._apply_view(view)
+        else:
+            self._request_view()
+        self._apply_findings()
+        self.last_apply_seconds = time.perf_counter() - began
+        self._schedule(message.started)
+
+    def _schedule(self, started: float) -> None:
+        if self.paused or self._refresh_timer is not None:
+            return
+        elapsed = time.perf_counter() - started
+        self._refresh_timer = self.set_timer(max(0.05, self.interval - elapsed), self._start_poll)
+
+    # --- views --------------------------------------------------------------------------------------
+
+    def _set_spec(self, spec: ViewSpec) -> None:
+        if spec != self.spec:
+            self.spec = spec
+            self._request_view()
+            self._show_filter()
+
+    def _request_view(self) -> None:
+        if self.snapshot is not None:
+            self._build_view(self.snapshot, self.spec, self.view)
+
+    @work(thread=True, exclusive=True, group="view", exit_on_error=False)
+    def _build_view(self, snapshot: Snapshot, spec: ViewSpec, prior: View | None) -> None:
+        view = build_view(snapshot, spec, prior if prior is not None and prior.seq < snapshot.seq else None)
+        if not get_current_worker().is_cancelled:
+            self.post_message(ViewBuilt(view))
+
+    def on_view_built(self, message: ViewBuilt) -> None:
+        view = message.view
+        if view.spec == self.spec and self.snapshot is not None and view.seq == self.snapshot.seq:
+            self._apply_view(view)
+
+    def _apply_view(self, view: View) -> None:
+        self.view = view
+        levels = self.spec.levels
+        changed = False
+        for pane, rows in zip(self.aggregate_panes, (view.states, view.ports, view.processes)):
+            key = pane.apply(pane.cells(row) for row in rows)
+            level = next((lvl for lvl in levels if lvl.kind == pane.LEVEL), None)
+            if level is not None and key is not None and key != level.key:
+                if not pane.select_key(level.key):  # the picked row vanished: its neighbour is the selection
+                    levels = with_level(levels, Level(pane.LEVEL, key))
+                    changed = True
+        previous = self.previous_connections
+        is_new: Callable[[Any], bool] = (lambda record: CONNECTION(record) not in previous) if previous else (
+            lambda record: False)
+        self.query_one(SocketList).set_data(self.snapshot, view.sockets, is_new,
+                                            (view.spec.socket_sort, view.spec.socket_reverse))
+        self._show_filter()
+        self._refresh_drawer()
+        if changed:
+            self._set_spec(replace(self.spec, levels=levels))
+
+    def _apply_findings(self) -> None:
+        findings = analysis_api.findings_of(self.analysis)
+        pane: FindingsPane = self.pane("findings")
+        pane.apply(pane.cells(finding) for finding in findings)
+        pane.border_subtitle = f"{len(findings)}" if findings else "none"
+
+    # --- bars -------------------------------------------------------------------------------------
+
+    def _show_top(self) -> None:
+        self.query_one(TopBar).show(self.snapshot, interval=self.interval, paused=self.paused, error=self.error,
+                                    findings=analysis_api.severity_counts(self.analysis))
+
+    def _show_filter(self) -> None:
+        total = self.snapshot.aggregates.total if self.snapshot else 0
+        in_view = len(self.view.sockets) if self.view else total
+        focused = self.pane(self.active_pane)
+        sort = f"{PANE_TITLES[self.active_pane][2:]} by {focused.sort_text}" if hasattr(focused, "sort_text") else ""
+        self.query_one(FilterLine).show([level.label for level in self.spec.levels], self.spec.query.text,
+                                        self.spec.query.error, in_view, total, sort)
+
+    # --- selection ----------------------------------------------------------------------------------
+
+    def on_pane_picked(self, message: Pane.Picked) -> None:
+        pane = message.pane
+        if pane.LEVEL is not None:
+            self._set_spec(replace(self.spec, levels=with_level(self.spec.levels, Level(pane.LEVEL, message.key))))
+        elif pane.KIND == "findings":
+            self._select_finding(message.key)
+        self._refresh_drawer()
+
+    def on_pane_details_requested(self, message: Pane.DetailsRequested) -> None:
+        pane = message.pane
+        if message.key is not None and pane.LEVEL is not None:
+            self._set_spec(replace(self.spec, levels=with_level(self.spec.levels, Level(pane.LEVEL, message.key))))
+        elif message.key is not None and pane.KIND == "findings":
+            self._select_finding(message.key)
+        self.action_toggle_drawer()
+
+    def on_socket_list_details_requested(self, message: SocketList.DetailsRequested) -> None:
+        self.action_toggle_drawer()
+
+    def on_socket_list_moved(self, message: SocketList.Moved) -> None:
+        self._refresh_drawer()
+
+    def on_socket_list_sort_requested(self, message: SocketList.SortRequested) -> None:
+        self._set_spec(replace(self.spec, socket_sort=message.column, socket_reverse=message.reverse))
+
+    def _select_finding(self, finding_id: str) -> None:
+        """A finding selects the state, port or process it concerns (drill-down level and cursor)."""
+        finding = analysis_api.finding_by_id(self.analysis, finding_id)
+        if finding is None:
+            return
+        kind, key = analysis_api.subject_of(finding)
+        pane = {STATE: "states", PORT: "ports", PROCESS: "processes"}[kind]
+        self.pane(pane).select_key(key)
+        self._set_spec(replace(self.spec, levels=with_level(self.spec.levels, Level(kind, key))))
+
+    def selection(self) -> Selection:
+        """What is picked, for the drawer and the copy keys: the focused pane's row, else the drill-down."""
+        snapshot, analysis, focus = self.snapshot, self.analysis, self.active_pane
+        keys_by_kind: dict[str, str | None] = {kind: None for kind in (STATE, PORT, PROCESS)}
+        keys_by_kind.update({level.kind: level.key for level in self.spec.levels})
+        pane_kind = {"states": STATE, "ports": PORT, "processes": PROCESS}.get(focus)
+        if pane_kind is not None:
+            keys_by_kind[pane_kind] = self.pane(focus).selected_key
+        finding = socket = None
+        if focus == "findings":
+            finding = analysis_api.finding_by_id(analysis, self.pane("findings").selected_key)
+            if finding is not None:
+                kind, key = analysis_api.subject_of(finding)
+                keys_by_kind[kind] = key
+                keys_by_kind[STATE] = keys_by_kind[STATE] or finding.state.name
+        elif focus == "sockets":
+            socket = self.query_one(SocketList).selected
+            if socket is not None and snapshot is not None:
+                keys_by_kind[STATE] = socket.state.name
+                owners = snapshot.owners_of(socket).processes
+                if owners and keys_by_kind[PROCESS] is None:
+                    keys_by_kind[PROCESS] = f"pid:{owners[0].pid}"
+        port = process = None
+        if snapshot is not None:
+            port = snapshot.aggregates.by_port.get(keys_by_kind[PORT] or "")
+            if focus == "ports" and keys_by_kind[PROCESS] is None and port is not None and len(port.pids) == 1:
+                keys_by_kind[PROCESS] = f"pid:{port.pids[0]}"  # a port with one owner: k and l act on it
+            process = snapshot.aggregates.by_process.get(keys_by_kind[PROCESS] or "")
+        state = TcpState[keys_by_kind[STATE]] if keys_by_kind[STATE] else None
+        if finding is not None:
+            findings: tuple[Any, ...] = (finding,)
+        elif focus in ("ports", "processes"):
+            findings = analysis_api.related(analysis, pane_kind, keys_by_kind[pane_kind])
+        else:
+            findings = analysis_api.related(analysis, STATE, keys_by_kind[STATE], state)
+        return Selection(focus=focus, levels=self.spec.levels, query=self.spec.query, state=state, port=port,
+                         process=process, finding=finding, socket=socket,
+                         in_view=len(self.view.sockets) if self.view else 0, findings=findings)
+
+    # --- drawer ------------------------------------------------------------------------------------
+
+    def _key_names(self) -> dict[str, str]:
+        names = {}
+        for action, binding_id in (("kill", "copy_kill"), ("sysctl", "copy_sysctl"), ("ss", "copy_ss"),
+                                   ("lsof", "copy_lsof")):
+            keys_text = self.keymap_overrides.get(binding_id, keys.BY_ID[binding_id].keys)
+            names[action] = self.get_key_display(Binding(keys_text.split(",")[0].strip(), ""))
+        return names
+
+    def copyables(self, selection: Selection | None = None) -> dict[str, Copyable]:
+        return commands_for(selection or self.selection())
+
+    def _refresh_drawer(self) -> None:
+        if not self.drawer_open:
+            return
+        drawer = self.query_one(Drawer)
+        selection = self.selection()
+        text = describe(selection, self.snapshot, self.copyables(selection), drawer.styles_for_text(),
+                        self._key_names())
+        drawer.show(text)
+        drawer.border_title = f"Details: {selection.subject}"
+
+    def action_toggle_drawer(self) -> None:
+        self.drawer_open = not self.drawer_open
+        self.set_class(self.drawer_open, "-drawer")
+        if self.drawer_open:
+            self._refresh_drawer()
+            self.query_one(Drawer).scroll_home(animate=False)
+
+    # --- keys ---------------------------------------------------------------------------------------
+
+    def action_focus_pane(self, name: str) -> None:
+        if name not in PANE_ORDER:
+            return
+        self.active_pane = name
+        self._show_active_pane()
+        if self.layout_mode == "narrow" and self.drawer_open:
+            self.action_toggle_drawer()
+        self.pane(name).focus()
+        self._show_filter()
+        self._refresh_drawer()
+
+    def action_next_pane(self, step: int) -> None:
+        index = PANE_ORDER.index(self.active_pane) if self.active_pane in PANE_ORDER else 0
+        self.action_focus_pane(PANE_ORDER[(index + step) % len(PANE_ORDER)])
+
+    def action_sort(self, reverse_only: bool) -> None:
+        self.pane(self.active_pane).cycle_sort(reverse_only)
+        self._show_filter()
+
+    def action_toggle_pause(self) -> None:
+        self.paused = not self.paused
+        if self.paused:
+            if self._refresh_timer is not None:
+                self._refresh_timer.stop()
+                self._refresh_timer = None
+        else:
+            self._start_poll()
+        self._show_top()
+
+    def action_change_interval(self, step: int) -> None:
+        index = min(range(len(INTERVALS)), key=lambda i: abs(INTERVALS[i] - self.interval))
+        new = INTERVALS[max(0, min(len(INTERVALS) - 1, index + step))]
+        if new == self.interval:
+            self.notify(f"The interval is already {new:g} s (0.5 s to 10 s).", timeout=2)
+            return
+        self.interval = new
+        self._pending_interval = new
+        if self._refresh_timer is not None:
+            self._refresh_timer.stop()
+            self._refresh_timer = None
+            self._refresh_timer = self.set_timer(new, self._start_poll)
+        self._show_top()
+
+    def action_toggle_theme(self) -> None:
+        self.theme = "textual-light" if self.theme == "textual-dark" else "textual-dark"
+
+    def watch_theme(self, theme: str) -> None:
+        # pane cells and bars carry rich styles resolved from the theme: re-resolve them
+        self.call_after_refresh(self._restyle)
+
+    def _restyle(self) -> None:
+        for pane in (*self.aggregate_panes, self.pane("findings")):
+            pane.apply(())  # drop every cached signature, then redraw with the new styles
+        if self.view is not None:
+            self._apply_view(self.view)
+        self._apply_findings()
+        self._show_top()
+        self._show_filter()
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen(self.keymap_overrides, lambda key: self.get_key_display(Binding(key, ""))))
+
+    def action_filter(self) -> None:
+        field = self.query_one("#filter", Input)
+        self._query_before_edit = self.spec.query
+        self.add_class("-filtering")
+        field.value = self.spec.query.text
+        field.focus()
+
+    @on(Input.Changed, "#filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        if self._filter_timer is not None:
+            self._filter_timer.stop()
+        self._filter_timer = self.set_timer(FILTER_DEBOUNCE, partial(self._apply_query, event.value))
+
+    @on(Input.Submitted, "#filter")
+    def _filter_submitted(self, event: Input.Submitted) -> None:
+        if self._filter_timer is not None:
+            self._filter_timer.stop()
+        self._apply_query(event.value)
+        self._close_filter()
+
+    def _apply_query(self, text: str) -> None:
+        self._filter_timer = None
+        self._set_spec(replace(self.spec, query=Query.parse(text)))
+
+    def _close_filter(self) -> None:
+        self.remove_class("-filtering")
+        self.pane(self.active_pane).focus()
+
+    def action_back(self) -> None:
+        """Esc: leave the filter field, else close a full-screen drawer, else undo one level, else the filter."""
+        if self.has_class("-filtering"):
+            if self._filter_timer is not None:
+                self._filter_timer.stop()
+                self._filter_timer = None
+            self._set_spec(replace(self.spec, query=self._query_before_edit))
+            self._close_filter()
+        elif self.drawer_open and self.layout_mode != "wide":
+            self.action_toggle_drawer()
+        elif self.spec.levels:
+            self._set_spec(replace(self.spec, levels=self.spec.levels[:-1]))
+        elif self.spec.query:
+            self._set_spec(replace(self.spec, query=Query()))
+        elif self.drawer_open:
+            self.action_toggle_drawer()
+
+    # --- copy actions --------------------------------------------------------------------------------
+
+    def action_copy(self, action: str) -> None:
+        if action not in COPY_ACTIONS:
+            return
+        copyable = self.copyables()[action]
+        if copyable.command is None:
+            self.notify(printable(copyable.why_not), title=f"Nothing to copy ({action})", severity="warning",
+                        markup=False, timeout=4)
+            return
+        self.copy_command(copyable.command.line, copyable.what)
+
+    def copy_command(self, text: str, what: str) -> None:
+        """Send ``text`` where the clipboard mode says, tell the user, and show it when nothing confirms."""
+        plan = self.clipboard_plan
+        if plan.osc52:
+            self.copy_to_clipboard(text)
+        if plan.system:
+            self._system_copy(text, what)
+            return
+        if plan.osc52 and plan.trust_osc52:
+            self.notify(printable(text), title=f"Copied {printable(what)} (OSC 52)", markup=False, timeout=6)
+            return
+        how = "sent to the terminal by OSC 52, which cannot confirm it" if plan.osc52 else "clipboard is off"
+        self.notify(printable(text), title=f"{printable(what)}: {how}", markup=False, timeout=6)
+        self.push_screen(CommandDialog(f"Copy by hand: {what}", text,
+                                       f"The clipboard {'may not have it' if plan.osc52 else 'is off'}: select "
+                                       "the text (Ctrl+A, then your terminal's copy, often Shift+drag). "
+                                       "--clipboard osc52 trusts the terminal and skips this dialog."))
+
+    @work(thread=True, group="clipboard", exit_on_error=False)
+    def _system_copy(self, text: str, what: str) -> None:
+        self.post_message(ClipboardDone(text, what, clipboard.system_copy(text)))
+
+    def on_clipboard_done(self, message: ClipboardDone) -> None:
+        if not message.error:
+            self.notify(printable(message.text), title=f"Copied {printable(message.what)}", markup=False, timeout=6)
+            return
+        self.notify(printable(message.text), title=f"{printable(message.what)}: {printable(message.error)}",
+                    severity="warning", markup=False, timeout=6)
+        self.push_screen(CommandDialog(f"Copy by hand: {message.what}", message.text,
+                                       f"{message.error}. Select the text and copy it with your terminal."))
+
+    # --- palette ------------------------------------------------------------------------------------
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        for key in keys.KEYS:
+            keys_text = self.keymap_overrides.get(key.id, key.keys)
+            shown = " ".join(self.get_key_display(Binding(name.strip(), "")) for name in keys_text.split(","))
+            yield SystemCommand(key.description if key.group != keys.ACTIONS else key.description,
+                                f"{key.help}  [{shown}]", partial(self.run_action, key.action))
+
+    # --- exit ---------------------------------------------------------------------------------------
+
+    def action_quit(self) -> None:
+        self.exit(0)
+
+    def _on_exit_app(self) -> Any:
+        if self.on_exit_callback is not None:
+            try:
+                self.on_exit_callback()
+            finally:
+                self.on_exit_callback = None
+        return super()._on_exit_app()
+
+
+def run(options: argparse.Namespace) -> int:
+    """`socktop` (the TUI): open the engine, maybe start the demo, run the app; the exit status."""
+    import sys
+
+    from ..collect.records import BackendUnavailable
+    from ..model.engine import Engine
+
+    interval = getattr(options, "interval", 1.0)
+    keymap, notes = keys.load_keymap()
+    scenario = None
+    if getattr(options, "demo", False):
+        from ..demo.scenario import DemoScenario
+
+        scenario = DemoScenario()
+        scenario.start()
+    try:
+        engine = Engine(getattr(options, "backend", "auto"), interval=interval)
+    except BackendUnavailable as exc:
+        if scenario is not None:
+            scenario.stop()
+        print(f"socktop: error: {exc}", file=sys.stderr)
+        return 1
+    if engine.backend_note:
+        notes.insert(0, engine.backend_note)
+    app = SocktopApp(engine, interval=interval, clipboard_mode=getattr(options, "clipboard", "auto"),
+                     keymap=keymap, config_notes=notes, on_exit=scenario.stop if scenario else None)
+    try:
+        result = app.run()
+    finally:
+        if scenario is not None:
+            scenario.stop()
+    return result if isinstance(result, int) else 0

@@ -1,0 +1,203 @@
+"""The one-line-high widgets: top bar (source, counts, state chips), trend strip, filter line.
+
+Each renders a `rich.text.Text` assembled from parts; untrusted parts
+(host name, error messages) are `printable` plain text, never markup.
+Parts have priorities: on a narrow terminal the least useful ones go first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from rich.style import Style
+from rich.text import Text
+from textual.widget import Widget
+
+from ..collect.records import DISPLAY_STATES, TcpState
+from ..model.history import rate_per_second, state_series
+from ..model.snapshot import Snapshot
+from ..safetext import printable
+from . import format as fmt
+
+Part = tuple[str, Style, int]  # text, style, priority (0 = never dropped; higher goes first)
+
+
+def fit(parts: Sequence[Part], width: int, separator: str = "", separator_style: Style | None = None) -> Text:
+    """Join ``parts`` into one line of at most ``width`` cells, dropping the highest priorities first."""
+    kept = list(parts)
+
+    def length(items: Sequence[Part]) -> int:
+        return sum(len(text) for text, _, _ in items) + len(separator) * max(0, len(items) - 1)
+
+    while length(kept) > width and any(priority for _, _, priority in kept):
+        worst = max(priority for _, _, priority in kept)
+        index = max(i for i, (_, _, priority) in enumerate(kept) if priority == worst)
+        kept.pop(index)
+    line = Text(no_wrap=True, overflow="ellipsis", end="")
+    for index, (text, style, _) in enumerate(kept):
+        if index and separator:
+            line.append(separator, separator_style or Style())
+        line.append(text, style)
+    line.truncate(width, overflow="ellipsis")
+    return line
+
+
+class Bar(Widget):
+    """A widget drawn from a list of `Part`s, refitted when its width changes."""
+
+    COMPONENT_CLASSES: ClassVar[set[str]] = {
+        "bar--warning", "bar--danger", "bar--muted", "bar--accent", "bar--good",
+        "bar--chip", "bar--chip-warning", "bar--chip-danger", "bar--paused",
+    }
+    DEFAULT_CSS = """
+    Bar { height: 1; }
+    Bar > .bar--muted { color: $text-muted; }
+    Bar > .bar--accent { color: $accent; text-style: bold; }
+    Bar > .bar--good { color: $success; }
+    Bar > .bar--warning { color: $warning; text-style: bold; }
+    Bar > .bar--danger { color: $error; text-style: bold; }
+    Bar > .bar--chip { background: $panel-lighten-2; color: $foreground; }
+    Bar > .bar--chip-warning { background: $warning; color: $background; text-style: bold; }
+    Bar > .bar--chip-danger { background: $error; color: $foreground; text-style: bold; }
+    Bar > .bar--paused { background: $warning; color: $background; text-style: bold; }
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._lines: list[list[Part]] = []
+
+    def style(self, name: str) -> Style:
+        return self.get_component_rich_style(f"bar--{name}", partial=True) if name else Style()
+
+    def set_lines(self, lines: list[list[Part]]) -> None:
+        if lines != self._lines:
+            self._lines = lines
+            self.refresh()
+
+    def render(self) -> Text:
+        width = self.size.width
+        lines = [fit(parts, width, "  ") for parts in self._lines] or [Text("")]
+        return Text("\n", end="").join(lines)
+
+
+class TopBar(Bar):
+    """Host, kernel, backend, interval (PAUSED), totals, owner coverage, findings, state chips."""
+
+    DEFAULT_CSS = "TopBar { height: 2; background: $panel; }"
+
+    def show(self, snapshot: Snapshot | None, *, interval: float, paused: bool, error: str,
+             findings: dict[str, int], note: str = "") -> None:
+        muted, accent = self.style("muted"), self.style("accent")
+        first: list[Part] = [("socktop", accent, 0)]
+        if paused:
+            first.append((" PAUSED ", self.style("paused"), 0))
+        if error:
+            first.append((f" {printable(error)} ", self.style("chip-danger"), 0))
+        if snapshot is None:
+            first.append(("waiting for the first refresh…", muted, 0))
+            self.set_lines([first, []])
+            return
+        source = snapshot.source
+        first += [
+            (printable(source.host), Style(bold=True), 1),
+            (printable(source.kernel), muted, 6),
+            (source.backend, muted, 5),
+            (f"every {fmt.seconds(interval)}", Style(), 2),
+            (f"{snapshot.aggregates.total:,} sockets", Style(bold=True), 0),
+            (printable(source.owner_note) if source.owner_note else f"owners {snapshot.coverage:.0%}",
+             self.style("warning") if source.owner_note else muted, 4),
+        ]
+        severity_parts = [f"{n} {name}" for name, n in findings.items() if n]
+        if severity_parts:
+            tone = "danger" if findings.get("critical") else "warning" if findings.get("warning") else ""
+            first.append(("findings: " + ", ".join(severity_parts), self.style(tone), 3))
+        elif findings is not None:
+            first.append(("no findings", self.style("good"), 3))
+        if note:
+            first.append((printable(note), muted, 7))
+        chips: list[Part] = []
+        by_state = snapshot.aggregates.by_state
+        for rank, state in enumerate(DISPLAY_STATES):
+            number = by_state.get(state, 0)
+            if not number:
+                continue
+            tone = fmt.tone_of_state(state)
+            priority = 0 if tone or state in (TcpState.ESTABLISHED, TcpState.TIME_WAIT) else 1 + rank
+            chips.append((f" {state.label} {fmt.count(number)} ", self.style(f"chip-{tone}" if tone else "chip"),
+                          priority))
+        self.set_lines([first, chips])
+
+
+TREND_STATES = (TcpState.TIME_WAIT, TcpState.CLOSE_WAIT, TcpState.ESTABLISHED)
+
+
+class TrendStrip(Bar):
+    """Sparklines of TIME_WAIT, CLOSE_WAIT and ESTABLISHED over the history window."""
+
+    DEFAULT_CSS = "TrendStrip { height: 1; }"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._snapshot: Snapshot | None = None
+
+    def show(self, snapshot: Snapshot) -> None:
+        self._snapshot = snapshot
+        self.refresh()
+
+    def on_resize(self) -> None:
+        self.refresh()
+
+    def render(self) -> Text:
+        snapshot = self._snapshot
+        if snapshot is None:
+            return Text("")
+        points = snapshot.history
+        width = self.size.width
+        span = fmt.seconds(round(points[-1].monotonic - points[0].monotonic)) if len(points) > 1 else "0s"
+        labels = []
+        for state in TREND_STATES:
+            series = state_series(points, state)
+            rate = rate_per_second(points[-30:], series[-30:])
+            rate_text = f" {rate:+.1f}/s" if abs(rate) >= 0.05 else ""
+            labels.append((state, series, f"{state.label} ", f" {fmt.count(series[-1] if series else 0)}{rate_text}"))
+        fixed = sum(len(a) + len(b) for _, _, a, b in labels) + 3 * 3 + len(span) + 6
+        spark_width = max(4, min(40, (width - fixed) // 3))
+        line = Text(no_wrap=True, overflow="ellipsis", end="")
+        line.append(f"last {span} ", self.style("muted"))
+        for state, series, head, tail in labels:
+            tone = fmt.tone_of_state(state)
+            line.append(" " + head, self.style("muted"))
+            line.append(fmt.sparkline(series, spark_width), self.style(tone) if tone else self.style("accent"))
+            line.append(tail + " ")
+        line.truncate(width, overflow="ellipsis")
+        return line
+
+
+class FilterLine(Bar):
+    """What narrows the view: drill-down levels, text filter, how many sockets remain, the sort."""
+
+    DEFAULT_CSS = "FilterLine { height: 1; background: $boost; }"
+
+    def show(self, levels: Sequence[str], query: str, query_error: str, in_view: int, total: int,
+             sort: str) -> None:
+        muted, accent = self.style("muted"), self.style("accent")
+        parts: list[Part] = []
+        if levels or query:
+            parts.append(("Filter:", muted, 0))
+            chain = " › ".join(levels)
+            if chain:
+                parts.append((chain, accent, 0))
+            if query:
+                parts.append((f"/{printable(query)}", accent, 0))
+            if query_error:
+                parts.append((printable(query_error), self.style("danger"), 0))
+            parts.append((f"{in_view:,} of {total:,} sockets", Style(bold=True), 1))
+            parts.append(("Esc clears one level", muted, 3))
+        else:
+            parts.append(("All sockets", accent, 0))
+            parts.append((f"{total:,}", Style(bold=True), 1))
+            parts.append(("move in a pane to drill down, / to filter, ? for keys", muted, 3))
+        if sort:
+            parts.append((f"sort: {sort}", muted, 2))
+        self.set_lines([parts])

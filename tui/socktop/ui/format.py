@@ -1,0 +1,103 @@
+"""Small text formatters shared by the widgets: counts, deltas, durations, sparklines, endpoints."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..collect.records import SocketRecord, TcpState
+from ..safetext import printable
+
+BLOCKS = "▁▂▃▄▅▆▇█"
+
+#: States shown in the warning colour, and in the danger colour (a pile-up of these is a problem)
+WARNING_STATES = frozenset({TcpState.CLOSE_WAIT, TcpState.FIN_WAIT1, TcpState.LAST_ACK, TcpState.CLOSING})
+DANGER_STATES = frozenset({TcpState.SYN_RECV, TcpState.NEW_SYN_RECV})
+
+
+def tone_of_state(state: TcpState) -> str:
+    if state in DANGER_STATES:
+        return "danger"
+    if state in WARNING_STATES:
+        return "warning"
+    return ""
+
+
+def count(n: int | None) -> str:
+    """1,234 up to 99,999; 123k and 1.2M beyond (panes are narrow)."""
+    if n is None:
+        return "-"
+    if abs(n) < 100_000:
+        return f"{n:,}"
+    if abs(n) < 10_000_000:
+        return f"{n / 1000:.0f}k"
+    return f"{n / 1_000_000:.1f}M"
+
+
+def delta(n: int | None) -> str:
+    if n is None:
+        return ""
+    if n == 0:
+        return "·"
+    return f"+{count(n)}" if n > 0 else f"-{count(-n)}"
+
+
+def share(fraction: float) -> str:
+    if fraction >= 0.995:
+        return "100%"
+    if fraction < 0.001:
+        return "<0.1%" if fraction > 0 else "0%"
+    return f"{fraction:.0%}" if fraction >= 0.1 else f"{fraction:.1%}"
+
+
+def seconds(value: float) -> str:
+    """An interval: 0.5s, 1s, 2.5s."""
+    return f"{value:g}s"
+
+
+def timer(ms: int) -> str:
+    """Time left on a socket timer: 850ms, 42s, 3m05s, 2h00m."""
+    if ms <= 0:
+        return ""
+    if ms < 1000:
+        return f"{ms}ms"
+    total = ms // 1000
+    if total < 100:
+        return f"{total}s"
+    if total < 3600:
+        return f"{total // 60}m{total % 60:02d}s"
+    return f"{total // 3600}h{total % 3600 // 60:02d}m"
+
+
+def sparkline(values: Sequence[int], width: int) -> str:
+    """The last ``width`` values as block characters, scaled between their min and max."""
+    values = list(values)[-width:]
+    if not values:
+        return ""
+    low, high = min(values), max(values)
+    if high == low:
+        return (BLOCKS[0] if high == 0 else BLOCKS[3]) * len(values)
+    scale = (len(BLOCKS) - 1) / (high - low)
+    return "".join(BLOCKS[int((value - low) * scale)] for value in values)
+
+
+def endpoint(address: str, port: int) -> str:
+    """``10.0.0.5:8080``, ``[::1]:8080``, ``*:*`` for an unconnected peer (untrusted: escaped)."""
+    if port == 0 and address in ("0.0.0.0", "::", ""):
+        return "*:*"
+    shown = printable(address)
+    if address in ("0.0.0.0", "::"):
+        shown = "*"
+    elif ":" in address:
+        shown = f"[{shown}]"
+    return f"{shown}:{port}"
+
+
+def ellipsize(text: str, width: int) -> str:
+    """``text`` cut to ``width`` cells with a trailing ellipsis (single-width text assumed)."""
+    if len(text) <= width:
+        return text
+    return text[: max(0, width - 1)] + "…" if width > 0 else ""
+
+
+def queues(record: SocketRecord) -> tuple[str, str]:
+    return (str(record.recv_q), str(record.send_q))

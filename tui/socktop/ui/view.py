@@ -1,0 +1,455 @@
+"""What the panes show for one snapshot and one drill-down: plain data, built off the UI thread.
+
+No Textual and no Rich here: the poller thread (after each refresh) and the
+view thread (after each selection change) call `build_view`, and the widgets
+only turn the rows it returns into cells and lines. At 50,000 sockets the
+filtering, re-aggregation and socket sort cost tens of milliseconds, which
+must not be spent on the thread that answers keys.
+
+The drill-down is a stack of `Level`s, one per pane kind (state, port,
+process), in the order the user picked them; each pane is filtered by the
+levels of the *other* kinds, so picking CLOSE_WAIT narrows Ports and
+Processes while States keeps every state. The free-text `Query` narrows all.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from itertools import compress
+from operator import indexOf, itemgetter
+
+from ..collect.records import DISPLAY_STATES, SocketRecord, TcpState
+from ..model.aggregate import Aggregates, Direction, ProcessGroup, aggregate
+from ..model.snapshot import HistoryPoint, Snapshot
+
+CONNECTION = itemgetter(2, 3, 4, 5)
+TREND_POINTS = 24  # history points behind a mini trend
+
+STATE, PORT, PROCESS = "state", "port", "process"
+LEVEL_KINDS = (STATE, PORT, PROCESS)
+
+
+# --- the drill-down and the free-text filter ------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Level:
+    """One drill-down level: a pane kind and the key of the row picked in it.
+
+    Keys are the panes' row keys: a state's name (``CLOSE_WAIT``), a port
+    group's key (``in:8080``), a process group's key (``pid:42``, ``uid:1000``).
+    """
+
+    kind: str
+    key: str
+
+    @property
+    def label(self) -> str:
+        if self.kind == STATE:
+            return TcpState[self.key].label
+        if self.kind == PORT:
+            direction, _, port = self.key.partition(":")
+            return f":{port} {direction}"
+        return self.key.replace(":", " ")
+
+
+def with_level(levels: tuple[Level, ...], level: Level) -> tuple[Level, ...]:
+    """``levels`` with ``level`` set: in place when its kind is already there, else appended."""
+    for index, existing in enumerate(levels):
+        if existing.kind == level.kind:
+            return levels[:index] + (level,) + levels[index + 1:]
+    return levels + (level,)
+
+
+QUERY_PREFIXES = ("state", "port", "pid", "proc", "user", "addr")
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """The `/` filter: ``state:close-wait port:8080 pid:42 proc:java user:app addr:10.0`` and free words.
+
+    Every term must match (AND). A free word matches a socket when it is in
+    its state's name, equals one of its ports or its owner's pid (digits
+    only), is part of its owner's name or user, or part of an address (words
+    with a dot or a colon).
+    """
+
+    text: str = ""
+    terms: tuple[tuple[str, str], ...] = ()  # (prefix or "", lower-case value)
+    error: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> Query:
+        terms: list[tuple[str, str]] = []
+        errors: list[str] = []
+        for word in text.split():
+            prefix, colon, value = word.partition(":")
+            prefix = prefix.lower()
+            if colon and prefix in QUERY_PREFIXES and value:
+                if prefix == "state":
+                    try:
+                        TcpState.parse(value)
+                    except ValueError:
+                        errors.append(f"unknown state {value!r}")
+                        continue
+                elif prefix in ("port", "pid") and not value.isdigit():
+                    errors.append(f"{prefix}: wants a number, not {value!r}")
+                    continue
+                terms.append((prefix, value.lower()))
+            else:
+                terms.append(("", word.lower()))
+        return cls(text.strip(), tuple(terms), "; ".join(errors))
+
+    def __bool__(self) -> bool:
+        return bool(self.terms)
+
+
+@dataclass(frozen=True, slots=True)
+class ViewSpec:
+    """What the user asked to see: drill-down, text filter, socket sort. Immutable, so the
+    UI thread can swap it while a worker reads the previous one."""
+
+    levels: tuple[Level, ...] = ()
+    query: Query = Query()
+    socket_sort: str = "state"
+    socket_reverse: bool = False
+
+    def scope(self, without: str | None = None) -> tuple[tuple[Level, ...], Query]:
+        return tuple(level for level in self.levels if level.kind != without), self.query
+
+
+# --- rows ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class StateRow:
+    key: str
+    state: TcpState
+    count: int
+    delta: int | None  # since the previous refresh; None when unknown
+    share: float
+    trend: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PortRow:
+    key: str
+    port: int
+    direction: Direction
+    counts: dict[TcpState, int]
+    total: int
+    owners: tuple[str, ...]  # process names (untrusted), most sockets first
+    pids: tuple[int, ...]
+
+    def count(self, state: TcpState) -> int:
+        return self.counts.get(state, 0)
+
+    @property
+    def other(self) -> int:
+        return self.total - sum(self.counts.get(s, 0) for s in PORT_STATE_COLUMNS)
+
+
+PORT_STATE_COLUMNS = (TcpState.ESTABLISHED, TcpState.TIME_WAIT, TcpState.CLOSE_WAIT, TcpState.LISTEN)
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessRow:
+    key: str
+    group: ProcessGroup
+    total: int  # held + inferred TIME_WAIT
+    established: int
+    close_wait: int
+    time_wait: int  # held + inferred
+    trend: tuple[int, ...]
+
+    @property
+    def pid(self) -> int | None:
+        return self.group.pid
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    """Everything the panes show for one snapshot under one `ViewSpec`."""
+
+    spec: ViewSpec
+    seq: int
+    states: tuple[StateRow, ...]
+    ports: tuple[PortRow, ...]
+    processes: tuple[ProcessRow, ...]
+    sockets: Sequence[SocketRecord]  # in view, sorted by spec.socket_sort
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)  # pane → key → count, for deltas
+    build_seconds: float = 0.0
+
+
+# --- socket selection ------------------------------------------------------------------------------
+
+Predicate = Callable[[SocketRecord], bool]
+
+
+def owned_by(snapshot: Snapshot, pids: set[int]) -> Predicate:
+    """True for sockets held by ``pids`` or tied to them by inference, as `Snapshot.owners_of` does."""
+    aggregates = snapshot.aggregates
+    inodes = {inode for inode, holders in snapshot.ownership.pids_by_inode.items() if not pids.isdisjoint(holders)}
+    listening = aggregates.listening_ports
+    listener_ports = {port for port, holders in aggregates.listener_pids.items() if not pids.isdisjoint(holders)}
+    connections = {conn for conn, holders in aggregates.last_owners.items() if not pids.isdisjoint(holders)}
+    listen = TcpState.LISTEN
+
+    def match(record: SocketRecord) -> bool:
+        if record[12]:
+            return record[12] in inodes
+        if record[1] is not listen and record[3] in listening:
+            return record[3] in listener_ports
+        return CONNECTION(record) in connections
+
+    return match
+
+
+def unplaced_of_uid(snapshot: Snapshot, uid: int) -> Predicate:
+    """Sockets with an inode but no known owner, of one uid (the "uid:N" process rows)."""
+    holders = snapshot.ownership.pids_by_inode
+    return lambda record: record[12] != 0 and record[11] == uid and record[12] not in holders
+
+
+def level_predicate(snapshot: Snapshot, level: Level) -> Predicate:
+    if level.kind == STATE:
+        state = TcpState[level.key]
+        return lambda record: record[1] is state
+    if level.kind == PORT:
+        direction, _, text = level.key.partition(":")
+        port, listening = int(text), snapshot.aggregates.listening_ports
+        if direction == Direction.IN.value:
+            return lambda record: record[3] == port and port in listening
+        return lambda record: record[5] == port and record[3] not in listening
+    kind, _, number = level.key.partition(":")
+    if kind == "uid":
+        return unplaced_of_uid(snapshot, int(number))
+    return owned_by(snapshot, {int(number)})
+
+
+def _owner_pids(snapshot: Snapshot, test: Callable[[str, str, int], bool]) -> set[int]:
+    return {pid for pid, info in snapshot.ownership.processes.items() if test(info.name.lower(), info.user.lower(), pid)}
+
+
+def term_predicate(snapshot: Snapshot, prefix: str, value: str) -> Predicate:
+    if prefix == "state":
+        state = TcpState.parse(value)
+        return lambda record: record[1] is state
+    if prefix == "port":
+        port = int(value)
+        return lambda record: record[3] == port or record[5] == port
+    if prefix == "pid":
+        return owned_by(snapshot, {int(value)})
+    if prefix == "proc":
+        return owned_by(snapshot, _owner_pids(snapshot, lambda name, user, pid: value in name))
+    if prefix == "user":
+        owners = owned_by(snapshot, _owner_pids(snapshot, lambda name, user, pid: value in user))
+        uids = {uid for uid in {r[11] for r in snapshot.sockets} if value in snapshot.user_of(uid).lower()} if value else set()
+        holders = snapshot.ownership.pids_by_inode
+        return lambda record: owners(record) or (record[12] != 0 and record[12] not in holders and record[11] in uids)
+    if prefix == "addr":
+        return lambda record: value in record[2] or value in record[4]
+    return _word_predicate(snapshot, value)
+
+
+def _word_predicate(snapshot: Snapshot, word: str) -> Predicate:
+    states = {state for state in DISPLAY_STATES if word in state.slug or word in state.name.lower()}
+    number = int(word) if word.isdigit() else None
+    pids = _owner_pids(snapshot, lambda name, user, pid: word in name or word in user or pid == number)
+    owners = owned_by(snapshot, pids) if pids else None
+    addresses = "." in word or ":" in word
+
+    def match(record: SocketRecord) -> bool:
+        if record[1] in states:
+            return True
+        if number is not None and (record[3] == number or record[5] == number):
+            return True
+        if addresses and (word in record[2] or word in record[4]):
+            return True
+        return owners is not None and owners(record)
+
+    return match
+
+
+def select_records(snapshot: Snapshot, levels: Iterable[Level], query: Query) -> Sequence[SocketRecord]:
+    """The sockets every level and every query term lets through (the snapshot's own list when none)."""
+    predicates = [level_predicate(snapshot, level) for level in levels]
+    predicates += [term_predicate(snapshot, prefix, value) for prefix, value in query.terms]
+    records: Sequence[SocketRecord] = snapshot.sockets
+    for predicate in predicates:
+        records = list(compress(records, map(predicate, records)))
+    return records
+
+
+class Scopes:
+    """The sockets and aggregates of each scope one view needs, each computed once."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+        self._records: dict[tuple, Sequence[SocketRecord]] = {}
+        self._aggregates: dict[tuple, Aggregates] = {}
+
+    def records(self, levels: tuple[Level, ...], query: Query) -> Sequence[SocketRecord]:
+        key = (frozenset(levels), query.terms)
+        if key not in self._records:
+            self._records[key] = select_records(self.snapshot, levels, query)
+        return self._records[key]
+
+    def aggregates(self, levels: tuple[Level, ...], query: Query) -> Aggregates:
+        """The snapshot's aggregates, or those of the sockets in scope (recomputed as `Snapshot.filtered` does)."""
+        if not levels and not query:
+            return self.snapshot.aggregates
+        key = (frozenset(levels), query.terms)
+        if key not in self._aggregates:
+            whole = self.snapshot.aggregates
+            self._aggregates[key] = aggregate(self.records(levels, query), self.snapshot.ownership,
+                                              self.snapshot.user_of, whole.last_owners, listeners=whole.listener_pids)
+        return self._aggregates[key]
+
+
+# --- sorting sockets ------------------------------------------------------------------------------
+
+def _state_order(record: SocketRecord) -> int:
+    return _STATE_RANK[record[1]]
+
+
+_STATE_RANK = {state: rank for rank, state in enumerate(
+    (TcpState.SYN_RECV, TcpState.CLOSE_WAIT, TcpState.TIME_WAIT, TcpState.FIN_WAIT1, TcpState.FIN_WAIT2,
+     TcpState.LAST_ACK, TcpState.CLOSING, TcpState.SYN_SENT, TcpState.ESTABLISHED, TcpState.LISTEN,
+     TcpState.CLOSE, TcpState.NEW_SYN_RECV))}
+
+SOCKET_SORTS: dict[str, Callable[[SocketRecord], object]] = {
+    "local": itemgetter(2, 3),
+    "remote": itemgetter(4, 5),
+    "state": lambda r: (_STATE_RANK[r[1]], r[3], r[4], r[5]),
+    "recv_q": itemgetter(6),
+    "send_q": itemgetter(7),
+    "timer": itemgetter(9),
+}
+SOCKET_SORT_COLUMNS = ("local", "remote", "state", "recv_q", "send_q", "timer", "owner")
+#: columns whose natural order is largest first
+DESCENDING = frozenset({"recv_q", "send_q", "timer"})
+
+
+def owner_name_key(snapshot: Snapshot) -> Callable[[SocketRecord], str]:
+    """Sort key on the owner's name (held or inferred); unknown owners last."""
+    names: dict[int, str] = {}
+    for inode, pids in snapshot.ownership.pids_by_inode.items():
+        info = snapshot.ownership.processes.get(pids[0]) if pids else None
+        if info is not None:
+            names[inode] = info.name.lower()
+    cache: dict[tuple, str] = {}
+
+    def key(record: SocketRecord) -> str:
+        if record[12]:
+            return names.get(record[12], "\uffff")
+        conn = CONNECTION(record)
+        name = cache.get(conn)
+        if name is None:
+            owners = snapshot.owners_of(record).processes
+            name = cache[conn] = owners[0].name.lower() if owners else "\uffff"
+        return name
+
+    return key
+
+
+def sort_sockets(snapshot: Snapshot, records: Sequence[SocketRecord], column: str, reverse: bool) -> list[SocketRecord]:
+    key = owner_name_key(snapshot) if column == "owner" else SOCKET_SORTS.get(column, SOCKET_SORTS["state"])
+    return sorted(records, key=key, reverse=reverse)
+
+
+def index_of(records: Sequence[SocketRecord], connection: tuple, hint: int = 0) -> int | None:
+    """Where the socket with this 4-tuple now is: checks ``hint`` first, then searches (C speed)."""
+    if 0 <= hint < len(records) and CONNECTION(records[hint]) == connection:
+        return hint
+    try:
+        return indexOf(map(CONNECTION, records), connection)
+    except ValueError:
+        return None
+
+
+# --- building a view -------------------------------------------------------------------------------
+
+def _scope_series(history: Sequence[HistoryPoint], levels: tuple[Level, ...], query: Query,
+                  ) -> Callable[[TcpState], list[int]] | None:
+    """Per-state history for the scope, when the history has it: whole machine or one process."""
+    if query:
+        return None
+    points = history[-TREND_POINTS - 1:]
+    if not levels:
+        return lambda state: [point.by_state.get(state, 0) for point in points]
+    if len(levels) == 1 and levels[0].kind == PROCESS:
+        key = levels[0].key
+        return lambda state: [point.by_process.get(key, {}).get(state, 0) for point in points]
+    return None
+
+
+def _delta(now: int, key: str, series: list[int] | None, prior: dict[str, int] | None) -> int | None:
+    if series is not None and len(series) >= 2:
+        return series[-1] - series[-2]
+    if prior is not None:
+        return now - prior.get(key, 0)
+    return None
+
+
+def state_rows(scopes: Scopes, spec: ViewSpec, prior: View | None) -> tuple[StateRow, ...]:
+    snapshot = scopes.snapshot
+    levels, query = spec.scope(without=STATE)
+    aggregates = scopes.aggregates(levels, query)
+    total = aggregates.total or 1
+    series_of = _scope_series(snapshot.history, levels, query)
+    prior_counts = prior.counts.get(STATE) if prior is not None and _same_scope(prior.spec, spec, STATE) \
+        and prior.seq < snapshot.seq else None
+    rows = []
+    for state in DISPLAY_STATES:
+        count = aggregates.by_state.get(state, 0)
+        if not count:
+            continue
+        series = series_of(state) if series_of else None
+        key = state.name
+        rows.append(StateRow(key, state, count, _delta(count, key, series, prior_counts), count / total,
+                             tuple(series[1:]) if series else ()))
+    return tuple(rows)
+
+
+def port_rows(scopes: Scopes, spec: ViewSpec) -> tuple[PortRow, ...]:
+    levels, query = spec.scope(without=PORT)
+    aggregates = scopes.aggregates(levels, query)
+    processes = scopes.snapshot.ownership.processes
+    rows = []
+    for key, group in aggregates.by_port.items():
+        names = tuple(dict.fromkeys(processes[pid].name for pid in group.pids if pid in processes))
+        rows.append(PortRow(key, group.port, group.direction, dict(group.counts), group.total, names, group.pids))
+    return tuple(rows)
+
+
+def process_rows(scopes: Scopes, spec: ViewSpec) -> tuple[ProcessRow, ...]:
+    levels, query = spec.scope(without=PROCESS)
+    aggregates = scopes.aggregates(levels, query)
+    points = scopes.snapshot.history[-TREND_POINTS:] if not levels and not query else ()
+    rows = []
+    for key, group in aggregates.by_process.items():
+        counts = group.counts
+        held_tw = counts.get(TcpState.TIME_WAIT, 0)
+        trend = tuple(sum(point.by_process.get(key, {}).values()) for point in points) if points else ()
+        rows.append(ProcessRow(
+            key, group, group.total + group.inferred_time_wait, counts.get(TcpState.ESTABLISHED, 0),
+            counts.get(TcpState.CLOSE_WAIT, 0), held_tw + group.inferred_time_wait, trend))
+    return tuple(rows)
+
+
+def _same_scope(a: ViewSpec, b: ViewSpec, without: str) -> bool:
+    return a.scope(without) == b.scope(without)
+
+
+def build_view(snapshot: Snapshot, spec: ViewSpec, prior: View | None = None) -> View:
+    """Every pane's rows for ``spec``; ``prior`` (the last view shown) gives deltas the history cannot."""
+    started = time.perf_counter()
+    scopes = Scopes(snapshot)
+    states = state_rows(scopes, spec, prior)
+    ports = port_rows(scopes, spec)
+    processes = process_rows(scopes, spec)
+    sockets = sort_sockets(snapshot, scopes.records(spec.levels, spec.query), spec.socket_sort, spec.socket_reverse)
+    return View(spec, snapshot.seq, states, ports, processes, sockets,
+                counts={STATE: {row.key: row.count for row in states}},
+                build_seconds=time.perf_counter() - started)
