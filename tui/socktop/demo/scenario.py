@@ -137,7 +137,7 @@ class DemoScenario:
 
     def _plan(self) -> list[tuple[Job, str]]:
         """Every role's job, servers before their clients, and what it shows."""
-        seconds = max(0.0, self._deadline - time.monotonic())
+        seconds = round(max(0.0, self._deadline - time.monotonic()), 1)  # shown in ps: keep it short
         family, ports = self.family, self.ports
         crawls = math.ceil(self.crawl_rate * self.duration)
         queued = self.backlog + 1
