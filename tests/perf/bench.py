@@ -48,7 +48,7 @@ def peak_rss_mb() -> float:
 
 
 def bench_size(size: int, runs: int) -> dict[str, float]:
-    with build_population(size) as population:
+    with build_population(size):
         engine = Engine()
         started = time.perf_counter()
         first = engine.refresh()
@@ -61,7 +61,6 @@ def bench_size(size: int, runs: int) -> dict[str, float]:
         figures["socktop --json (process)"] = median_seconds(
             run_quietly([sys.executable, "-m", "socktop", "--json"]), runs)
         figures["psutil.net_connections"] = median_seconds(lambda: psutil.net_connections("tcp"), max(3, runs // 2))
-        del population
     return figures
 
 
