@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from ..collect.records import SocketRecord, TcpState
-from ..model.aggregate import ProcessGroup
+from ..model.aggregate import DEFAULT_EPHEMERAL_PORTS, ProcessGroup
 from ..model.history import process_series, rate_per_second, span_seconds
 from ..model.snapshot import HistoryPoint, Snapshot
 from ..safetext import printable
@@ -40,7 +40,6 @@ from .config import DEFAULT_THRESHOLDS, Thresholds
 from .knowledge import TIME_WAIT_SECONDS, knowledge_for
 from .sysctl import Advisor, Suggestion, SysctlContext, counter_rate, doubled, recent, sysctl_context, wider_port_range
 
-DEFAULT_PORT_RANGE = (32768, 60999)
 TIME_WAIT_BYTES = 256  # a tw_sock_TCP slab object
 CLOSING_STATES = (TcpState.FIN_WAIT1, TcpState.FIN_WAIT2, TcpState.LAST_ACK, TcpState.CLOSING)
 TOP_PEERS = 3
@@ -135,9 +134,18 @@ class _Scan:
         self.kernel = snapshot.kernel
         self.points: Sequence[HistoryPoint] = recent(snapshot.history, thresholds.rate_window_seconds)
         self.span = span_seconds(self.points)
+        self.port_range = (self.kernel.port_range() if self.kernel else None) or DEFAULT_EPHEMERAL_PORTS
         self.by_state: dict[TcpState, list[SocketRecord]] = {}
         for record in snapshot.sockets:
             self.by_state.setdefault(record.state, []).append(record)
+
+    def serves(self, record: SocketRecord) -> bool:
+        """Whether the socket is the server side, by model.aggregate's rule: its local port listens,
+        or a fixed local port talks to an ephemeral remote one (a server restarted, its TIME_WAIT left)."""
+        low, high = self.port_range
+        if record.local_port in self.snapshot.aggregates.listening_ports:
+            return True
+        return not low <= record.local_port <= high and low <= record.remote_port <= high
 
     def records(self, state: TcpState) -> list[SocketRecord]:
         return self.by_state.get(state, [])
@@ -300,17 +308,16 @@ def _process_actions(group: ProcessGroup, state: TcpState | None) -> list[Comman
 def _time_wait_destinations(scan: _Scan) -> Iterable[Finding]:
     """Client-side TIME_WAIT per (local address, remote address, remote port) against the ephemeral range."""
     limits = scan.thresholds
-    listening = scan.snapshot.aggregates.listening_ports
     groups: dict[tuple[str, str, int], list[SocketRecord]] = {}
     for record in scan.records(TcpState.TIME_WAIT):
-        if record.local_port not in listening:
+        if not scan.serves(record):
             groups.setdefault((record.local_addr, record.remote_addr, record.remote_port), []).append(record)
     candidates = {key: records for key, records in groups.items() if len(records) >= limits.time_wait_group}
     if not candidates:
         return
-    in_use = Counter((r.local_addr, r.remote_addr, r.remote_port) for r in scan.snapshot.sockets
-                     if r.local_port not in listening and (r.local_addr, r.remote_addr, r.remote_port) in candidates)
-    port_range = (scan.kernel.port_range() if scan.kernel else None) or DEFAULT_PORT_RANGE
+    in_use = Counter(key for r in scan.snapshot.sockets
+                     if (key := (r.local_addr, r.remote_addr, r.remote_port)) in candidates and not scan.serves(r))
+    port_range = scan.port_range
     range_size = port_range[1] - port_range[0] + 1
     for (local, remote, port), records in candidates.items():
         count, used = len(records), in_use[(local, remote, port)]
@@ -402,12 +409,11 @@ def _advise_port_pressure(scan: _Scan, advisor: Advisor, destination: str, count
 
 
 def _time_wait_served_ports(scan: _Scan) -> Iterable[Finding]:
-    """Server-side TIME_WAIT: on a port we listen on, the server closes first."""
+    """Server-side TIME_WAIT: on a port we serve, the server closes first."""
     limits = scan.thresholds
-    listening = scan.snapshot.aggregates.listening_ports
     per_port: dict[int, list[SocketRecord]] = {}
     for record in scan.records(TcpState.TIME_WAIT):
-        if record.local_port in listening:
+        if scan.serves(record):
             per_port.setdefault(record.local_port, []).append(record)
     for port, records in per_port.items():
         if len(records) < limits.time_wait_group:
@@ -418,7 +424,7 @@ def _time_wait_served_ports(scan: _Scan) -> Iterable[Finding]:
             f"port {port} closes first: {count} server-side TIME_WAIT, about {_rate_text(rate)}",
             Subject("port", f"in:{port}"), TcpState.TIME_WAIT,
             evidence=[
-                f"{count} TIME_WAIT on listening port {port} ({_pids_text(scan, scan.snapshot.aggregates.listener_pids.get(port, ()))}); "
+                f"{count} TIME_WAIT on served port {port} ({_pids_text(scan, scan.snapshot.aggregates.listener_pids.get(port, ()))}); "
                 f"a finding from {limits.time_wait_group}",
                 f"peers: {_peers_text(records)}",
                 "they use no ephemeral ports here; tcp_tw_reuse does nothing for accepted connections",
