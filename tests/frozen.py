@@ -42,7 +42,7 @@ PROCESSES: dict[str, ProcessInfo] = {
 
 #: population → count at scale 1
 BASE = {
-    "leaky_close_wait": 250,
+    "leaky_close_wait": 320,
     "leaky_established": 40,
     "leaky_to_postgres": 30,
     "nginx_established": 120,
@@ -248,3 +248,23 @@ class FrozenSource:
 
     def set_interval(self, interval: float) -> None:
         self.interval = interval
+
+
+# --- the app over a frozen source, for pilot tests, snapshot tests and screenshots ---------------------
+
+def make_app(snapshots: Sequence[Snapshot] | Snapshot | None = None, *, interval: float = 10.0,
+             clipboard: str = "osc52", keymap: dict[str, str] | None = None,
+             fail: Callable[[int], Exception | None] | None = None):
+    """A SocktopApp over a `FrozenSource` (long interval: one refresh unless a test asks for more)."""
+    from socktop.ui.app import SocktopApp
+
+    return SocktopApp(FrozenSource(snapshots, fail=fail), interval=interval, clipboard_mode=clipboard,
+                      keymap=keymap)
+
+
+async def settle(pilot) -> None:
+    """Let the poller and view threads finish and their messages be handled."""
+    for _ in range(3):
+        await pilot.pause()
+        await pilot.app.workers.wait_for_complete()
+    await pilot.pause()

@@ -52,6 +52,7 @@ INTERVALS = (0.5, 1.0, 2.0, 3.0, 5.0, 10.0)
 WIDE_COLUMNS = 140
 MIN_WIDTH, MIN_HEIGHT = 60, 15
 FILTER_DEBOUNCE = 0.25
+MAIN_SCREEN_ACTIONS = frozenset({key.action.partition("(")[0] for key in keys.KEYS} | {"interrupt"})
 
 
 class SnapshotSource(Protocol):
@@ -117,7 +118,7 @@ class SocktopApp(App[int]):
 
     TITLE = "socktop"
     CSS = style.CSS
-    BINDINGS = keys.bindings() + [Binding("ctrl+c", "quit", "Quit", show=False, priority=True)]
+    BINDINGS = keys.bindings() + [Binding("ctrl+c", "interrupt", "Quit", show=False, priority=True)]
     ENABLE_COMMAND_PALETTE = True
 
     def __init__(self, source: SnapshotSource | Callable[[], SnapshotSource], *, interval: float = 1.0,
@@ -247,6 +248,12 @@ class SocktopApp(App[int]):
             factory = self._source_or_factory
             self.source = factory() if callable(factory) and not hasattr(factory, "refresh") else factory  # type: ignore[assignment]
         return self.source  # type: ignore[return-value]
+
+    def refresh_now(self) -> None:
+        """Refresh at once (unless one is running or the app is paused), then on the interval again."""
+        if self._refresh_timer is not None:
+            self._refresh_timer.stop()
+        self._start_poll()
 
     def _start_poll(self) -> None:
         self._refresh_timer = None
@@ -511,7 +518,7 @@ class SocktopApp(App[int]):
                 self._refresh_timer.stop()
                 self._refresh_timer = None
         else:
-            self._start_poll()
+            self.refresh_now()
         self._show_top()
 
     def action_change_interval(self, step: int) -> None:
@@ -643,12 +650,21 @@ class SocktopApp(App[int]):
         for key in keys.KEYS:
             keys_text = self.keymap_overrides.get(key.id, key.keys)
             shown = " ".join(self.get_key_display(Binding(name.strip(), "")) for name in keys_text.split(","))
-            yield SystemCommand(key.description if key.group != keys.ACTIONS else key.description,
-                                f"{key.help}  [{shown}]", partial(self.run_action, key.action))
+            yield SystemCommand(key.description, f"{key.help} (key: {shown})", partial(self.run_action, key.action))
 
     # --- exit ---------------------------------------------------------------------------------------
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """socktop's keys act on the main screen only: in help, a dialog or the palette they are theirs."""
+        if action in MAIN_SCREEN_ACTIONS and len(self.screen_stack) > 1:
+            return False
+        return True
+
     def action_quit(self) -> None:
+        self.exit(0)
+
+    def action_interrupt(self) -> None:
+        """Ctrl+C quits, as in top (in a dialog it copies the selected text instead)."""
         self.exit(0)
 
     def _on_exit_app(self) -> Any:

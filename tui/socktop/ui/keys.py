@@ -86,9 +86,14 @@ BUILTIN_KEYS: tuple[tuple[str, str, str], ...] = (
 BY_ID = {key.id: key for key in KEYS}
 
 
+#: Keys that must win over the focused widget's own (Tab moves between panes, not between widgets).
+PRIORITY = frozenset({"next_pane", "previous_pane"})
+
+
 def bindings() -> list[Binding]:
     return [Binding(key.keys, key.action, key.description, show=key.show, id=key.id,
-                    key_display=key.display or None, tooltip=key.help) for key in KEYS]
+                    key_display=key.display or None, tooltip=key.help, priority=key.id in PRIORITY)
+            for key in KEYS]
 
 
 def load_keymap(path: Path | None = None) -> tuple[dict[str, str], list[str]]:

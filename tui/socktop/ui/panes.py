@@ -138,7 +138,10 @@ class Pane(DataTable):
         self.post_message(self.DetailsRequested(self, self.selected_key))
 
     def on_click(self, event: events.Click) -> None:
-        self.call_later(self._picked_if_moved, self.selected_key)
+        """A click on a row picks it, even the row the cursor is already on (a header click sorts)."""
+        offset = event.get_content_offset(self)
+        if offset is not None and offset.y >= (self.header_height if self.show_header else 0):
+            self.call_later(self._picked_if_moved, None)
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         event.stop()  # a second click on the same row: it is already the selection
@@ -256,7 +259,7 @@ class StatesPane(Pane):
             _num(row.count, tone),
             Cell(fmt.delta(row.delta), (row.delta if row.delta is not None else 0,), delta_tone, right=True),
             Cell(fmt.share(row.share), (row.share,), right=True),
-            Cell(fmt.sparkline(row.trend, 10), (row.trend[-1] - row.trend[0] if row.trend else 0,), self.tone("accent")),
+            Cell(fmt.sparkline(row.trend, 8), (row.trend[-1] - row.trend[0] if row.trend else 0,), self.tone("accent")),
         ]
 
 
@@ -307,13 +310,14 @@ class ProcessesPane(Pane):
     def cells(self, row: ProcessRow) -> tuple[str, list[Cell]]:
         group = row.group
         process = group.process
-        pid = f"{group.pid}" if group.pid is not None else f"uid {group.uid}"
-        name = printable(process.name) if process else "(not visible)"
+        kind, _, number = row.key.partition(":")
+        pid = number if kind == "pid" else f"uid {number}"
+        name = printable(process.name) if process else "(exited)" if kind == "pid" else "(not visible)"
         fds, limit = (process.fd_count, process.fd_limit) if process else (None, None)
         fd_text = f"{fds}/{limit}" if fds is not None and limit else ("-" if fds is None else str(fds))
         fd_ratio = fds / limit if fds is not None and limit else 0.0
         return row.key, [
-            Cell(pid, (group.pid or -1,), right=True),
+            Cell(pid, (int(number) if kind == "pid" else -1,), right=True),
             Cell(name, None, "" if process else self.tone("muted")),
             _num(row.total),
             _num(row.close_wait, self.tone("warning") if row.close_wait else ""),
@@ -321,7 +325,7 @@ class ProcessesPane(Pane):
             _num(row.established),
             Cell(printable(group.user), None),
             Cell(fd_text, (fd_ratio, fds or 0), self.tone("danger") if fd_ratio >= 0.8 else "", right=True),
-            Cell(fmt.sparkline(row.trend, 10), (row.trend[-1] - row.trend[0] if row.trend else 0,), self.tone("accent")),
+            Cell(fmt.sparkline(row.trend, 9), (row.trend[-1] - row.trend[0] if row.trend else 0,), self.tone("accent")),
         ]
 
 

@@ -68,8 +68,11 @@ Pane > .pane--accent { color: $accent; }
 
 .-narrow .pane.-active {
     display: block;
-    width: 1fr;
     height: 1fr;
+}
+
+.-narrow #states, .-narrow #ports, .-narrow #processes, .-narrow #sockets, .-narrow #findings {
+    width: 1fr;
 }
 
 .-narrow #trends {
@@ -78,9 +81,9 @@ Pane > .pane--accent { color: $accent; }
 
 #drawer {
     display: none;
-    width: 40%;
+    width: 36%;
     min-width: 44;
-    max-width: 80;
+    max-width: 76;
     border: round $accent;
     border-title-color: $accent;
     background: $surface;

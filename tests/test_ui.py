@@ -1,0 +1,436 @@
+"""Pilot tests of the TUI over a frozen snapshot: every key and action, refresh behaviour, layout, hostile names."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from frozen import HOSTILE_NAME, frozen_snapshot, make_app, settle
+from textual.command import CommandPalette
+
+from socktop.collect.records import TcpState
+from socktop.ui.app import SocktopApp
+from socktop.ui.bars import FilterLine, TopBar
+from socktop.ui.keys import KEYS, load_keymap
+from socktop.ui.screens import CommandDialog, HelpScreen
+from socktop.ui.sockets import SocketList
+from socktop.ui.view import Level
+
+WIDE = (160, 48)
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(tmp_path, monkeypatch):
+    """No user config, no desktop clipboard, not over SSH: every test sees the same machine."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    for name in ("DISPLAY", "WAYLAND_DISPLAY", "SSH_CONNECTION", "SSH_CLIENT", "SSH_TTY"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def keys_of(pane) -> list[str]:
+    return [row.key.value for row in pane.ordered_rows]
+
+
+def plain(widget) -> str:
+    return widget.render().plain
+
+
+async def move_to(pilot, name: str, key: str) -> None:
+    """Focus pane ``name`` and move its cursor with the arrow keys until it is on row ``key``."""
+    pane = pilot.app.pane(name)
+    await pilot.press(str(("states", "ports", "processes", "sockets", "findings").index(name) + 1))
+    order = keys_of(pane)
+    if pane.selected_key == key:  # on it already: step off, so that coming back picks it
+        await pilot.press("down" if order.index(key) + 1 < len(order) else "up")
+    step = "down" if order.index(key) > order.index(pane.selected_key) else "up"
+    while pane.selected_key != key:
+        await pilot.press(step)
+    await settle(pilot)
+
+
+async def test_first_refresh_fills_every_pane():
+    app = make_app()
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot)
+        assert keys_of(app.pane("states")) == ["TIME_WAIT", "CLOSE_WAIT", "ESTABLISHED", "FIN_WAIT2", "SYN_RECV",
+                                               "LISTEN"]
+        assert keys_of(app.pane("ports"))[:3] == ["out:443", "in:80", "in:8080"]
+        assert keys_of(app.pane("processes"))[0] == "pid:5151"  # the crawler: 1,500 inferred TIME_WAIT
+        assert len(app.query_one(SocketList).records) == app.snapshot.aggregates.total == 2992
+        assert keys_of(app.pane("findings"))[0] == "close-wait-leak:pid:4242"  # critical first
+        top = plain(app.query_one(TopBar))
+        assert "2,992 sockets" in top and "CLOSE-WAIT 320" in top and "SYN-RECV 5" in top
+        assert "1 critical, 3 warning" in top and "owners" in top
+        assert "All sockets" in plain(app.query_one(FilterLine))
+
+
+async def test_sort_keys_and_header_click():
+    app = make_app()
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot)
+        states = app.pane("states")
+        assert (states.sort_column, states.sort_reverse) == ("count", True)
+        await pilot.press("s")  # next column: Δ, largest first
+        assert (states.sort_column, states.sort_reverse) == ("delta", True)
+        assert keys_of(states)[0] == "TIME_WAIT"
+        await pilot.press("S")  # reversed
+        assert states.sort_reverse is False and "Δ ▲" in app.query_one(FilterLine).render().plain
+        await pilot.press("s", "s", "s")  # share, trend, then back to state (alphabetical)
+        assert states.sort_column == "state"
+        assert keys_of(states)[0] == "ESTABLISHED"  # states sort in kernel order
+        await pilot.click("#ports", offset=(20, 1))  # the Total header
+        assert app.pane("ports").sort_column == "total"
+        await pilot.click("#ports", offset=(3, 1))  # Port header: ascending port numbers
+        assert keys_of(app.pane("ports"))[0] == "in:22"
+        await pilot.press("4", "s")  # the sockets list sorts by its next column (in the view thread)
+        await settle(pilot)
+        assert app.spec.socket_sort == "recv_q" and app.query_one(SocketList).sort_column == "recv_q"
+        assert app.query_one(SocketList).records[0].recv_q == 9  # the slow acceptor's full queue
+
+
+async def test_drill_down_filters_the_other_panes_and_escape_clears_one_level():
+    app = make_app()
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot)
+        await pilot.press("down")  # TIME_WAIT -> CLOSE_WAIT
+        await settle(pilot)
+        assert app.spec.levels == (Level("state", "CLOSE_WAIT"),)
+        assert keys_of(app.pane("ports")) == ["in:8080"]
+        assert keys_of(app.pane("processes")) == ["pid:4242"]
+        assert len(app.pane("states").rows) == 6  # its own pane is not filtered by itself
+        sockets = app.query_one(SocketList).records
+        assert len(sockets) == 320 and {r.state for r in sockets} == {TcpState.CLOSE_WAIT}
+        assert "CLOSE-WAIT" in plain(app.query_one(FilterLine)) and "320 of 2,992" in plain(app.query_one(FilterLine))
+        await pilot.press("escape")
+        await settle(pilot)
+        assert app.spec.levels == ()
+        await move_to(pilot, "processes", "pid:4242")
+        assert app.spec.levels == (Level("process", "pid:4242"),)
+        assert keys_of(app.pane("ports")) == ["in:8080", "out:5432"]  # its ports
+        assert sorted(keys_of(app.pane("states"))) == ["CLOSE_WAIT", "ESTABLISHED", "LISTEN"]
+        await pilot.press("1", "down")  # now a state within that process: two levels
+        await settle(pilot)
+        assert [level.kind for level in app.spec.levels] == ["process", "state"]
+        assert "pid 4242 › " in plain(app.query_one(FilterLine))
+        await pilot.press("escape", "escape")
+        await settle(pilot)
+        assert app.spec.levels == ()
+        assert len(app.query_one(SocketList).records) == 2992
+
+
+async def test_finding_selects_its_subject():
+    app = make_app()
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot)
+        await pilot.press("5", "down", "down")  # the third finding: the crawler's TIME_WAIT toward 203.0.113.7:443
+        await settle(pilot)
+        assert app.pane("findings").selected_key.startswith("time-wait-ports:")
+        assert app.spec.levels == (Level("port", "out:443"),)
+        assert app.pane("ports").selected_key == "out:443"
+
+
+async def test_filter_terms_and_free_text():
+    app = make_app()
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot)
+        await pilot.press("slash")
+        assert app.has_class("-filtering") and app.focused.id == "filter"
+        await pilot.press(*"proc:leaky state:close-wait", "enter")
+        await settle(pilot)
+        assert not app.has_class("-filtering")
+        assert app.spec.query.terms == (("proc", "leaky"), ("state", "close-wait"))
+        assert len(app.query_one(SocketList).records) == 320
+        assert keys_of(app.pane("processes")) == ["pid:4242"]
+        await pilot.press("escape")  # clears the text filter (no drill-down level left)
+        await settle(pilot)
+        assert not app.spec.query and len(app.query_one(SocketList).records) == 2992
+        await pilot.press("slash", *"8080", "enter")  # a free word: a port (either end)
+        await settle(pilot)
+        assert {r.local_port for r in app.query_one(SocketList).records} == {8080}
+        await pilot.press("slash", *"state:bogus", "enter")
+        await settle(pilot)
+        assert "unknown state" in plain(app.query_one(FilterLine))
+        await pilot.press("slash", "x", "escape")  # Esc in the field: back to what it was
+        await settle(pilot)
+        assert app.spec.query.text == "state:bogus"
+
+
+async def test_drawer_toggles_and_explains_the_selection():
+    app = make_app()
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot)
+        await pilot.press("d")
+        assert app.has_class("-drawer") and app.query_one("#drawer").display
+        text = drawer_text(app)
+        assert "TIME-WAIT" in text and "Meaning" in text and "net.ipv4.tcp_max_tw_buckets: 3200 → 6400" in text
+        assert "sysctl -w net.ipv4.tcp_max_tw_buckets=6400" in text
+        await pilot.press("3")
+        assert "crawler" in drawer_text(app) and "kill -TERM 5151" in drawer_text(app)
+        await pilot.press("d")
+        assert not app.has_class("-drawer")
+        await pilot.press("enter")  # Enter on a row: select it and open the drawer
+        await settle(pilot)
+        assert app.has_class("-drawer") and app.spec.levels == (Level("process", "pid:5151"),)
+        await pilot.press("enter")
+        assert not app.has_class("-drawer")
+
+
+def drawer_text(app: SocktopApp) -> str:
+    from io import StringIO
+
+    from rich.console import Console
+
+    console = Console(width=70, record=True, file=StringIO())
+    console.print(app.query_one("#drawer-text").content)
+    return console.export_text()
+
+
+COPIES = [
+    # (keys pressed after the first refresh, the exact text copied)
+    (("3", "down", "down", "k"), "kill -TERM 4242  # leaky-api"),
+    (("down", "3", "l"), "lsof -nP -a -p 4242 -iTCP -sTCP:CLOSE_WAIT"),
+    (("down", "3", "enter", "enter", "c"), "ss -tanp state close-wait | grep -F pid=4242,"),
+    (("2", "down", "down", "c"), "ss -tanp '( sport = :8080 )'"),
+    (("y",), "sysctl -w net.ipv4.tcp_max_tw_buckets=6400"),
+    (("5", "down", "down", "y"), "sysctl -w net.ipv4.tcp_tw_reuse=1"),
+    (("c",), "ss -tanp"),
+]
+
+
+@pytest.mark.parametrize(("keys", "expected"), COPIES, ids=["kill", "lsof", "ss-drill", "ss-port", "sysctl-state",
+                                                            "sysctl-finding", "ss-all"])
+async def test_copy_actions_put_the_exact_command_on_the_clipboard(keys, expected):
+    app = make_app()
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot)
+        for key in keys:
+            await pilot.press(key)
+            await settle(pilot)
+        assert app.clipboard == expected
+        assert not isinstance(app.screen, CommandDialog)  # --clipboard osc52: trusted, no dialog
+
+
+async def test_copy_without_a_subject_says_why():
+    app = make_app()
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot)
+        await pilot.press("k")  # States pane, no process picked
+        await settle(pilot)
+        assert app.clipboard == ""
+        assert any("select a process first" in n.message for n in app._notifications)
+        await pilot.press("down", "y")  # CLOSE_WAIT: no sysctl ends it
+        assert app.clipboard == ""
+        assert any("no setting ends CLOSE_WAIT" in n.message for n in app._notifications)
+
+
+async def test_unconfirmed_clipboard_opens_a_dialog_with_the_command():
+    app = make_app(clipboard="auto")  # no desktop here: OSC 52 only, which nothing confirms
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot)
+        await pilot.press("c")
+        await settle(pilot)
+        assert app.clipboard == "ss -tanp"
+        assert isinstance(app.screen, CommandDialog) and app.screen.command == "ss -tanp"
+        assert any(n.message == "ss -tanp" for n in app._notifications)
+        await pilot.press("escape")
+        assert not isinstance(app.screen, CommandDialog)
+
+
+async def test_system_clipboard_runs_in_a_thread_and_reports(monkeypatch):
+    from socktop.ui import clipboard
+
+    copied = []
+    monkeypatch.setattr(clipboard, "system_copy", lambda text: copied.append(text) or "")
+    app = make_app(clipboard="system")
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot)
+        await pilot.press("c")
+        await settle(pilot)
+        assert copied == ["ss -tanp"] and not isinstance(app.screen, CommandDialog)
+        monkeypatch.setattr(clipboard, "system_copy", lambda text: "no xclip")
+        await pilot.press("c")
+        await settle(pilot)
+        assert isinstance(app.screen, CommandDialog)
+
+
+async def test_pause_and_interval():
+    app = make_app(interval=0.5)
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot)
+        await pilot.pause(1.3)
+        assert app.refresh_count >= 2
+        await pilot.press("space")
+        assert app.paused and "PAUSED" in plain(app.query_one(TopBar))
+        await settle(pilot)
+        count = app.refresh_count
+        await pilot.pause(1.2)
+        assert app.refresh_count == count
+        await pilot.press("space")
+        await settle(pilot)
+        assert not app.paused and app.refresh_count == count + 1
+        await pilot.press("plus", "plus")
+        assert app.interval == 2.0 and "every 2s" in plain(app.query_one(TopBar))
+        await pilot.press("minus", "minus", "minus")
+        assert app.interval == 0.5
+        await pilot.press("minus")  # the floor
+        assert app.interval == 0.5
+        await pilot.pause(1.2)
+        assert app._source().interval == 0.5  # handed to the source by the poller, before a refresh
+
+
+async def test_refresh_keeps_cursor_sort_and_selection_and_moves_off_vanished_rows():
+    first = frozen_snapshot()
+    second = frozen_snapshot(seq=first.seq + 1, drop=("half-closer",), scale=1.1)
+    app = make_app([first, second, second])
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot)
+        processes = app.pane("processes")
+        await pilot.press("3")
+        while processes.sort_column != "name":  # processes sorted by name
+            await pilot.press("s")
+        order = keys_of(processes)
+        index = order.index("pid:8181")
+        await move_to(pilot, "processes", "pid:8181")
+        assert app.spec.levels == (Level("process", "pid:8181"),)
+        app.refresh_now()
+        await settle(pilot)
+        assert app.snapshot.seq == second.seq
+        assert processes.sort_column == "name"  # sort kept
+        assert "pid:8181" not in keys_of(processes)
+        assert processes.selected_key == order[index + 1]  # its neighbour
+        assert app.spec.levels == (Level("process", order[index + 1]),)
+
+
+async def test_new_sockets_are_marked_for_one_refresh():
+    first = frozen_snapshot()
+    extra = first.sockets[-1]._replace(remote_port=65000)
+    second = replace(first, seq=first.seq + 1, sockets=[*first.sockets, extra])
+    app = make_app([first, second])
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot)
+        sockets = app.query_one(SocketList)
+        assert not any(sockets.is_new(r) for r in sockets.records)
+        app.refresh_now()
+        await settle(pilot)
+        new = [r for r in sockets.records if sockets.is_new(r)]
+        assert new == [extra]
+        assert sockets._line(sockets.records.index(extra)).text.startswith("+ ")
+        app.refresh_now()
+        await settle(pilot)
+        assert not any(sockets.is_new(r) for r in sockets.records)
+
+
+async def test_collection_error_shows_in_the_top_bar_and_the_app_keeps_running():
+    broken = {"now": False}
+    app = make_app(fail=lambda call: OSError("netlink: permission denied") if broken["now"] else None)
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot)
+        broken["now"] = True
+        app.refresh_now()
+        await settle(pilot)
+        assert "netlink: permission denied" in plain(app.query_one(TopBar))
+        assert len(app.query_one(SocketList).records) == 2992  # the last good snapshot stays on screen
+        broken["now"] = False
+        app.refresh_now()
+        await settle(pilot)
+        assert app.error == "" and "permission denied" not in plain(app.query_one(TopBar))
+
+
+async def test_help_lists_every_key_and_palette_runs_actions():
+    app = make_app()
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot)
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        text = app.screen.help_text().plain
+        for key in KEYS:
+            assert f"({key.id})" in text and key.help in text
+        await pilot.press("escape")
+        assert not isinstance(app.screen, HelpScreen)
+        titles = [command.title for command in app.get_system_commands(app.screen)]
+        for key in KEYS:
+            assert key.description in titles
+        await pilot.press("ctrl+p")
+        assert isinstance(app.screen, CommandPalette)
+        await pilot.press(*"Copy ss")
+        await pilot.pause(0.5)
+        await pilot.press("enter")
+        await settle(pilot)
+        assert app.clipboard == "ss -tanp"
+
+
+async def test_resize_to_tabs_and_back():
+    app = make_app()
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot)
+        assert app.has_class("-wide")
+        await pilot.resize_terminal(80, 24)
+        await settle(pilot)
+        assert app.has_class("-narrow") and app.query_one("#tabs").display
+        visible = [name for name in ("states", "ports", "processes", "sockets", "findings")
+                   if app.pane(name).display and app.pane(name).parent.display]
+        assert visible == ["states"]
+        await pilot.press("tab")
+        assert app.active_pane == "ports" and app.focused.id == "ports" and app.pane("ports").region.width > 70
+        await pilot.press("4")
+        assert app.pane("sockets").region.height > 10
+        await pilot.press("d")  # the drawer takes the whole body
+        assert app.query_one("#drawer").region.width >= 76 and not app.query_one("#main").display
+        await pilot.press("escape")
+        assert not app.has_class("-drawer")
+        await pilot.click("#tab-findings")
+        assert app.active_pane == "findings"
+        await pilot.resize_terminal(50, 12)
+        await settle(pilot)
+        assert app.has_class("-tiny") and app.query_one("#too-small").display
+        await pilot.resize_terminal(*WIDE)
+        await settle(pilot)
+        assert app.has_class("-wide") and not app.has_class("-tiny")
+        assert all(app.pane(name).region.width > 0 for name in ("states", "ports", "processes", "sockets"))
+
+
+async def test_theme_toggle():
+    app = make_app()
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot)
+        await pilot.press("t")
+        await settle(pilot)
+        assert app.theme == "textual-light"
+        await pilot.press("t")
+        assert app.theme == "textual-dark"
+
+
+async def test_keys_are_remapped_from_the_config_file(tmp_path):
+    config = tmp_path / "socktop" / "config.toml"
+    config.parent.mkdir()
+    config.write_text('[thresholds]\nclose_wait_warning = 50\n[keys]\ncopy_ss = "C"\nnope = "x"\n')
+    keymap, errors = load_keymap(config)
+    assert keymap == {"copy_ss": "C"} and "unknown key binding 'nope'" in errors[0]
+    app = make_app(keymap=keymap)
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot)
+        await pilot.press("c")
+        assert app.clipboard == ""
+        await pilot.press("C")
+        assert app.clipboard == "ss -tanp"
+
+
+async def test_hostile_process_names_stay_literal_text():
+    app = make_app(frozen_snapshot(hostile=True))
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot)
+        escaped = 'x[bold]$(id)"q\'\\e[31mred'
+        processes = app.pane("processes")
+        names = [cell.plain.strip() for row in processes.ordered_rows for cell in processes.get_row(row.key)[1:2]]
+        assert escaped in names
+        await pilot.press("3")
+        while processes.selected_key != "pid:6666":
+            await pilot.press("down")
+        await settle(pilot)
+        await pilot.press("d", "k")
+        await settle(pilot)
+        assert "\x1b" not in app.clipboard and app.clipboard.startswith("kill -TERM 6666  # ")
+        assert escaped in drawer_text(app)
+        screen = app.export_screenshot()
+        assert "\x1b" not in screen and "[bold]$(id)" in screen.replace("&#160;", " ")
+        assert HOSTILE_NAME not in screen
