@@ -26,12 +26,15 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
+from itertools import compress
+from operator import and_, itemgetter, not_, or_
 
 from ..collect.records import SocketRecord, TcpState
-from ..model.aggregate import DEFAULT_EPHEMERAL_PORTS, ProcessGroup
+from ..model.aggregate import DEFAULT_EPHEMERAL_PORTS, LOCAL_PORT, REMOTE_PORT, STATE, ProcessGroup
 from ..model.history import process_series, rate_per_second, span_seconds
 from ..model.snapshot import HistoryPoint, Snapshot
 from ..safetext import printable
@@ -43,6 +46,7 @@ from .sysctl import Advisor, Suggestion, SysctlContext, counter_rate, doubled, r
 TIME_WAIT_BYTES = 256  # a tw_sock_TCP slab object
 CLOSING_STATES = (TcpState.FIN_WAIT1, TcpState.FIN_WAIT2, TcpState.LAST_ACK, TcpState.CLOSING)
 TOP_PEERS = 3
+DESTINATION = itemgetter(2, 4, 5)  # (local address, remote address, remote port)
 
 
 class Severity(str, Enum):
@@ -135,20 +139,35 @@ class _Scan:
         self.points: Sequence[HistoryPoint] = recent(snapshot.history, thresholds.rate_window_seconds)
         self.span = span_seconds(self.points)
         self.port_range = (self.kernel.port_range() if self.kernel else None) or DEFAULT_EPHEMERAL_PORTS
-        self.by_state: dict[TcpState, list[SocketRecord]] = {}
-        for record in snapshot.sockets:
-            self.by_state.setdefault(record.state, []).append(record)
-
-    def serves(self, record: SocketRecord) -> bool:
-        """Whether the socket is the server side, by model.aggregate's rule: its local port listens,
-        or a fixed local port talks to an ephemeral remote one (a server restarted, its TIME_WAIT left)."""
-        low, high = self.port_range
-        if record.local_port in self.snapshot.aggregates.listening_ports:
-            return True
-        return not low <= record.local_port <= high and low <= record.remote_port <= high
+        self._states: list[TcpState] | None = None
+        self._by_state: dict[TcpState, list[SocketRecord]] = {}
+        self._time_wait_sides: tuple[list[SocketRecord], list[SocketRecord]] | None = None
 
     def records(self, state: TcpState) -> list[SocketRecord]:
-        return self.by_state.get(state, [])
+        """The sockets in one state: C-level passes, only for states the snapshot has, each once."""
+        found = self._by_state.get(state)
+        if found is None:
+            found = []
+            if self.snapshot.aggregates.by_state.get(state):
+                if self._states is None:
+                    self._states = list(map(STATE, self.snapshot.sockets))
+                found = list(compress(self.snapshot.sockets, map(state.__eq__, self._states)))
+            self._by_state[state] = found
+        return found
+
+    def time_wait_sides(self) -> tuple[list[SocketRecord], list[SocketRecord]]:
+        """TIME_WAIT split into (client side, server side) by model.aggregate's rule: a socket serves when
+        its local port listens, or a fixed local port talks to an ephemeral remote one (a restarted server)."""
+        if self._time_wait_sides is None:
+            records = self.records(TcpState.TIME_WAIT)
+            ephemeral = range(self.port_range[0], self.port_range[1] + 1)
+            local_ports = list(map(LOCAL_PORT, records))
+            listening = map(self.snapshot.aggregates.listening_ports.__contains__, local_ports)
+            fixed_to_ephemeral = map(and_, map(not_, map(ephemeral.__contains__, local_ports)),
+                                     map(ephemeral.__contains__, map(REMOTE_PORT, records)))
+            serving = list(map(or_, listening, fixed_to_ephemeral))
+            self._time_wait_sides = (list(compress(records, map(not_, serving))), list(compress(records, serving)))
+        return self._time_wait_sides
 
     def rate(self, counter: str) -> float | None:
         return counter_rate(self.points, counter)[0]
@@ -308,15 +327,13 @@ def _process_actions(group: ProcessGroup, state: TcpState | None) -> list[Comman
 def _time_wait_destinations(scan: _Scan) -> Iterable[Finding]:
     """Client-side TIME_WAIT per (local address, remote address, remote port) against the ephemeral range."""
     limits = scan.thresholds
-    groups: dict[tuple[str, str, int], list[SocketRecord]] = {}
-    for record in scan.records(TcpState.TIME_WAIT):
-        if not scan.serves(record):
-            groups.setdefault((record.local_addr, record.remote_addr, record.remote_port), []).append(record)
-    candidates = {key: records for key, records in groups.items() if len(records) >= limits.time_wait_group}
+    candidates = _groups_of_at_least(scan.time_wait_sides()[0], DESTINATION, limits.time_wait_group)
     if not candidates:
         return
-    in_use = Counter(key for r in scan.snapshot.sockets
-                     if (key := (r.local_addr, r.remote_addr, r.remote_port)) in candidates and not scan.serves(r))
+    # every socket from that address to that destination holds one of its ports, whatever its state
+    toward = {port for _, _, port in candidates}
+    sockets = scan.snapshot.sockets
+    in_use = Counter(map(DESTINATION, compress(sockets, map(toward.__contains__, map(REMOTE_PORT, sockets)))))
     port_range = scan.port_range
     range_size = port_range[1] - port_range[0] + 1
     for (local, remote, port), records in candidates.items():
@@ -350,20 +367,34 @@ def _time_wait_destinations(scan: _Scan) -> Iterable[Finding]:
                 f"ip_local_port_range {port_range[0]}-{port_range[1]}: {range_size} ports per destination; "
                 f"a finding from {limits.port_range_warning:.0%}, critical from {limits.port_range_critical:.0%}",
                 f"new TIME_WAIT: about {_rate_text(rate)} (from the age of the oldest, each lasts {TIME_WAIT_SECONDS} s)",
-                *([f"held by {_pids_text(scan, group.pids)}"] if group and group.pids else []),
+                f"opened by {_pids_text(scan, group.pids)}" if group and group.pids else
+                "opened by: unknown, the connections closed between refreshes (TIME_WAIT has no owner); "
+                "the live ones toward it name the process",
                 *([reuse] if reuse else []),
             ],
             metrics={"count": count, "ports_in_use": used, "range": range_size, "share": round(share, 4),
                      "rate_per_s": round(rate, 2),
                      "seconds_to_exhaustion": None if seconds_left is None else round(seconds_left)},
             ss=ss_sockets(TcpState.TIME_WAIT, local_addr=local, remote_addr=remote, remote_port=port),
-            actions=[nstat_counters(["TcpActiveOpens"])],
+            actions=[ss_sockets(remote_addr=remote, remote_port=port), nstat_counters(["TcpActiveOpens"])],
             advisor=advisor,
             cause="This host closes its outgoing connections first, so each close parks a TIME_WAIT for 60 s "
                   "on a source port toward this destination: a new connection per request (no keep-alive, "
                   "no pool) turns the request rate into port use.",
             weight=count,
         )
+
+
+def _groups_of_at_least(records: Sequence[SocketRecord], key: Callable[[SocketRecord], Hashable],
+                        minimum: int) -> dict[Any, list[SocketRecord]]:
+    """The records grouped by ``key``, only the groups of ``minimum`` or more (counted in C first)."""
+    big = {value: [] for value, size in Counter(map(key, records)).items() if size >= max(minimum, 1)}
+    if big:
+        for record in records:
+            group = big.get(key(record))
+            if group is not None:
+                group.append(record)
+    return big
 
 
 def _time_wait_rate(records: Sequence[SocketRecord]) -> float:
@@ -411,13 +442,7 @@ def _advise_port_pressure(scan: _Scan, advisor: Advisor, destination: str, count
 def _time_wait_served_ports(scan: _Scan) -> Iterable[Finding]:
     """Server-side TIME_WAIT: on a port we serve, the server closes first."""
     limits = scan.thresholds
-    per_port: dict[int, list[SocketRecord]] = {}
-    for record in scan.records(TcpState.TIME_WAIT):
-        if scan.serves(record):
-            per_port.setdefault(record.local_port, []).append(record)
-    for port, records in per_port.items():
-        if len(records) < limits.time_wait_group:
-            continue
+    for port, records in _groups_of_at_least(scan.time_wait_sides()[1], LOCAL_PORT, limits.time_wait_group).items():
         count, rate = len(records), _time_wait_rate(records)
         yield _finding(
             "time-wait-server", f"in:{port}", Severity.INFO,
