@@ -259,6 +259,7 @@ def test_jstack_runs_as_the_jvm_user_even_without_a_name() -> None:
     assert shlex.split(hostile)[:3] == ["sudo", "-u", "$(id)"] and "'$(id)'" in hostile
 
 
-def test_command_builders_never_import_textual() -> None:
-    code = "import sys, socktop.analyze.commands, socktop.analyze.knowledge; print('textual' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+def test_the_analysis_layer_never_imports_textual_or_rich() -> None:
+    code = ("import sys, socktop.analyze.commands, socktop.analyze.knowledge, socktop.analyze.findings, "
+            "socktop.analyze.sysctl, socktop.analyze.config; print(sorted({'textual', 'rich'} & set(sys.modules)))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "[]"
