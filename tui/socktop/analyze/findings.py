@@ -102,10 +102,6 @@ class Analysis:
     thresholds: Thresholds
     warnings: tuple[str, ...] = ()  # e.g. a config file that could not be used
 
-    def about(self, subject: Subject) -> tuple[Finding, ...]:
-        """The findings whose subject is this row."""
-        return tuple(finding for finding in self.findings if finding.subject == subject)
-
 
 def analyze(snapshot: Snapshot, thresholds: Thresholds = DEFAULT_THRESHOLDS,
             warnings: Sequence[str] = ()) -> Analysis:
