@@ -104,7 +104,8 @@ def analysis_fields(analysis: Analysis) -> dict[str, Any]:
         "sysctl": {
             "settings": {reading.key: reading.value for reading in context.readings},
             "counter_rates": {rate.name: {"per_second": None if rate.per_second is None else round(rate.per_second, 3),
-                                          "over_seconds": round(rate.over_seconds, 1)} for rate in context.rates},
+                                          "over_seconds": round(rate.over_seconds, 1), "meaning": rate.note}
+                              for rate in context.rates},
             "suggestions": [suggestion_dict(suggestion) for suggestion in context.suggestions],
             "note": context.note or None,
         },
