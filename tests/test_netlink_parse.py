@@ -8,6 +8,7 @@ import struct
 
 import pytest
 
+from socktop.collect import netlink
 from socktop.collect.netlink import (
     NLM_F_DUMP_INTR, NLMSG_DONE, NLMSG_ERROR, SOCK_DIAG_BY_FAMILY, AddressText, Dump, drop_duplicates,
     parse_dump_chunk,
@@ -127,3 +128,117 @@ def test_reuseport_listeners_sharing_a_tuple_are_both_kept() -> None:
     dump, _ = parse(chunk + done_message())
     kept, dropped = drop_duplicates(dump.records)
     assert len(kept) == 2 and dropped == 0
+
+
+# --- the columnar path (runs of equal-size messages) against the per-message loop ---------------------------
+
+V6 = socket.inet_pton(socket.AF_INET6, "2001:db8::7")
+MAPPED = b"\0" * 10 + b"\xff\xff" + OTHER
+
+
+def parse_with_min_run(chunk: bytes, family: int, min_run: int, monkeypatch: pytest.MonkeyPatch) -> tuple[Dump, bool]:
+    """Parse with runs of ``min_run`` messages or more read column by column (1: always; huge: never)."""
+    monkeypatch.setattr(netlink, "MIN_RUN", min_run)
+    return parse(chunk, family)
+
+
+def outcome(chunk: bytes, family: int, min_run: int, monkeypatch: pytest.MonkeyPatch) -> object:
+    """The records, DONE and interrupted flags of a parse, or the error it raised (type, message, errno)."""
+    try:
+        dump, done = parse_with_min_run(chunk, family, min_run, monkeypatch)
+    except (CollectError, OSError) as exc:
+        return type(exc), str(exc), getattr(exc, "errno", None)
+    return [tuple(map(type, record)) for record in dump.records], dump.records, done, dump.interrupted
+
+
+def assert_paths_agree(chunk: bytes, monkeypatch: pytest.MonkeyPatch, family: int = socket.AF_INET) -> object:
+    per_message = outcome(chunk, family, 10**9, monkeypatch)
+    for min_run in (1, 2, 3):
+        assert outcome(chunk, family, min_run, monkeypatch) == per_message
+    return per_message
+
+
+def socket_run(n: int, family: int = socket.AF_INET, **overrides: object) -> bytes:
+    """n messages of one size: varied ports, addresses, queues, timers, uids, inodes and cookies."""
+    src, dst = (LOOPBACK, OTHER) if family == socket.AF_INET else (V6, MAPPED)
+    return b"".join(
+        diag_message(
+            (1, 6, 8, 10, 12, 5)[i % 6], (src, dst)[i % 2], (i * 7919) % 65536, (dst, src, b"")[i % 3], 65535 - i,
+            **{"family": family, "attributes": ATTRIBUTE_PADDING * 4, "timer": i % 6, "expires": (i * 1000) % 60000,
+               "rqueue": i, "wqueue": 2 * i, "uid": (0, 1000, 2**31)[i % 3], "inode": (0, 4242 + i)[i % 2],
+               "cookie": (i + 1) << (0, 8, 33)[i % 3], **overrides})
+        for i in range(n)
+    )
+
+
+def test_a_uniform_run_parses_as_the_per_message_loop_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    records, _, done, _ = assert_paths_agree(socket_run(40) + done_message(), monkeypatch)
+    assert done and len(records) == 40
+
+
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6])
+def test_runs_of_mixed_sizes_parse_alike(family: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    chunk = (socket_run(5, family) + socket_run(1, family, attributes=b"") + socket_run(9, family)
+             + socket_run(3, family, attributes=ATTRIBUTE_PADDING) + socket_run(4, family))
+    _, records, done, _ = assert_paths_agree(chunk, monkeypatch, family)
+    assert not done and len(records) == 22
+
+
+def test_ipv6_run_shows_mapped_addresses_as_ipv4(monkeypatch: pytest.MonkeyPatch) -> None:
+    _, records, _, _ = assert_paths_agree(socket_run(6, socket.AF_INET6) + done_message(), monkeypatch,
+                                          socket.AF_INET6)
+    assert {record.local_addr for record in records} == {"2001:db8::7", "10.1.2.3"}
+
+
+def test_no_timer_means_no_time_left_in_both_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    chunk = socket_run(4, timer=0, expires=500) + socket_run(4, timer=2, expires=500)
+    _, records, _, _ = assert_paths_agree(chunk, monkeypatch)
+    assert [record.timer_ms for record in records] == [0] * 4 + [500] * 4
+
+
+@pytest.mark.parametrize("cut", [1, 4, 60, 100])
+def test_truncation_inside_a_run_is_the_same_error(cut: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    chunk = socket_run(12)
+    error_type, message, _ = assert_paths_agree(chunk[:len(chunk) - cut], monkeypatch)
+    assert error_type is CollectError and "sock_diag" in message
+
+
+def test_unknown_state_inside_a_run_is_the_same_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    message = diag_message(99, LOOPBACK, 1, OTHER, 2, attributes=ATTRIBUTE_PADDING * 4)
+    assert assert_paths_agree(socket_run(5) + message + socket_run(5), monkeypatch)[:2] == (
+        CollectError, f"sock_diag: unknown TCP state 99 at offset {5 * len(message)}")
+
+
+def test_errors_and_foreign_messages_after_a_run_are_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    error = struct.pack("=IHHIIi", 36, NLMSG_ERROR, 0, 1, 0, -errno.EPERM) + b"\0" * 16
+    error_type, _, code = assert_paths_agree(socket_run(6) + error, monkeypatch)
+    assert issubclass(error_type, OSError) and code == errno.EPERM
+    foreign = bytearray(socket_run(1))
+    struct.pack_into("=H", foreign, 4, 77)
+    assert assert_paths_agree(socket_run(6) + bytes(foreign) + socket_run(2), monkeypatch)[0] is CollectError
+
+
+def test_dump_intr_inside_a_run_marks_the_dump(monkeypatch: pytest.MonkeyPatch) -> None:
+    chunk = socket_run(4) + socket_run(4, flags=NLM_F_DUMP_INTR) + socket_run(4) + done_message()
+    _, records, done, interrupted = assert_paths_agree(chunk, monkeypatch)
+    assert done and interrupted and len(records) == 12
+
+
+def test_cached_addresses_are_the_same_across_paths_and_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    addresses = AddressText()
+    dump = Dump(socket.AF_INET)
+    for min_run in (10**9, 1, 10**9, 1):  # each path finds the addresses the other cached
+        monkeypatch.setattr(netlink, "MIN_RUN", min_run)
+        chunk = socket_run(6)
+        parse_dump_chunk(chunk, len(chunk), dump, addresses.v4_cache, addresses.v4)
+    assert dump.records[:6] * 4 == dump.records
+
+
+def test_a_run_parses_from_a_larger_receive_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
+    chunk = socket_run(10) + done_message()
+    buffer = bytearray(chunk + b"\xee" * 300)  # stale bytes past the chunk must not be read
+    monkeypatch.setattr(netlink, "MIN_RUN", 1)
+    dump = Dump(socket.AF_INET)
+    addresses = AddressText()
+    assert parse_dump_chunk(buffer, len(chunk), dump, addresses.v4_cache, addresses.v4)
+    assert dump.records == parse_with_min_run(chunk, socket.AF_INET, 10**9, monkeypatch)[0].records
