@@ -495,6 +495,8 @@ class SocktopApp(App[int]):
     def action_focus_pane(self, name: str) -> None:
         if name not in PANE_ORDER:
             return
+        if self.has_class("-filtering"):  # Tab out of the filter field keeps what was typed
+            self._commit_filter(self.query_one("#filter", Input).value)
         self.active_pane = name
         self._show_active_pane()
         if self.layout_mode == "narrow" and self.drawer_open:
@@ -560,7 +562,9 @@ class SocktopApp(App[int]):
         self._query_before_edit = self.spec.query
         self.add_class("-filtering")
         field.value = self.spec.query.text
-        field.focus()
+        # shown and focused now, not after the next refresh: keys typed right after "/" must land in it
+        field.display = True
+        self.set_focus(field)
 
     @on(Input.Changed, "#filter")
     def _filter_changed(self, event: Input.Changed) -> None:
@@ -570,9 +574,12 @@ class SocktopApp(App[int]):
 
     @on(Input.Submitted, "#filter")
     def _filter_submitted(self, event: Input.Submitted) -> None:
+        self._commit_filter(event.value)
+
+    def _commit_filter(self, text: str) -> None:
         if self._filter_timer is not None:
             self._filter_timer.stop()
-        self._apply_query(event.value)
+        self._apply_query(text)
         self._close_filter()
 
     def _apply_query(self, text: str) -> None:
@@ -581,7 +588,8 @@ class SocktopApp(App[int]):
 
     def _close_filter(self) -> None:
         self.remove_class("-filtering")
-        self.pane(self.active_pane).focus()
+        self.query_one("#filter", Input).display = False
+        self.set_focus(self.pane(self.active_pane))
 
     def action_back(self) -> None:
         """Esc: leave the filter field, else close a full-screen drawer, else undo one level, else the filter."""
@@ -658,6 +666,8 @@ class SocktopApp(App[int]):
         """socktop's keys act on the main screen only: in help, a dialog or the palette they are theirs."""
         if action in MAIN_SCREEN_ACTIONS and len(self.screen_stack) > 1:
             return False
+        if action == "filter" and self.has_class("-filtering"):
+            return False  # "/" typed in the filter field is text
         return True
 
     def action_quit(self) -> None:

@@ -86,8 +86,10 @@ BUILTIN_KEYS: tuple[tuple[str, str, str], ...] = (
 BY_ID = {key.id: key for key in KEYS}
 
 
-#: Keys that must win over the focused widget's own (Tab moves between panes, not between widgets).
-PRIORITY = frozenset({"next_pane", "previous_pane"})
+#: Keys that act before the focused widget sees them: Tab moves between panes, not widgets; "/" moves
+#: the focus to the filter field at once, so that keys typed right after it (a paste, a fast typist)
+#: land in the field rather than in the pane that had the focus when they arrived.
+PRIORITY = frozenset({"next_pane", "previous_pane", "filter"})
 
 
 def bindings() -> list[Binding]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from rich.console import Group
+from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -35,33 +37,38 @@ class HelpScreen(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         with VerticalScroll() as scroll:
             scroll.border_title = "socktop keys"
-            scroll.border_subtitle = "Esc closes · keys can be remapped in [keys] of config.toml"
-            yield Static(self.help_text(), id="help-text")
+            scroll.border_subtitle = "Esc closes · remap keys in config.toml, table keys"
+            yield Static(self.help_table(), id="help-text")
 
-    def help_text(self) -> Text:
-        text = Text(end="")
+    def help_rows(self) -> list[tuple[str, str, str, str]]:
+        """(group, keys as mapped now, what they do, binding id or "") for every key."""
+        rows = []
         for group in (GENERAL, PANES, ACTIONS):
-            if text:
-                text.append("\n")
-            text.append(group + "\n", style="bold underline")
             for key in KEYS:
-                if key.group != group:
-                    continue
-                keys = self.keymap.get(key.id, key.keys)
-                shown = " ".join(self.key_display(name.strip()) for name in keys.split(","))
-                if key.id == "details":
-                    shown += " Enter"
-                text.append(f"  {shown:<14}", style="bold")
-                text.append(f"{key.help}")
-                text.append(f"  ({key.id})\n", style="dim")
-            for keys_text, description, builtin_group in BUILTIN_KEYS:
-                if builtin_group == group:
-                    text.append(f"  {keys_text:<14}", style="bold")
-                    text.append(description + "\n")
-        text.append("\nCopy keys send the command to the clipboard; socktop never runs it and never kills "
-                    "anything itself. Over SSH the copy goes by OSC 52 (tmux: set -g set-clipboard on).",
-                    style="dim")
-        return text
+                if key.group == group:
+                    mapped = self.keymap.get(key.id)
+                    shown = " ".join(self.key_display(name.strip()) for name in mapped.split(",")) if mapped \
+                        else key.display or self.key_display(key.keys)
+                    rows.append((group, shown + (" Enter" if key.id == "details" else ""), key.help, key.id))
+            rows += [(group, keys_text, text, "") for keys_text, text, builtin in BUILTIN_KEYS if builtin == group]
+        return rows
+
+    def help_table(self) -> Group:
+        grid = Table.grid(padding=(0, 2, 0, 0))
+        grid.add_column(no_wrap=True, style="bold")
+        grid.add_column(ratio=1)
+        grid.add_column(no_wrap=True, style="dim")
+        group = ""
+        for row_group, keys_text, text, binding_id in self.help_rows():
+            if row_group != group:
+                if group:
+                    grid.add_row("", "", "")
+                grid.add_row(Text(row_group, style="bold underline"), "", "")
+                group = row_group
+            grid.add_row(keys_text, text, binding_id)
+        return Group(grid, Text(""), Text(
+            "Copy keys put a command on the clipboard; socktop never runs it and never kills anything itself. "
+            "Over SSH the copy goes by OSC 52 (in tmux: set -g set-clipboard on).", style="dim"))
 
     async def action_dismiss(self, result: None = None) -> None:
         self.dismiss(result)
@@ -88,7 +95,7 @@ class CommandDialog(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with Vertical() as box:
-            box.border_title = printable(self.title_text)
+            box.border_title = Text(printable(self.title_text))  # Text: never markup
             box.border_subtitle = "Esc closes"
             yield TextArea(self.command, read_only=True, soft_wrap=True, show_line_numbers=False, id="dialog-command")
             yield Static(Text(printable(self.note)), id="dialog-note")

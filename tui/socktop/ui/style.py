@@ -119,10 +119,6 @@ Pane > .pane--accent { color: $accent; }
     height: 3;
 }
 
-.-filtering #filter {
-    display: block;
-}
-
 #too-small {
     display: none;
     width: 1fr;

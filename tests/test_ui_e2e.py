@@ -1,0 +1,160 @@
+"""socktop in a real terminal (tmux): over the live demo scenario, and with a process whose name is hostile.
+
+Each test starts its own tmux session (named after the test and this pid),
+reads the screen with ``capture-pane``, presses keys with ``send-keys``, and
+kills only that session and the child it started.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+
+WIDTH, HEIGHT = 200, 50
+#: a comm of 15 bytes (the kernel's limit): markup, a shell substitution, both quotes, and ESC [
+HOSTILE_COMM = "[bold]$(id)\"'\x1b["
+HOSTILE_ARG = "[red]$(touch /tmp/pwned)\x1b[2J\x1b]0;pwned\x07"
+
+
+class Terminal:
+    """One tmux session running one command."""
+
+    def __init__(self, name: str, command: str, env: dict[str, str]) -> None:
+        self.name = name
+        exports = [f"-e{key}={value}" for key, value in env.items()]
+        subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", str(WIDTH), "-y", str(HEIGHT), *exports,
+                        command], check=True)
+
+    def screen(self) -> str:
+        return subprocess.run(["tmux", "capture-pane", "-p", "-t", self.name], capture_output=True, text=True,
+                              check=False).stdout
+
+    def press(self, *keys: str) -> None:
+        """Each key as a person would press it: one at a time, a moment apart."""
+        for key in keys:
+            subprocess.run(["tmux", "send-keys", "-t", self.name, key], check=True)
+            time.sleep(0.15)
+
+    def type(self, text: str) -> None:
+        subprocess.run(["tmux", "send-keys", "-l", "-t", self.name, text], check=True)
+
+    def wait_for(self, test: Callable[[str], object], timeout: float = 30.0) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            screen = self.screen()
+            if test(screen):
+                return screen
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out; the screen was:\n{screen}")
+            time.sleep(0.25)
+
+    def close(self) -> None:
+        subprocess.run(["tmux", "kill-session", "-t", self.name], capture_output=True, check=False)
+
+
+@pytest.fixture
+def terminal(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[[str], Terminal]]:
+    started: list[Terminal] = []
+    env = {"XDG_CONFIG_HOME": str(tmp_path), "TERM": "xterm-256color", "COLORTERM": "truecolor"}
+
+    def start(arguments: str) -> Terminal:
+        exit_file = tmp_path / "exit-status"
+        # the pane gets its size just after the session starts: let it settle before socktop reads it
+        command = (f"sleep 0.5; {shlex.quote(sys.executable)} -m socktop {arguments}; "
+                   f"echo $? > {shlex.quote(str(exit_file))}; sleep 30")
+        term = Terminal(f"socktop-{request.node.name[:20]}-{os.getpid()}", command, env)
+        term.exit_file = exit_file  # type: ignore[attr-defined]
+        started.append(term)
+        return term
+
+    yield start
+    for term in started:
+        term.close()
+
+
+def wait_exit(term: Terminal, timeout: float = 15.0) -> str:
+    exit_file: Path = term.exit_file  # type: ignore[attr-defined]
+    deadline = time.monotonic() + timeout
+    while not exit_file.exists() or not exit_file.read_text().strip():
+        assert time.monotonic() < deadline, f"socktop did not quit; the screen was:\n{term.screen()}"
+        time.sleep(0.2)
+    return exit_file.read_text().strip()
+
+
+def pid_alive(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+
+
+def test_demo_in_a_real_terminal(terminal):
+    term = terminal("--demo --interval 0.5")
+    screen = term.wait_for(lambda s: re.search(r"CLOSE-WAIT [1-9]", s) and "leaky-api" in s)
+    assert re.search(r"socktop .* sockets", screen.splitlines()[0])
+    term.press("/")
+    term.type("state:close-wait")
+    term.press("Enter")
+    screen = term.wait_for(lambda s: "/state:close-wait" in s and "CLOSE-WAIT" in s)
+    in_view = int(re.search(r"([\d,]+) of [\d,]+ sockets", screen).group(1).replace(",", ""))
+    assert in_view > 0
+    term.press("3")
+    term.press("d")
+    screen = term.wait_for(lambda s: "Details:" in s and "kill -TERM" in s)
+    pid = int(re.search(r"(\d+)\s+leaky-api", screen).group(1))
+    assert pid_alive(pid)
+    term.press("?")
+    term.wait_for(lambda s: "socktop keys" in s)
+    term.press("Escape")
+    term.wait_for(lambda s: "socktop keys" not in s)
+    term.press("q")
+    assert wait_exit(term) == "0"
+    deadline = time.monotonic() + 10
+    while pid_alive(pid) and time.monotonic() < deadline:  # the demo stops with socktop
+        time.sleep(0.2)
+    assert not pid_alive(pid)
+
+
+HOSTILE_CHILD = """
+import socket, sys, time
+open("/proc/self/comm", "w").write(sys.argv[1])
+listener = socket.socket()
+listener.bind(("127.0.0.1", 0))
+listener.listen()
+print(listener.getsockname()[1], flush=True)
+time.sleep(float(sys.argv[3]))
+"""
+
+
+def test_hostile_process_name_is_shown_literally(terminal):
+    child = subprocess.Popen([sys.executable, "-c", HOSTILE_CHILD, HOSTILE_COMM, HOSTILE_ARG, "60"],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        child.stdout.readline()  # listening
+        assert Path(f"/proc/{child.pid}/comm").read_text().rstrip("\n") == HOSTILE_COMM
+        term = terminal("--interval 0.5")
+        term.wait_for(lambda s: " sockets" in s)
+        term.press("/")
+        term.type(f"pid:{child.pid}")
+        term.press("Enter", "3", "d")
+        literal = "[bold]$(id)\"'\\e["
+        screen = term.wait_for(lambda s: literal in s and "Details:" in s)
+        assert "/tmp/pwned)\\e[2J\\e]0;pwned\\x07" in screen  # its command line, in the drawer
+        lines = screen.splitlines()
+        assert lines[0].startswith("socktop ") and len(lines) == HEIGHT  # nothing cleared or scrolled the screen
+        title = subprocess.run(["tmux", "display-message", "-p", "-t", term.name, "#{pane_title}"],
+                               capture_output=True, text=True, check=False).stdout
+        assert "pwned" not in title
+        term.press("q")
+        assert wait_exit(term) == "0"
+    finally:
+        child.kill()
+        child.wait()
