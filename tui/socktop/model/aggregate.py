@@ -11,8 +11,9 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from itertools import compress
-from operator import add, and_, itemgetter, not_
+from functools import lru_cache
+from itertools import compress, repeat
+from operator import and_, eq, getitem, itemgetter, not_
 
 from ..collect.records import ProcessInfo, SocketRecord, TcpState
 
@@ -141,15 +142,23 @@ def uid_key(uid: int) -> str:
 
 
 DEFAULT_EPHEMERAL_PORTS = (32768, 60999)  # Linux's default net.ipv4.ip_local_port_range
-_INBOUND_BY_SCORE = (False, False, True, True)
+_ALWAYS_IN = b"\x01" * 65536  # a direction row: 1 ("in") whatever the remote port
+_ALWAYS_OUT = bytes(65536)
 
 
-def _port_table(ephemeral: tuple[int, int], inside: int, outside: int) -> list[int]:
-    """A lookup by port number, built with slices: a Python loop would cost 28k steps."""
+@lru_cache(maxsize=4)
+def _direction_rows(ephemeral: tuple[int, int]) -> tuple[bytes, ...]:
+    """Per local port, the row that tells the direction by remote port, listeners aside.
+
+    An ephemeral local port calls out; a fixed one serves ("in") when the
+    remote port is ephemeral. Built with slices: a Python loop would cost
+    28k steps. Cached: the range rarely changes.
+    """
     low, high = ephemeral
-    table = [outside] * 65536
-    table[low:high + 1] = [inside] * (high + 1 - low)
-    return table
+    remote_ephemeral = bytes(low) + b"\x01" * (high + 1 - low) + bytes(65535 - high)
+    rows = [remote_ephemeral] * 65536
+    rows[low:high + 1] = [_ALWAYS_OUT] * (high + 1 - low)
+    return tuple(rows)
 
 
 def aggregate(
@@ -180,17 +189,16 @@ def aggregate(
     local_ports = list(map(LOCAL_PORT, records))
     remote_ports = list(map(REMOTE_PORT, records))
     inodes = list(map(INODE, records))
+    zero_inodes = inodes.count(0)
     owner_pids = list(map(ownership.pids_by_inode.get, inodes))
     listener_pids = _listener_pids(local_ports, states, owner_pids) if listeners is None else listeners
     listening_ports = frozenset(listener_pids)
 
-    # score = local side (2 listening, 1 fixed port, 0 ephemeral) + remote side (1 ephemeral); >= 2 is "in"
-    local_score = _port_table(ephemeral_ports, inside=0, outside=1)
+    # a listening local port serves ("in"); otherwise its row says, by the remote port
+    rows = list(_direction_rows(ephemeral_ports))
     for port in listening_ports:
-        local_score[port] = 2
-    remote_score = _port_table(ephemeral_ports, inside=1, outside=0)
-    inbound = list(map(_INBOUND_BY_SCORE.__getitem__, map(
-        add, map(local_score.__getitem__, local_ports), map(remote_score.__getitem__, remote_ports))))
+        rows[port] = _ALWAYS_IN
+    inbound = list(map(getitem, map(rows.__getitem__, local_ports), remote_ports))  # 1 "in", 0 "out"
     outbound = list(map(not_, inbound))
 
     # outgoing sockets: who holds each connection now, or held it before it turned inode-0
@@ -199,7 +207,7 @@ def aggregate(
     held = dict(compress(zip(out_connections, out_pids), out_pids))
     unheld = list(compress(out_connections, map(not_, out_pids)))
     found = list(map(last_owners.get, unheld))
-    inferred = dict(compress(zip(unheld, found), found))
+    held.update(compress(zip(unheld, found), found))  # and the inferred ones, as last owners
 
     # (port, state, pids or None) per direction: a few thousand distinct keys at most
     inbound_keys = Counter(zip(compress(local_ports, inbound), compress(states, inbound), compress(owner_pids, inbound)))
@@ -242,19 +250,20 @@ def aggregate(
         total=len(records),
         by_state=by_state,
         by_port=by_port,
-        by_process=_process_groups(tallies, ownership.processes, _unknown_uid_counts(records, owner_pids, inodes),
-                                   user_of),
+        by_process=_process_groups(
+            tallies, ownership.processes,
+            _unknown_uid_counts(records, owner_pids, inodes, zero_inodes, ownership.pids_by_inode), user_of),
         by_remote=_remote_groups(records, states, remote_ports),
         listening_ports=listening_ports,
         listener_pids=listener_pids,
-        last_owners=held | inferred,
-        with_inode=len(records) - inodes.count(0),
+        last_owners=held,
+        with_inode=len(records) - zero_inodes,
         owned=owned,
     )
 
 
 def _listener_pids(local_ports: list[int], states: list[TcpState], owner_pids: list[Pids | None]) -> dict[int, Pids]:
-    is_listener = list(map(TcpState.LISTEN.__eq__, states))
+    is_listener = list(map(eq, states, repeat(TcpState.LISTEN)))
     found: dict[int, set[int]] = {}
     for port, pids in zip(compress(local_ports, is_listener), compress(owner_pids, is_listener)):
         found.setdefault(port, set()).update(pids or ())
@@ -269,9 +278,11 @@ def _tally(tallies: dict[str, _ProcessTally], pid: int) -> _ProcessTally:
     return tally
 
 
-def _unknown_uid_counts(records: Sequence[SocketRecord], owner_pids: list[Pids | None],
-                        inodes: list[int]) -> Counter[tuple[int, TcpState]]:
+def _unknown_uid_counts(records: Sequence[SocketRecord], owner_pids: list[Pids | None], inodes: list[int],
+                        zero_inodes: int, pids_by_inode: Mapping[int, Pids]) -> Counter[tuple[int, TcpState]]:
     """(uid, state) counts of sockets that have an inode but no owner we could find."""
+    if owner_pids.count(None) + owner_pids.count(()) == zero_inodes and 0 not in pids_by_inode:
+        return Counter()  # only inode-0 sockets lack an owner: no pass over the records
     unplaced = map(and_, map(not_, owner_pids), map(bool, inodes))
     return Counter(map(UID_AND_STATE, compress(records, unplaced)))
 
