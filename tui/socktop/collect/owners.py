@@ -126,6 +126,20 @@ class ScanStats:
     vanished_pids: int = 0
 
 
+def _shared_holders(pids_by_inode: dict[int, list[int]]) -> dict[int, tuple[int, ...]]:
+    """inode → pids, with one tuple per distinct set of holders.
+
+    A process holds thousands of sockets; the aggregates hash and compare
+    these tuples once per socket, which is cheaper when equal ones are one.
+    """
+    shared: dict[tuple[int, ...], tuple[int, ...]] = {}
+    result: dict[int, tuple[int, ...]] = {}
+    for inode, pids in pids_by_inode.items():
+        holders = tuple(pids)
+        result[inode] = shared.setdefault(holders, holders)
+    return result
+
+
 class OwnerScanner:
     """Keeps inode → owning pids current with as little /proc reading as it can.
 
@@ -152,13 +166,20 @@ class OwnerScanner:
         return self._processes
 
     def update(self, inodes: Collection[int]) -> None:
-        """Bring the map up to date for the sockets present now (inode 0 excluded)."""
+        """Bring the map up to date for the sockets present now (inode 0 excluded).
+
+        Every inode present last time ended up owned or in ``unowned``, so
+        only new ones can be unknown: the per-update set work is sized by
+        what opened and closed, not by the whole table.
+        """
         present = inodes if isinstance(inodes, (set, frozenset)) else set(inodes)
         present.discard(0)
         now = self._clock()
-        closed, self._present = self._present - present, present
-        self.unowned &= present
-        unknown = present - self.pids_by_inode.keys() - self.unowned
+        previous = self._present
+        closed, self._present = previous - present, present
+        self.unowned -= closed
+        opened = present - previous if len(present) != len(previous) - len(closed) else set()
+        unknown = opened - self.pids_by_inode.keys() - self.unowned
         full_due = now - self._last_full_scan >= FULL_RESCAN_EVERY
         if full_due:
             self._scan(present, closed, full=True)
@@ -169,14 +190,17 @@ class OwnerScanner:
                 self._last_unknown_retry = now
                 self._scan(present, closed, full=True)
         else:
-            self._forget_closed(present)
+            self._forget_closed(closed)
             return
         self.unowned |= present - self.pids_by_inode.keys()
 
-    def _forget_closed(self, present: set[int]) -> None:
-        """Drop closed sockets by building a new map: snapshots share the old one."""
-        if self.pids_by_inode.keys() - present:
-            self.pids_by_inode = {inode: pids for inode, pids in self.pids_by_inode.items() if inode in present}
+    def _forget_closed(self, closed: set[int]) -> None:
+        """Drop closed sockets from a copy of the map: snapshots share the old one."""
+        if not self.pids_by_inode.keys().isdisjoint(closed):
+            kept = dict(self.pids_by_inode)
+            for inode in closed:
+                kept.pop(inode, None)
+            self.pids_by_inode = kept
 
     def _scan(self, present: set[int], closed: set[int], full: bool) -> None:
         """Read the fd tables of every process; with ``full`` re-read every link.
@@ -207,7 +231,7 @@ class OwnerScanner:
             del self._fds_by_pid[gone]
         self.denied_pids = denied
         self.stats.denied_pids = len(denied)
-        self.pids_by_inode = {inode: tuple(pids) for inode, pids in pids_by_inode.items()}
+        self.pids_by_inode = _shared_holders(pids_by_inode)
         self._refresh_processes({pid for pids in pids_by_inode.values() for pid in pids})
 
     def _list_pids(self) -> Iterable[int]:
