@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import socket
 import struct
@@ -31,9 +32,9 @@ def done_message() -> bytes:
     return struct.pack("=IHHIIi", 20, NLMSG_DONE, 0, 1, 0, 0)
 
 
-def parse(chunk: bytes, family: int = socket.AF_INET) -> tuple[Dump, bool]:
+def parse(chunk: bytes, family: int = socket.AF_INET, known: dict | None = None) -> tuple[Dump, bool]:
     addresses = AddressText()
-    dump = Dump(family)
+    dump = Dump(family, known)
     cache, convert = (addresses.v4_cache, addresses.v4) if family == socket.AF_INET else (addresses.v6_cache, addresses.v6)
     done = parse_dump_chunk(chunk, len(chunk), dump, cache, convert)
     return dump, done
@@ -136,24 +137,33 @@ V6 = socket.inet_pton(socket.AF_INET6, "2001:db8::7")
 MAPPED = b"\0" * 10 + b"\xff\xff" + OTHER
 
 
-def parse_with_min_run(chunk: bytes, family: int, min_run: int, monkeypatch: pytest.MonkeyPatch) -> tuple[Dump, bool]:
+def parse_with_min_run(chunk: bytes, family: int, min_run: int, monkeypatch: pytest.MonkeyPatch,
+                       known: dict | None = None) -> tuple[Dump, bool]:
     """Parse with runs of ``min_run`` messages or more read column by column (1: always; huge: never)."""
     monkeypatch.setattr(netlink, "MIN_RUN", min_run)
-    return parse(chunk, family)
+    return parse(chunk, family, known)
 
 
-def outcome(chunk: bytes, family: int, min_run: int, monkeypatch: pytest.MonkeyPatch) -> object:
+def outcome(chunk: bytes, family: int, min_run: int, monkeypatch: pytest.MonkeyPatch,
+            known: dict | None = None) -> object:
     """The records, DONE and interrupted flags of a parse, or the error it raised (type, message, errno)."""
     try:
-        dump, done = parse_with_min_run(chunk, family, min_run, monkeypatch)
+        dump, done = parse_with_min_run(chunk, family, min_run, monkeypatch, known)
     except (CollectError, OSError) as exc:
         return type(exc), str(exc), getattr(exc, "errno", None)
     return [tuple(map(type, record)) for record in dump.records], dump.records, done, dump.interrupted
 
 
 def assert_paths_agree(chunk: bytes, monkeypatch: pytest.MonkeyPatch, family: int = socket.AF_INET) -> object:
+    """Every path gives what the per-message loop gives alone: columnar runs, and reused records
+    (known from an earlier parse of the same chunk, from a half of it, or from nothing)."""
     per_message = outcome(chunk, family, 10**9, monkeypatch)
-    for min_run in (1, 2, 3):
+    for min_run in (1, 2, 3, 10**9):
+        for earlier in (chunk, chunk[:len(chunk) // 2], b""):
+            known: dict = {}
+            with contextlib.suppress(CollectError, OSError):
+                known = parse_with_min_run(earlier, family, min_run, monkeypatch, {})[0].seen
+            assert outcome(chunk, family, min_run, monkeypatch, known) == per_message
         assert outcome(chunk, family, min_run, monkeypatch) == per_message
     return per_message
 
@@ -242,3 +252,26 @@ def test_a_run_parses_from_a_larger_receive_buffer(monkeypatch: pytest.MonkeyPat
     addresses = AddressText()
     assert parse_dump_chunk(buffer, len(chunk), dump, addresses.v4_cache, addresses.v4)
     assert dump.records == parse_with_min_run(chunk, socket.AF_INET, 10**9, monkeypatch)[0].records
+
+
+def test_unchanged_sockets_get_their_records_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    chunk = socket_run(40, timer=0) + socket_run(3, timer=0, attributes=b"", uid=7) + socket_run(4, timer=2)
+    for min_run in (1, 10**9):
+        first, _ = parse_with_min_run(chunk, socket.AF_INET, min_run, monkeypatch, {})
+        again, _ = parse_with_min_run(chunk, socket.AF_INET, min_run, monkeypatch, first.seen)
+        assert again.records == first.records
+        reused = [later is earlier for later, earlier in zip(again.records, first.records)]
+        assert reused == [True] * 43 + [False] * 4  # a running timer changes expires: never looked up
+
+
+def test_a_changed_socket_gets_a_new_record(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = socket_run(40, timer=0)
+    after = bytearray(before)
+    message_size = len(before) // 40
+    struct.pack_into("=I", after, 5 * message_size + 16 + 56, 99)  # rqueue of the sixth socket
+    for min_run in (1, 10**9):
+        first, _ = parse_with_min_run(before, socket.AF_INET, min_run, monkeypatch, {})
+        again, _ = parse_with_min_run(bytes(after), socket.AF_INET, min_run, monkeypatch, first.seen)
+        assert again.records == parse(bytes(after))[0].records
+        assert again.records[5].recv_q == 99 and again.records[5] is not first.records[5]
+        assert all(again.records[i] is first.records[i] for i in range(40) if i != 5)

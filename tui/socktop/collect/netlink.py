@@ -1,9 +1,10 @@
 """Linux NETLINK_SOCK_DIAG (inet_diag): the socket table straight from the kernel.
 
-One dump per address family, all states, parsed with ``struct`` from the
-receive buffer. This is the fast path: it needs no root (every socket of
-the network namespace is listed, with its uid and inode) and costs about
-half of what `ss -tan` spends formatting text.
+One dump per address family, all states, parsed from the receive buffer:
+runs of equal-size messages column by column in C, the rest one message at
+a time with ``struct``; a socket whose bytes did not change since the last
+dump keeps its record. This is the fast path: it needs no root (every
+socket of the network namespace is listed, with its uid and inode).
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ import errno
 import os
 import socket
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from itertools import compress, count, repeat
-from operator import itemgetter, lshift, mul, ne, or_
+from operator import itemgetter, lshift, mul, ne, not_, or_
 
 from .records import CANONICAL_STATE, BackendUnavailable, CollectError, SocketRecord, TcpState, TimerKind
 
@@ -42,13 +43,15 @@ _BYTESWAP16 = [((p & 0xFF) << 8) | (p >> 8) for p in range(65536)]
 _WORD = struct.Struct("=I")
 _FOUR_WORDS = struct.Struct("=4I")
 MIN_RUN = 32  # equal-size messages worth the columnar path's fixed cost
-# Where the columnar path finds each field of a message: in bytes, 16-bit
-# halves or 32-bit words from the start of its nlmsghdr (as in _DIAG_MSG).
-_FLAGS_HALF = 3
-_STATE_BYTE, _TIMER_BYTE, _RETRANS_BYTE = 17, 18, 19
-_SPORT_HALF, _DPORT_HALF = 10, 11
-_SRC_WORD, _DST_WORD, _COOKIE_WORD = 6, 10, 15
-_EXPIRES_WORD, _RQUEUE_WORD, _WQUEUE_WORD, _UID_WORD, _INODE_WORD = 17, 18, 19, 20, 21
+_BODY_START = _NLMSGHDR.size  # inet_diag_msg follows the nlmsghdr
+_BODY = struct.Struct("=72s")  # inet_diag_msg: every byte a record is made of
+_FLAGS_HALF = 3  # nlmsg_flags, in 16-bit halves from the nlmsghdr
+# Where the columnar path finds each field: in bytes, 16-bit halves or
+# 32-bit words from the start of an inet_diag_msg (as in _DIAG_MSG).
+_STATE_BYTE, _TIMER_BYTE, _RETRANS_BYTE = 1, 2, 3
+_SPORT_HALF, _DPORT_HALF = 2, 3
+_SRC_WORD, _DST_WORD, _COOKIE_WORD = 2, 6, 11
+_EXPIRES_WORD, _RQUEUE_WORD, _WQUEUE_WORD, _UID_WORD, _INODE_WORD = 13, 14, 15, 16, 17
 _V4_MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"
 _NO_COOKIE = b"\xff" * 8  # INET_DIAG_NOCOOKIE
 
@@ -97,14 +100,25 @@ class AddressText:
 
 
 class Dump:
-    """What one family's dump has gathered so far, across its chunks."""
+    """What one family's dump has gathered so far, across its chunks.
 
-    __slots__ = ("family", "records", "interrupted")
+    ``known`` holds the previous dump's records by the bytes of their
+    inet_diag_msg, which is all a record is made of: a socket whose bytes
+    did not change (an idle connection, a listener) gets the same record
+    back instead of a new one. A running timer changes ``expires`` at every
+    dump, so messages and runs where every socket has one are not looked
+    up. ``seen`` gathers this dump's records, for the next. Without
+    ``known``, every record is built.
+    """
 
-    def __init__(self, family: int) -> None:
+    __slots__ = ("family", "records", "interrupted", "known", "seen")
+
+    def __init__(self, family: int, known: Mapping[bytes, SocketRecord] | None = None) -> None:
         self.family = family
         self.records: list[SocketRecord] = []
         self.interrupted = False
+        self.known = known
+        self.seen: dict[bytes, SocketRecord] = {}
 
 
 def parse_dump_chunk(data: bytes | bytearray | memoryview, length: int, dump: Dump,
@@ -165,41 +179,68 @@ def _leading(values: list[int], value: int) -> int:
 
 def _append_run(view: memoryview, offset: int, run: int, size: int, dump: Dump,
                 address_cache: dict[AddressKey, str], address_text: Callable[[bytes], str]) -> bool:
-    """Append ``run`` messages of ``size`` bytes from ``offset``, built column by column in C.
+    """Append ``run`` messages of ``size`` bytes from ``offset``, all in C.
 
     False, with nothing appended, when a state is unknown: the per-message
-    loop then raises the error. Each field is a strided slice of the
-    buffer; fields that need a lookup (states, timers, ports, addresses)
-    are mapped through tables, and the records are made by `zip`.
+    loop then raises the error. With ``dump.known``, records of unchanged
+    sockets are reused and only the others are built, from their bodies
+    joined into one buffer.
     """
     end = offset + run * size
-    states = view[offset + _STATE_BYTE:end:size].tobytes()
-    if states.translate(None, _KNOWN_STATE_CODES):
+    if view[offset + _BODY_START + _STATE_BYTE:end:size].tobytes().translate(None, _KNOWN_STATE_CODES):
         return False
-    timers = view[offset + _TIMER_BYTE:end:size].tobytes()
-    words = view[offset:end].cast("I")
-    stride = size >> 2
-    halves = view[offset:end].cast("H")
-    half_stride = size >> 1
-    if halves[_FLAGS_HALF] & NLM_F_DUMP_INTR:  # the same in every message of a run
+    if view[offset:offset + _BODY_START].cast("H")[_FLAGS_HALF] & NLM_F_DUMP_INTR:  # the same all along a run
         dump.interrupted = True
-    local = _address_texts(words, _SRC_WORD, stride, dump.family, address_cache, address_text)
-    remote = _address_texts(words, _DST_WORD, stride, dump.family, address_cache, address_text)
-    expires = words[_EXPIRES_WORD::stride].tolist()
+    timers = view[offset + _BODY_START + _TIMER_BYTE:end:size].tobytes()
+    if dump.known is None or b"\0" not in timers:
+        dump.records.extend(_build_records(view[offset + _BODY_START:end], size, dump.family,
+                                           address_cache, address_text))
+        return True
+    layout = f"={_BODY_START}x{_BODY.size}s{size - _BODY_START - _BODY.size}x"
+    bodies = list(map(itemgetter(0), struct.iter_unpack(layout, view[offset:end])))
+    found = list(map(dump.known.get, bodies))
+    if None in found:
+        missing = list(map(not_, found))
+        built = _build_records(memoryview(b"".join(compress(bodies, missing))), _BODY.size, dump.family,
+                               address_cache, address_text)
+        dump.seen.update(zip(compress(bodies, missing), built))
+        dump.seen.update(compress(zip(bodies, found), found))
+        found = list(map(dump.seen.__getitem__, bodies))
+    else:
+        dump.seen.update(zip(bodies, found))
+    dump.records.extend(found)
+    return True
+
+
+def _build_records(bodies: memoryview, stride: int, family: int,
+                   address_cache: dict[AddressKey, str], address_text: Callable[[bytes], str]) -> Iterable[SocketRecord]:
+    """Records for the inet_diag_msg bodies ``stride`` bytes apart from the start of ``bodies``.
+
+    Each field is a strided slice of the buffer; fields that need a lookup
+    (states, timers, ports, addresses) are mapped through tables, and the
+    records are made by `zip`.
+    """
+    words = bodies.cast("I")
+    halves = bodies.cast("H")
+    word_stride, half_stride = stride >> 2, stride >> 1
+    timers = bodies[_TIMER_BYTE::stride].tobytes()
+    local = _address_texts(words, _SRC_WORD, word_stride, family, address_cache, address_text)
+    remote = _address_texts(words, _DST_WORD, word_stride, family, address_cache, address_text)
+    expires = words[_EXPIRES_WORD::word_stride].tolist()
     if b"\0" in timers and any(expires):  # a record says 0 when there is no timer
         expires = list(map(mul, expires, map(bool, timers)))
-    cookie_high = words[_COOKIE_WORD + 1::stride].tolist()
-    cookies: Iterable[int] = words[_COOKIE_WORD::stride]
+    cookie_high = words[_COOKIE_WORD + 1::word_stride].tolist()
+    cookies: Iterable[int] = words[_COOKIE_WORD::word_stride]
     if any(cookie_high):
         cookies = map(or_, cookies, map(lshift, cookie_high, repeat(32)))
     swap = _BYTESWAP16.__getitem__
-    dump.records.extend(map(tuple.__new__, repeat(SocketRecord), zip(
-        repeat(dump.family), map(_STATE_BY_CODE.__getitem__, states),
+    return map(tuple.__new__, repeat(SocketRecord), zip(
+        repeat(family), map(_STATE_BY_CODE.__getitem__, bodies[_STATE_BYTE::stride]),
         local, map(swap, halves[_SPORT_HALF::half_stride]), remote, map(swap, halves[_DPORT_HALF::half_stride]),
-        words[_RQUEUE_WORD::stride], words[_WQUEUE_WORD::stride], map(_TIMER_BY_CODE.__getitem__, timers), expires,
-        view[offset + _RETRANS_BYTE:end:size], words[_UID_WORD::stride], words[_INODE_WORD::stride], cookies,
-    )))
-    return True
+        words[_RQUEUE_WORD::word_stride], words[_WQUEUE_WORD::word_stride], map(_TIMER_BY_CODE.__getitem__, timers),
+        expires, bodies[_RETRANS_BYTE::stride], words[_UID_WORD::word_stride],
+        words[_INODE_WORD::word_stride], cookies,
+    ))
 
 
 def _address_texts(words: memoryview, first: int, stride: int, family: int,
@@ -246,6 +287,10 @@ def _parse_messages(data: bytes | bytearray | memoryview, offset: int, length: i
     new_record = tuple.__new__
     family = dump.family
     append = dump.records.append
+    reuse = dump.known is not None
+    known: Mapping[bytes, SocketRecord] = dump.known or {}
+    seen = dump.seen
+    body_of = _BODY.unpack_from
     while offset < length:
         if length - offset >= min_message:
             (msg_len, msg_type, flags, state, timer, retrans, sport, dport, src, dst,
@@ -266,13 +311,22 @@ def _parse_messages(data: bytes | bytearray | memoryview, offset: int, length: i
         state_enum = states[state]
         if state_enum is None:
             raise CollectError(f"sock_diag: unknown TCP state {state} at offset {offset}")
+        if reuse and not timer:
+            body = body_of(data, offset + _BODY_START)[0]
+            record = known.get(body)
+        else:
+            body = record = None
+        if record is None:
+            record = new_record(SocketRecord, (
+                family, state_enum, cached(src) or address_text(src), swap[sport],
+                cached(dst) or address_text(dst), swap[dport],
+                rqueue, wqueue, timers[timer], expires if timer else 0,
+                retrans, uid, inode, cookie,
+            ))
+        if body is not None:
+            seen[body] = record
+        append(record)
         offset += (msg_len + 3) & ~3
-        append(new_record(SocketRecord, (
-            family, state_enum, cached(src) or address_text(src), swap[sport],
-            cached(dst) or address_text(dst), swap[dport],
-            rqueue, wqueue, timers[timer], expires if timer else 0,
-            retrans, uid, inode, cookie,
-        )))
     return False
 
 
@@ -329,6 +383,7 @@ class NetlinkBackend:
     def __init__(self) -> None:
         self._buffer = bytearray(RECV_BUFFER)
         self._addresses = AddressText()
+        self._known: dict[int, dict[bytes, SocketRecord]] = {}  # per family: the last dump's records by body
         self._seq = 0
         self.interrupted_dumps = 0
         self.duplicates_dropped = 0
@@ -362,7 +417,7 @@ class NetlinkBackend:
             cache, convert = self._addresses.v4_cache, self._addresses.v4
         else:
             cache, convert = self._addresses.v6_cache, self._addresses.v6
-        dump = Dump(family)
+        dump = Dump(family, self._known.get(family, {}))
         self._seq += 1
         with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG) as sock:
             sock.settimeout(5.0)
@@ -375,4 +430,5 @@ class NetlinkBackend:
                 if size == 0:
                     raise CollectError("sock_diag: the kernel closed the dump without NLMSG_DONE")
                 done = parse_dump_chunk(self._buffer, size, dump, cache, convert)
+        self._known[family] = dump.seen
         return dump
