@@ -268,3 +268,10 @@ async def settle(pilot) -> None:
         await pilot.pause()
         await pilot.app.workers.wait_for_complete()
     await pilot.pause()
+
+
+async def press(pilot, *keys: str) -> None:
+    """Press each key and let what it starts (a view rebuild, a copy) finish before the next."""
+    for key in keys:
+        await pilot.press(key)
+        await settle(pilot)

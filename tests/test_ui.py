@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from frozen import HOSTILE_NAME, frozen_snapshot, make_app, settle
+from frozen import HOSTILE_NAME, frozen_snapshot, make_app, press, settle
 from textual.command import CommandPalette
 
 from socktop.collect.records import TcpState
@@ -203,9 +203,7 @@ async def test_copy_actions_put_the_exact_command_on_the_clipboard(keys, expecte
     app = make_app()
     async with app.run_test(size=WIDE) as pilot:
         await settle(pilot)
-        for key in keys:
-            await pilot.press(key)
-            await settle(pilot)
+        await press(pilot, *keys)
         assert app.clipboard == expected
         assert not isinstance(app.screen, CommandDialog)  # --clipboard osc52: trusted, no dialog
 

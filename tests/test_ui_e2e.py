@@ -33,8 +33,13 @@ class Terminal:
     def __init__(self, name: str, command: str, env: dict[str, str]) -> None:
         self.name = name
         exports = [f"-e{key}={value}" for key, value in env.items()]
-        subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", str(WIDTH), "-y", str(HEIGHT), *exports,
-                        command], check=True)
+        for attempt in range(5):  # the server of a session just killed may still be exiting
+            started = subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", str(WIDTH), "-y", str(HEIGHT),
+                                      *exports, command], capture_output=True, text=True)
+            if started.returncode == 0:
+                return
+            time.sleep(0.2 * (attempt + 1))
+        raise RuntimeError(f"tmux new-session failed: {started.stderr.strip()}")
 
     def screen(self) -> str:
         return subprocess.run(["tmux", "capture-pane", "-p", "-t", self.name], capture_output=True, text=True,

@@ -7,7 +7,7 @@ and look at the report before committing them.
 from __future__ import annotations
 
 import pytest
-from frozen import make_app, settle
+from frozen import make_app, press, settle
 
 SIZES = {"80x24": (80, 24), "160x48": (160, 48)}
 
@@ -31,8 +31,6 @@ def clean_environment(tmp_path, monkeypatch):
 def test_screen(snap_compare, scene, size):
     async def run_before(pilot) -> None:
         await settle(pilot)
-        for key in SCENES[scene]:
-            await pilot.press(key)
-            await settle(pilot)
+        await press(pilot, *SCENES[scene])
 
     assert snap_compare(make_app(), terminal_size=SIZES[size], run_before=run_before)

@@ -30,7 +30,7 @@ from textual.events import Resize
 from textual.message import Message
 from textual.screen import Screen
 from textual.widget import Widget
-from textual.widgets import Footer, Input, Static, Tab, Tabs
+from textual.widgets import Input, Static, Tab, Tabs
 from textual.worker import get_current_worker
 
 from ..collect.records import TcpState
@@ -38,7 +38,7 @@ from ..model.snapshot import Snapshot
 from ..safetext import printable
 from . import analysis as analysis_api
 from . import clipboard, keys, style
-from .bars import FilterLine, TopBar, TrendStrip
+from .bars import FilterLine, KeyBar, TopBar, TrendStrip
 from .details import COPY_ACTIONS, Copyable, Selection, Styles, commands_for, describe
 from .panes import FindingsPane, Pane, PortsPane, ProcessesPane, StatesPane
 from .screens import CommandDialog, HelpScreen
@@ -176,7 +176,7 @@ class SocktopApp(App[int]):
             yield Drawer(id="drawer")
         yield Input(placeholder="filter: words, or state:close-wait port:8080 pid:42 proc:java user:app addr:10.0",
                     id="filter")
-        yield Footer()
+        yield KeyBar(id="keybar")
         yield Static("socktop needs at least 60x15: please enlarge the terminal.", id="too-small")
 
     def on_mount(self) -> None:
@@ -216,14 +216,14 @@ class SocktopApp(App[int]):
         self._show_active_pane()
 
     def _show_active_pane(self) -> None:
+        """Narrow layout: show the active pane and its tab. (Wide: nothing to do; classes are restyles.)"""
+        if self.layout_mode != "narrow":
+            return
         for name in PANE_ORDER:
             self.pane(name).set_class(name == self.active_pane, "-active")
         for row in self.query(".row"):
             row.set_class(any(child.id == self.active_pane for child in row.children), "-has-active")
-        try:
-            tabs = self.query_one("#tabs", Tabs)
-        except NoMatches:
-            return
+        tabs = self.query_one("#tabs", Tabs)
         if tabs.active != f"tab-{self.active_pane}":
             tabs.active = f"tab-{self.active_pane}"
 
@@ -263,7 +263,8 @@ class SocktopApp(App[int]):
         self._poll(self.spec, self.view, self.connections, self._pending_interval)
         self._pending_interval = None
 
-    @work(thread=True, exclusive=True, group="poll", exit_on_error=False)
+    # every @work gets a description: without one Textual repr()s the arguments, here 50,000 records
+    @work(thread=True, exclusive=True, group="poll", exit_on_error=False, description="refresh")
     def _poll(self, spec: ViewSpec, prior: View | None, previous: frozenset | None,
               new_interval: float | None) -> None:
         started = time.perf_counter()
@@ -290,6 +291,12 @@ class SocktopApp(App[int]):
             self.post_message(Refreshed(snapshot, analysis, view, connections, error, started))
 
     def on_refreshed(self, message: Refreshed) -> None:
+        try:
+            self._on_refreshed(message)
+        except NoMatches:  # a refresh that lands while the app closes: its widgets are gone
+            pass
+
+    def _on_refreshed(self, message: Refreshed) -> None:
         self._refreshing = False
         self.refresh_count += 1
         if message.snapshot is None:
@@ -332,7 +339,7 @@ class SocktopApp(App[int]):
         if self.snapshot is not None:
             self._build_view(self.snapshot, self.spec, self.view)
 
-    @work(thread=True, exclusive=True, group="view", exit_on_error=False)
+    @work(thread=True, exclusive=True, group="view", exit_on_error=False, description="build view")
     def _build_view(self, snapshot: Snapshot, spec: ViewSpec, prior: View | None) -> None:
         view = build_view(snapshot, spec, prior if prior is not None and prior.seq < snapshot.seq else None)
         if not get_current_worker().is_cancelled:
@@ -341,7 +348,10 @@ class SocktopApp(App[int]):
     def on_view_built(self, message: ViewBuilt) -> None:
         view = message.view
         if view.spec == self.spec and self.snapshot is not None and view.seq == self.snapshot.seq:
-            self._apply_view(view)
+            try:
+                self._apply_view(view)
+            except NoMatches:  # the app is closing
+                pass
 
     def _apply_view(self, view: View) -> None:
         self.view = view
@@ -372,7 +382,17 @@ class SocktopApp(App[int]):
 
     # --- bars -------------------------------------------------------------------------------------
 
+    def _show_keys(self) -> None:
+        shown = []
+        for key in map(keys.BY_ID.get, keys.FOOTER):
+            mapped = self.keymap_overrides.get(key.id)
+            first = (mapped or key.keys).split(",")[0].strip()
+            shown.append((key.display if not mapped and key.display else self.get_key_display(Binding(first, "")),
+                          key.description))
+        self.query_one(KeyBar).show(shown, self.paused)
+
     def _show_top(self) -> None:
+        self._show_keys()
         self.query_one(TopBar).show(self.snapshot, interval=self.interval, paused=self.paused, error=self.error,
                                     findings=analysis_api.severity_counts(self.analysis))
 
@@ -638,7 +658,7 @@ class SocktopApp(App[int]):
                                        "the text (Ctrl+A, then your terminal's copy, often Shift+drag). "
                                        "--clipboard osc52 trusts the terminal and skips this dialog."))
 
-    @work(thread=True, group="clipboard", exit_on_error=False)
+    @work(thread=True, group="clipboard", exit_on_error=False, description="system clipboard")
     def _system_copy(self, text: str, what: str) -> None:
         self.post_message(ClipboardDone(text, what, clipboard.system_copy(text)))
 

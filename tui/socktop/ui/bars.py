@@ -23,8 +23,8 @@ from . import format as fmt
 Part = tuple[str, Style, int]  # text, style, priority (0 = never dropped; higher goes first)
 
 
-def fit(parts: Sequence[Part], width: int, separator: str = "", separator_style: Style | None = None) -> Text:
-    """Join ``parts`` into one line of at most ``width`` cells, dropping the highest priorities first."""
+def keep(parts: Sequence[Part], width: int, separator: str = "") -> list[Part]:
+    """The ``parts`` that fit in ``width`` cells once joined, dropping the highest priorities first."""
     kept = list(parts)
 
     def length(items: Sequence[Part]) -> int:
@@ -34,6 +34,12 @@ def fit(parts: Sequence[Part], width: int, separator: str = "", separator_style:
         worst = max(priority for _, _, priority in kept)
         index = max(i for i, (_, _, priority) in enumerate(kept) if priority == worst)
         kept.pop(index)
+    return kept
+
+
+def fit(parts: Sequence[Part], width: int, separator: str = "", separator_style: Style | None = None) -> Text:
+    """Join ``parts`` into one line of at most ``width`` cells, dropping the highest priorities first."""
+    kept = keep(parts, width, separator)
     line = Text(no_wrap=True, overflow="ellipsis", end="")
     for index, (text, style, _) in enumerate(kept):
         if index and separator:
@@ -201,3 +207,35 @@ class FilterLine(Bar):
         if sort:
             parts.append((f"sort: {sort}", muted, 2))
         self.set_lines([parts])
+
+
+
+class KeyBar(Bar):
+    """The footer: the core keys as currently mapped, the least important dropped first when narrow.
+
+    Static text: switching panes costs nothing (Textual's Footer recomposes itself on every focus change).
+    """
+
+    DEFAULT_CSS = "KeyBar { height: 1; background: $panel; }"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._keys: list[tuple[str, str]] = []
+
+    def show(self, keys: Sequence[tuple[str, str]], paused: bool) -> None:
+        """``keys``: (key as displayed, description), most important first."""
+        shown = [(key, "Resume" if paused and description == "Pause" else description) for key, description in keys]
+        if shown != self._keys:
+            self._keys = shown
+            self.refresh()
+
+    def render(self) -> Text:
+        key_style = self.style("accent")
+        palette = ("^p", "palette")
+        parts = [(f"{key} {description}", Style(), rank) for rank, (key, description) in enumerate(self._keys, 1)]
+        kept = keep(parts, self.size.width - 2 - len(" ".join(palette)) - 2, "  ")
+        line = Text(" ", no_wrap=True, overflow="ellipsis", end="")
+        for key, description in [*(self._keys[rank - 1] for _, _, rank in kept), palette]:
+            line.append(key, key_style)
+            line.append(f" {description}  ")
+        return line

@@ -85,6 +85,9 @@ BUILTIN_KEYS: tuple[tuple[str, str, str], ...] = (
 
 BY_ID = {key.id: key for key in KEYS}
 
+#: The footer's keys, most important first: on a narrow terminal the last ones give way.
+FOOTER = ("help", "quit", "details", "copy_kill", "copy_sysctl", "copy_ss", "copy_lsof", "filter", "pause", "sort")
+
 
 #: Keys that act before the focused widget sees them: Tab moves between panes, not widgets; "/" moves
 #: the focus to the filter field at once, so that keys typed right after it (a paste, a fast typist)

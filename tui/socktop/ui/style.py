@@ -131,7 +131,7 @@ Pane > .pane--accent { color: $accent; }
     display: block;
 }
 
-.-tiny #topbar, .-tiny #trends, .-tiny #filterline, .-tiny #tabs, .-tiny #body, .-tiny Footer, .-tiny #filter {
+.-tiny #topbar, .-tiny #trends, .-tiny #filterline, .-tiny #tabs, .-tiny #body, .-tiny #keybar, .-tiny #filter {
     display: none;
 }
 """
