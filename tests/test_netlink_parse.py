@@ -275,3 +275,62 @@ def test_a_changed_socket_gets_a_new_record(monkeypatch: pytest.MonkeyPatch) -> 
         assert again.records == parse(bytes(after))[0].records
         assert again.records[5].recv_q == 99 and again.records[5] is not first.records[5]
         assert all(again.records[i] is first.records[i] for i in range(40) if i != 5)
+
+
+# --- one dump of both families (TCPDIAG_GETSOCK) ---------------------------------------------------------
+
+def as_compat(chunk: bytes) -> bytes:
+    """A chunk of SOCK_DIAG_BY_FAMILY socket messages as the older request's answer (type TCPDIAG_GETSOCK)."""
+    out = bytearray(chunk)
+    offset = 0
+    while offset < len(out):
+        length, kind = struct.unpack_from("=IH", out, offset)
+        if kind == SOCK_DIAG_BY_FAMILY:
+            struct.pack_into("=H", out, offset + 4, netlink.TCPDIAG_GETSOCK)
+        offset += (length + 3) & ~3
+    return bytes(out)
+
+
+def parse_both(chunk: bytes, known: dict | None = None) -> tuple[Dump, bool]:
+    addresses = AddressText()
+    dump = Dump(socket.AF_UNSPEC, known)
+    return dump, parse_dump_chunk(chunk, len(chunk), dump, addresses.cache, addresses.text)
+
+
+def test_a_dump_of_both_families_gives_each_socket_its_family(monkeypatch: pytest.MonkeyPatch) -> None:
+    v4, v6 = socket_run(20), socket_run(20, socket.AF_INET6)
+    interleaved = b"".join(v4[i:i + len(v4) // 20] + v6[i:i + len(v6) // 20] for i in range(0, len(v4), len(v4) // 20))
+    chunk = as_compat(v4 + v6 + interleaved + done_message())
+    expected = parse(v4)[0].records + parse(v6, socket.AF_INET6)[0].records
+    expected += [record for pair in zip(expected[:20], expected[20:]) for record in pair]
+    for min_run in (1, 5, 10**9):
+        monkeypatch.setattr(netlink, "MIN_RUN", min_run)
+        first, done = parse_both(chunk, {})
+        again, _ = parse_both(chunk, first.seen)
+        assert done and first.records == expected and again.records == expected
+
+
+def test_an_ipv4_and_an_ipv6_address_with_the_same_first_bytes_stay_apart(monkeypatch: pytest.MonkeyPatch) -> None:
+    look_alike = LOOPBACK + b"\0" * 12  # 7f00:1::, whose first four bytes spell 127.0.0.1
+    chunk = (socket_run(3, uid=1) + socket_run(3, socket.AF_INET6, uid=2)).replace(V6, look_alike)
+    for min_run in (1, 10**9):
+        monkeypatch.setattr(netlink, "MIN_RUN", min_run)
+        dump, _ = parse_both(as_compat(chunk))
+        assert {(record.family, record.local_addr) for record in dump.records if record.local_port == 0} == {
+            (socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "7f00:1::")}
+
+
+def test_a_dump_of_both_families_takes_only_its_message_type() -> None:
+    with pytest.raises(CollectError, match=f"unexpected message type {SOCK_DIAG_BY_FAMILY}"):
+        parse_both(socket_run(3))
+
+
+def test_the_backend_dumps_per_family_when_the_kernel_refuses_both_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        assert any(record.local_port == port for record in netlink.NetlinkBackend().sockets())
+        monkeypatch.setattr(netlink, "TCPDIAG_GETSOCK", 99)  # a request type sock_diag does not know: EINVAL
+        backend = netlink.NetlinkBackend()
+        assert any(record.local_port == port for record in backend.sockets())

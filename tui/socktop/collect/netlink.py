@@ -1,14 +1,16 @@
 """Linux NETLINK_SOCK_DIAG (inet_diag): the socket table straight from the kernel.
 
-One dump per address family, all states, parsed from the receive buffer:
-runs of equal-size messages column by column in C, the rest one message at
-a time with ``struct``; a socket whose bytes did not change since the last
-dump keeps its record. This is the fast path: it needs no root (every
-socket of the network namespace is listed, with its uid and inode).
+One dump of both address families (per family where the kernel refuses
+that), all states, parsed from the receive buffer: runs of equal-size
+messages column by column in C, the rest one message at a time with
+``struct``; a socket whose bytes did not change since the last dump keeps
+its record. This is the fast path: it needs no root (every socket of the
+network namespace is listed, with its uid and inode).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
@@ -21,6 +23,7 @@ from .records import CANONICAL_STATE, BackendUnavailable, CollectError, SocketRe
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
+TCPDIAG_GETSOCK = 18  # the older request: both address families in one walk of the kernel's tables
 NLM_F_REQUEST = 0x1
 NLM_F_DUMP = 0x300
 NLM_F_DUMP_INTR = 0x10
@@ -31,11 +34,13 @@ RECV_BUFFER = 65536
 MAX_DUMP_ATTEMPTS = 3
 
 _NLMSGHDR = struct.Struct("=IHHII")
-# nlmsghdr (len type flags, seq and pid skipped) + inet_diag_msg: (family) state
-# timer retrans | sport dport (be16, read native and swapped by table) | src dst |
-# (if) cookie | expires rqueue wqueue uid inode
-_DIAG_MSG = struct.Struct("=IHH8x" "xBBB" "HH" "16s16s" "4x" "Q" "IIIII")
-_REQUEST = struct.Struct("=IHHII" "BBBxI" "HH16s16sI8s")
+# nlmsghdr (len type flags, seq and pid skipped) + inet_diag_msg: family state
+# timer retrans | sport dport (be16, read native and swapped by table) | src dst
+# (the IPv4 part, then the rest of an IPv6 address) | (if) cookie | expires
+# rqueue wqueue uid inode
+_DIAG_MSG = struct.Struct("=IHH8x" "BBBB" "HH" "4s12s4s12s" "4x" "Q" "IIIII")
+_REQUEST = struct.Struct("=IHHII" "BBBxI" "HH16s16sI8s")  # inet_diag_req_v2
+_COMPAT_REQUEST = struct.Struct("=IHHII" "BBBB" "HH16s16sI8s" "II")  # inet_diag_req
 _ERRNO = struct.Struct("=i")
 _MIN_MESSAGE = _DIAG_MSG.size
 
@@ -55,13 +60,24 @@ _EXPIRES_WORD, _RQUEUE_WORD, _WQUEUE_WORD, _UID_WORD, _INODE_WORD = 13, 14, 15, 
 _V4_MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"
 _NO_COOKIE = b"\xff" * 8  # INET_DIAG_NOCOOKIE
 
-#: An address as a cache key: its raw bytes (per-message loop), or its native
-#: 32-bit words (columnar path): the first word for IPv4, all four for IPv6.
+#: An address as a cache key: its raw bytes (per-message loop: 4 for IPv4, 16
+#: for IPv6), or its native 32-bit words (columnar path: one for IPv4, a tuple
+#: of four for IPv6). Keys of the two families never collide.
 AddressKey = bytes | int | tuple[int, ...]
 
 
 def build_request(family: int, seq: int) -> bytes:
-    """A dump request for every TCP socket of one family."""
+    """A dump request for every TCP socket of one family, or of both with AF_UNSPEC.
+
+    Each dump walks all of the kernel's socket hash tables (those of other
+    network namespaces included), so one dump of both families costs about
+    half of two: some 11 ms at 50k sockets here.
+    """
+    if family == socket.AF_UNSPEC:
+        return _COMPAT_REQUEST.pack(
+            _COMPAT_REQUEST.size, TCPDIAG_GETSOCK, NLM_F_REQUEST | NLM_F_DUMP, seq, 0,
+            family, 0, 0, 0, 0, 0, b"", b"", 0, _NO_COOKIE, ALL_STATES, 0,
+        )
     return _REQUEST.pack(
         _REQUEST.size, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, 0,
         family, socket.IPPROTO_TCP, 0, ALL_STATES,
@@ -69,28 +85,41 @@ def build_request(family: int, seq: int) -> bytes:
     )
 
 
+def _v4_text(raw: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET, raw[:4])
+
+
+def _v6_text(raw: bytes) -> str:
+    if raw[:12] == _V4_MAPPED_PREFIX:
+        return socket.inet_ntop(socket.AF_INET, raw[12:])
+    return socket.inet_ntop(socket.AF_INET6, raw)
+
+
 class AddressText:
-    """Turns raw 16-byte addresses into text, caching each one.
+    """Turns raw addresses (4 or 16 bytes) into text, caching each one.
 
     A busy host talks to a few thousand peers; converting each of 50,000
     addresses anew would cost more than the whole parse.
     """
 
-    __slots__ = ("v4_cache", "v6_cache")
+    __slots__ = ("v4_cache", "v6_cache", "cache")
 
     MAX_ENTRIES = 200_000  # bounds memory on a host that talks to every address
 
     def __init__(self) -> None:
         self.v4_cache: dict[AddressKey, str] = {}
         self.v6_cache: dict[AddressKey, str] = {}
+        self.cache: dict[AddressKey, str] = {}  # both families: raw keys differ in length, word keys in type
 
     def v4(self, raw: bytes) -> str:
-        return self._remember(self.v4_cache, raw, socket.inet_ntop(socket.AF_INET, raw[:4]))
+        return self._remember(self.v4_cache, raw, _v4_text(raw))
 
     def v6(self, raw: bytes) -> str:
-        if raw[:12] == _V4_MAPPED_PREFIX:
-            return self._remember(self.v6_cache, raw, socket.inet_ntop(socket.AF_INET, raw[12:]))
-        return self._remember(self.v6_cache, raw, socket.inet_ntop(socket.AF_INET6, raw))
+        return self._remember(self.v6_cache, raw, _v6_text(raw))
+
+    def text(self, raw: bytes) -> str:
+        """An IPv4 (4 raw bytes) or IPv6 (16) address, for a dump of both families."""
+        return self._remember(self.cache, raw, _v4_text(raw) if len(raw) == 4 else _v6_text(raw))
 
     def _remember(self, cache: dict[AddressKey, str], raw: bytes, text: str) -> str:
         if len(cache) >= self.MAX_ENTRIES:
@@ -100,7 +129,7 @@ class AddressText:
 
 
 class Dump:
-    """What one family's dump has gathered so far, across its chunks.
+    """What one dump (of one family, or of both with AF_UNSPEC) has gathered so far, across its chunks.
 
     ``known`` holds the previous dump's records by the bytes of their
     inet_diag_msg, which is all a record is made of: a socket whose bytes
@@ -111,10 +140,11 @@ class Dump:
     ``known``, every record is built.
     """
 
-    __slots__ = ("family", "records", "interrupted", "known", "seen")
+    __slots__ = ("family", "message_type", "records", "interrupted", "known", "seen")
 
     def __init__(self, family: int, known: Mapping[bytes, SocketRecord] | None = None) -> None:
         self.family = family
+        self.message_type = TCPDIAG_GETSOCK if family == socket.AF_UNSPEC else SOCK_DIAG_BY_FAMILY
         self.records: list[SocketRecord] = []
         self.interrupted = False
         self.known = known
@@ -129,8 +159,8 @@ def parse_dump_chunk(data: bytes | bytearray | memoryview, length: int, dump: Du
     run of equal-size messages: runs of at least MIN_RUN are read column by
     column in C (`_append_run`). From the first short run, control message
     or anything odd on, the per-message loop (`_parse_messages`) takes the
-    rest of the chunk and raises every error. ``address_cache`` maps an address to its text, keyed
-    by its raw bytes (per-message loop) or native words (columnar path);
+    rest of the chunk and raises every error. Each record takes the family
+    of its message. ``address_cache`` maps an `AddressKey` to its text;
     ``address_text`` converts raw bytes not seen yet and remembers them.
     Duplicates are left to `drop_duplicates`, once per dump.
     """
@@ -138,24 +168,25 @@ def parse_dump_chunk(data: bytes | bytearray | memoryview, length: int, dump: Du
     words = view[:length & ~3].cast("I")
     offset = 0
     while offset < length:
-        run, size = _uniform_run(words, offset >> 2)
+        run, size = _uniform_run(view, words, offset, dump.message_type)
         if run < MIN_RUN or not _append_run(view, offset, run, size, dump, address_cache, address_text):
             return _parse_messages(data, offset, length, dump, address_cache, address_text)
         offset += run * size
     return False
 
 
-def _uniform_run(words: memoryview, first: int) -> tuple[int, int]:
-    """How many socket messages of one size and header follow each other from word ``first``, and that size.
+def _uniform_run(view: memoryview, words: memoryview, offset: int, message_type: int) -> tuple[int, int]:
+    """How many socket messages of one size, header and family follow each other from ``offset``, and that size.
 
     Checks the length and type/flags words of each message in C: first of
     MIN_RUN messages, so that a chunk of mixed sizes pays little, then of
     the rest of the chunk.
     """
+    first = offset >> 2
     if first + 2 > len(words):
         return 0, 0
     size, kind = words[first], words[first + 1]  # kind: type | flags << 16
-    if size % 4 or size < _MIN_MESSAGE or kind & 0xFFFF != SOCK_DIAG_BY_FAMILY:
+    if size % 4 or size < _MIN_MESSAGE or kind & 0xFFFF != message_type:
         return 0, 0
     stride = size >> 2
     available = (len(words) - first) // stride
@@ -167,7 +198,8 @@ def _uniform_run(words: memoryview, first: int) -> tuple[int, int]:
         run += same
         if same < window:
             break
-    return run, size
+    families = view[offset + _BODY_START:offset + run * size:size].tolist()
+    return _leading(families, families[0]) if families else 0, size
 
 
 def _leading(values: list[int], value: int) -> int:
@@ -191,17 +223,17 @@ def _append_run(view: memoryview, offset: int, run: int, size: int, dump: Dump,
         return False
     if view[offset:offset + _BODY_START].cast("H")[_FLAGS_HALF] & NLM_F_DUMP_INTR:  # the same all along a run
         dump.interrupted = True
+    family = view[offset + _BODY_START]
     timers = view[offset + _BODY_START + _TIMER_BYTE:end:size].tobytes()
     if dump.known is None or b"\0" not in timers:
-        dump.records.extend(_build_records(view[offset + _BODY_START:end], size, dump.family,
-                                           address_cache, address_text))
+        dump.records.extend(_build_records(view[offset + _BODY_START:end], size, family, address_cache, address_text))
         return True
     layout = f"={_BODY_START}x{_BODY.size}s{size - _BODY_START - _BODY.size}x"
     bodies = list(map(itemgetter(0), struct.iter_unpack(layout, view[offset:end])))
     found = list(map(dump.known.get, bodies))
     if None in found:
         missing = list(map(not_, found))
-        built = _build_records(memoryview(b"".join(compress(bodies, missing))), _BODY.size, dump.family,
+        built = _build_records(memoryview(b"".join(compress(bodies, missing))), _BODY.size, family,
                                address_cache, address_text)
         dump.seen.update(zip(compress(bodies, missing), built))
         dump.seen.update(compress(zip(bodies, found), found))
@@ -285,7 +317,8 @@ def _parse_messages(data: bytes | bytearray | memoryview, offset: int, length: i
     timers = _TIMER_BY_CODE
     cached = address_cache.get
     new_record = tuple.__new__
-    family = dump.family
+    socket_message = dump.message_type
+    ipv4 = socket.AF_INET
     append = dump.records.append
     reuse = dump.known is not None
     known: Mapping[bytes, SocketRecord] = dump.known or {}
@@ -293,7 +326,7 @@ def _parse_messages(data: bytes | bytearray | memoryview, offset: int, length: i
     body_of = _BODY.unpack_from
     while offset < length:
         if length - offset >= min_message:
-            (msg_len, msg_type, flags, state, timer, retrans, sport, dport, src, dst,
+            (msg_len, msg_type, flags, family, state, timer, retrans, sport, dport, src, src_rest, dst, dst_rest,
              cookie, expires, rqueue, wqueue, uid, inode) = unpack_from(data, offset)
         elif length - offset >= _NLMSGHDR.size:
             msg_len, msg_type, flags, _seq, _pid = _NLMSGHDR.unpack_from(data, offset)
@@ -305,8 +338,8 @@ def _parse_messages(data: bytes | bytearray | memoryview, offset: int, length: i
             )
         if flags & NLM_F_DUMP_INTR:
             dump.interrupted = True
-        if msg_type != SOCK_DIAG_BY_FAMILY or msg_len < min_message:
-            if _control_message(data, offset, msg_len, msg_type):
+        if msg_type != socket_message or msg_len < min_message:
+            if _control_message(data, offset, msg_len, msg_type, socket_message):
                 return True
         state_enum = states[state]
         if state_enum is None:
@@ -317,6 +350,8 @@ def _parse_messages(data: bytes | bytearray | memoryview, offset: int, length: i
         else:
             body = record = None
         if record is None:
+            if family != ipv4:  # IPv4 addresses are keyed by their 4 bytes, IPv6 ones by all 16
+                src, dst = src + src_rest, dst + dst_rest
             record = new_record(SocketRecord, (
                 family, state_enum, cached(src) or address_text(src), swap[sport],
                 cached(dst) or address_text(dst), swap[dport],
@@ -330,14 +365,15 @@ def _parse_messages(data: bytes | bytearray | memoryview, offset: int, length: i
     return False
 
 
-def _control_message(data: bytes | bytearray | memoryview, offset: int, msg_len: int, msg_type: int) -> bool:
+def _control_message(data: bytes | bytearray | memoryview, offset: int, msg_len: int, msg_type: int,
+                     socket_message: int) -> bool:
     """Handle a message that is not a socket: True for NLMSG_DONE, raise otherwise."""
     if msg_type == NLMSG_DONE:
         return True
     if msg_type == NLMSG_ERROR:
         code = _ERRNO.unpack_from(data, offset + _NLMSGHDR.size)[0] if msg_len >= 20 else -errno.EIO
         raise OSError(-code, f"sock_diag refused the dump: {os.strerror(-code)}")
-    if msg_type != SOCK_DIAG_BY_FAMILY:
+    if msg_type != socket_message:
         raise CollectError(f"sock_diag: unexpected message type {msg_type} at offset {offset}")
     raise CollectError(f"sock_diag: message at offset {offset} too short ({msg_len} bytes)")
 
@@ -376,33 +412,42 @@ def drop_duplicates(records: list[SocketRecord]) -> tuple[list[SocketRecord], in
 
 
 class NetlinkBackend:
-    """Dumps the socket table over one NETLINK_SOCK_DIAG socket per snapshot."""
+    """Dumps the socket table over NETLINK_SOCK_DIAG, one netlink socket per dump.
+
+    Both address families come in one dump (one walk of the kernel's hash
+    tables) unless the kernel refuses that request; then one per family.
+    """
 
     name = "netlink"
 
     def __init__(self) -> None:
         self._buffer = bytearray(RECV_BUFFER)
         self._addresses = AddressText()
-        self._known: dict[int, dict[bytes, SocketRecord]] = {}  # per family: the last dump's records by body
+        self._known: dict[int, dict[bytes, SocketRecord]] = {}  # per dump family: the last dump's records by body
         self._seq = 0
         self.interrupted_dumps = 0
         self.duplicates_dropped = 0
-        self._probe()
+        self._families = self._probe()
 
-    def _probe(self) -> None:
+    def _probe(self) -> tuple[int, ...]:
+        """The dumps that read the table here: both families at once if the kernel takes that request."""
+        with contextlib.suppress(OSError):
+            self.dump_family(socket.AF_UNSPEC)
+            return (socket.AF_UNSPEC,)
         try:
             self.dump_family(socket.AF_INET)
         except OSError as exc:
             raise BackendUnavailable(f"netlink sock_diag unavailable: {exc.strerror or exc}") from exc
+        return (socket.AF_INET, socket.AF_INET6)
 
     def sockets(self) -> list[SocketRecord]:
         records: list[SocketRecord] = []
-        for family in (socket.AF_INET, socket.AF_INET6):
+        for family in self._families:
             records.extend(self.dump_family(family))
         return records
 
     def dump_family(self, family: int) -> list[SocketRecord]:
-        """Every TCP socket of one family; retaken when the dump was interrupted."""
+        """Every TCP socket of one family (of both with AF_UNSPEC); retaken when the dump was interrupted."""
         for _attempt in range(MAX_DUMP_ATTEMPTS):
             dump = self._dump_once(family)
             if not dump.interrupted:
@@ -415,8 +460,10 @@ class NetlinkBackend:
     def _dump_once(self, family: int) -> Dump:
         if family == socket.AF_INET:
             cache, convert = self._addresses.v4_cache, self._addresses.v4
-        else:
+        elif family == socket.AF_INET6:
             cache, convert = self._addresses.v6_cache, self._addresses.v6
+        else:
+            cache, convert = self._addresses.cache, self._addresses.text
         dump = Dump(family, self._known.get(family, {}))
         self._seq += 1
         with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG) as sock:
