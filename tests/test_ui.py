@@ -432,3 +432,27 @@ async def test_hostile_process_names_stay_literal_text():
         screen = app.export_screenshot()
         assert "\x1b" not in screen and "[bold]$(id)" in screen.replace("&#160;", " ")
         assert HOSTILE_NAME not in screen
+
+
+async def test_no_color_keeps_warnings_apart(monkeypatch):
+    monkeypatch.setenv("NO_COLOR", "1")
+    app = make_app()
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot)
+        assert app.no_color
+        states = app.pane("states")
+        close_wait, established = states.get_row("CLOSE_WAIT")[0], states.get_row("ESTABLISHED")[0]
+        assert close_wait.style.bold and not established.style.bold  # bold survives the monochrome filter
+
+
+async def test_a_failing_health_check_shows_and_the_app_keeps_running():
+    from frozen import FrozenSource
+
+    def check() -> None:
+        raise RuntimeError("leaky-api (pid 4242) stopped: exit status 1")
+
+    app = SocktopApp(FrozenSource(), interval=10, clipboard_mode="osc52", health=check)
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot)
+        assert "leaky-api (pid 4242) stopped" in plain(app.query_one(TopBar))
+        assert len(app.query_one(SocketList).records) == 2992

@@ -104,7 +104,7 @@ class Drawer(VerticalScroll):
         yield Static(id="drawer-text")
 
     def styles_for_text(self) -> Styles:
-        get = partial(self.get_component_rich_style, partial=True)
+        get = self.get_component_rich_style  # full styles: theme colours blended (muted text has alpha)
         return Styles(title=get("drawer--title"), heading=get("drawer--heading"), muted=get("drawer--muted"),
                       warning=get("drawer--warning"), danger=get("drawer--danger"),
                       command=get("drawer--command"), key=get("drawer--key"))
@@ -124,7 +124,7 @@ class SocktopApp(App[int]):
     def __init__(self, source: SnapshotSource | Callable[[], SnapshotSource], *, interval: float = 1.0,
                  clipboard_mode: str = "auto", keymap: dict[str, str] | None = None,
                  config_notes: Sequence[str] = (), analyze: bool = True,
-                 on_exit: Callable[[], None] | None = None) -> None:
+                 health: Callable[[], None] | None = None) -> None:
         super().__init__()
         self._source_or_factory = source
         self.source: SnapshotSource | None = None
@@ -137,7 +137,7 @@ class SocktopApp(App[int]):
         self.analyzer = analysis_api.Analyzer() if analyze else None
         if self.analyzer is not None:
             self.config_notes += self.analyzer.warnings
-        self.on_exit_callback = on_exit
+        self.health = health  # called by the poller after each refresh; what it raises shows in the top bar
         self.paused = False
         self.error = ""
         self.snapshot: Snapshot | None = None
@@ -278,13 +278,19 @@ class SocktopApp(App[int]):
             message = f"collect error: {type(exc).__name__}: {exc}" if not str(exc) else f"collect error: {exc}"
             self.post_message(Refreshed(None, None, None, None, message, started))
             return
-        error = ""
+        errors = []
+        if self.health is not None:
+            try:
+                self.health()
+            except Exception as exc:  # e.g. a demo role that died
+                errors.append(str(exc))
         analysis = None
         if self.analyzer is not None:
             try:
                 analysis = self.analyzer.analyze(snapshot)
             except Exception as exc:
-                error = f"analysis error: {type(exc).__name__}: {exc}"
+                errors.append(f"analysis error: {type(exc).__name__}: {exc}")
+        error = "; ".join(errors)
         view = build_view(snapshot, spec, prior if prior is not None and prior.seq < snapshot.seq else None)
         connections = frozenset(map(CONNECTION, snapshot.sockets))
         if not worker.is_cancelled:
@@ -653,10 +659,11 @@ class SocktopApp(App[int]):
             return
         how = "sent to the terminal by OSC 52, which cannot confirm it" if plan.osc52 else "clipboard is off"
         self.notify(printable(text), title=f"{printable(what)}: {how}", markup=False, timeout=6)
+        why = "Your terminal may not have taken it" if plan.osc52 else "The clipboard is off (--clipboard off)"
         self.push_screen(CommandDialog(f"Copy by hand: {what}", text,
-                                       f"The clipboard {'may not have it' if plan.osc52 else 'is off'}: select "
-                                       "the text (Ctrl+A, then your terminal's copy, often Shift+drag). "
-                                       "--clipboard osc52 trusts the terminal and skips this dialog."))
+                                       f"{why}. Copy the line above with your terminal: Shift+drag selects it in "
+                                       "most terminals. --clipboard osc52 trusts the terminal and skips this "
+                                       "dialog."))
 
     @work(thread=True, group="clipboard", exit_on_error=False, description="system clipboard")
     def _system_copy(self, text: str, what: str) -> None:
@@ -669,7 +676,8 @@ class SocktopApp(App[int]):
         self.notify(printable(message.text), title=f"{printable(message.what)}: {printable(message.error)}",
                     severity="warning", markup=False, timeout=6)
         self.push_screen(CommandDialog(f"Copy by hand: {message.what}", message.text,
-                                       f"{message.error}. Select the text and copy it with your terminal."))
+                                       f"{message.error}. Copy the line above with your terminal: Shift+drag "
+                                       "selects it in most terminals."))
 
     # --- palette ------------------------------------------------------------------------------------
 
@@ -697,14 +705,6 @@ class SocktopApp(App[int]):
         """Ctrl+C quits, as in top (in a dialog it copies the selected text instead)."""
         self.exit(0)
 
-    def _on_exit_app(self) -> Any:
-        if self.on_exit_callback is not None:
-            try:
-                self.on_exit_callback()
-            finally:
-                self.on_exit_callback = None
-        return super()._on_exit_app()
-
 
 def run(options: argparse.Namespace) -> int:
     """`socktop` (the TUI): open the engine, maybe start the demo, run the app; the exit status."""
@@ -717,9 +717,9 @@ def run(options: argparse.Namespace) -> int:
     keymap, notes = keys.load_keymap()
     scenario = None
     if getattr(options, "demo", False):
-        from ..demo.scenario import DemoScenario
+        from ..demo.scenario import MAX_DURATION, DemoScenario
 
-        scenario = DemoScenario()
+        scenario = DemoScenario(MAX_DURATION)  # runs until socktop quits (its roles also end with this process)
         scenario.start()
     try:
         engine = Engine(getattr(options, "backend", "auto"), interval=interval)
@@ -731,7 +731,7 @@ def run(options: argparse.Namespace) -> int:
     if engine.backend_note:
         notes.insert(0, engine.backend_note)
     app = SocktopApp(engine, interval=interval, clipboard_mode=getattr(options, "clipboard", "auto"),
-                     keymap=keymap, config_notes=notes, on_exit=scenario.stop if scenario else None)
+                     keymap=keymap, config_notes=notes, health=scenario.check if scenario else None)
     try:
         result = app.run()
     finally:

@@ -74,7 +74,8 @@ class Bar(Widget):
         self._lines: list[list[Part]] = []
 
     def style(self, name: str) -> Style:
-        return self.get_component_rich_style(f"bar--{name}", partial=True) if name else Style()
+        # the full style (not partial): colours with alpha, such as $text-muted, blended over the background
+        return self.get_component_rich_style(f"bar--{name}") if name else Style()
 
     def set_lines(self, lines: list[list[Part]]) -> None:
         if lines != self._lines:

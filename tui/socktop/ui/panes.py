@@ -63,6 +63,7 @@ class Pane(DataTable):
     KIND: ClassVar[str] = ""  # the pane's name: "states", "ports", ...
     LEVEL: ClassVar[str | None] = None  # the drill-down kind its selection sets
     TITLE: ClassVar[str] = ""
+    SUBTITLE: ClassVar[str] = ""
     COLUMNS: ClassVar[tuple[ColumnSpec, ...]] = ()
     DEFAULT_SORT: ClassVar[tuple[str, bool]] = ("", False)
 
@@ -98,6 +99,7 @@ class Pane(DataTable):
         self.sort_column, self.sort_reverse = self.DEFAULT_SORT
         self._signatures: dict[str, tuple] = {}
         self.border_title = self.TITLE
+        self.border_subtitle = self.SUBTITLE
 
     def on_mount(self) -> None:
         for spec in self.COLUMNS:
@@ -233,7 +235,12 @@ class Pane(DataTable):
     # --- styles ---------------------------------------------------------------------------------
 
     def tone(self, name: str) -> Style:
-        return self.get_component_rich_style(f"pane--{name}", partial=True) if name else Style()
+        """A cell's colour and weight, blended for this theme (a partial style would drop the alpha of
+        $text-muted), without a background, which would hide the cursor row."""
+        if not name:
+            return Style()
+        full = self.get_component_rich_style(f"pane--{name}")
+        return Style(color=full.color, bold=full.bold, dim=full.dim, italic=full.italic)
 
 
 def _num(value: int | None, style: Style | str = "") -> Cell:
@@ -306,6 +313,7 @@ class ProcessesPane(Pane):
         ColumnSpec("trend", "Trend", 10),
     )
     DEFAULT_SORT = ("total", True)
+    SUBTITLE = "TI-W*: with the TIME-WAIT inferred for it · trend: its total"
 
     def cells(self, row: ProcessRow) -> tuple[str, list[Cell]]:
         group = row.group

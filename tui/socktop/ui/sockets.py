@@ -225,7 +225,7 @@ class SocketList(ScrollView, can_focus=True):
         return strip.crop_extend(scroll_x, scroll_x + width, self.rich_style)
 
     def _style(self, name: str) -> Style:
-        return self.get_component_rich_style(f"sockets--{name}", partial=True)
+        return self.get_component_rich_style(f"sockets--{name}")  # full: alpha colours blended
 
     def _header(self) -> Strip:
         style = self.rich_style + self._style("header")

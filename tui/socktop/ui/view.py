@@ -426,7 +426,7 @@ def port_rows(scopes: Scopes, spec: ViewSpec) -> tuple[PortRow, ...]:
 def process_rows(scopes: Scopes, spec: ViewSpec) -> tuple[ProcessRow, ...]:
     levels, query = spec.scope(without=PROCESS)
     aggregates = scopes.aggregates(levels, query)
-    points = scopes.snapshot.history[-TREND_POINTS:] if not levels and not query else ()
+    points = scopes.snapshot.history[-TREND_POINTS:]  # a process's own total, whatever the filter
     rows = []
     for key, group in aggregates.by_process.items():
         counts = group.counts
