@@ -1,0 +1,108 @@
+"""The UI's pure layer, without an app: filter terms, drill-down selection, views, and which command each key copies."""
+
+from __future__ import annotations
+
+import pytest
+from frozen import CRAWLED, HOSTILE_NAME, frozen_snapshot
+
+from socktop.collect.records import TcpState
+from socktop.ui import format as fmt
+from socktop.ui.details import Selection, commands_for
+from socktop.ui.view import CONNECTION, Level, Query, ViewSpec, build_view, level_predicate, owned_by, select_records
+
+SNAPSHOT = frozen_snapshot(hostile=True)
+
+
+def test_owned_by_agrees_with_the_model_for_every_process():
+    """The drill-down's per-socket test must pick exactly what Snapshot.owners_of attributes (held and inferred)."""
+    for pid in SNAPSHOT.ownership.processes:
+        match = owned_by(SNAPSHOT, {pid})
+        mine = [r for r in SNAPSHOT.sockets if match(r)]
+        model = [r for r in SNAPSHOT.sockets if pid in {p.pid for p in SNAPSHOT.owners_of(r).processes}]
+        assert mine == model, pid
+
+
+def test_levels_match_the_aggregates_they_come_from():
+    aggregates = SNAPSHOT.aggregates
+    for key, group in aggregates.by_port.items():
+        assert len(select_records(SNAPSHOT, [Level("port", key)], Query())) == group.total, key
+    for key in aggregates.by_process:
+        kind, _, number = key.partition(":")
+        kept = select_records(SNAPSHOT, [Level("process", key)], Query())
+        if kind == "pid":  # held and inferred, as the model's own filter has it
+            assert kept == SNAPSHOT.filtered(pid=int(number)).sockets, key
+    for state, count in aggregates.by_state.items():
+        assert sum(map(level_predicate(SNAPSHOT, Level("state", state.name)), SNAPSHOT.sockets)) == count
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("state:close-wait", 320),
+    ("port:8080", 361),  # 320 CLOSE_WAIT + 40 ESTABLISHED + the listener
+    ("pid:5151", 1520),  # the crawler: 20 held, 1,500 inferred TIME_WAIT
+    ("proc:leaky", 391),
+    ("user:redis", 12),  # another user's sockets, owner not visible
+    (f"addr:{CRAWLED}", 1501),  # the crawler's 1,500 TIME_WAIT and one open connection
+    ("close", 330),  # a free word: CLOSE_WAIT, and the half-closer's 10 (its name)
+    ("9100", 6),  # digits: a port on either end (the listener and its 5 SYN_RECV)
+    ("crawler 443", 1520),
+    ("state:close-wait proc:nginx", 0),
+])
+def test_filter_terms(text, expected):
+    query = Query.parse(text)
+    assert not query.error
+    assert len(select_records(SNAPSHOT, (), query)) == expected
+
+
+def test_bad_terms_are_reported_not_fatal():
+    query = Query.parse("state:nope port:http pid:x leaky")
+    assert "unknown state" in query.error and "port: wants a number" in query.error
+    assert query.terms == (("", "leaky"),)
+
+
+def test_view_of_a_drill_down():
+    spec = ViewSpec(levels=(Level("state", "CLOSE_WAIT"),), socket_sort="remote")
+    view = build_view(SNAPSHOT, spec)
+    assert [row.key for row in view.ports] == ["in:8080"]
+    assert [row.key for row in view.processes] == ["pid:4242"]
+    assert len(view.states) == len(SNAPSHOT.aggregates.by_state)  # not filtered by its own level
+    assert list(map(CONNECTION, view.sockets)) == sorted(map(CONNECTION, view.sockets), key=lambda c: (c[2], c[3]))
+
+
+def selection(**kwargs) -> Selection:
+    return Selection(**{"focus": "states", **kwargs})
+
+
+def test_copy_commands_follow_the_selection():
+    leaky = SNAPSHOT.aggregates.by_process["pid:4242"]
+    drill = (Level("state", "CLOSE_WAIT"), Level("port", "in:8080"), Level("process", "pid:4242"))
+    copies = commands_for(selection(focus="processes", levels=drill, process=leaky, state=TcpState.CLOSE_WAIT))
+    assert copies["kill"].command.line == "kill -TERM 4242  # leaky-api"
+    assert copies["kill"].extra[0].line == "kill -KILL 4242  # leaky-api"
+    assert copies["lsof"].command.line == "lsof -nP -a -p 4242 -iTCP -sTCP:CLOSE_WAIT"
+    assert copies["ss"].command.line == "ss -tanp state close-wait '( sport = :8080 )' | grep -F pid=4242,"
+    assert copies["sysctl"].command is None and "no setting ends CLOSE_WAIT" not in copies["sysctl"].why_not
+    outbound = commands_for(selection(levels=(Level("port", "out:443"),), query=Query.parse("state:time-wait")))
+    assert outbound["ss"].command.line == "ss -tanp state time-wait '( dport = :443 )'"
+    loose = commands_for(selection(query=Query.parse("crawler")))
+    assert loose["ss"].command.line == "ss -tanp" and "cannot filter on crawler" in loose["ss"].command.note
+    assert commands_for(selection())["kill"].why_not == "select a process first (pane 3)"
+    hidden = SNAPSHOT.aggregates.by_process["uid:998"]
+    assert "not visible" in commands_for(selection(focus="processes", process=hidden))["lsof"].why_not
+
+
+def test_a_hostile_name_stays_in_the_comment():
+    group = SNAPSHOT.aggregates.by_process["pid:6666"]
+    line = commands_for(selection(focus="processes", process=group))["kill"].command.line
+    assert line.startswith("kill -TERM 6666  # '") and "\x1b" not in line and HOSTILE_NAME not in line
+
+
+@pytest.mark.parametrize(("value", "text"), [(0, "0"), (99_999, "99,999"), (123_456, "123k"), (12_345_678, "12.3M")])
+def test_counts(value, text):
+    assert fmt.count(value) == text
+
+
+def test_formatters():
+    assert fmt.sparkline([0, 5, 10], 3) == "▁▄█" and fmt.sparkline([3, 3], 5) == "▄▄" and fmt.sparkline([], 4) == ""
+    assert fmt.timer(850) == "850ms" and fmt.timer(42_000) == "42s" and fmt.timer(185_000) == "3m05s"
+    assert fmt.endpoint("::1", 80) == "[::1]:80" and fmt.endpoint("0.0.0.0", 0) == "*:*"
+    assert fmt.endpoint("10.0.0.5", 22) == "10.0.0.5:22" and fmt.share(0.0004) == "<0.1%"
