@@ -8,7 +8,7 @@ Python loops only walk the distinct groups, which are few.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from functools import lru_cache
@@ -104,6 +104,47 @@ class RemoteGroup:
     address: str
     counts: StateCounts
     total: int
+
+
+class LastOwners(Mapping[Connection, Pids]):
+    """Outgoing connection → its holder, now or when last held; the table is made on first use.
+
+    It is read by the next refresh only for client sockets that lost their
+    owner since (and by the UI on demand), while making 25k connection keys
+    every refresh, and collecting them, costs about 12 ms at 50k sockets.
+    Concurrent first reads each make the same table; either one is kept.
+    """
+
+    __slots__ = ("_held", "_pids", "_inferred", "_table")
+
+    def __init__(self, held: list[SocketRecord], pids: list[Pids], inferred: dict[Connection, Pids]) -> None:
+        self._held: list[SocketRecord] | None = held
+        self._pids: list[Pids] | None = pids
+        self._inferred = inferred
+        self._table: dict[Connection, Pids] | None = None
+
+    def _connections(self) -> dict[Connection, Pids]:
+        table = self._table
+        if table is None:
+            table = dict(zip(map(CONNECTION, self._held or ()), self._pids or ()))
+            table.update(self._inferred)
+            self._table, self._held, self._pids = table, None, None
+        return table
+
+    def __getitem__(self, connection: Connection) -> Pids:
+        return self._connections()[connection]
+
+    def get(self, connection: Connection, default: Pids | None = None) -> Pids | None:
+        return self._connections().get(connection, default)
+
+    def __iter__(self) -> Iterator[Connection]:
+        return iter(self._connections())
+
+    def __len__(self) -> int:
+        return len(self._connections())
+
+    def __repr__(self) -> str:
+        return f"LastOwners({self._connections()!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,11 +244,11 @@ def aggregate(
 
     # outgoing sockets: who holds each connection now, or held it before it turned inode-0
     out_pids = list(compress(owner_pids, outbound))
-    out_connections = list(map(CONNECTION, compress(records, outbound)))
-    held = dict(compress(zip(out_connections, out_pids), out_pids))
-    unheld = list(compress(out_connections, map(not_, out_pids)))
+    out_records = list(compress(records, outbound))
+    unheld = list(map(CONNECTION, compress(out_records, map(not_, out_pids))))
     found = list(map(last_owners.get, unheld))
-    held.update(compress(zip(unheld, found), found))  # and the inferred ones, as last owners
+    owners_now = LastOwners(list(compress(out_records, out_pids)), list(compress(out_pids, out_pids)),
+                            dict(compress(zip(unheld, found), found)))
 
     # (port, state, pids or None) per direction: a few thousand distinct keys at most
     inbound_keys = Counter(zip(compress(local_ports, inbound), compress(states, inbound), compress(owner_pids, inbound)))
@@ -256,7 +297,7 @@ def aggregate(
         by_remote=_remote_groups(records, states, remote_ports),
         listening_ports=listening_ports,
         listener_pids=listener_pids,
-        last_owners=held,
+        last_owners=owners_now,
         with_inode=len(records) - zero_inodes,
         owned=owned,
     )
