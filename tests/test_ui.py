@@ -164,6 +164,10 @@ async def test_drawer_toggles_and_explains_the_selection():
         text = drawer_text(app)
         assert "TIME-WAIT" in text and "Meaning" in text and "net.ipv4.tcp_max_tw_buckets: 3200 → 6400" in text
         assert "sysctl -w net.ipv4.tcp_max_tw_buckets=6400" in text
+        await pilot.press("ctrl+d")
+        assert app.query_one("#drawer").scroll_y > 0
+        await pilot.press("ctrl+u")
+        assert app.query_one("#drawer").scroll_y == 0
         await pilot.press("3")
         assert "crawler" in drawer_text(app) and "kill -TERM 5151" in drawer_text(app)
         await pilot.press("d")

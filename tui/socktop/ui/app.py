@@ -516,6 +516,11 @@ class SocktopApp(App[int]):
             self._refresh_drawer()
             self.query_one(Drawer).scroll_home(animate=False)
 
+    def action_scroll_drawer(self, direction: int) -> None:
+        if self.drawer_open:
+            drawer = self.query_one(Drawer)
+            drawer.scroll_page_down(animate=False) if direction > 0 else drawer.scroll_page_up(animate=False)
+
     # --- keys ---------------------------------------------------------------------------------------
 
     def action_focus_pane(self, name: str) -> None:

@@ -47,6 +47,7 @@ Pane > .pane--accent { color: $accent; }
 #top-row { height: 2fr; }
 #bottom-row { height: 3fr; }
 #states { width: 45; }
+.-drawer #states { width: 1fr; }  /* with the drawer open the three panes share what is left */
 #ports { width: 1fr; }
 #processes { width: 1.5fr; }
 #sockets { width: 2fr; }
