@@ -308,6 +308,7 @@ def test_a_dump_of_both_families_gives_each_socket_its_family(monkeypatch: pytes
         first, done = parse_both(chunk, {})
         again, _ = parse_both(chunk, first.seen)
         assert done and first.records == expected and again.records == expected
+        assert {type(record.family) for record in first.records + again.records} == {socket.AddressFamily}
 
 
 def test_an_ipv4_and_an_ipv6_address_with_the_same_first_bytes_stay_apart(monkeypatch: pytest.MonkeyPatch) -> None:

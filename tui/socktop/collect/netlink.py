@@ -223,7 +223,7 @@ def _append_run(view: memoryview, offset: int, run: int, size: int, dump: Dump,
         return False
     if view[offset:offset + _BODY_START].cast("H")[_FLAGS_HALF] & NLM_F_DUMP_INTR:  # the same all along a run
         dump.interrupted = True
-    family = view[offset + _BODY_START]
+    family = _FAMILY_BY_CODE[view[offset + _BODY_START]]
     timers = view[offset + _BODY_START + _TIMER_BYTE:end:size].tobytes()
     if dump.known is None or b"\0" not in timers:
         dump.records.extend(_build_records(view[offset + _BODY_START:end], size, family, address_cache, address_text))
@@ -318,6 +318,7 @@ def _parse_messages(data: bytes | bytearray | memoryview, offset: int, length: i
     cached = address_cache.get
     new_record = tuple.__new__
     socket_message = dump.message_type
+    families = _FAMILY_BY_CODE
     ipv4 = socket.AF_INET
     append = dump.records.append
     reuse = dump.known is not None
@@ -353,7 +354,7 @@ def _parse_messages(data: bytes | bytearray | memoryview, offset: int, length: i
             if family != ipv4:  # IPv4 addresses are keyed by their 4 bytes, IPv6 ones by all 16
                 src, dst = src + src_rest, dst + dst_rest
             record = new_record(SocketRecord, (
-                family, state_enum, cached(src) or address_text(src), swap[sport],
+                families[family], state_enum, cached(src) or address_text(src), swap[sport],
                 cached(dst) or address_text(dst), swap[dport],
                 rqueue, wqueue, timers[timer], expires if timer else 0,
                 retrans, uid, inode, cookie,
@@ -379,6 +380,8 @@ def _control_message(data: bytes | bytearray | memoryview, offset: int, msg_len:
 
 
 _STATE_BY_CODE: list[TcpState | None] = [CANONICAL_STATE.get(code) for code in range(256)]
+_FAMILY_BY_CODE: list[int] = [socket.AF_INET if code == socket.AF_INET else socket.AF_INET6 if code == socket.AF_INET6
+                              else code for code in range(256)]  # records carry socket.AddressFamily members
 _KNOWN_STATE_CODES = bytes(code for code, state in enumerate(_STATE_BY_CODE) if state is not None)
 _TIMER_BY_CODE: list[TimerKind] = [TimerKind(code & 7) if code & 7 <= 4 else TimerKind.NONE for code in range(256)]
 
