@@ -162,7 +162,7 @@ def assert_paths_agree(chunk: bytes, monkeypatch: pytest.MonkeyPatch, family: in
         for earlier in (chunk, chunk[:len(chunk) // 2], b""):
             known: dict = {}
             with contextlib.suppress(CollectError, OSError):
-                known = parse_with_min_run(earlier, family, min_run, monkeypatch, {})[0].seen
+                parse_with_min_run(earlier, family, min_run, monkeypatch, known)
             assert outcome(chunk, family, min_run, monkeypatch, known) == per_message
         assert outcome(chunk, family, min_run, monkeypatch) == per_message
     return per_message
@@ -257,11 +257,34 @@ def test_a_run_parses_from_a_larger_receive_buffer(monkeypatch: pytest.MonkeyPat
 def test_unchanged_sockets_get_their_records_back(monkeypatch: pytest.MonkeyPatch) -> None:
     chunk = socket_run(40, timer=0) + socket_run(3, timer=0, attributes=b"", uid=7) + socket_run(4, timer=2)
     for min_run in (1, 10**9):
-        first, _ = parse_with_min_run(chunk, socket.AF_INET, min_run, monkeypatch, {})
-        again, _ = parse_with_min_run(chunk, socket.AF_INET, min_run, monkeypatch, first.seen)
+        known: dict = {}
+        first, _ = parse_with_min_run(chunk, socket.AF_INET, min_run, monkeypatch, known)
+        again, _ = parse_with_min_run(chunk, socket.AF_INET, min_run, monkeypatch, known)
         assert again.records == first.records
         reused = [later is earlier for later, earlier in zip(again.records, first.records)]
         assert reused == [True] * 43 + [False] * 4  # a running timer changes expires: never looked up
+
+
+def test_a_renewal_keeps_only_the_records_looked_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    chunk = socket_run(40, timer=0) + socket_run(3, timer=0, attributes=b"", uid=7) + socket_run(4, timer=2)
+    for min_run in (1, 10**9):
+        monkeypatch.setattr(netlink, "MIN_RUN", min_run)
+        known: dict = {b"gone": "a socket closed since"}
+        parse(chunk, known=known)
+        renewed = Dump(socket.AF_INET, known, renew=True)
+        addresses = AddressText()
+        parse_dump_chunk(chunk, len(chunk), renewed, addresses.v4_cache, addresses.v4)
+        assert renewed.seen is not None and b"gone" not in renewed.seen
+        assert sorted(renewed.seen.values()) == sorted(renewed.records[:43])  # sockets with a timer are not kept
+
+
+def test_the_backend_renews_records_of_sockets_gone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(netlink, "RENEW_SLACK", 0)
+    backend = netlink.NetlinkBackend()
+    gone = 3 * len(backend.sockets()) + 100
+    backend._known[socket.AF_UNSPEC].update((i.to_bytes(4, "little") * 18, None) for i in range(gone))
+    backend.sockets()
+    assert len(backend._known[socket.AF_UNSPEC]) < gone
 
 
 def test_a_changed_socket_gets_a_new_record(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -270,8 +293,9 @@ def test_a_changed_socket_gets_a_new_record(monkeypatch: pytest.MonkeyPatch) -> 
     message_size = len(before) // 40
     struct.pack_into("=I", after, 5 * message_size + 16 + 56, 99)  # rqueue of the sixth socket
     for min_run in (1, 10**9):
-        first, _ = parse_with_min_run(before, socket.AF_INET, min_run, monkeypatch, {})
-        again, _ = parse_with_min_run(bytes(after), socket.AF_INET, min_run, monkeypatch, first.seen)
+        known: dict = {}
+        first, _ = parse_with_min_run(before, socket.AF_INET, min_run, monkeypatch, known)
+        again, _ = parse_with_min_run(bytes(after), socket.AF_INET, min_run, monkeypatch, known)
         assert again.records == parse(bytes(after))[0].records
         assert again.records[5].recv_q == 99 and again.records[5] is not first.records[5]
         assert all(again.records[i] is first.records[i] for i in range(40) if i != 5)
@@ -291,9 +315,9 @@ def as_compat(chunk: bytes) -> bytes:
     return bytes(out)
 
 
-def parse_both(chunk: bytes, known: dict | None = None) -> tuple[Dump, bool]:
+def parse_both(chunk: bytes, known: dict | None = None, renew: bool = False) -> tuple[Dump, bool]:
     addresses = AddressText()
-    dump = Dump(socket.AF_UNSPEC, known)
+    dump = Dump(socket.AF_UNSPEC, known, renew)
     return dump, parse_dump_chunk(chunk, len(chunk), dump, addresses.cache, addresses.text)
 
 
@@ -305,8 +329,9 @@ def test_a_dump_of_both_families_gives_each_socket_its_family(monkeypatch: pytes
     expected += [record for pair in zip(expected[:20], expected[20:]) for record in pair]
     for min_run in (1, 5, 10**9):
         monkeypatch.setattr(netlink, "MIN_RUN", min_run)
-        first, done = parse_both(chunk, {})
-        again, _ = parse_both(chunk, first.seen)
+        known: dict = {}
+        first, done = parse_both(chunk, known)
+        again, _ = parse_both(chunk, known)
         assert done and first.records == expected and again.records == expected
         assert {type(record.family) for record in first.records + again.records} == {socket.AddressFamily}
 

@@ -15,7 +15,7 @@ import errno
 import os
 import socket
 import struct
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from itertools import compress, count, repeat
 from operator import itemgetter, lshift, mul, ne, not_, or_
 
@@ -32,6 +32,7 @@ NLMSG_DONE = 3
 ALL_STATES = 0xFFFFFFFF
 RECV_BUFFER = 65536
 MAX_DUMP_ATTEMPTS = 3
+RENEW_SLACK = 4096  # records of gone or changed sockets kept, beyond twice the table, before a renewal
 
 _NLMSGHDR = struct.Struct("=IHHII")
 # nlmsghdr (len type flags, seq and pid skipped) + inet_diag_msg: family state
@@ -131,24 +132,25 @@ class AddressText:
 class Dump:
     """What one dump (of one family, or of both with AF_UNSPEC) has gathered so far, across its chunks.
 
-    ``known`` holds the previous dump's records by the bytes of their
-    inet_diag_msg, which is all a record is made of: a socket whose bytes
-    did not change (an idle connection, a listener) gets the same record
-    back instead of a new one. A running timer changes ``expires`` at every
-    dump, so messages and runs where every socket has one are not looked
-    up. ``seen`` gathers this dump's records, for the next. Without
-    ``known``, every record is built.
+    ``known`` holds records by the bytes of their inet_diag_msg, which is
+    all a record is made of: a socket whose bytes did not change since an
+    earlier dump (an idle connection, a listener) gets the same record back
+    instead of a new one, and the records built are added for the next
+    dump. A running timer changes ``expires`` at every dump, so messages
+    and runs where every socket has one are not looked up. With ``renew``,
+    ``seen`` gathers every record looked up, to replace a ``known`` grown
+    stale. Without ``known``, every record is built.
     """
 
     __slots__ = ("family", "message_type", "records", "interrupted", "known", "seen")
 
-    def __init__(self, family: int, known: Mapping[bytes, SocketRecord] | None = None) -> None:
+    def __init__(self, family: int, known: dict[bytes, SocketRecord] | None = None, renew: bool = False) -> None:
         self.family = family
         self.message_type = TCPDIAG_GETSOCK if family == socket.AF_UNSPEC else SOCK_DIAG_BY_FAMILY
         self.records: list[SocketRecord] = []
         self.interrupted = False
         self.known = known
-        self.seen: dict[bytes, SocketRecord] = {}
+        self.seen: dict[bytes, SocketRecord] | None = {} if renew else None
 
 
 def parse_dump_chunk(data: bytes | bytearray | memoryview, length: int, dump: Dump,
@@ -235,10 +237,9 @@ def _append_run(view: memoryview, offset: int, run: int, size: int, dump: Dump,
         missing = list(map(not_, found))
         built = _build_records(memoryview(b"".join(compress(bodies, missing))), _BODY.size, family,
                                address_cache, address_text)
-        dump.seen.update(zip(compress(bodies, missing), built))
-        dump.seen.update(compress(zip(bodies, found), found))
-        found = list(map(dump.seen.__getitem__, bodies))
-    else:
+        dump.known.update(zip(compress(bodies, missing), built))
+        found = list(map(dump.known.__getitem__, bodies))
+    if dump.seen is not None:
         dump.seen.update(zip(bodies, found))
     dump.records.extend(found)
     return True
@@ -322,7 +323,7 @@ def _parse_messages(data: bytes | bytearray | memoryview, offset: int, length: i
     ipv4 = socket.AF_INET
     append = dump.records.append
     reuse = dump.known is not None
-    known: Mapping[bytes, SocketRecord] = dump.known or {}
+    known: dict[bytes, SocketRecord] = dump.known if dump.known is not None else {}
     seen = dump.seen
     body_of = _BODY.unpack_from
     while offset < length:
@@ -359,7 +360,9 @@ def _parse_messages(data: bytes | bytearray | memoryview, offset: int, length: i
                 rqueue, wqueue, timers[timer], expires if timer else 0,
                 retrans, uid, inode, cookie,
             ))
-        if body is not None:
+            if body is not None:
+                known[body] = record
+        if body is not None and seen is not None:
             seen[body] = record
         append(record)
         offset += (msg_len + 3) & ~3
@@ -426,7 +429,8 @@ class NetlinkBackend:
     def __init__(self) -> None:
         self._buffer = bytearray(RECV_BUFFER)
         self._addresses = AddressText()
-        self._known: dict[int, dict[bytes, SocketRecord]] = {}  # per dump family: the last dump's records by body
+        self._known: dict[int, dict[bytes, SocketRecord]] = {}  # per dump family: records by body, see Dump
+        self._dumped: dict[int, int] = {}  # per dump family: records in the last dump
         self._seq = 0
         self.interrupted_dumps = 0
         self.duplicates_dropped = 0
@@ -467,7 +471,8 @@ class NetlinkBackend:
             cache, convert = self._addresses.v6_cache, self._addresses.v6
         else:
             cache, convert = self._addresses.cache, self._addresses.text
-        dump = Dump(family, self._known.get(family, {}))
+        known = self._known.setdefault(family, {})
+        dump = Dump(family, known, renew=len(known) > 2 * self._dumped.get(family, 0) + RENEW_SLACK)
         self._seq += 1
         with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG) as sock:
             sock.settimeout(5.0)
@@ -480,5 +485,7 @@ class NetlinkBackend:
                 if size == 0:
                     raise CollectError("sock_diag: the kernel closed the dump without NLMSG_DONE")
                 done = parse_dump_chunk(self._buffer, size, dump, cache, convert)
-        self._known[family] = dump.seen
+        if dump.seen is not None:
+            self._known[family] = dump.seen
+        self._dumped[family] = len(dump.records)
         return dump
