@@ -278,6 +278,20 @@ def test_a_renewal_keeps_only_the_records_looked_up(monkeypatch: pytest.MonkeyPa
         assert sorted(renewed.seen.values()) == sorted(renewed.records[:43])  # sockets with a timer are not kept
 
 
+def test_only_sockets_without_a_timer_are_kept_for_the_next_dump(monkeypatch: pytest.MonkeyPatch) -> None:
+    chunk = socket_run(48)  # timers 0 to 5 in turn, all in one run
+    for min_run in (1, 10**9):
+        monkeypatch.setattr(netlink, "MIN_RUN", min_run)
+        known: dict = {}
+        first, _ = parse(chunk, known=known)
+        renewed = Dump(socket.AF_INET, known, renew=True)
+        addresses = AddressText()
+        parse_dump_chunk(chunk, len(chunk), renewed, addresses.v4_cache, addresses.v4)
+        untimed = first.records[::6]  # timer code 0
+        assert sorted(known.values()) == sorted(untimed)
+        assert renewed.seen is not None and sorted(renewed.seen.values()) == sorted(untimed)
+
+
 def test_the_backend_renews_records_of_sockets_gone(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(netlink, "RENEW_SLACK", 0)
     backend = netlink.NetlinkBackend()

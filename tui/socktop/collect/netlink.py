@@ -235,12 +235,12 @@ def _append_run(view: memoryview, offset: int, run: int, size: int, dump: Dump,
     found = list(map(dump.known.get, bodies))
     if None in found:
         missing = list(map(not_, found))
-        built = _build_records(memoryview(b"".join(compress(bodies, missing))), _BODY.size, family,
-                               address_cache, address_text)
-        dump.known.update(zip(compress(bodies, missing), built))
-        found = list(map(dump.known.__getitem__, bodies))
+        built = list(zip(compress(bodies, missing), _build_records(
+            memoryview(b"".join(compress(bodies, missing))), _BODY.size, family, address_cache, address_text)))
+        found = list(map(dict(built).get, bodies, found))
+        dump.known.update(compress(built, compress(map(not_, timers), missing)))
     if dump.seen is not None:
-        dump.seen.update(zip(bodies, found))
+        dump.seen.update(compress(zip(bodies, found), map(not_, timers)))
     dump.records.extend(found)
     return True
 
