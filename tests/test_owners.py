@@ -84,3 +84,24 @@ def test_a_reused_pid_is_read_afresh() -> None:
                      user=me.user, fd_count=3, fd_limit=me.fd_limit)
     fresh = read_process(os.getpid(), 3, known=stale)
     assert fresh is not None and fresh.name != "someone-else" and fresh.start_ticks == me.start_ticks
+
+
+def test_a_process_that_renames_itself_is_shown_by_its_new_name() -> None:
+    """Demo workers (and many daemons) set /proc/self/comm after start; the cache must follow."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys; print(flush=True); sys.stdin.readline();"
+         "open('/proc/self/comm', 'w').write('renamed-api'); print(flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        child.stdout.readline()
+        before = read_process(child.pid, 3)
+        child.stdin.write("\n")
+        child.stdin.flush()
+        child.stdout.readline()
+        after = read_process(child.pid, 3, known=before)
+        assert before is not None and after is not None
+        assert before.name != "renamed-api" and after.name == "renamed-api"
+        assert after.start_ticks == before.start_ticks
+    finally:
+        child.kill()
+        child.wait()

@@ -14,7 +14,7 @@ import os
 import pwd
 import time
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .records import ProcessInfo
 
@@ -76,8 +76,9 @@ def read_process(pid: int, fd_count: int | None, known: ProcessInfo | None = Non
     """Facts about one process; None when it exited or its /proc entry is closed to us.
 
     ``known`` is the cached entry for this pid: when its start time still
-    matches, only the descriptor count is refreshed (the name, command
-    line and limit of a process do not change often enough to re-read).
+    matches, only the name (a process may rename itself after start, as
+    the demo's workers do, and /proc/PID/comm costs ~15 µs) and the
+    descriptor count are refreshed; the command line and limit are kept.
     """
     base = f"{PROC}/{pid}"
     stat_text = read_text(f"{base}/stat")
@@ -86,9 +87,11 @@ def read_process(pid: int, fd_count: int | None, known: ProcessInfo | None = Non
     started = start_ticks(stat_text)
     if started is None:
         return None
-    if known is not None and known.start_ticks == started:
-        return known if known.fd_count == fd_count else _with_fd_count(known, fd_count)
     name = (read_text(f"{base}/comm") or stat_text.partition("(")[2].rpartition(")")[0]).rstrip("\n")
+    if known is not None and known.start_ticks == started:
+        if known.fd_count == fd_count and known.name == name:
+            return known
+        return replace(known, name=name, fd_count=fd_count)
     cmdline = (read_text(f"{base}/cmdline", 8192) or "").replace("\x00", " ").strip()
     try:
         uid = os.stat(base).st_uid
@@ -97,13 +100,6 @@ def read_process(pid: int, fd_count: int | None, known: ProcessInfo | None = Non
     return ProcessInfo(
         pid=pid, start_ticks=started, name=name, cmdline=cmdline, uid=uid, user=user_name(uid),
         fd_count=fd_count, fd_limit=soft_fd_limit(read_text(f"{base}/limits")),
-    )
-
-
-def _with_fd_count(process: ProcessInfo, fd_count: int | None) -> ProcessInfo:
-    return ProcessInfo(
-        pid=process.pid, start_ticks=process.start_ticks, name=process.name, cmdline=process.cmdline,
-        uid=process.uid, user=process.user, fd_count=fd_count, fd_limit=process.fd_limit,
     )
 
 

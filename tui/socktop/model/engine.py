@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from operator import itemgetter
 
-from ..collect.kernelstate import KernelState, read_kernel_state
+from ..collect.kernelstate import read_kernel_state
 from ..collect.owners import OwnerScanner, user_name
 from ..collect.records import Backend, BackendUnavailable, OwnerAwareBackend, SocketRecord
 from .aggregate import DEFAULT_EPHEMERAL_PORTS, Ownership, aggregate
@@ -66,15 +66,6 @@ def open_backend(name: str = "auto") -> tuple[Backend, str]:
     raise BackendUnavailable("no way to read the socket table here: " + "; ".join(reasons))
 
 
-def ephemeral_port_range(kernel: KernelState) -> tuple[int, int]:
-    """net.ipv4.ip_local_port_range as read this refresh, or Linux's default."""
-    try:
-        low, high = map(int, (kernel.sysctls.get("net.ipv4.ip_local_port_range") or "").split())
-    except ValueError:
-        return DEFAULT_EPHEMERAL_PORTS
-    return (low, high) if 0 < low <= high < 65536 else DEFAULT_EPHEMERAL_PORTS
-
-
 @contextmanager
 def gc_paused() -> Iterator[None]:
     """Hold the cyclic GC while 50,000 tuples are built: they hold no cycles, and
@@ -114,7 +105,7 @@ class Engine:
             ownership = self._ownership(records)
             kernel = read_kernel_state()
             aggregates = aggregate(records, ownership, user_name, self._last_owners,
-                                   ephemeral_ports=ephemeral_port_range(kernel))
+                                   ephemeral_ports=kernel.port_range() or DEFAULT_EPHEMERAL_PORTS)
         self._last_owners = aggregates.last_owners
         self._seq += 1
         taken_at, monotonic = time.time(), time.monotonic()
