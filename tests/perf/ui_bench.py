@@ -278,6 +278,8 @@ def main() -> int:
         print(f"  collector refresh at 50k (real)      {collect * 1000:8.1f} ms median")
         print(f"  apply / collector                    {apply_median / collect:8.2f}    [{TARGETS['apply']}]")
         all_times, during = asyncio.run(key_latencies(engine, options.presses))
+        print(f"  (table during the key test: {len(engine.refresh().sockets):,} sockets; "
+              f"load {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores)")
         print(f"  keypress latency, 50k, 0.5 s refresh {percentile(all_times, 0.5) * 1000:8.1f} ms p50, "
               f"{percentile(all_times, 0.95) * 1000:.1f} ms p95, max {max(all_times) * 1000:.1f} "
               f"({len(all_times)} presses)")
@@ -286,14 +288,17 @@ def main() -> int:
                   f"{percentile(during, 0.95) * 1000:.1f} ms p95 ({len(during)} presses)   [{TARGETS['keys']}]")
 
     with build_population(20_000):
+        before = len(Engine().refresh().sockets)
         if tmux:
             share = cpu_in_tmux(options.cpu_seconds)
             where = "tmux"
         else:
             share = asyncio.run(cpu_headless(Engine(interval=1.0), options.cpu_seconds))
             where = "headless"
+        after = len(Engine().refresh().sockets)
         print(f"  CPU at 20k sockets, 1 s refresh ({where}) {share * 100:6.1f} % of one core over "
-              f"{options.cpu_seconds:g} s   [{TARGETS['cpu']}]")
+              f"{options.cpu_seconds:g} s (table: {before:,} sockets before, {after:,} after; "
+              f"load {os.getloadavg()[0]:.2f})   [{TARGETS['cpu']}]")
     return 0
 
 
