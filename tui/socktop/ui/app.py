@@ -716,6 +716,9 @@ class SocktopApp(App[int]):
 
     # --- exit ---------------------------------------------------------------------------------------
 
+    def on_unmount(self) -> None:
+        gc.unfreeze()  # what _settle_garbage froze is the collector's again once the app is gone
+
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """socktop's keys act on the main screen only: in help, a dialog or the palette they are theirs."""
         if action in MAIN_SCREEN_ACTIONS and len(self.screen_stack) > 1:
