@@ -14,7 +14,6 @@ None of them touches a widget: they post messages.
 from __future__ import annotations
 
 import argparse
-import gc
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
@@ -53,7 +52,6 @@ INTERVALS = (0.5, 1.0, 2.0, 3.0, 5.0, 10.0)
 WIDE_COLUMNS = 140
 MIN_WIDTH, MIN_HEIGHT = 60, 15
 FILTER_DEBOUNCE = 0.25
-GC_THAW_REFRESHES = 120  # see _settle_garbage
 MAIN_SCREEN_ACTIONS = frozenset({key.action.partition("(")[0] for key in keys.KEYS} | {"interrupt"})
 
 
@@ -156,7 +154,6 @@ class SocktopApp(App[int]):
         self._query_before_edit = Query()
         self._refreshing = False
         self.refresh_count = 0
-        self._refreshes_since_thaw = 0
         self.last_apply_seconds = 0.0
         self.first_frame_at: float | None = None
 
@@ -263,15 +260,17 @@ class SocktopApp(App[int]):
         if self._refreshing or self.paused:
             return
         self._refreshing = True
-        self._poll(self.spec, self.view, self.connections, self._pending_interval)
+        self._poll(self.spec, self._pending_interval)
         self._pending_interval = None
 
     # every @work gets a description: without one Textual repr()s the arguments, here 50,000 records
     @work(thread=True, exclusive=True, group="poll", exit_on_error=False, description="refresh")
-    def _poll(self, spec: ViewSpec, prior: View | None, previous: frozenset | None,
-              new_interval: float | None) -> None:
+    def _poll(self, spec: ViewSpec, new_interval: float | None) -> None:
+        # the last view is read here, not passed in: a worker's arguments live as long as the worker
+        # object, which sits in reference cycles until a full collection (tens of MB at 50k sockets)
         started = time.perf_counter()
         worker = get_current_worker()
+        prior = self.view
         try:
             source = self._source()
             if new_interval is not None:
@@ -328,25 +327,7 @@ class SocktopApp(App[int]):
             self._request_view()
         self._apply_findings()
         self.last_apply_seconds = time.perf_counter() - began
-        self._settle_garbage()
         self._schedule(message.started)
-
-    def _settle_garbage(self) -> None:
-        """Keep full garbage collections off the refresh path.
-
-        A snapshot is tens of thousands of tracked tuples, and Python's full collection walks every
-        tracked object: at 50,000 sockets that is a 100-200 ms pause every few refreshes, on whichever
-        thread allocates, keys included. So after each refresh what is alive is frozen (moved out of
-        the collector's reach; it is still freed by reference counting when a newer snapshot
-        replaces it), and every GC_THAW_REFRESHES refreshes the freeze is undone and one collection
-        returns any cyclic garbage frozen meanwhile.
-        """
-        self._refreshes_since_thaw += 1
-        if self._refreshes_since_thaw >= GC_THAW_REFRESHES:
-            self._refreshes_since_thaw = 0
-            gc.unfreeze()
-            gc.collect()
-        gc.freeze()
 
     def _schedule(self, started: float) -> None:
         if self.paused or self._refresh_timer is not None:
@@ -364,10 +345,11 @@ class SocktopApp(App[int]):
 
     def _request_view(self) -> None:
         if self.snapshot is not None:
-            self._build_view(self.snapshot, self.spec, self.view)
+            self._build_view()
 
     @work(thread=True, exclusive=True, group="view", exit_on_error=False, description="build view")
-    def _build_view(self, snapshot: Snapshot, spec: ViewSpec, prior: View | None) -> None:
+    def _build_view(self) -> None:
+        snapshot, spec, prior = self.snapshot, self.spec, self.view  # immutable; read, not passed (see _poll)
         view = build_view(snapshot, spec, prior if prior is not None and prior.seq < snapshot.seq else None)
         if not get_current_worker().is_cancelled:
             self.post_message(ViewBuilt(view))
@@ -715,9 +697,6 @@ class SocktopApp(App[int]):
             yield SystemCommand(key.description, f"{key.help} (key: {shown})", partial(self.run_action, key.action))
 
     # --- exit ---------------------------------------------------------------------------------------
-
-    def on_unmount(self) -> None:
-        gc.unfreeze()  # what _settle_garbage froze is the collector's again once the app is gone
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """socktop's keys act on the main screen only: in help, a dialog or the palette they are theirs."""
