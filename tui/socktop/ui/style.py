@@ -31,7 +31,7 @@ Screen {
     scrollbar-size: 1 1;
 }
 
-.pane:focus, .pane:focus-within {
+.pane:focus {
     border: round $accent;
     border-title-color: $accent;
     border-title-style: bold;
