@@ -460,3 +460,25 @@ async def test_a_failing_health_check_shows_and_the_app_keeps_running():
         await settle(pilot)
         assert "leaky-api (pid 4242) stopped" in plain(app.query_one(TopBar))
         assert len(app.query_one(SocketList).records) == 2992
+
+
+async def test_fast_cells_render_as_datatable_would():
+    """Pane._render_cell short-cuts DataTable's: the characters and their styles must be the same."""
+    from textual.widgets import DataTable
+
+    def cells(lines):
+        return [(char, segment.style) for line in lines for segment in line for char in segment.text]
+
+    app = make_app()
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot)
+        for name in ("states", "ports", "processes", "findings"):
+            pane = app.pane(name)
+            for row in range(pane.row_count):
+                for column, spec in enumerate(pane.COLUMNS):
+                    for cursor in (False, True):
+                        arguments = (row, column, pane.rich_style, spec.width, cursor, False)
+                        pane._cell_render_cache.clear()
+                        fast = pane._render_cell(*arguments)
+                        pane._cell_render_cache.clear()
+                        assert cells(fast) == cells(DataTable._render_cell(pane, *arguments)), (name, row, spec.key)

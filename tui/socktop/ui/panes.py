@@ -60,15 +60,17 @@ class Cell:
     def signature(self) -> tuple[str, str, bool, Any]:
         return (self.plain, str(self.style), self.right, self.sort)
 
-    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        width = options.max_width
+    def fitted(self, width: int) -> str:
+        """The text cut (with an ellipsis) or padded to ``width`` cells, on its side."""
         text = self.plain
         length = cell_len(text)
         if length > width:
-            text = set_cell_size(text, max(0, width - 1)) + "…" if width else ""
-        elif length < width:
-            text = " " * (width - length) + text if self.right else text + " " * (width - length)
-        yield Segment(text, self.style)
+            return set_cell_size(text, max(0, width - 1)) + "…" if width else ""
+        padding = " " * (width - length)
+        return padding + text if self.right else text + padding
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield Segment(self.fitted(options.max_width), self.style)
 
     def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
         length = cell_len(self.plain)
@@ -257,6 +259,39 @@ class Pane(DataTable):
         if target is not None:
             self.select_key(target)
         return self.selected_key
+
+    # --- rendering ------------------------------------------------------------------------------
+
+    def _render_cell(self, row_index: int, column_index: int, base_style: Style, width: int,
+                     cursor: bool = False, hover: bool = False) -> list[list[Segment]]:
+        """DataTable's cell rendering, short-cut for our one-line `Cell`s.
+
+        DataTable renders each cell through Rich (padding, styling, line splitting) and re-renders
+        every cell of a table when any one changes; at 50,000 sockets that was most of the time spent
+        painting a refresh. This produces the same segment (tests/test_ui.py compares the two) and
+        hands anything else (headers, other cells, a DataTable whose internals moved) to DataTable.
+        """
+        try:
+            if row_index < 0 or column_index < 0 or self.cell_padding or self.fixed_rows or self.fixed_columns:
+                raise LookupError
+            row_key = self._row_locations.get_key(row_index)
+            column_key = self._column_locations.get_key(column_index)
+            cell = self._data[row_key][column_key]
+            if not isinstance(cell, Cell) or self.rows[row_key].height != 1:
+                raise LookupError
+            cache_key = (row_key, column_key, base_style, cursor, hover, self._show_hover_cursor,
+                         self._update_count, self._pseudo_class_state)
+            lines = self._cell_render_cache.get(cache_key)
+            if lines is None:
+                component, post = self._get_styles_to_render_cell(
+                    False, False, False, hover, cursor, self.show_cursor, self._show_hover_cursor,
+                    self.cursor_foreground_priority == "css", self.cursor_background_priority == "css")
+                style = (base_style + Style.from_meta({"row": row_index, "column": column_index}) + component
+                         + cell.style + post)
+                lines = self._cell_render_cache[cache_key] = [[Segment(cell.fitted(width), style)]]
+            return lines
+        except (LookupError, AttributeError, TypeError):
+            return super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
 
     # --- styles ---------------------------------------------------------------------------------
 
