@@ -482,3 +482,13 @@ async def test_fast_cells_render_as_datatable_would():
                         fast = pane._render_cell(*arguments)
                         pane._cell_render_cache.clear()
                         assert cells(fast) == cells(DataTable._render_cell(pane, *arguments)), (name, row, spec.key)
+
+
+def test_cli_thresholds_reach_the_tui_analysis(tmp_path) -> None:
+    """`socktop --config F --threshold K=V` must weigh findings in the TUI as in --once/--json."""
+    from socktop.ui.analysis import Analyzer
+
+    config = tmp_path / "config.toml"
+    config.write_text("[thresholds]\nclose_wait_warning = 42\ntime_wait_group = 7\n")
+    analyzer = Analyzer(config, [("time_wait_group", 9)])
+    assert (analyzer.thresholds.close_wait_warning, analyzer.thresholds.time_wait_group) == (42, 9)

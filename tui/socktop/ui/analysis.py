@@ -7,7 +7,8 @@ Glue only: findings, sysctl suggestions and every command line come from
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 from ..analyze.config import load_thresholds
 from ..analyze.findings import Analysis, Finding, analyze
@@ -19,10 +20,10 @@ SEVERITIES = ("critical", "warning", "info")
 
 
 class Analyzer:
-    """`analyze` with the user's thresholds from the config file (read once, at start)."""
+    """`analyze` with the user's thresholds: the config file, then --threshold flags (read once, at start)."""
 
-    def __init__(self) -> None:
-        self.thresholds, self.warnings = load_thresholds()
+    def __init__(self, config: Path | None = None, overrides: Iterable[tuple[str, int | float]] = ()) -> None:
+        self.thresholds, self.warnings = load_thresholds(config, overrides)
 
     def analyze(self, snapshot: Snapshot) -> Analysis:
         return analyze(snapshot, self.thresholds, self.warnings)

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from functools import partial
+from pathlib import Path
 from typing import Any, Protocol
 
 from rich.console import RenderableType
@@ -124,6 +125,7 @@ class SocktopApp(App[int]):
     def __init__(self, source: SnapshotSource | Callable[[], SnapshotSource], *, interval: float = 1.0,
                  clipboard_mode: str = "auto", keymap: dict[str, str] | None = None,
                  config_notes: Sequence[str] = (), analyze: bool = True,
+                 config: Path | None = None, threshold_overrides: Sequence[tuple[str, int | float]] = (),
                  health: Callable[[], None] | None = None) -> None:
         super().__init__()
         self._source_or_factory = source
@@ -134,7 +136,7 @@ class SocktopApp(App[int]):
         self.clipboard_mode = clipboard_mode
         self.keymap_overrides = dict(keymap or {})
         self.config_notes = list(config_notes)
-        self.analyzer = analysis_api.Analyzer() if analyze else None
+        self.analyzer = analysis_api.Analyzer(config, threshold_overrides) if analyze else None
         if self.analyzer is not None:
             self.config_notes += self.analyzer.warnings
         self.health = health  # called by the poller after each refresh; what it raises shows in the top bar
@@ -739,7 +741,9 @@ def run(options: argparse.Namespace) -> int:
     if engine.backend_note:
         notes.insert(0, engine.backend_note)
     app = SocktopApp(engine, interval=interval, clipboard_mode=getattr(options, "clipboard", "auto"),
-                     keymap=keymap, config_notes=notes, health=scenario.check if scenario else None)
+                     keymap=keymap, config_notes=notes, config=getattr(options, "config", None),
+                     threshold_overrides=getattr(options, "threshold", ()),
+                     health=scenario.check if scenario else None)
     try:
         result = app.run()
     finally:
