@@ -204,3 +204,22 @@ def test_without_root_every_socket_is_counted_and_coverage_reported(farm: Socket
     assert "run as root" in document["coverage"]["note"]
     (unknown,) = [p for p in document["processes"] if p["key"] == "uid:0"]
     assert unknown["user"] == "root" and unknown["pid"] is None
+
+
+def test_a_process_row_agrees_with_a_drill_down_into_it(farm: SocketFarm) -> None:
+    """Held and inferred alike: the row total is what filtering by the pid lists (queued connections
+    on our listener and our client-side TIME_WAIT included)."""
+    farm.established(3)
+    farm.full_accept_queue(backlog=2)
+    listener, client, server = connected_pair(socket.AF_INET)
+    engine = Engine()
+    engine.refresh()
+    client.close()
+    time.sleep(0.05)
+    server.close()
+    snapshot = wait_for(engine, lambda s: s.aggregates.by_process.get(f"pid:{os.getpid()}").inferred_time_wait)
+    listener.close()
+    me = snapshot.aggregates.by_process[f"pid:{os.getpid()}"]
+    assert me.inferred.get(TcpState.ESTABLISHED, 0) >= 3  # the accept queue: no descriptor yet
+    assert me.inferred_time_wait >= 1
+    assert me.total == len(snapshot.filtered(pid=os.getpid()).sockets)

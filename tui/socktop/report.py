@@ -39,6 +39,7 @@ def process_dict(group: ProcessGroup) -> dict[str, Any]:
         "uid": group.uid,
         "total": group.total,
         "by_state": state_dict(group.counts),
+        "inferred": state_dict(group.inferred),
         "inferred_time_wait": group.inferred_time_wait,
         "fds": process.fd_count if process else None,
         "fd_limit": process.fd_limit if process else None,

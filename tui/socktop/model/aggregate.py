@@ -76,8 +76,11 @@ class PortGroup:
 class ProcessGroup:
     """The sockets of one process, or of one uid whose processes we may not see.
 
-    ``counts`` are sockets the process holds; ``inferred_time_wait`` are
-    TIME_WAIT sockets (no owner in the kernel) tied to it by inference.
+    ``counts`` are sockets the process holds; ``inferred`` are inode-0
+    sockets (no owner in the kernel) tied to it by inference, as
+    `Snapshot.owners_of` ties them: TIME_WAIT and orphans of connections
+    it held, and connections queued on or closing at its listening ports.
+    ``total`` counts both, so a row agrees with a drill-down into it.
     """
 
     key: str  # "pid:4242", or "uid:1000" for sockets of that user whose process we may not see
@@ -85,8 +88,12 @@ class ProcessGroup:
     uid: int | None
     user: str
     counts: StateCounts
-    inferred_time_wait: int
+    inferred: StateCounts
     total: int
+
+    @property
+    def inferred_time_wait(self) -> int:
+        return self.inferred.get(TcpState.TIME_WAIT, 0)
 
     @property
     def pid(self) -> int | None:
@@ -171,7 +178,7 @@ class Aggregates:
 @dataclass(slots=True)
 class _ProcessTally:
     counts: Counter[TcpState] = field(default_factory=Counter)
-    inferred_time_wait: int = 0
+    inferred: Counter[TcpState] = field(default_factory=Counter)
 
 
 def process_key(pid: int) -> str:
@@ -253,7 +260,8 @@ def aggregate(
     # (port, state, pids or None) per direction: a few thousand distinct keys at most
     inbound_keys = Counter(zip(compress(local_ports, inbound), compress(states, inbound), compress(owner_pids, inbound)))
     outbound_keys = Counter(zip(compress(remote_ports, outbound), compress(states, outbound), out_pids))
-    inferred_out = Counter(compress(zip(map(REMOTE_PORT_OF_CONNECTION, unheld), found), found))
+    unheld_states = compress(compress(states, outbound), map(not_, out_pids))
+    inferred_out = Counter(compress(zip(map(REMOTE_PORT_OF_CONNECTION, unheld), unheld_states, found), found))
 
     tallies: dict[str, _ProcessTally] = {}
     port_counts: dict[tuple[int, Direction], Counter[TcpState]] = {}
@@ -264,20 +272,20 @@ def aggregate(
             group = (port, direction)
             port_counts.setdefault(group, Counter())[state] += count
             if pids is None:
-                if direction is Direction.IN and state is TcpState.TIME_WAIT:
+                if direction is Direction.IN and state is not TcpState.LISTEN:
                     listeners = listener_pids.get(port, ())
                     port_pids.setdefault(group, set()).update(listeners)
                     for pid in listeners:
-                        _tally(tallies, pid).inferred_time_wait += count
+                        _tally(tallies, pid).inferred[state] += count
                 continue
             owned += count
             port_pids.setdefault(group, set()).update(pids)
             for pid in pids:
                 _tally(tallies, pid).counts[state] += count
-    for (port, pids), count in inferred_out.items():
+    for (port, state, pids), count in inferred_out.items():
         port_pids.setdefault((port, Direction.OUT), set()).update(pids)
         for pid in pids:
-            _tally(tallies, pid).inferred_time_wait += count
+            _tally(tallies, pid).inferred[state] += count
 
     by_port = {
         group.key: group
@@ -338,11 +346,10 @@ def _process_groups(
     for key, tally in tallies.items():
         pid = int(key.partition(":")[2])
         process = processes.get(pid)
-        counts = dict(tally.counts)
         groups[key] = ProcessGroup(
             key=key, process=process, uid=process.uid if process else None,
-            user=process.user if process else "?", counts=counts,
-            inferred_time_wait=tally.inferred_time_wait, total=sum(counts.values()),
+            user=process.user if process else "?", counts=dict(tally.counts), inferred=dict(tally.inferred),
+            total=tally.counts.total() + tally.inferred.total(),
         )
     per_uid: dict[int, Counter[TcpState]] = {}
     for (uid, state), count in unknown_uids.items():
@@ -351,7 +358,7 @@ def _process_groups(
         key = uid_key(uid)
         groups[key] = ProcessGroup(
             key=key, process=None, uid=uid, user=user_of(uid), counts=dict(counts),
-            inferred_time_wait=0, total=sum(counts.values()),
+            inferred={}, total=sum(counts.values()),
         )
     return groups
 

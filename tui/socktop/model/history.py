@@ -28,8 +28,8 @@ class History:
         by_process: dict[str, StateCounts] = {}
         for key, group in aggregates.by_process.items():
             counts = dict(group.counts)
-            if group.inferred_time_wait:
-                counts[TcpState.TIME_WAIT] = counts.get(TcpState.TIME_WAIT, 0) + group.inferred_time_wait
+            for state, inferred in group.inferred.items():
+                counts[state] = counts.get(state, 0) + inferred
             by_process[key] = counts
         self._points.append(HistoryPoint(seq, taken_at, monotonic, dict(aggregates.by_state), by_process,
                                          dict(counters or {})))

@@ -38,7 +38,7 @@ class HistoryPoint:
     taken_at: float  # wall clock, seconds
     monotonic: float
     by_state: StateCounts
-    by_process: dict[str, StateCounts]  # process key → counts, TIME_WAIT including the inferred
+    by_process: dict[str, StateCounts]  # process key → counts, held and inferred
     counters: dict[str, int] = field(default_factory=dict)  # kernel counters (nstat names), for rates
 
 

@@ -156,7 +156,7 @@ PORT_STATE_COLUMNS = (TcpState.ESTABLISHED, TcpState.TIME_WAIT, TcpState.CLOSE_W
 class ProcessRow:
     key: str
     group: ProcessGroup
-    total: int  # held + inferred TIME_WAIT
+    total: int  # held + inferred (ProcessGroup.total)
     established: int
     close_wait: int
     time_wait: int  # held + inferred
@@ -433,7 +433,7 @@ def process_rows(scopes: Scopes, spec: ViewSpec) -> tuple[ProcessRow, ...]:
         held_tw = counts.get(TcpState.TIME_WAIT, 0)
         trend = tuple(sum(point.by_process.get(key, {}).values()) for point in points) if points else ()
         rows.append(ProcessRow(
-            key, group, group.total + group.inferred_time_wait, counts.get(TcpState.ESTABLISHED, 0),
+            key, group, group.total, counts.get(TcpState.ESTABLISHED, 0),
             counts.get(TcpState.CLOSE_WAIT, 0), held_tw + group.inferred_time_wait, trend))
     return tuple(rows)
 
