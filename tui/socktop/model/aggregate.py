@@ -11,9 +11,10 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from functools import lru_cache
+from functools import lru_cache, partial
 from itertools import compress, repeat
 from operator import and_, eq, getitem, itemgetter, not_
+from typing import TypeVar
 
 from ..collect.records import ProcessInfo, SocketRecord, TcpState
 
@@ -27,6 +28,8 @@ REMOTE_PORT_OF_CONNECTION = itemgetter(3)
 UID_AND_STATE = itemgetter(11, 1)
 
 Pids = tuple[int, ...]
+K = TypeVar("K")
+V = TypeVar("V")
 StateCounts = dict[TcpState, int]
 
 
@@ -113,45 +116,45 @@ class RemoteGroup:
     total: int
 
 
-class LastOwners(Mapping[Connection, Pids]):
-    """Outgoing connection → its holder, now or when last held; the table is made on first use.
+class Deferred(Mapping[K, V]):
+    """A mapping made by ``make`` on first read, which then drops ``make`` and what it holds.
 
-    It is read by the next refresh only for client sockets that lost their
-    owner since (and by the UI on demand), while making 25k connection keys
-    every refresh, and collecting them, costs about 12 ms at 50k sockets.
-    Concurrent first reads each make the same table; either one is kept.
+    For tables the UI reads only on demand (`last_owners`) or never
+    (`by_remote`, read by the one-shot reports): at 50k sockets making them
+    every refresh costs about 12 and 10 ms. Concurrent first reads each
+    make the same table; either one is kept.
     """
 
-    __slots__ = ("_held", "_pids", "_inferred", "_table")
+    __slots__ = ("_make", "_table")
 
-    def __init__(self, held: list[SocketRecord], pids: list[Pids], inferred: dict[Connection, Pids]) -> None:
-        self._held: list[SocketRecord] | None = held
-        self._pids: list[Pids] | None = pids
-        self._inferred = inferred
-        self._table: dict[Connection, Pids] | None = None
+    def __init__(self, make: Callable[[], dict[K, V]]) -> None:
+        self._make: Callable[[], dict[K, V]] | None = make
+        self._table: dict[K, V] | None = None
 
-    def _connections(self) -> dict[Connection, Pids]:
+    def _contents(self) -> dict[K, V]:
         table = self._table
         if table is None:
-            table = dict(zip(map(CONNECTION, self._held or ()), self._pids or ()))
-            table.update(self._inferred)
-            self._table, self._held, self._pids = table, None, None
+            make = self._make
+            if make is None:  # another thread has just made it
+                return self._contents()
+            table = make()
+            self._table, self._make = table, None
         return table
 
-    def __getitem__(self, connection: Connection) -> Pids:
-        return self._connections()[connection]
+    def __getitem__(self, key: K) -> V:
+        return self._contents()[key]
 
-    def get(self, connection: Connection, default: Pids | None = None) -> Pids | None:
-        return self._connections().get(connection, default)
+    def get(self, key: K, default: V | None = None) -> V | None:  # type: ignore[override]
+        return self._contents().get(key, default)
 
-    def __iter__(self) -> Iterator[Connection]:
-        return iter(self._connections())
+    def __iter__(self) -> Iterator[K]:
+        return iter(self._contents())
 
     def __len__(self) -> int:
-        return len(self._connections())
+        return len(self._contents())
 
     def __repr__(self) -> str:
-        return f"LastOwners({self._connections()!r})"
+        return f"Deferred({self._contents()!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,8 +257,8 @@ def aggregate(
     out_records = list(compress(records, outbound))
     unheld = list(map(CONNECTION, compress(out_records, map(not_, out_pids))))
     found = list(map(last_owners.get, unheld))
-    owners_now = LastOwners(list(compress(out_records, out_pids)), list(compress(out_pids, out_pids)),
-                            dict(compress(zip(unheld, found), found)))
+    owners_now = Deferred(partial(_connection_table, list(compress(out_records, out_pids)),
+                                  list(compress(out_pids, out_pids)), dict(compress(zip(unheld, found), found))))
 
     # (port, state, pids or None) per direction: a few thousand distinct keys at most
     inbound_keys = Counter(zip(compress(local_ports, inbound), compress(states, inbound), compress(owner_pids, inbound)))
@@ -302,7 +305,7 @@ def aggregate(
         by_process=_process_groups(
             tallies, ownership.processes,
             _unknown_uid_counts(records, owner_pids, inodes, zero_inodes, ownership.pids_by_inode), user_of),
-        by_remote=_remote_groups(records, states, remote_ports),
+        by_remote=Deferred(partial(_remote_groups, records)),
         listening_ports=listening_ports,
         listener_pids=listener_pids,
         last_owners=owners_now,
@@ -363,10 +366,18 @@ def _process_groups(
     return groups
 
 
-def _remote_groups(records: Sequence[SocketRecord], states: list[TcpState],
-                   connected: list[int]) -> dict[str, RemoteGroup]:
+def _connection_table(held: list[SocketRecord], pids: list[Pids], inferred: dict[Connection, Pids]
+                      ) -> dict[Connection, Pids]:
+    """Connection → holder for the outgoing sockets ``held`` now, then those ``inferred`` from before."""
+    table = dict(zip(map(CONNECTION, held), pids))
+    table.update(inferred)
+    return table
+
+
+def _remote_groups(records: Sequence[SocketRecord]) -> dict[str, RemoteGroup]:
     """Connected sockets (a remote port, not 0) by peer address."""
-    pairs = Counter(zip(map(REMOTE_ADDR, compress(records, connected)), compress(states, connected)))
+    connected = list(map(REMOTE_PORT, records))
+    pairs = Counter(zip(map(REMOTE_ADDR, compress(records, connected)), map(STATE, compress(records, connected))))
     counts_by_address: dict[str, dict[TcpState, int]] = {}
     for (address, state), count in pairs.items():
         counts_by_address.setdefault(address, {})[state] = count

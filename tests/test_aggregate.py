@@ -1,0 +1,107 @@
+"""aggregate(): its C-level passes against plain per-socket loops, on random tables."""
+
+from __future__ import annotations
+
+import random
+import socket
+import threading
+
+import pytest
+
+from socktop.collect.records import ProcessInfo, SocketRecord, TcpState, TimerKind
+from socktop.model.aggregate import (
+    CONNECTION, DEFAULT_EPHEMERAL_PORTS, Aggregates, Deferred, Ownership, Pids, aggregate,
+)
+
+PID_SETS: tuple[Pids, ...] = ((1,), (2,), (1, 3), (4,), ())
+EPHEMERAL_RANGES = (DEFAULT_EPHEMERAL_PORTS, (1024, 65535), (40000, 40010))
+
+
+def random_table(rng: random.Random) -> tuple[list[SocketRecord], Ownership, dict[tuple[str, int, str, int], Pids]]:
+    """Sockets in every state on a few service and ephemeral ports, partly owned, with last owners."""
+    ports = [rng.choice((22, 80, 443, 8080, 5432)) for _ in range(5)] + [rng.randrange(32768, 61000) for _ in range(3)]
+    addresses = [f"10.0.0.{i}" for i in range(rng.randrange(1, 6))] + ["0.0.0.0"]
+    records: list[SocketRecord] = []
+    pids_by_inode: dict[int, Pids] = {}
+    for index in range(rng.randrange(400)):
+        state = rng.choice(list(TcpState))
+        remote_port = 0 if state is TcpState.LISTEN else rng.choice(
+            (rng.randrange(1, 65536), 80, 443, rng.randrange(32768, 61000)))
+        inode = 0 if rng.random() < 0.3 else 1000 + index
+        if inode and rng.random() < 0.85:
+            pids_by_inode[inode] = rng.choice(PID_SETS)
+        records.append(SocketRecord(
+            socket.AF_INET, state, "10.0.0.9", rng.choice(ports + [rng.randrange(1, 65536)]), rng.choice(addresses),
+            remote_port, 0, 0, TimerKind.NONE, 0, 0, rng.choice((0, 1000, 998)), inode, index))
+    processes = {pid: ProcessInfo(pid, pid, f"p{pid}", "", 1000, "u") for pid in (1, 2, 3, 4) if rng.random() < 0.9}
+    last_owners = {CONNECTION(record): rng.choice(PID_SETS[:4]) for record in rng.sample(records, min(len(records), 40))}
+    return records, Ownership(pids_by_inode, processes), last_owners
+
+
+def random_aggregates(seed: int) -> tuple[list[SocketRecord], Ownership, dict, tuple[int, int], Aggregates]:
+    rng = random.Random(seed)
+    records, ownership, last_owners = random_table(rng)
+    listeners = None if rng.random() < 0.7 else {80: (1,), 9999: ()}
+    ephemeral = rng.choice(EPHEMERAL_RANGES)
+    return records, ownership, last_owners, ephemeral, aggregate(records, ownership, str, last_owners, listeners,
+                                                                 ephemeral)
+
+
+def serves(record: SocketRecord, listening: frozenset[int], ephemeral: tuple[int, int]) -> bool:
+    """The direction rule, one socket at a time."""
+    low, high = ephemeral
+    return record.local_port in listening or (
+        not low <= record.local_port <= high and low <= record.remote_port <= high)
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_remote_groups_count_connected_sockets_by_peer(seed: int) -> None:
+    records, _, _, _, aggregates = random_aggregates(seed)
+    expected: dict[str, dict[TcpState, int]] = {}
+    for record in records:
+        if record.remote_port:
+            counts = expected.setdefault(record.remote_addr, {})
+            counts[record.state] = counts.get(record.state, 0) + 1
+    assert {address: group.counts for address, group in aggregates.by_remote.items()} == expected
+    assert list(aggregates.by_remote) == list(expected)  # in order of first appearance
+    assert all(group.total == sum(group.counts.values()) for group in aggregates.by_remote.values())
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_last_owners_hold_outgoing_connections_then_inferred_ones(seed: int) -> None:
+    records, ownership, last_owners, ephemeral, aggregates = random_aggregates(seed)
+    held: dict[tuple[str, int, str, int], Pids] = {}
+    inferred: dict[tuple[str, int, str, int], Pids] = {}
+    for record in records:
+        if serves(record, aggregates.listening_ports, ephemeral):
+            continue
+        pids = ownership.pids_by_inode.get(record.inode)
+        if pids:
+            held[CONNECTION(record)] = pids
+        elif last_owners.get(CONNECTION(record)):
+            inferred[CONNECTION(record)] = last_owners[CONNECTION(record)]
+    assert list(aggregates.last_owners.items()) == list({**held, **inferred}.items())
+
+
+def test_deferred_makes_its_table_on_first_read_only() -> None:
+    calls: list[int] = []
+
+    def make() -> dict[str, int]:
+        calls.append(1)
+        return {"a": 1}
+
+    table = Deferred(make)
+    assert calls == []
+    assert table["a"] == 1 and table.get("b") is None and list(table) == ["a"] and len(table) == 1
+    assert calls == [1] and table == {"a": 1}
+
+
+def test_deferred_concurrent_first_reads_agree() -> None:
+    table = Deferred(lambda: {n: n for n in range(10_000)})
+    seen: list[int] = []
+    threads = [threading.Thread(target=lambda: seen.append(len(table))) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert seen == [10_000] * 8
