@@ -58,6 +58,10 @@ HOSTILE_NAMES = [
     "$HOME ${IFS} * ? ~ & | < > ( ) { } !! !-1",
     "\x00nul\x7fdel\x9bcsi",
     "x" * 500,
+    "-1",  # where '#' is not a comment these would be arguments to kill: every process,
+    "1",  # init,
+    "%1",  # a job,
+    "-9 1",  # a signal and init
 ]
 
 
@@ -72,6 +76,7 @@ def _assert_inert(line: str, words: list[str]) -> None:
     assert shlex.split(line, comments=True) == words
     comment = _comment_of(line)
     assert len(shlex.split(comment)) <= 1, comment  # one quoted word even where '#' is not a comment
+    assert shlex.split(comment)[0].startswith("comm="), comment  # ...never a pid, a job or an option
     for shell in ("bash", "sh"):
         assert subprocess.run([shell, "-n", "-c", line], capture_output=True).returncode == 0, (shell, line)
 
@@ -85,9 +90,25 @@ def test_kill_commands_keep_a_hostile_name_in_an_inert_comment(name: str) -> Non
 
 
 def test_comment_is_bounded_and_still_names_the_process() -> None:
-    assert safe_comment("leaky-api") == "  # leaky-api"
-    assert len(_comment_of(safe_comment("x" * 500))) <= COMMENT_MAX_CHARS + 2
+    assert safe_comment("leaky-api") == "  # comm=leaky-api"
+    assert len(_comment_of(safe_comment("x" * 500))) <= COMMENT_MAX_CHARS + len("comm=") + 2
     assert "\\n" in safe_comment("a\nb") and "\\e" in safe_comment("\x1b[2J")
+
+
+def test_a_shell_without_comments_still_kills_only_the_pid() -> None:
+    """bash with interactive_comments off reads '#' and the name as words: they must be inert."""
+    victim = subprocess.Popen(["sleep", "30"])
+    bystander = subprocess.Popen(["sleep", "30"])
+    try:
+        term, _ = kill_commands(victim.pid, f"{bystander.pid}")
+        words = shlex.split(term.line, comments=False)
+        assert words[:3] == ["kill", "-TERM", str(victim.pid)] and str(bystander.pid) not in words
+        subprocess.run(["bash", "-c", shlex.join(words)], capture_output=True, timeout=10)
+        assert victim.wait(5) == -15 and bystander.poll() is None
+    finally:
+        for process in (victim, bystander):
+            process.kill()
+            process.wait()
 
 
 def test_kill_command_runs_and_hostile_comment_does_nothing(tmp_path: Path) -> None:

@@ -166,7 +166,7 @@ def test_close_wait_count_threshold(count: int, severity: Severity | None) -> No
     lines = [a.line for a in leak.actions]
     assert f"lsof -nP -a -p {LEAKY_PID} -iTCP -sTCP:CLOSE_WAIT" in lines
     assert f"py-spy dump --pid {LEAKY_PID}" in lines
-    assert f"kill -TERM {LEAKY_PID}  # leaky-api" in lines and f"kill -KILL {LEAKY_PID}  # leaky-api" in lines
+    assert f"kill -TERM {LEAKY_PID}  # comm=leaky-api" in lines and f"kill -KILL {LEAKY_PID}  # comm=leaky-api" in lines
     assert not leak.suggestions  # no sysctl ends CLOSE_WAIT
 
 

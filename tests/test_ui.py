@@ -191,7 +191,7 @@ def drawer_text(app: SocktopApp) -> str:
 
 COPIES = [
     # (keys pressed after the first refresh, the exact text copied)
-    (("3", "down", "down", "k"), "kill -TERM 4242  # leaky-api"),
+    (("3", "down", "down", "k"), "kill -TERM 4242  # comm=leaky-api"),
     (("down", "3", "l"), "lsof -nP -a -p 4242 -iTCP -sTCP:CLOSE_WAIT"),
     (("down", "3", "enter", "enter", "c"), "ss -tanp state close-wait | grep -F pid=4242,"),
     (("2", "down", "down", "c"), "ss -tanp '( sport = :8080 )'"),

@@ -76,8 +76,8 @@ def test_copy_commands_follow_the_selection():
     leaky = SNAPSHOT.aggregates.by_process["pid:4242"]
     drill = (Level("state", "CLOSE_WAIT"), Level("port", "in:8080"), Level("process", "pid:4242"))
     copies = commands_for(selection(focus="processes", levels=drill, process=leaky, state=TcpState.CLOSE_WAIT))
-    assert copies["kill"].command.line == "kill -TERM 4242  # leaky-api"
-    assert copies["kill"].extra[0].line == "kill -KILL 4242  # leaky-api"
+    assert copies["kill"].command.line == "kill -TERM 4242  # comm=leaky-api"
+    assert copies["kill"].extra[0].line == "kill -KILL 4242  # comm=leaky-api"
     assert copies["lsof"].command.line == "lsof -nP -a -p 4242 -iTCP -sTCP:CLOSE_WAIT"
     assert copies["ss"].command.line == "ss -tanp state close-wait '( sport = :8080 )' | grep -F pid=4242,"
     assert copies["sysctl"].command is None and "no setting ends CLOSE_WAIT" not in copies["sysctl"].why_not
@@ -93,7 +93,7 @@ def test_copy_commands_follow_the_selection():
 def test_a_hostile_name_stays_in_the_comment():
     group = SNAPSHOT.aggregates.by_process["pid:6666"]
     line = commands_for(selection(focus="processes", process=group))["kill"].command.line
-    assert line.startswith("kill -TERM 6666  # '") and "\x1b" not in line and HOSTILE_NAME not in line
+    assert line.startswith("kill -TERM 6666  # 'comm=") and "\x1b" not in line and HOSTILE_NAME not in line
 
 
 @pytest.mark.parametrize(("value", "text"), [(0, "0"), (99_999, "99,999"), (123_456, "123k"), (12_345_678, "12.3M")])

@@ -5,9 +5,12 @@ validated number or address. A process name (chosen by whoever started
 the process) is only ever put in a trailing comment, and that comment is
 made safe twice: control and invisible characters are escaped (no newline
 to end the comment, no ESC to drive the terminal, no bidi override to
-disguise the line), and the rest is shell-quoted too, so that even a shell
-that does not treat ``#`` as a comment (interactive zsh without
-INTERACTIVE_COMMENTS) sees only inert words.
+disguise the line), and the rest is shell-quoted as one word that starts
+with ``comm=``, so that even a shell that does not treat ``#`` as a comment
+(interactive zsh without INTERACTIVE_COMMENTS, bash with
+``shopt -u interactive_comments``) passes only inert words: a process named
+``-1`` or ``%1`` must never become ``kill -TERM 4242 # -1``, which such a
+shell runs as a kill of every process.
 
 The UI and the findings use:
 - `Command` (line, note): what to copy, and one line on what it does;
@@ -47,14 +50,15 @@ class Command:
 
 
 def safe_comment(text: str) -> str:
-    """``  # text`` that nothing in ``text`` can end early, run, or use to drive the terminal."""
+    """``  # 'comm=text'`` that nothing in ``text`` can end early, run, turn into an argument
+    (a pid, ``-1``, a ``%job``) or use to drive the terminal."""
     shown = "".join(
         f"\\u{ord(char):04x}" if unicodedata.category(char) in ("Cf", "Zl", "Zp") else char
         for char in printable(text)
     )
     if len(shown) > COMMENT_MAX_CHARS:
         shown = shown[: COMMENT_MAX_CHARS - 1] + "…"
-    return f"  # {shlex.quote(shown)}"
+    return f"  # {shlex.quote('comm=' + shown)}"
 
 
 def ss_state_name(state: TcpState) -> str:
