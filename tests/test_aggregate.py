@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import socket
 import threading
+from typing import NamedTuple
 
 import pytest
 
@@ -38,13 +39,21 @@ def random_table(rng: random.Random) -> tuple[list[SocketRecord], Ownership, dic
     return records, Ownership(pids_by_inode, processes), last_owners
 
 
-def random_aggregates(seed: int) -> tuple[list[SocketRecord], Ownership, dict, tuple[int, int], Aggregates]:
+class Case(NamedTuple):
+    records: list[SocketRecord]
+    ownership: Ownership
+    last_owners: dict[tuple[str, int, str, int], Pids]
+    listeners: dict[int, Pids] | None
+    ephemeral: tuple[int, int]
+
+    def aggregate(self, inodes: list[int] | None = None) -> Aggregates:
+        return aggregate(self.records, self.ownership, str, self.last_owners, self.listeners, self.ephemeral,
+                         inodes=inodes)
+
+
+def random_case(seed: int) -> Case:
     rng = random.Random(seed)
-    records, ownership, last_owners = random_table(rng)
-    listeners = None if rng.random() < 0.7 else {80: (1,), 9999: ()}
-    ephemeral = rng.choice(EPHEMERAL_RANGES)
-    return records, ownership, last_owners, ephemeral, aggregate(records, ownership, str, last_owners, listeners,
-                                                                 ephemeral)
+    return Case(*random_table(rng), None if rng.random() < 0.7 else {80: (1,), 9999: ()}, rng.choice(EPHEMERAL_RANGES))
 
 
 def serves(record: SocketRecord, listening: frozenset[int], ephemeral: tuple[int, int]) -> bool:
@@ -56,7 +65,7 @@ def serves(record: SocketRecord, listening: frozenset[int], ephemeral: tuple[int
 
 @pytest.mark.parametrize("seed", range(200))
 def test_remote_groups_count_connected_sockets_by_peer(seed: int) -> None:
-    records, _, _, _, aggregates = random_aggregates(seed)
+    records, aggregates = (case := random_case(seed)).records, case.aggregate()
     expected: dict[str, dict[TcpState, int]] = {}
     for record in records:
         if record.remote_port:
@@ -69,7 +78,8 @@ def test_remote_groups_count_connected_sockets_by_peer(seed: int) -> None:
 
 @pytest.mark.parametrize("seed", range(200))
 def test_last_owners_hold_outgoing_connections_then_inferred_ones(seed: int) -> None:
-    records, ownership, last_owners, ephemeral, aggregates = random_aggregates(seed)
+    records, ownership, last_owners, _, ephemeral = case = random_case(seed)
+    aggregates = case.aggregate()
     held: dict[tuple[str, int, str, int], Pids] = {}
     inferred: dict[tuple[str, int, str, int], Pids] = {}
     for record in records:
@@ -105,3 +115,12 @@ def test_deferred_concurrent_first_reads_agree() -> None:
     for thread in threads:
         thread.join()
     assert seen == [10_000] * 8
+
+
+@pytest.mark.parametrize("seed", range(50))
+def test_an_inode_column_given_changes_nothing(seed: int) -> None:
+    case = random_case(seed)
+    aggregates, given = case.aggregate(), case.aggregate(inodes=[record.inode for record in case.records])
+    assert given == aggregates
+    assert [list(getattr(given, name)) for name in ("by_state", "by_port", "by_process")] == \
+        [list(getattr(aggregates, name)) for name in ("by_state", "by_port", "by_process")]

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from functools import lru_cache, partial
 from itertools import compress, repeat
-from operator import and_, eq, getitem, itemgetter, not_
+from operator import and_, getitem, is_, itemgetter, not_
 from typing import TypeVar
 
 from ..collect.records import ProcessInfo, SocketRecord, TcpState
@@ -195,6 +195,7 @@ def uid_key(uid: int) -> str:
 DEFAULT_EPHEMERAL_PORTS = (32768, 60999)  # Linux's default net.ipv4.ip_local_port_range
 _ALWAYS_IN = b"\x01" * 65536  # a direction row: 1 ("in") whatever the remote port
 _ALWAYS_OUT = bytes(65536)
+_FLIP = b"\x01" + bytes(255)  # bytes.translate table: 0 ↔ 1, in C
 
 
 @lru_cache(maxsize=4)
@@ -219,6 +220,7 @@ def aggregate(
     last_owners: Mapping[Connection, Pids],
     listeners: Mapping[int, Pids] | None = None,
     ephemeral_ports: tuple[int, int] = DEFAULT_EPHEMERAL_PORTS,
+    inodes: list[int] | None = None,
 ) -> Aggregates:
     """All the panes' groups in one sweep of C-level passes over ``records``.
 
@@ -233,13 +235,15 @@ def aggregate(
     it is a fixed port talking to an ephemeral one (``ephemeral_ports``,
     the kernel's ip_local_port_range): the server-side TIME_WAIT of a
     service that has just been restarted must not scatter into one "out"
-    row per client port.
+    row per client port. ``inodes`` is the records' inode column when the
+    caller has it already (the engine does, for the owner scan).
     """
     states = list(map(STATE, records))
-    by_state: StateCounts = dict(Counter(states))
+    by_state: StateCounts = dict.fromkeys(states, 0)  # in order of first appearance, counted from the groups
     local_ports = list(map(LOCAL_PORT, records))
     remote_ports = list(map(REMOTE_PORT, records))
-    inodes = list(map(INODE, records))
+    if inodes is None:
+        inodes = list(map(INODE, records))
     zero_inodes = inodes.count(0)
     owner_pids = list(map(ownership.pids_by_inode.get, inodes))
     listener_pids = _listener_pids(local_ports, states, owner_pids) if listeners is None else listeners
@@ -249,8 +253,8 @@ def aggregate(
     rows = list(_direction_rows(ephemeral_ports))
     for port in listening_ports:
         rows[port] = _ALWAYS_IN
-    inbound = list(map(getitem, map(rows.__getitem__, local_ports), remote_ports))  # 1 "in", 0 "out"
-    outbound = list(map(not_, inbound))
+    inbound = bytes(map(getitem, map(rows.__getitem__, local_ports), remote_ports))  # 1 "in", 0 "out"
+    outbound = inbound.translate(_FLIP)
 
     # outgoing sockets: who holds each connection now, or held it before it turned inode-0
     out_pids = list(compress(owner_pids, outbound))
@@ -272,6 +276,7 @@ def aggregate(
     owned = 0
     for direction, keys in ((Direction.IN, inbound_keys), (Direction.OUT, outbound_keys)):
         for (port, state, pids), count in keys.items():
+            by_state[state] += count
             group = (port, direction)
             port_counts.setdefault(group, Counter())[state] += count
             if pids is None:
@@ -315,7 +320,7 @@ def aggregate(
 
 
 def _listener_pids(local_ports: list[int], states: list[TcpState], owner_pids: list[Pids | None]) -> dict[int, Pids]:
-    is_listener = list(map(eq, states, repeat(TcpState.LISTEN)))
+    is_listener = list(map(is_, states, repeat(TcpState.LISTEN)))
     found: dict[int, set[int]] = {}
     for port, pids in zip(compress(local_ports, is_listener), compress(owner_pids, is_listener)):
         found.setdefault(port, set()).update(pids or ())

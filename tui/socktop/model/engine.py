@@ -16,7 +16,7 @@ from operator import itemgetter
 
 from ..collect.kernelstate import read_kernel_state
 from ..collect.owners import OwnerScanner, user_name
-from ..collect.records import Backend, BackendUnavailable, OwnerAwareBackend, SocketRecord
+from ..collect.records import Backend, BackendUnavailable, OwnerAwareBackend
 from .aggregate import DEFAULT_EPHEMERAL_PORTS, Ownership, aggregate
 from .history import DEFAULT_WINDOW_SECONDS, History, history_capacity
 from .snapshot import Snapshot, SourceInfo
@@ -102,10 +102,11 @@ class Engine:
         started = time.perf_counter()
         with gc_paused():
             records = self.backend.sockets()
-            ownership = self._ownership(records)
+            inodes = list(map(_INODE, records))  # read once, for the owner scan and the aggregates
+            ownership = self._ownership(inodes)
             kernel = read_kernel_state()
             aggregates = aggregate(records, ownership, user_name, self._last_owners,
-                                   ephemeral_ports=kernel.port_range() or DEFAULT_EPHEMERAL_PORTS)
+                                   ephemeral_ports=kernel.port_range() or DEFAULT_EPHEMERAL_PORTS, inodes=inodes)
         self._last_owners = aggregates.last_owners
         self._seq += 1
         taken_at, monotonic = time.time(), time.monotonic()
@@ -117,12 +118,12 @@ class Engine:
             aggregates=aggregates, history=history, user_of=user_name, kernel=kernel,
         )
 
-    def _ownership(self, records: list[SocketRecord]) -> Ownership:
+    def _ownership(self, inodes: list[int]) -> Ownership:
         if isinstance(self.backend, OwnerAwareBackend):
             pids_by_inode = self.backend.owner_hint()
             return Ownership(pids_by_inode, self.backend.processes(
                 {pid for pids in pids_by_inode.values() for pid in pids}))
-        self.scanner.update(set(map(_INODE, records)))
+        self.scanner.update(set(inodes))
         return Ownership(self.scanner.pids_by_inode, self.scanner.processes)
 
     def _source(self, coverage: float) -> SourceInfo:
