@@ -35,6 +35,9 @@ examples:
 """
 
 
+USAGE_ERROR = 2  # as argparse exits on a bad argument
+
+
 class _OneLineParser(argparse.ArgumentParser):
     """Bad arguments get one line on stderr and exit status 2, not a usage dump."""
 
@@ -137,9 +140,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _run_tui(options)
 
 
-def _fail(message: str) -> int:
+def _fail(message: str, status: int = 1) -> int:
+    """One line on stderr; status 1 for a failure to collect, USAGE_ERROR for a bad argument."""
     print(f"socktop: error: {message}", file=sys.stderr)
-    return 1
+    return status
 
 
 def _run_once(options: argparse.Namespace) -> int:
@@ -189,13 +193,13 @@ def _run_explain(args: list[str]) -> int:
     from .analyze.sysctl import explain_sysctl
 
     if len(args) != 1:
-        return _fail("explain takes one state or kernel setting, e.g. socktop explain close-wait")
+        return _fail("explain takes one state or kernel setting, e.g. socktop explain close-wait", USAGE_ERROR)
     try:
         text = explain_text(TcpState.parse(args[0]))
     except ValueError as exc:
         setting = explain_sysctl(args[0])
         if setting is None:
-            return _fail(f"{exc}; or a kernel setting such as tcp_tw_reuse")
+            return _fail(f"{exc}; or a kernel setting such as tcp_tw_reuse", USAGE_ERROR)
         text = setting
     sys.stdout.write(text + "\n")
     return 0

@@ -77,8 +77,9 @@ _NO_COOKIE = b"\xff" * 8  # INET_DIAG_NOCOOKIE
 AddressKey = bytes | int | tuple[int, ...]
 
 
-def build_request(family: int, seq: int) -> bytes:
-    """A dump request for every TCP socket of one family, or of both with AF_UNSPEC.
+def build_request(family: int, seq: int, states: int = ALL_STATES) -> bytes:
+    """A dump request for the TCP sockets in ``states`` (a bitmask, bit N for kernel
+    state N) of one family, or of both with AF_UNSPEC.
 
     Each dump walks all of the kernel's socket hash tables (those of other
     network namespaces included), so one dump of both families costs about
@@ -87,11 +88,11 @@ def build_request(family: int, seq: int) -> bytes:
     if family == socket.AF_UNSPEC:
         return _COMPAT_REQUEST.pack(
             _COMPAT_REQUEST.size, TCPDIAG_GETSOCK, NLM_F_REQUEST | NLM_F_DUMP, seq, 0,
-            family, 0, 0, 0, 0, 0, b"", b"", 0, _NO_COOKIE, ALL_STATES, 0,
+            family, 0, 0, 0, 0, 0, b"", b"", 0, _NO_COOKIE, states, 0,
         )
     return _REQUEST.pack(
         _REQUEST.size, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, 0,
-        family, socket.IPPROTO_TCP, 0, ALL_STATES,
+        family, socket.IPPROTO_TCP, 0, states,
         0, 0, b"", b"", 0, _NO_COOKIE,
     )
 
@@ -447,12 +448,17 @@ class NetlinkBackend:
         self._families = self._probe()
 
     def _probe(self) -> tuple[int, ...]:
-        """The dumps that read the table here: both families at once if the kernel takes that request."""
+        """The dumps that read the table here: both families at once if the kernel takes that request.
+
+        The probes ask for no state at all: the kernel still checks the
+        request (and refuses it where it would), but sends no socket, so a
+        one-shot `socktop --json` does not pay for a full dump twice.
+        """
         with contextlib.suppress(OSError):
-            self.dump_family(socket.AF_UNSPEC)
+            self._dump_once(socket.AF_UNSPEC, states=0)
             return (socket.AF_UNSPEC,)
         try:
-            self.dump_family(socket.AF_INET)
+            self._dump_once(socket.AF_INET, states=0)
         except OSError as exc:
             raise BackendUnavailable(f"netlink sock_diag unavailable: {exc.strerror or exc}") from exc
         return (socket.AF_INET, socket.AF_INET6)
@@ -474,7 +480,7 @@ class NetlinkBackend:
         self.duplicates_dropped += dropped
         return records
 
-    def _dump_once(self, family: int) -> Dump:
+    def _dump_once(self, family: int, states: int = ALL_STATES) -> Dump:
         if family == socket.AF_INET:
             cache, convert = self._addresses.v4_cache, self._addresses.v4
         elif family == socket.AF_INET6:
@@ -486,7 +492,7 @@ class NetlinkBackend:
         self._seq += 1
         with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG) as sock:
             sock.settimeout(5.0)
-            sock.send(build_request(family, self._seq))
+            sock.send(build_request(family, self._seq, states))
             done = False
             while not done:
                 size = sock.recv_into(self._buffer, RECV_BUFFER, socket.MSG_TRUNC)
@@ -495,7 +501,8 @@ class NetlinkBackend:
                 if size == 0:
                     raise CollectError("sock_diag: the kernel closed the dump without NLMSG_DONE")
                 done = parse_dump_chunk(self._buffer, size, dump, cache, convert)
-        if dump.seen is not None:
-            self._known[family] = dump.seen
-        self._dumped[family] = len(dump.records)
+        if states == ALL_STATES:
+            if dump.seen is not None:
+                self._known[family] = dump.seen
+            self._dumped[family] = len(dump.records)
         return dump
