@@ -181,7 +181,7 @@ def test_a_rising_close_wait_count_is_a_leak_before_the_count_threshold() -> Non
     leak = one(rising_leak(0.5, 90), "close-wait-leak")
     assert leak.severity is Severity.WARNING
     assert leak.title == f"pid {LEAKY_PID} leaky-api holds 45 CLOSE_WAIT sockets, +0.5/s over 90 s"
-    assert "the count has not fallen below 0 in 90 s" in text_of(leak)
+    assert "lowest count over the last 90 s: 0" in text_of(leak)
     assert "45 with unread data (Recv-Q > 0)" in text_of(leak)
     assert leak.metrics["rate_per_s"] == pytest.approx(0.5, abs=0.01)
 
@@ -336,6 +336,17 @@ def test_tw_reuse_already_frees_the_ports(reuse: str, destination: tuple[str, in
     assert ("so they do not run out" in text_of(tw)) is applies
     if applies:
         assert tw.suggestions == ()
+
+
+def test_tw_reuse_does_not_hide_live_connections_filling_the_range() -> None:
+    """Reuse frees TIME_WAIT ports, not ESTABLISHED ones: 1700 live of 2000 ports stay critical."""
+    table = Table()
+    destination = ("127.0.0.1", 8080)
+    table.unowned(TcpState.TIME_WAIT, 200, local="127.0.0.1", remote=destination, local_ports=range(40000, 40200))
+    table.unowned(TcpState.ESTABLISHED, 1700, local="127.0.0.1", remote=destination,
+                  local_ports=range(40200, 41900))
+    snapshot = snapshot_of(table, kernel(ip_local_port_range=SMALL_RANGE, tcp_tw_reuse="2"))
+    assert one(snapshot, "time-wait-ports", time_wait_group=100).severity is Severity.CRITICAL
 
 
 def test_tw_reuse_needs_timestamps_and_an_existing_key() -> None:

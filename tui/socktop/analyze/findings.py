@@ -229,8 +229,9 @@ def _close_wait_leaks(scan: _Scan) -> Iterable[Finding]:
                 f"{count} CLOSE_WAIT held; a finding from {limits.close_wait_warning}, critical from "
                 f"{limits.close_wait_critical}",
                 _trend_text(scan, rate, limits.close_wait_rise_per_s),
-                *([f"the count has not fallen below {min(series)} in {scan.span:.0f} s; the kernel keeps no "
-                   f"age for CLOSE_WAIT sockets"] if series and scan.trusted_trend() else []),
+                *([f"lowest count over the last {scan.span:.0f} s: {min(series)}; a count that never drops means "
+                   f"none is being closed (the kernel keeps no age for CLOSE_WAIT sockets)"]
+                  if series and scan.trusted_trend() else []),
                 f"peers that closed: {_peers_text(held)}" if held else "peers: not visible (owner not readable)",
                 *_unread_text(held),
                 *_fd_text(group, rate if rising else 0.0, minutes_left),
@@ -339,11 +340,11 @@ def _time_wait_destinations(scan: _Scan) -> Iterable[Finding]:
         steady = used - count + rate * TIME_WAIT_SECONDS
         seconds_left = (range_size - used) / rate if rate > 0 and steady >= range_size else None
         reuse = _tw_reuse_applies(scan, remote)
-        if reuse:
-            severity = Severity.INFO
-        elif share >= limits.port_range_critical or (seconds_left is not None and seconds_left <= 60):
+        # with reuse, connect() takes over TIME_WAIT ports: only the live connections can run the range out
+        pressure, runs_out_in = ((used - count) / range_size, None) if reuse else (share, seconds_left)
+        if pressure >= limits.port_range_critical or (runs_out_in is not None and runs_out_in <= 60):
             severity = Severity.CRITICAL
-        elif share >= limits.port_range_warning or seconds_left is not None:
+        elif pressure >= limits.port_range_warning or runs_out_in is not None:
             severity = Severity.WARNING
         else:
             severity = Severity.INFO
@@ -532,7 +533,7 @@ def _accept_queues(scan: _Scan) -> Iterable[Finding]:
             evidence=[
                 f"Recv-Q {record.recv_q} (connections waiting for accept()) against Send-Q {record.send_q} "
                 f"(the backlog); a finding from {limits.listen_queue_warning:.0%}",
-                f"ListenOverflows {_counter_text(scan, 'TcpExtListenOverflows')}, "
+                f"host-wide (every listener counts) ListenOverflows {_counter_text(scan, 'TcpExtListenOverflows')}, "
                 f"ListenDrops {_counter_text(scan, 'TcpExtListenDrops')}",
                 f"{sum(1 for r in scan.records(TcpState.SYN_RECV) if r.local_port == port)} SYN_RECV on the port",
             ],
