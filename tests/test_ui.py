@@ -118,15 +118,40 @@ async def test_drill_down_filters_the_other_panes_and_escape_clears_one_level():
         assert len(app.query_one(SocketList).records) == 2992
 
 
-async def test_finding_selects_its_subject():
+TW_PORTS = "time-wait-ports:10.0.0.5>203.0.113.7:443"
+
+
+async def test_a_finding_replaces_the_whole_drill_down():
     app = make_app()
     async with app.run_test(size=WIDE) as pilot:
         await settle(pilot)
-        await pilot.press("5", "down", "down")  # the third finding: the crawler's TIME_WAIT toward 203.0.113.7:443
+        await move_to(pilot, "findings", "close-wait-leak:pid:4242")
+        assert app.spec.levels == (Level("process", "pid:4242"), Level("state", "CLOSE_WAIT"))
+        await move_to(pilot, "findings", TW_PORTS)
         await settle(pilot)
-        assert app.pane("findings").selected_key.startswith("time-wait-ports:")
-        assert app.spec.levels == (Level("port", "out:443"),)
-        assert app.pane("ports").selected_key == "out:443"
+        assert app.spec.levels == (Level("port", "out:443"), Level("state", "TIME_WAIT"))  # no pid carried over
+        line = plain(app.query_one(FilterLine))
+        assert ":443 out › TIME-WAIT" in line and "pid" not in line and "1,500 of 2,992" in line
+        assert app.pane("ports").selected_key == "out:443" and app.pane("states").selected_key == "TIME_WAIT"
+        assert keys_of(app.pane("processes")) == ["pid:5151"]
+
+
+async def test_a_findings_levels_are_never_swapped_for_a_neighbour():
+    from socktop.model.aggregate import aggregate
+
+    first = frozen_snapshot()
+    kept = [r for r in first.sockets if not (r.state is TcpState.TIME_WAIT and r.remote_port == 443)]
+    second = replace(first, seq=first.seq + 1, sockets=kept,
+                     aggregates=aggregate(kept, first.ownership, first.user_of, {}))
+    app = make_app([first, second, second])
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot)
+        await move_to(pilot, "findings", TW_PORTS)
+        app.refresh_now()
+        await settle(pilot)
+        assert "out:443" not in keys_of(app.pane("ports"))  # the row is gone: the cursor is elsewhere
+        assert app.spec.levels == (Level("port", "out:443"), Level("state", "TIME_WAIT"))  # the filter is not
+        assert len(app.query_one(SocketList).records) == 0
 
 
 async def test_filter_terms_and_free_text():
@@ -299,8 +324,9 @@ async def test_refresh_keeps_cursor_sort_and_selection_and_moves_off_vanished_ro
         assert app.snapshot.seq == second.seq
         assert processes.sort_column == "name"  # sort kept
         assert "pid:8181" not in keys_of(processes)
-        assert processes.selected_key == order[index + 1]  # its neighbour
-        assert app.spec.levels == (Level("process", order[index + 1]),)
+        assert processes.selected_key == order[index + 1]  # the cursor: on its neighbour
+        assert app.spec.levels == ()  # the selection (a kill target) is never swapped for another process
+        assert any("pid 8181 exited" in n.message for n in app._notifications)
 
 
 async def test_new_sockets_are_marked_for_one_refresh():

@@ -7,6 +7,7 @@ Glue only: findings, sysctl suggestions and every command line come from
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -48,6 +49,16 @@ def row_key(key: TcpState | str) -> str:
 def subject_of(finding: Finding) -> tuple[str, str]:
     """(kind, pane row key) of what a finding concerns: ("state", "TIME_WAIT"), ("port", "out:443"), ..."""
     return finding.subject.kind, row_key(finding.subject.key)
+
+
+def levels_of(finding: Finding) -> tuple[tuple[str, str], ...]:
+    """The drill-down a finding stands for, as (kind, row key) pairs: its subject, then its state when the
+    sockets behind it are those of one state (its ``ss`` names a state; a descriptor finding's does not)."""
+    kind, key = subject_of(finding)
+    levels = [(kind, key)]
+    if kind != "state" and "state" in shlex.split(finding.ss.line.partition("|")[0]):
+        levels.append(("state", finding.state.name))
+    return tuple(levels)
 
 
 def finding_by_id(analysis: Analysis | None, finding_id: str | None) -> Finding | None:

@@ -53,6 +53,7 @@ INTERVALS = (0.5, 1.0, 2.0, 3.0, 5.0, 10.0)
 WIDE_COLUMNS = 140
 MIN_WIDTH, MIN_HEIGHT = 60, 15
 FILTER_DEBOUNCE = 0.25
+LEVEL_PANES = {STATE: "states", PORT: "ports", PROCESS: "processes"}
 MAIN_SCREEN_ACTIONS = frozenset({key.action.partition("(")[0] for key in keys.KEYS} | {"interrupt"})
 
 
@@ -146,6 +147,7 @@ class SocktopApp(App[int]):
         self.analysis: Any = None
         self.view: View | None = None
         self.spec = ViewSpec()
+        self._finding_levels: frozenset[Level] = frozenset()  # levels a picked finding set: never swapped
         self.connections: frozenset | None = None
         self.previous_connections: frozenset | None = None
         self.drawer_open = False
@@ -365,16 +367,29 @@ class SocktopApp(App[int]):
                 pass
 
     def _apply_view(self, view: View) -> None:
+        """Show ``view``. When a picked row has vanished, the cursor goes to its neighbour (`Pane.apply`);
+        the drill-down follows it only for a state or port the user picked. A finding's levels stay what
+        the finding named, and a process is never swapped for another (a kill target must not change
+        behind the user's back): its level is dropped, and the user told."""
         self.view = view
         levels = self.spec.levels
         changed = False
+        dropped: list[Level] = []
         for pane, rows in zip(self.aggregate_panes, (view.states, view.ports, view.processes)):
             key = pane.apply(pane.cells(row) for row in rows)
             level = next((lvl for lvl in levels if lvl.kind == pane.LEVEL), None)
-            if level is not None and key is not None and key != level.key:
-                if not pane.select_key(level.key):  # the picked row vanished: its neighbour is the selection
-                    levels = with_level(levels, Level(pane.LEVEL, key))
-                    changed = True
+            if level is None or key == level.key or pane.select_key(level.key):
+                continue
+            if level.kind == PROCESS:
+                levels = tuple(lvl for lvl in levels if lvl != level)
+                dropped.append(level)
+                changed = True
+            elif key is not None and level not in self._finding_levels:
+                levels = with_level(levels, Level(pane.LEVEL, key))
+                changed = True
+        for level in dropped:
+            self.notify(self._vanished(level), title="Process selection dropped", severity="warning",
+                        markup=False, timeout=8)
         previous = self.previous_connections
         is_new: Callable[[Any], bool] = (lambda record: CONNECTION(record) not in previous) if previous else (
             lambda record: False)
@@ -384,6 +399,14 @@ class SocktopApp(App[int]):
         self._refresh_drawer()
         if changed:
             self._set_spec(replace(self.spec, levels=levels))
+
+    def _vanished(self, level: Level) -> str:
+        """Why a picked process row is gone, for the notification that its level was dropped."""
+        kind, _, number = level.key.partition(":")
+        processes = self.snapshot.ownership.processes if self.snapshot is not None else {}
+        if kind == "pid" and int(number) not in processes:
+            return f"pid {number} exited: no process is selected now (k and l wait for a new pick)"
+        return f"{kind} {number} has no sockets left in this view: no process is selected now"
 
     def _apply_findings(self) -> None:
         findings = analysis_api.findings_of(self.analysis)
@@ -443,14 +466,16 @@ class SocktopApp(App[int]):
         self._set_spec(replace(self.spec, socket_sort=message.column, socket_reverse=message.reverse))
 
     def _select_finding(self, finding_id: str) -> None:
-        """A finding selects the state, port or process it concerns (drill-down level and cursor)."""
+        """A finding replaces the whole drill-down with what it concerns: its subject, and its state
+        where it has one (levels and cursors). Those levels are never swapped for a neighbour."""
         finding = analysis_api.finding_by_id(self.analysis, finding_id)
         if finding is None:
             return
-        kind, key = analysis_api.subject_of(finding)
-        pane = {STATE: "states", PORT: "ports", PROCESS: "processes"}[kind]
-        self.pane(pane).select_key(key)
-        self._set_spec(replace(self.spec, levels=with_level(self.spec.levels, Level(kind, key))))
+        levels = tuple(Level(kind, key) for kind, key in analysis_api.levels_of(finding))
+        self._finding_levels = frozenset(levels)
+        for level in levels:
+            self.pane(LEVEL_PANES[level.kind]).select_key(level.key)
+        self._set_spec(replace(self.spec, levels=levels))
 
     def selection(self) -> Selection:
         """What is picked, for the drawer and the copy keys: the focused pane's row, else the drill-down."""
