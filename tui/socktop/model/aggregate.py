@@ -261,8 +261,7 @@ def aggregate(
     out_records = list(compress(records, outbound))
     unheld = list(map(CONNECTION, compress(out_records, map(not_, out_pids))))
     found = list(map(last_owners.get, unheld))
-    owners_now = Deferred(partial(_connection_table, list(compress(out_records, out_pids)),
-                                  list(compress(out_pids, out_pids)), dict(compress(zip(unheld, found), found))))
+    owners_now = Deferred(partial(_connection_table, out_records, out_pids, dict(compress(zip(unheld, found), found))))
 
     # (port, state, pids or None) per direction: a few thousand distinct keys at most
     inbound_keys = Counter(zip(compress(local_ports, inbound), compress(states, inbound), compress(owner_pids, inbound)))
@@ -273,12 +272,14 @@ def aggregate(
     tallies: dict[str, _ProcessTally] = {}
     port_counts: dict[tuple[int, Direction], Counter[TcpState]] = {}
     port_pids: dict[tuple[int, Direction], set[int]] = {}
-    owned = 0
+    owned = unplaced = 0  # sockets with a pids entry; those without one or with an empty one
     for direction, keys in ((Direction.IN, inbound_keys), (Direction.OUT, outbound_keys)):
         for (port, state, pids), count in keys.items():
             by_state[state] += count
             group = (port, direction)
             port_counts.setdefault(group, Counter())[state] += count
+            if not pids:
+                unplaced += count
             if pids is None:
                 if direction is Direction.IN and state is not TcpState.LISTEN:
                     listeners = listener_pids.get(port, ())
@@ -309,7 +310,8 @@ def aggregate(
         by_port=by_port,
         by_process=_process_groups(
             tallies, ownership.processes,
-            _unknown_uid_counts(records, owner_pids, inodes, zero_inodes, ownership.pids_by_inode), user_of),
+            _unknown_uid_counts(records, owner_pids, inodes, unplaced == zero_inodes, ownership.pids_by_inode),
+            user_of),
         by_remote=Deferred(partial(_remote_groups, records)),
         listening_ports=listening_ports,
         listener_pids=listener_pids,
@@ -336,9 +338,12 @@ def _tally(tallies: dict[str, _ProcessTally], pid: int) -> _ProcessTally:
 
 
 def _unknown_uid_counts(records: Sequence[SocketRecord], owner_pids: list[Pids | None], inodes: list[int],
-                        zero_inodes: int, pids_by_inode: Mapping[int, Pids]) -> Counter[tuple[int, TcpState]]:
-    """(uid, state) counts of sockets that have an inode but no owner we could find."""
-    if owner_pids.count(None) + owner_pids.count(()) == zero_inodes and 0 not in pids_by_inode:
+                        only_zero_unplaced: bool, pids_by_inode: Mapping[int, Pids]) -> Counter[tuple[int, TcpState]]:
+    """(uid, state) counts of sockets that have an inode but no owner we could find.
+
+    ``only_zero_unplaced``: as many sockets lack an owner as have inode 0.
+    """
+    if only_zero_unplaced and 0 not in pids_by_inode:
         return Counter()  # only inode-0 sockets lack an owner: no pass over the records
     unplaced = map(and_, map(not_, owner_pids), map(bool, inodes))
     return Counter(map(UID_AND_STATE, compress(records, unplaced)))
@@ -371,10 +376,10 @@ def _process_groups(
     return groups
 
 
-def _connection_table(held: list[SocketRecord], pids: list[Pids], inferred: dict[Connection, Pids]
+def _connection_table(outgoing: list[SocketRecord], pids: list[Pids | None], inferred: dict[Connection, Pids]
                       ) -> dict[Connection, Pids]:
-    """Connection → holder for the outgoing sockets ``held`` now, then those ``inferred`` from before."""
-    table = dict(zip(map(CONNECTION, held), pids))
+    """Connection → holder for the ``outgoing`` sockets held now, then those ``inferred`` from before."""
+    table = dict(zip(map(CONNECTION, compress(outgoing, pids)), compress(pids, pids)))
     table.update(inferred)
     return table
 
