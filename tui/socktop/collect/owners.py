@@ -178,13 +178,13 @@ class OwnerScanner:
         unknown = opened - self.pids_by_inode.keys() - self.unowned
         full_due = now - self._last_full_scan >= FULL_RESCAN_EVERY
         if full_due:
-            self._scan(present, closed, full=True)
+            self._scan(present, full=True)
         elif unknown:
-            self._scan(present, closed, full=False)
+            self._scan(present, full=False)
             still_unknown = present - self.pids_by_inode.keys() - self.unowned
             if still_unknown and now - self._last_unknown_retry >= RETRY_UNKNOWN_AFTER:
                 self._last_unknown_retry = now
-                self._scan(present, closed, full=True)
+                self._scan(present, full=True)
         else:
             self._forget_closed(closed)
             return
@@ -198,13 +198,14 @@ class OwnerScanner:
                 kept.pop(inode, None)
             self.pids_by_inode = kept
 
-    def _scan(self, present: set[int], closed: set[int], full: bool) -> None:
+    def _scan(self, present: set[int], full: bool) -> None:
         """Read the fd tables of every process; with ``full`` re-read every link.
 
-        Otherwise only new descriptors are read, and those that held a TCP
-        socket which has closed since (the number may now name another).
-        UNIX and UDP sockets never appear in ``present``; re-reading them
-        each time would cost as much as a full scan.
+        Otherwise a descriptor is re-read unless it names a TCP socket that
+        is still present: fd numbers are reused lowest first, so a number
+        that held a file, a pipe, a UNIX socket or a TCP socket closed at
+        any earlier refresh may name the new socket now. The links kept
+        unread are the TCP sockets themselves, most of a busy server's fds.
         """
         self.stats.scans += 1
         if full:
@@ -214,7 +215,7 @@ class OwnerScanner:
         seen_pids: set[int] = set()
         denied: set[int] = set()
         for pid in self._list_pids():
-            fds = self._read_fds(pid, closed, full, denied)
+            fds = self._read_fds(pid, present, full, denied)
             if fds is None:
                 continue
             seen_pids.add(pid)
@@ -237,7 +238,7 @@ class OwnerScanner:
             return ()
         return [int(name) for name in names if name.isdigit()]
 
-    def _read_fds(self, pid: int, closed: set[int], full: bool, denied: set[int]) -> _ProcessFds | None:
+    def _read_fds(self, pid: int, present: set[int], full: bool, denied: set[int]) -> _ProcessFds | None:
         """This pid's fd → inode table, re-reading only what may have changed."""
         fd_dir = f"{self._proc}/{pid}/fd"
         try:
@@ -259,7 +260,7 @@ class OwnerScanner:
         current: dict[str, int] = {}
         for name in names:
             inode = previous.get(name)
-            if inode is None or full or inode in closed:
+            if inode is None or full or inode not in present:
                 inode = self._read_link(fd_dir, name)
                 if inode is None:
                     continue
