@@ -153,6 +153,20 @@ def test_ss_filters_quote_the_expression_and_bracket_ipv6() -> None:
         ss_address("127.0.0.1; rm -rf /")
 
 
+def test_ss_filters_on_either_end() -> None:
+    """The `/` filter's port:N and addr:A match either end of a socket: so must the ss they become."""
+    assert ss_sockets(either_ports=[80]).line == "ss -tanp '( sport = :80 or dport = :80 )'"
+    assert ss_sockets(TcpState.ESTABLISHED, local_port=8080, either_ports=[5432], either_addrs=["::1"]).line == (
+        "ss -tanp state established '( sport = :8080 ) and ( sport = :5432 or dport = :5432 ) and "
+        "( src [::1] or dst [::1] )'"
+    )
+    with pytest.raises(ValueError):
+        ss_sockets(either_addrs=["10.0"])  # part of an address is no ss condition
+    if shutil.which("ss") is not None:
+        line = ss_sockets(TcpState.LISTEN, local_port=1, either_ports=[2], either_addrs=["::1", "127.0.0.1"]).line
+        assert subprocess.run(line, shell=True, capture_output=True).returncode == 0, line
+
+
 def test_ss_for_row_covers_every_pane() -> None:
     assert ss_for_row("state", TcpState.TIME_WAIT).line == "ss -tanp state time-wait"
     assert ss_for_row("port", "in:8080", TcpState.CLOSE_WAIT).line == "ss -tanp state close-wait '( sport = :8080 )'"
@@ -203,6 +217,8 @@ def test_ss_filter_lists_exactly_the_sockets_behind_a_row(close_wait_pair) -> No
     by_pid = ss_sockets(TcpState.CLOSE_WAIT, pid=os.getpid())
     assert _listed_local_ports(by_remote_port.line) == {client_port}
     assert client_port in _listed_local_ports(by_pid.line)
+    either = ss_sockets(TcpState.CLOSE_WAIT, either_ports=[server_port], either_addrs=["127.0.0.1"])
+    assert _listed_local_ports(either.line) == {client_port}
 
 
 @pytest.mark.skipif(shutil.which("lsof") is None, reason="no lsof here")

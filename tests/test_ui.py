@@ -237,6 +237,18 @@ async def test_copy_actions_put_the_exact_command_on_the_clipboard(keys, expecte
         assert not isinstance(app.screen, CommandDialog)  # --clipboard osc52: trusted, no dialog
 
 
+async def test_copy_ss_says_in_its_title_when_it_lists_more_than_the_view():
+    app = make_app()
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot)
+        await press(pilot, "slash", *"crawler", "enter", "c")
+        assert app.clipboard == "ss -tanp"
+        assert any(n.title == "Copied ss: lists more than the 1,520 in view: ss cannot filter on crawler (OSC 52)"
+                   for n in app._notifications)
+        await press(pilot, "slash", "ctrl+u", *"port:443", "enter", "c")
+        assert app.clipboard == "ss -tanp '( sport = :443 or dport = :443 )'"
+
+
 async def test_copy_without_a_subject_says_why():
     app = make_app()
     async with app.run_test(size=WIDE) as pilot:

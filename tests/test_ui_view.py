@@ -83,11 +83,46 @@ def test_copy_commands_follow_the_selection():
     assert copies["sysctl"].command is None and "no setting ends CLOSE_WAIT" not in copies["sysctl"].why_not
     outbound = commands_for(selection(levels=(Level("port", "out:443"),), query=Query.parse("state:time-wait")))
     assert outbound["ss"].command.line == "ss -tanp state time-wait '( dport = :443 )'"
-    loose = commands_for(selection(query=Query.parse("crawler")))
+    loose = commands_for(selection(query=Query.parse("crawler"), in_view=1520))
     assert loose["ss"].command.line == "ss -tanp" and "cannot filter on crawler" in loose["ss"].command.note
+    assert loose["ss"].what == "ss: lists more than the 1,520 in view: ss cannot filter on crawler"
     assert commands_for(selection())["kill"].why_not == "select a process first (pane 3)"
     hidden = SNAPSHOT.aggregates.by_process["uid:998"]
     assert "not visible" in commands_for(selection(focus="processes", process=hidden))["lsof"].why_not
+
+
+@pytest.mark.parametrize(("text", "line"), [
+    ("port:8080", "ss -tanp '( sport = :8080 or dport = :8080 )'"),
+    (f"addr:{CRAWLED} state:time-wait", f"ss -tanp state time-wait '( src {CRAWLED} or dst {CRAWLED} )'"),
+    ("port:443 addr:::ffff:203.0.113.7", "ss -tanp '( sport = :443 or dport = :443 ) and "
+                                         "( src 203.0.113.7 or dst 203.0.113.7 )'"),
+])
+def test_ss_says_the_filter_terms_it_can(text, line):
+    query = Query.parse(text)
+    in_view = len(select_records(SNAPSHOT, (), query))
+    copy = commands_for(selection(query=query, in_view=in_view))["ss"]
+    assert copy.command.line == line and copy.what == f"ss for the {in_view:,} sockets in view"
+
+
+def test_a_whole_address_matches_itself_only():
+    exact = select_records(SNAPSHOT, (), Query.parse("addr:198.51.100.1"))
+    assert exact and all("198.51.100.1" in (r.local_addr, r.remote_addr) for r in exact)
+    assert len(select_records(SNAPSHOT, (), Query.parse("198.51.100.1"))) > len(exact)  # a word: .10, .100, ... too
+    assert len(select_records(SNAPSHOT, (), Query.parse("addr:198.51.100"))) > len(exact)  # part of one: text
+
+
+def test_ss_with_a_pid_says_it_drops_the_inferred_sockets():
+    view = build_view(SNAPSHOT, ViewSpec(levels=(Level("process", "pid:5151"),)))
+    assert (len(view.sockets), view.inferred) == (1520, 1500)  # the crawler: 20 held, 1,500 TIME_WAIT inferred
+    crawler = SNAPSHOT.aggregates.by_process["pid:5151"]
+    copy = commands_for(selection(focus="processes", levels=view.spec.levels, process=crawler,
+                                  in_view=len(view.sockets), inferred_in_view=view.inferred))["ss"]
+    assert copy.command.line == "ss -tanp | grep -F pid=5151,"
+    assert copy.what == "ss: lists fewer than the 1,520 in view: grep -F pid=5151, drops the 1,500 inferred (no pid in ss)"
+    both = commands_for(selection(levels=view.spec.levels, query=Query.parse("crawler"), in_view=1520,
+                                  inferred_in_view=1500))["ss"]
+    assert both.what.startswith("ss: not the 1,520 in view: ss cannot filter on crawler; grep -F pid=5151,")
+    assert build_view(SNAPSHOT, ViewSpec()).inferred == 0  # not counted when no pid narrows the view
 
 
 def test_a_hostile_name_stays_in_the_comment():

@@ -76,7 +76,8 @@ def ss_address(address: str) -> str:
 
 
 def _ss_expression(local_addr: str | None, local_port: int | None,
-                   remote_addr: str | None, remote_port: int | None) -> str:
+                   remote_addr: str | None, remote_port: int | None,
+                   either_ports: Iterable[int] = (), either_addrs: Iterable[str] = ()) -> str:
     terms = [
         term for term in (
             f"src {ss_address(local_addr)}" if local_addr else "",
@@ -85,13 +86,19 @@ def _ss_expression(local_addr: str | None, local_port: int | None,
             f"dport = :{int(remote_port)}" if remote_port else "",
         ) if term
     ]
-    return f"( {' and '.join(terms)} )" if terms else ""
+    clauses = [f"( {' and '.join(terms)} )"] if terms else []
+    clauses += [f"( sport = :{int(port)} or dport = :{int(port)} )" for port in either_ports]
+    clauses += [f"( src {address} or dst {address} )" for address in map(ss_address, either_addrs)]
+    return " and ".join(clauses)
 
 
 def ss_sockets(state: TcpState | None = None, *, local_addr: str | None = None, local_port: int | None = None,
-               remote_addr: str | None = None, remote_port: int | None = None, pid: int | None = None) -> Command:
+               remote_addr: str | None = None, remote_port: int | None = None, pid: int | None = None,
+               either_ports: Iterable[int] = (), either_addrs: Iterable[str] = ()) -> Command:
     """``ss -tanp [state S] '( filter )'`` for exactly these sockets.
 
+    ``either_ports`` and ``either_addrs`` each add a condition on either
+    end (``( sport = :N or dport = :N )``, ``( src A or dst A )``).
     ss cannot filter by process, so ``pid`` keeps the lines whose
     ``users:`` field names that pid; sockets no process holds (TIME_WAIT,
     SYN_RECV) never carry one, so for them filter by port instead.
@@ -100,7 +107,7 @@ def ss_sockets(state: TcpState | None = None, *, local_addr: str | None = None, 
     words = ["ss", "-tanpB" if state is TcpState.CLOSE else "-tanp"]
     if state is not None:
         words += ["state", ss_state_name(state)]
-    expression = _ss_expression(local_addr, local_port, remote_addr, remote_port)
+    expression = _ss_expression(local_addr, local_port, remote_addr, remote_port, either_ports, either_addrs)
     if expression:
         words.append(expression)
     line = shlex.join(words)

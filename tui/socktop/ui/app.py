@@ -514,7 +514,8 @@ class SocktopApp(App[int]):
             findings = analysis_api.related(analysis, STATE, keys_by_kind[STATE], state)
         return Selection(focus=focus, levels=self.spec.levels, query=self.spec.query, state=state, port=port,
                          process=process, finding=finding, socket=socket,
-                         in_view=len(self.view.sockets) if self.view else 0, findings=findings)
+                         in_view=len(self.view.sockets) if self.view else 0,
+                         inferred_in_view=self.view.inferred if self.view else 0, findings=findings)
 
     # --- drawer ------------------------------------------------------------------------------------
 

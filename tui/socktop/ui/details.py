@@ -29,7 +29,7 @@ from ..model.snapshot import Snapshot
 from ..safetext import printable
 from . import analysis as glue
 from . import format as fmt
-from .view import PORT, PROCESS, STATE, Level, Query
+from .view import PORT, PROCESS, STATE, Level, Query, full_address
 
 COPY_ACTIONS = ("kill", "sysctl", "ss", "lsof")
 SUBJECTS = {"states": "state", "ports": "port", "processes": "process", "sockets": "socket", "findings": "finding"}
@@ -48,6 +48,7 @@ class Selection:
     finding: Finding | None = None
     socket: SocketRecord | None = None
     in_view: int = 0  # sockets in the Sockets view
+    inferred_in_view: int = 0  # of those, when a pid narrows the view: without a descriptor (owner inferred)
     findings: tuple[Finding, ...] = ()  # those about the subject (the finding itself when one is focused)
 
     @property
@@ -102,7 +103,8 @@ def lsof_command(selection: Selection) -> Copyable:
 
 
 def ss_command(selection: Selection) -> Copyable:
-    """`ss` for exactly the sockets in view: the drill-down, and the text filter where ss can say it."""
+    """`ss` for the sockets in view: the drill-down, and the text filter where ss can say it. When it
+    cannot list exactly those, its title says so (the notification and the dialog show that title)."""
     state_key = level_value(selection.levels, STATE)
     state = TcpState[state_key] if state_key else None
     kwargs: dict[str, Any] = {}
@@ -111,6 +113,8 @@ def ss_command(selection: Selection) -> Copyable:
         direction, _, port = port_key.partition(":")
         kwargs["local_port" if direction == "in" else "remote_port"] = int(port)
     inexact: list[str] = []
+    either_ports: list[int] = []
+    either_addrs: list[str] = []
     process_key = level_value(selection.levels, PROCESS)
     if process_key:
         prefix, _, number = process_key.partition(":")
@@ -123,13 +127,28 @@ def ss_command(selection: Selection) -> Copyable:
             state = TcpState.parse(value)
         elif prefix == "pid" and "pid" not in kwargs:
             kwargs["pid"] = int(value)
+        elif prefix == "port":
+            either_ports.append(int(value))
+        elif prefix == "addr" and full_address(value) is not None:
+            either_addrs.append(value)
         else:
             inexact.append(f"{prefix}:{value}" if prefix else value)
-    command = cmd.ss_sockets(state, **kwargs)
-    if inexact:
-        note = "ss cannot filter on " + ", ".join(printable(word) for word in inexact) + ", so it lists more"
-        command = cmd.Command(command.line, f"{command.note}; {note}")
-    return Copyable(command, f"ss for the {selection.in_view:,} sockets in view")
+    command = cmd.ss_sockets(state, either_ports=either_ports, either_addrs=either_addrs, **kwargs)
+    in_view = f"{selection.in_view:,}"
+    cannot = "ss cannot filter on " + ", ".join(printable(word) for word in inexact) if inexact else ""
+    missed = selection.inferred_in_view if "pid" in kwargs else 0
+    dropped = f"grep -F pid={kwargs.get('pid')}, drops the {missed:,} inferred (no pid in ss)" if missed else ""
+    if cannot and dropped:
+        what = f"ss: not the {in_view} in view: {cannot}; {dropped}"
+    elif cannot:
+        what = f"ss: lists more than the {in_view} in view: {cannot}"
+    elif dropped:
+        what = f"ss: lists fewer than the {in_view} in view: {dropped}"
+    else:
+        what = f"ss for the {in_view} sockets in view"
+    if cannot or dropped:
+        command = cmd.Command(command.line, f"{command.note}; " + "; ".join(filter(None, (cannot, dropped))))
+    return Copyable(command, what)
 
 
 def sysctl_command(selection: Selection) -> Copyable:

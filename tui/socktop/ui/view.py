@@ -14,6 +14,7 @@ Processes while States keeps every state. The free-text `Query` narrows all.
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -179,6 +180,7 @@ class View:
     sockets: Sequence[SocketRecord]  # in view, sorted by spec.socket_sort
     counts: dict[str, dict[str, int]] = field(default_factory=dict)  # pane → key → count, for deltas
     build_seconds: float = 0.0
+    inferred: int = 0  # when a pid narrows the view: its sockets without a descriptor (owner inferred)
 
 
 # --- socket selection ------------------------------------------------------------------------------
@@ -227,6 +229,15 @@ def level_predicate(snapshot: Snapshot, level: Level) -> Predicate:
     return owned_by(snapshot, {int(number)})
 
 
+def full_address(text: str) -> str | None:
+    """``text`` as the collectors write an address (IPv4-mapped IPv6 as IPv4), or None when it is not one."""
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    return str(getattr(ip, "ipv4_mapped", None) or ip)
+
+
 def _owner_pids(snapshot: Snapshot, test: Callable[[str, str, int], bool]) -> set[int]:
     return {pid for pid, info in snapshot.ownership.processes.items() if test(info.name.lower(), info.user.lower(), pid)}
 
@@ -248,6 +259,9 @@ def term_predicate(snapshot: Snapshot, prefix: str, value: str) -> Predicate:
         holders = snapshot.ownership.pids_by_inode
         return lambda record: owners(record) or (record[12] != 0 and record[12] not in holders and record[11] in uids)
     if prefix == "addr":
+        address = full_address(value)
+        if address is not None:  # a whole address matches itself only (10.0.0.5 is not in 10.0.0.50), as in ss
+            return lambda record: record[2] == address or record[4] == address
         return lambda record: value in record[2] or value in record[4]
     return _word_predicate(snapshot, value)
 
@@ -450,6 +464,9 @@ def build_view(snapshot: Snapshot, spec: ViewSpec, prior: View | None = None) ->
     ports = port_rows(scopes, spec)
     processes = process_rows(scopes, spec)
     sockets = sort_sockets(snapshot, scopes.records(spec.levels, spec.query), spec.socket_sort, spec.socket_reverse)
+    by_pid = any(level.key.startswith("pid:") for level in spec.levels) or any(
+        prefix == "pid" for prefix, _ in spec.query.terms)
     return View(spec, snapshot.seq, states, ports, processes, sockets,
                 counts={STATE: {row.key: row.count for row in states}},
-                build_seconds=time.perf_counter() - started)
+                build_seconds=time.perf_counter() - started,
+                inferred=sum(1 for record in sockets if not record[12]) if by_pid else 0)
