@@ -88,7 +88,7 @@ def test_last_owners_hold_outgoing_connections_then_inferred_ones(seed: int) -> 
         pids = ownership.pids_by_inode.get(record.inode)
         if pids:
             held[CONNECTION(record)] = pids
-        elif last_owners.get(CONNECTION(record)):
+        elif not record.inode and last_owners.get(CONNECTION(record)):  # an unplaced inode is never inferred
             inferred[CONNECTION(record)] = last_owners[CONNECTION(record)]
     assert list(aggregates.last_owners.items()) == list({**held, **inferred}.items())
 
@@ -124,3 +124,52 @@ def test_an_inode_column_given_changes_nothing(seed: int) -> None:
     assert given == aggregates
     assert [list(getattr(given, name)) for name in ("by_state", "by_port", "by_process")] == \
         [list(getattr(aggregates, name)) for name in ("by_state", "by_port", "by_process")]
+
+
+def test_unplaced_inodes_are_never_inferred_and_rows_match_owners_of() -> None:
+    """A socket with an inode the owner scan could not place (another user's, without root) is
+    counted under its uid, never inferred to the listener or to a connection's last owner."""
+    from socktop.model.snapshot import Snapshot, SourceInfo
+
+    listener = SocketRecord(socket.AF_INET, TcpState.LISTEN, "10.0.0.1", 8080, "0.0.0.0", 0, 0, 128,
+                            TimerKind.NONE, 0, 0, 0, 100)
+    unplaced_in = SocketRecord(socket.AF_INET, TcpState.ESTABLISHED, "10.0.0.1", 8080, "10.0.0.2", 40000, 0, 0,
+                               TimerKind.NONE, 0, 0, 1000, 200)
+    unplaced_out = SocketRecord(socket.AF_INET, TcpState.ESTABLISHED, "10.0.0.1", 45000, "10.0.0.3", 443, 0, 0,
+                                TimerKind.NONE, 0, 0, 1000, 300)
+    records = [listener, unplaced_in, unplaced_out]
+    ownership = Ownership({100: (42,)}, {42: ProcessInfo(42, 1, "api", "api", 0, "root")})
+    last_owners = {("10.0.0.1", 45000, "10.0.0.3", 443): (42,)}
+    aggregates = aggregate(records, ownership, str, last_owners)
+    assert aggregates.by_process["pid:42"].total == 1  # its listener only
+    assert aggregates.by_process["uid:1000"].total == 2
+    snapshot = Snapshot(1, 0.0, 0.0, 0.0, SourceInfo("h", "k", "netlink", "", True, ""), records, ownership,
+                        aggregates)
+    assert len(snapshot.filtered(pid=42).sockets) == aggregates.by_process["pid:42"].total
+
+
+def test_regrouping_a_subset_keeps_the_kernel_port_range() -> None:
+    """With ip_local_port_range widened to 10000-65535, a TIME_WAIT toward :50000 is "out", in the
+    whole table and in any drill-down of it (the default range would call it "in")."""
+    from socktop.model.snapshot import Snapshot, SourceInfo
+
+    record = SocketRecord(socket.AF_INET, TcpState.TIME_WAIT, "10.0.0.1", 20000, "10.0.0.9", 50000, 0, 0,
+                          TimerKind.TIME_WAIT, 1000, 0, 0, 0)
+    ownership = Ownership({}, {})
+    aggregates = aggregate([record], ownership, str, {}, ephemeral_ports=(10000, 65535))
+    assert list(aggregates.by_port) == ["out:50000"] and aggregates.port_key(record) == "out:50000"
+    snapshot = Snapshot(1, 0.0, 0.0, 0.0, SourceInfo("h", "k", "netlink", "", True, ""), [record], ownership,
+                        aggregates)
+    assert list(snapshot.filtered(state=TcpState.TIME_WAIT).aggregates.by_port) == ["out:50000"]
+
+
+@pytest.mark.parametrize("seed", range(50))
+def test_port_key_names_the_group_each_socket_is_counted_in(seed: int) -> None:
+    """`Aggregates.port_key` (used by the drill-down and the findings) is the grouping rule itself."""
+    case = random_case(seed)
+    aggregates = case.aggregate()
+    counted: dict[str, int] = {}
+    for record in case.records:
+        key = aggregates.port_key(record)
+        counted[key] = counted.get(key, 0) + 1
+    assert counted == {key: group.total for key, group in aggregates.by_port.items()}

@@ -29,9 +29,9 @@ from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
 from itertools import compress
-from operator import and_, itemgetter, not_, or_
+from typing import Any
+from operator import itemgetter, not_
 
 from ..collect.records import SocketRecord, TcpState
 from ..model.aggregate import DEFAULT_EPHEMERAL_PORTS, LOCAL_PORT, REMOTE_PORT, STATE, ProcessGroup
@@ -152,16 +152,11 @@ class _Scan:
         return found
 
     def time_wait_sides(self) -> tuple[list[SocketRecord], list[SocketRecord]]:
-        """TIME_WAIT split into (client side, server side) by model.aggregate's rule: a socket serves when
-        its local port listens, or a fixed local port talks to an ephemeral remote one (a restarted server)."""
+        """TIME_WAIT split into (client side, server side) by the rule the port groups were made by
+        (`Aggregates.inbound_flags`): "in" serves, "out" called out."""
         if self._time_wait_sides is None:
             records = self.records(TcpState.TIME_WAIT)
-            ephemeral = range(self.port_range[0], self.port_range[1] + 1)
-            local_ports = list(map(LOCAL_PORT, records))
-            listening = map(self.snapshot.aggregates.listening_ports.__contains__, local_ports)
-            fixed_to_ephemeral = map(and_, map(not_, map(ephemeral.__contains__, local_ports)),
-                                     map(ephemeral.__contains__, map(REMOTE_PORT, records)))
-            serving = list(map(or_, listening, fixed_to_ephemeral))
+            serving = self.snapshot.aggregates.inbound_flags(records)
             self._time_wait_sides = (list(compress(records, map(not_, serving))), list(compress(records, serving)))
         return self._time_wait_sides
 

@@ -8,7 +8,7 @@ Python loops only walk the distinct groups, which are few.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from functools import lru_cache, partial
@@ -157,6 +157,9 @@ class Deferred(Mapping[K, V]):
         return f"Deferred({self._contents()!r})"
 
 
+DEFAULT_EPHEMERAL_PORTS = (32768, 60999)  # Linux's default net.ipv4.ip_local_port_range
+
+
 @dataclass(frozen=True, slots=True)
 class Aggregates:
     """Every pane's groups for one snapshot."""
@@ -171,6 +174,25 @@ class Aggregates:
     last_owners: Mapping[Connection, Pids]  # outgoing connection → its holder, now or when last held
     with_inode: int
     owned: int
+    ephemeral_ports: tuple[int, int] = DEFAULT_EPHEMERAL_PORTS  # the ip_local_port_range these were grouped by
+
+    def direction(self, local_port: int, remote_port: int) -> Direction:
+        """The rule the port groups were made by, for one socket: the view's drill-down
+        and the findings must not keep copies of it that could disagree."""
+        if local_port in self.listening_ports:
+            return Direction.IN
+        return Direction.IN if _direction_rows(self.ephemeral_ports)[local_port][remote_port] else Direction.OUT
+
+    def inbound_flags(self, records: Sequence[SocketRecord]) -> bytes:
+        """`direction` for many sockets at once, in C: 1 for "in", 0 for "out"."""
+        return inbound_flags(list(map(LOCAL_PORT, records)), list(map(REMOTE_PORT, records)),
+                             self.listening_ports, self.ephemeral_ports)
+
+    def port_key(self, record: SocketRecord) -> str:
+        """The ``by_port`` key of the group this socket is counted in."""
+        if self.direction(record.local_port, record.remote_port) is Direction.IN:
+            return f"{Direction.IN.value}:{record.local_port}"
+        return f"{Direction.OUT.value}:{record.remote_port}"
 
     @property
     def coverage(self) -> float:
@@ -192,10 +214,12 @@ def uid_key(uid: int) -> str:
     return f"uid:{uid}"
 
 
-DEFAULT_EPHEMERAL_PORTS = (32768, 60999)  # Linux's default net.ipv4.ip_local_port_range
 _ALWAYS_IN = b"\x01" * 65536  # a direction row: 1 ("in") whatever the remote port
 _ALWAYS_OUT = bytes(65536)
 _FLIP = b"\x01" + bytes(255)  # bytes.translate table: 0 ↔ 1, in C
+
+
+_NO_HOLDER: tuple[None, Pids] = (None, ())  # by bool(inode): what owner_pids holds for a socket nobody holds
 
 
 @lru_cache(maxsize=4)
@@ -211,6 +235,16 @@ def _direction_rows(ephemeral: tuple[int, int]) -> tuple[bytes, ...]:
     rows = [remote_ephemeral] * 65536
     rows[low:high + 1] = [_ALWAYS_OUT] * (high + 1 - low)
     return tuple(rows)
+
+
+def inbound_flags(local_ports: Sequence[int], remote_ports: Sequence[int], listening_ports: Iterable[int],
+                  ephemeral_ports: tuple[int, int]) -> bytes:
+    """Per socket 1 ("in") or 0 ("out"): a listening local port serves; otherwise the
+    local port's row says, by the remote port (see `_direction_rows`). Two lookups each, in C."""
+    rows = list(_direction_rows(ephemeral_ports))
+    for port in listening_ports:
+        rows[port] = _ALWAYS_IN
+    return bytes(map(getitem, map(rows.__getitem__, local_ports), remote_ports))
 
 
 def aggregate(
@@ -245,28 +279,25 @@ def aggregate(
     if inodes is None:
         inodes = list(map(INODE, records))
     zero_inodes = inodes.count(0)
-    owner_pids = list(map(ownership.pids_by_inode.get, inodes))
+    # pids, None for an inode-0 socket (no process can hold it), () for an inode the scan could not place
+    owner_pids = list(map(ownership.pids_by_inode.get, inodes, map(_NO_HOLDER.__getitem__, map(bool, inodes))))
     listener_pids = _listener_pids(local_ports, states, owner_pids) if listeners is None else listeners
     listening_ports = frozenset(listener_pids)
 
-    # a listening local port serves ("in"); otherwise its row says, by the remote port
-    rows = list(_direction_rows(ephemeral_ports))
-    for port in listening_ports:
-        rows[port] = _ALWAYS_IN
-    inbound = bytes(map(getitem, map(rows.__getitem__, local_ports), remote_ports))  # 1 "in", 0 "out"
+    inbound = inbound_flags(local_ports, remote_ports, listening_ports, ephemeral_ports)
     outbound = inbound.translate(_FLIP)
 
     # outgoing sockets: who holds each connection now, or held it before it turned inode-0
     out_pids = list(compress(owner_pids, outbound))
     out_records = list(compress(records, outbound))
-    unheld = list(map(CONNECTION, compress(out_records, map(not_, out_pids))))
+    unheld = list(map(CONNECTION, compress(out_records, map(is_, out_pids, repeat(None)))))
     found = list(map(last_owners.get, unheld))
     owners_now = Deferred(partial(_connection_table, out_records, out_pids, dict(compress(zip(unheld, found), found))))
 
     # (port, state, pids or None) per direction: a few thousand distinct keys at most
     inbound_keys = Counter(zip(compress(local_ports, inbound), compress(states, inbound), compress(owner_pids, inbound)))
     outbound_keys = Counter(zip(compress(remote_ports, outbound), compress(states, outbound), out_pids))
-    unheld_states = compress(compress(states, outbound), map(not_, out_pids))
+    unheld_states = compress(compress(states, outbound), map(is_, out_pids, repeat(None)))
     inferred_out = Counter(compress(zip(map(REMOTE_PORT_OF_CONNECTION, unheld), unheld_states, found), found))
 
     tallies: dict[str, _ProcessTally] = {}
@@ -286,6 +317,8 @@ def aggregate(
                     port_pids.setdefault(group, set()).update(listeners)
                     for pid in listeners:
                         _tally(tallies, pid).inferred[state] += count
+                continue
+            if not pids:  # an inode nobody we can see holds: counted under its uid, never inferred
                 continue
             owned += count
             port_pids.setdefault(group, set()).update(pids)
@@ -315,6 +348,7 @@ def aggregate(
         by_remote=Deferred(partial(_remote_groups, records)),
         listening_ports=listening_ports,
         listener_pids=listener_pids,
+        ephemeral_ports=ephemeral_ports,
         last_owners=owners_now,
         with_inode=len(records) - zero_inodes,
         owned=owned,

@@ -85,6 +85,12 @@ class Snapshot:
         found = self.ownership.processes
         return tuple(found[pid] for pid in pids if pid in found)
 
+    def regroup(self, records: Sequence[SocketRecord]) -> Aggregates:
+        """Aggregates of a subset of this snapshot's sockets, grouped by the same rules:
+        the whole table's listeners, owners and port range, not the subset's."""
+        return aggregate(records, self.ownership, self.user_of, self.aggregates.last_owners,
+                         listeners=self.aggregates.listener_pids, ephemeral_ports=self.aggregates.ephemeral_ports)
+
     def filtered(self, state: TcpState | None = None, port: int | None = None, pid: int | None = None) -> Snapshot:
         """The same snapshot narrowed to matching sockets, with its aggregates recomputed.
 
@@ -98,8 +104,7 @@ class Snapshot:
             and (port is None or port in (record.local_port, record.remote_port))
             and (pid is None or any(p.pid == pid for p in self.owners_of(record).processes))
         ]
-        aggregates = aggregate(kept, self.ownership, self.user_of, self.aggregates.last_owners,
-                               listeners=self.aggregates.listener_pids)
+        aggregates = self.regroup(kept)
         return Snapshot(
             seq=self.seq, taken_at=self.taken_at, monotonic=self.monotonic, collect_seconds=self.collect_seconds,
             source=self.source, sockets=kept, ownership=self.ownership, aggregates=aggregates,
