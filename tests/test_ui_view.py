@@ -141,3 +141,11 @@ def test_formatters():
     assert fmt.timer(850) == "850ms" and fmt.timer(42_000) == "42s" and fmt.timer(185_000) == "3m05s"
     assert fmt.endpoint("::1", 80) == "[::1]:80" and fmt.endpoint("0.0.0.0", 0) == "*:*"
     assert fmt.endpoint("10.0.0.5", 22) == "10.0.0.5:22" and fmt.share(0.0004) == "<0.1%"
+
+
+def test_a_port_drill_down_lists_what_the_row_counted() -> None:
+    """Every Ports row, drilled into, lists exactly its total: the view uses the model's grouping rule."""
+    snapshot = frozen_snapshot()
+    for key, group in snapshot.aggregates.by_port.items():
+        predicate = level_predicate(snapshot, Level("port", key))
+        assert sum(1 for record in snapshot.sockets if predicate(record)) == group.total, key

@@ -22,7 +22,7 @@ from itertools import compress
 from operator import indexOf, itemgetter
 
 from ..collect.records import DISPLAY_STATES, SocketRecord, TcpState
-from ..model.aggregate import Aggregates, Direction, ProcessGroup, aggregate
+from ..model.aggregate import Aggregates, Direction, ProcessGroup
 from ..model.snapshot import HistoryPoint, Snapshot
 
 CONNECTION = itemgetter(2, 3, 4, 5)
@@ -217,12 +217,9 @@ def level_predicate(snapshot: Snapshot, level: Level) -> Predicate:
     if level.kind == STATE:
         state = TcpState[level.key]
         return lambda record: record[1] is state
-    if level.kind == PORT:
-        direction, _, text = level.key.partition(":")
-        port, listening = int(text), snapshot.aggregates.listening_ports
-        if direction == Direction.IN.value:
-            return lambda record: record[3] == port and port in listening
-        return lambda record: record[5] == port and record[3] not in listening
+    if level.kind == PORT:  # the model's own grouping rule: a drill-down lists what the row counted
+        key, port_key = level.key, snapshot.aggregates.port_key
+        return lambda record: port_key(record) == key
     kind, _, number = level.key.partition(":")
     if kind == "uid":
         return unplaced_of_uid(snapshot, int(number))
@@ -315,9 +312,7 @@ class Scopes:
             return self.snapshot.aggregates
         key = (frozenset(levels), query.terms)
         if key not in self._aggregates:
-            whole = self.snapshot.aggregates
-            self._aggregates[key] = aggregate(self.records(levels, query), self.snapshot.ownership,
-                                              self.snapshot.user_of, whole.last_owners, listeners=whole.listener_pids)
+            self._aggregates[key] = self.snapshot.regroup(self.records(levels, query))
         return self._aggregates[key]
 
 
