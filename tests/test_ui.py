@@ -193,13 +193,17 @@ async def test_drawer_toggles_and_explains_the_selection():
         assert app.query_one("#drawer").scroll_y > 0
         await pilot.press("ctrl+u")
         assert app.query_one("#drawer").scroll_y == 0
+        assert app.spec.levels == (Level("state", "TIME_WAIT"),)  # opening the drawer picked the cursor row
         await pilot.press("3")
-        assert "crawler" in drawer_text(app) and "kill -TERM 5151" in drawer_text(app)
+        await settle(pilot)
+        assert "Nothing picked in this pane" in drawer_text(app) and "kill -TERM" not in drawer_text(app)
         await pilot.press("d")
         assert not app.has_class("-drawer")
         await pilot.press("enter")  # Enter on a row: select it and open the drawer
         await settle(pilot)
-        assert app.has_class("-drawer") and app.spec.levels == (Level("process", "pid:5151"),)
+        assert app.has_class("-drawer")
+        assert app.spec.levels == (Level("state", "TIME_WAIT"), Level("process", "pid:5151"))
+        assert "crawler" in drawer_text(app) and "kill -TERM 5151" in drawer_text(app)
         await pilot.press("enter")
         assert not app.has_class("-drawer")
 
@@ -217,10 +221,10 @@ def drawer_text(app: SocktopApp) -> str:
 COPIES = [
     # (keys pressed after the first refresh, the exact text copied)
     (("3", "down", "down", "k"), "kill -TERM 4242  # comm=leaky-api"),
-    (("down", "3", "l"), "lsof -nP -a -p 4242 -iTCP -sTCP:CLOSE_WAIT"),
+    (("down", "3", "down", "l"), "lsof -nP -a -p 4242 -iTCP -sTCP:CLOSE_WAIT"),  # Down picks a one-row pane's row
     (("down", "3", "enter", "enter", "c"), "ss -tanp state close-wait | grep -F pid=4242,"),
     (("2", "down", "down", "c"), "ss -tanp '( sport = :8080 )'"),
-    (("y",), "sysctl -w net.ipv4.tcp_max_tw_buckets=6400"),
+    (("enter", "y"), "sysctl -w net.ipv4.tcp_max_tw_buckets=6400"),
     (("5", "down", "down", "y"), "sysctl -w net.ipv4.tcp_tw_reuse=1"),
     (("c",), "ss -tanp"),
 ]
@@ -247,6 +251,26 @@ async def test_copy_ss_says_in_its_title_when_it_lists_more_than_the_view():
                    for n in app._notifications)
         await press(pilot, "slash", "ctrl+u", *"port:443", "enter", "c")
         assert app.clipboard == "ss -tanp '( sport = :443 or dport = :443 )'"
+
+
+async def test_copy_keys_act_on_the_selection_not_on_a_stale_cursor():
+    app = make_app()
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot)
+        await press(pilot, "down", "3")  # CLOSE_WAIT: Processes has one row, leaky-api, under the cursor
+        assert keys_of(app.pane("processes")) == ["pid:4242"] and app.pane("processes").selected_key == "pid:4242"
+        await press(pilot, "k")  # not picked yet
+        assert app.clipboard == "" and any("select a process first" in n.message for n in app._notifications)
+        await press(pilot, "down")  # the cursor cannot move, the row is picked all the same
+        assert app.spec.levels[-1] == Level("process", "pid:4242")
+        await press(pilot, "k")
+        assert app.clipboard == "kill -TERM 4242  # comm=leaky-api"
+        await press(pilot, "escape", "l")  # unpicked: the cursor stays on the row, l no longer acts on it
+        assert app.pane("processes").selected_key == "pid:4242" and app.clipboard.startswith("kill")
+        await press(pilot, "1", "escape", "y")  # no state picked either
+        assert app.clipboard.startswith("kill")
+        assert sum("select a process first" in n.message for n in app._notifications) == 2
+        assert any("select a state first" in n.message for n in app._notifications)
 
 
 async def test_copy_without_a_subject_says_why():
@@ -339,6 +363,8 @@ async def test_refresh_keeps_cursor_sort_and_selection_and_moves_off_vanished_ro
         assert processes.selected_key == order[index + 1]  # the cursor: on its neighbour
         assert app.spec.levels == ()  # the selection (a kill target) is never swapped for another process
         assert any("pid 8181 exited" in n.message for n in app._notifications)
+        await press(pilot, "k")  # the cursor's neighbour is not the kill target
+        assert app.clipboard == "" and any("select a process first" in n.message for n in app._notifications)
 
 
 async def test_new_sockets_are_marked_for_one_refresh():

@@ -449,11 +449,8 @@ class SocktopApp(App[int]):
         self._refresh_drawer()
 
     def on_pane_details_requested(self, message: Pane.DetailsRequested) -> None:
-        pane = message.pane
-        if message.key is not None and pane.LEVEL is not None:
-            self._set_spec(replace(self.spec, levels=with_level(self.spec.levels, Level(pane.LEVEL, message.key))))
-        elif message.key is not None and pane.KIND == "findings":
-            self._select_finding(message.key)
+        """Enter: pick the row (also when closing the drawer), then open or close the drawer."""
+        self._pick_cursor_row()
         self.action_toggle_drawer()
 
     def on_socket_list_details_requested(self, message: SocketList.DetailsRequested) -> None:
@@ -477,21 +474,23 @@ class SocktopApp(App[int]):
             self.pane(LEVEL_PANES[level.kind]).select_key(level.key)
         self._set_spec(replace(self.spec, levels=levels))
 
+    def picked_finding(self) -> Any:
+        """The finding under the Findings cursor while the drill-down is still on its subject, else None."""
+        finding = analysis_api.finding_by_id(self.analysis, self.pane("findings").selected_key)
+        if finding is None or Level(*analysis_api.subject_of(finding)) not in self.spec.levels:
+            return None
+        return finding
+
     def selection(self) -> Selection:
-        """What is picked, for the drawer and the copy keys: the focused pane's row, else the drill-down."""
+        """What is picked, for the drawer and the copy keys: the drill-down the filter line shows (never a
+        cursor row that is not picked), the picked finding, or the socket under the Sockets cursor."""
         snapshot, analysis, focus = self.snapshot, self.analysis, self.active_pane
         keys_by_kind: dict[str, str | None] = {kind: None for kind in (STATE, PORT, PROCESS)}
         keys_by_kind.update({level.kind: level.key for level in self.spec.levels})
         pane_kind = {"states": STATE, "ports": PORT, "processes": PROCESS}.get(focus)
-        if pane_kind is not None:
-            keys_by_kind[pane_kind] = self.pane(focus).selected_key
         finding = socket = None
         if focus == "findings":
-            finding = analysis_api.finding_by_id(analysis, self.pane("findings").selected_key)
-            if finding is not None:
-                kind, key = analysis_api.subject_of(finding)
-                keys_by_kind[kind] = key
-                keys_by_kind[STATE] = keys_by_kind[STATE] or finding.state.name
+            finding = self.picked_finding()
         elif focus == "sockets":
             socket = self.query_one(SocketList).selected
             if socket is not None and snapshot is not None:
@@ -540,7 +539,20 @@ class SocktopApp(App[int]):
         drawer.show(text)
         drawer.border_title = f"Details: {selection.subject}"
 
+    def _pick_cursor_row(self) -> None:
+        """Make the focused pane's cursor row its selection, when it is not already (`d`, Enter)."""
+        pane = self.pane(self.active_pane)
+        key = getattr(pane, "selected_key", None) if isinstance(pane, Pane) else None
+        if key is None:
+            return
+        if pane.LEVEL is not None:
+            self._set_spec(replace(self.spec, levels=with_level(self.spec.levels, Level(pane.LEVEL, key))))
+        elif pane.KIND == "findings" and self.picked_finding() is None:
+            self._select_finding(key)
+
     def action_toggle_drawer(self) -> None:
+        if not self.drawer_open:
+            self._pick_cursor_row()
         self.drawer_open = not self.drawer_open
         self.set_class(self.drawer_open, "-drawer")
         if self.drawer_open:

@@ -32,6 +32,7 @@ from . import format as fmt
 from .view import PORT, PROCESS, STATE, Level, Query, full_address
 
 COPY_ACTIONS = ("kill", "sysctl", "ss", "lsof")
+PANE_NUMBERS = {"states": 1, "ports": 2, "processes": 3, "sockets": 4, "findings": 5}
 SUBJECTS = {"states": "state", "ports": "port", "processes": "process", "sockets": "socket", "findings": "finding"}
 
 
@@ -153,6 +154,9 @@ def ss_command(selection: Selection) -> Copyable:
 
 def sysctl_command(selection: Selection) -> Copyable:
     """The first sysctl suggestion of the findings about the selection (runtime form; persistent after)."""
+    if selection.subject == "state" and selection.state is None or (
+            selection.subject == "finding" and selection.finding is None):
+        return Copyable(None, "sysctl", f"select a {selection.subject} first (pane {PANE_NUMBERS[selection.focus]})")
     suggested = glue.suggestions(selection.findings)
     subject = "this finding" if selection.subject == "finding" else (
         selection.state.label if selection.subject == "state" and selection.state else "this selection")
@@ -367,7 +371,8 @@ def describe(selection: Selection, snapshot: Snapshot | None, copyables: dict[st
         _knowledge(doc, state, snapshot)
         _actions(doc, copyables, keys, ("sysctl", "ss", "kill", "lsof"))
     else:
-        doc.line("Nothing selected here: move the cursor in a pane.", styles.muted)
+        doc.line("Nothing picked in this pane: move to a row, or press Enter on the row under the cursor.",
+                 styles.muted)
     return doc.render()
 
 

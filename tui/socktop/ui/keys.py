@@ -59,7 +59,8 @@ KEYS: tuple[Key, ...] = (
     Key("previous_pane", "shift+tab", "next_pane(-1)", "Previous pane", "Go to the previous pane", PANES,
         display="Shift+Tab"),
     Key("details", "d", "toggle_drawer", "Details",
-        "Open or close the details drawer on the selected row (Enter too)", PANES, show=True),
+        "Open or close the details drawer (opening it picks the row under the cursor, as Enter does)", PANES,
+        show=True),
     Key("drawer_down", "ctrl+d", "scroll_drawer(1)", "Drawer down", "Scroll the details drawer down a page",
         PANES, display="Ctrl+D"),
     Key("drawer_up", "ctrl+u", "scroll_drawer(-1)", "Drawer up", "Scroll the details drawer up a page", PANES,
@@ -80,8 +81,8 @@ KEYS: tuple[Key, ...] = (
 
 #: Keys the panes and dialogs answer themselves; listed on the help screen, not remappable here.
 BUILTIN_KEYS: tuple[tuple[str, str, str], ...] = (
-    ("↑ ↓ PgUp PgDn Home End", "Move in a pane: the row under the cursor is the selection", PANES),
-    ("Enter", "Open or close the details drawer on the row", PANES),
+    ("↑ ↓ PgUp PgDn Home End", "Move in a pane: the row you move to is the selection (Esc unpicks it)", PANES),
+    ("Enter", "Pick the row under the cursor and open or close the details drawer", PANES),
     ("click a header", "Sort by that column (again: reverse)", PANES),
     ("Ctrl+P", "Command palette: every action by name", GENERAL),
     ("Ctrl+Q", "Quit", GENERAL),

@@ -159,10 +159,10 @@ class Pane(DataTable):
             self.post_message(self.Picked(self, key))
 
     def action_move(self, action: str) -> None:
-        """A cursor key: DataTable's own action, then Picked when the row changed (the user's pick)."""
-        before = self.selected_key
+        """A cursor key: DataTable's own action, then Picked, even when the cursor could not move (a
+        one-row pane, the first row and Up, a row Esc unpicked): the row under it is the user's pick."""
         getattr(super(), f"action_{action}")()
-        self._picked_if_moved(before)
+        self._picked_if_moved(None)
 
     def action_details(self) -> None:
         self.post_message(self.DetailsRequested(self, self.selected_key))
