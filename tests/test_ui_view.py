@@ -136,6 +136,14 @@ def test_counts(value, text):
     assert fmt.count(value) == text
 
 
+def test_coverage_never_rounds_up_to_everything():
+    from socktop.ui.bars import owner_reason
+
+    assert [fmt.coverage(x) for x in (1.0, 0.9997, 0.995, 0.29, 0.004, 0.0)] == ["100%", "99%", "99%", "29%", "<1%", "0%"]
+    assert owner_reason("owners 100%, run as root for all") == "run as root for all"
+    assert owner_reason("some other note") == "some other note"
+
+
 def test_formatters():
     assert fmt.sparkline([0, 5, 10], 3) == "▁▄█" and fmt.sparkline([3, 3], 5) == "▄▄" and fmt.sparkline([], 4) == ""
     assert fmt.timer(850) == "850ms" and fmt.timer(42_000) == "42s" and fmt.timer(185_000) == "3m05s"

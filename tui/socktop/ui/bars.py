@@ -106,15 +106,19 @@ class TopBar(Bar):
             self.set_lines([first, []])
             return
         source = snapshot.source
+        # what socktop cannot see is never dropped before the kernel or the backend: the coverage stays at
+        # 80 columns, the reason ("run as root for all") goes first
+        owners_tone = self.style("warning") if source.owner_note else muted
         first += [
             (printable(source.host), Style(bold=True), 1),
-            (printable(source.kernel), muted, 6),
-            (source.backend, muted, 5),
-            (f"every {fmt.seconds(interval)}", Style(), 2),
+            (printable(source.kernel), muted, 7),
+            (source.backend, muted, 6),
+            (f"every {fmt.seconds(interval)}", Style(), 4),
             (f"{snapshot.aggregates.total:,} sockets", Style(bold=True), 0),
-            (printable(source.owner_note) if source.owner_note else f"owners {snapshot.coverage:.0%}",
-             self.style("warning") if source.owner_note else muted, 4),
+            (f"owners {fmt.coverage(snapshot.coverage)}", owners_tone, 2),
         ]
+        if source.owner_note:
+            first.append((printable(owner_reason(source.owner_note)), owners_tone, 5))
         severity_parts = [f"{n} {name}" for name, n in findings.items() if n]
         if severity_parts:
             tone = "danger" if findings.get("critical") else "warning" if findings.get("warning") else ""
@@ -122,7 +126,7 @@ class TopBar(Bar):
         elif findings is not None:
             first.append(("no findings", self.style("good"), 3))
         if note:
-            first.append((printable(note), muted, 7))
+            first.append((printable(note), muted, 8))
         chips: list[Part] = []
         by_state = snapshot.aggregates.by_state
         for rank, state in enumerate(DISPLAY_STATES):
@@ -134,6 +138,13 @@ class TopBar(Bar):
             chips.append((f" {state.label} {fmt.count(number)} ", self.style(f"chip-{tone}" if tone else "chip"),
                           priority))
         self.set_lines([first, chips])
+
+
+def owner_reason(note: str) -> str:
+    """The model's owner note without its own percentage (``owners 98%, run as root for all``): the top
+    bar shows the coverage itself, rounded down."""
+    head, comma, rest = note.partition(", ")
+    return rest if comma and head.startswith("owners ") else note
 
 
 TREND_STATES = (TcpState.TIME_WAIT, TcpState.CLOSE_WAIT, TcpState.ESTABLISHED)
