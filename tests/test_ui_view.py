@@ -125,6 +125,29 @@ def test_ss_with_a_pid_says_it_drops_the_inferred_sockets():
     assert build_view(SNAPSHOT, ViewSpec()).inferred == 0  # not counted when no pid narrows the view
 
 
+def test_a_process_row_adds_up_with_its_inferred_sockets():
+    """The slow acceptor's queued connections are ESTABLISHED without a descriptor: its row counts them in
+    EST (marked inferred) as in its total, and as the drill-down into it finds them."""
+    from dataclasses import replace
+
+    from frozen import _record
+
+    from socktop.model.aggregate import aggregate
+    from socktop.ui.panes import _held_inferred
+
+    queued = [_record(TcpState.ESTABLISHED, ("10.0.0.5", 9100), ("198.51.100.9", 40000 + i), inode=0, uid=0)
+              for i in range(9)]
+    records = [*SNAPSHOT.sockets, *queued]
+    snapshot = replace(SNAPSHOT, sockets=records, aggregates=aggregate(
+        records, SNAPSHOT.ownership, SNAPSHOT.user_of, SNAPSHOT.aggregates.last_owners))
+    row = next(row for row in build_view(snapshot, ViewSpec()).processes if row.key == "pid:9191")
+    assert (row.total, row.established, row.inferred(TcpState.ESTABLISHED)) == (15, 9, 9)  # listener, 5 SYN-RECV, 9
+    drill = select_records(snapshot, [Level("process", "pid:9191"), Level("state", "ESTABLISHED")], Query())
+    assert len(drill) == row.established
+    assert _held_inferred(9, 9).plain == " 9*" and _held_inferred(49, 9).plain == " 40+9*"
+    assert _held_inferred(3, 0).plain == " 3" and _held_inferred(1500, 1500).sort == (1500,)
+
+
 def test_a_hostile_name_stays_in_the_comment():
     group = SNAPSHOT.aggregates.by_process["pid:6666"]
     line = commands_for(selection(focus="processes", process=group))["kill"].command.line

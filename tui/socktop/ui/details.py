@@ -376,10 +376,15 @@ def describe(selection: Selection, snapshot: Snapshot | None, copyables: dict[st
     return doc.render()
 
 
-def _counts(doc: Doc, counts: dict[TcpState, int], inferred_tw: int = 0) -> None:
-    parts = [f"{state.label} {counts[state]:,}" for state in DISPLAY_STATES if counts.get(state)]
-    if inferred_tw:
-        parts.append(f"TIME-WAIT {inferred_tw:,} (inferred)")
+def _counts(doc: Doc, counts: dict[TcpState, int], inferred: dict[TcpState, int] | None = None) -> None:
+    inferred = inferred or {}
+    parts = []
+    for state in DISPLAY_STATES:
+        held, guessed = counts.get(state, 0), inferred.get(state, 0)
+        if held and guessed:
+            parts.append(f"{state.label} {held:,} + {guessed:,} inferred")
+        elif held or guessed:
+            parts.append(f"{state.label} {held or guessed:,}" + (" (inferred)" if guessed else ""))
     doc.field("Sockets", ", ".join(parts) or "none")
 
 
@@ -398,9 +403,10 @@ def _process(doc: Doc, group: ProcessGroup, snapshot: Snapshot) -> None:
         limit = f" of {process.fd_limit:,}" if process.fd_limit else ""
         near = bool(process.fd_limit) and process.fd_count >= 0.8 * process.fd_limit
         doc.field("FDs", f"{process.fd_count:,}{limit} open", doc.styles.danger if near else "")
-    _counts(doc, group.counts, group.inferred_time_wait)
-    if group.inferred_time_wait:
-        doc.line("TIME-WAIT has no owner in the kernel: these are tied to this process by their port (its "
+    _counts(doc, group.counts, group.inferred)
+    if any(group.inferred.values()):
+        doc.line("Inferred sockets have no descriptor, so no owner in the kernel (TIME-WAIT, connections "
+                 "still in the accept queue, orphans): they are tied to this process by their port (its "
                  "listener) or their 4-tuple (it held the connection).", doc.styles.muted)
     if group.counts.get(TcpState.CLOSE_WAIT):
         doc.heading("Where is the missing close()?")

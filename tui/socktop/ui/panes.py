@@ -308,6 +308,15 @@ def _num(value: int | None, style: Style | str = "") -> Cell:
     return Cell(fmt.count(value), (value if value is not None else -1,), style, right=True)
 
 
+def _held_inferred(total: int, inferred: int, style: Style | str = "") -> Cell:
+    """A process's count in one state, held and inferred, the inferred part marked: ``40+9*``, ``1,500*``."""
+    if not inferred:
+        return _num(total, style)
+    held = total - inferred
+    text = f"{fmt.count(held)}+{fmt.count(inferred)}*" if held else f"{fmt.count(inferred)}*"
+    return Cell(text, (total,), style, right=True)
+
+
 class StatesPane(Pane):
     KIND, LEVEL, TITLE = "states", STATE, "1 States"
     COLUMNS = (
@@ -374,7 +383,7 @@ class ProcessesPane(Pane):
         ColumnSpec("trend", "Trend", 10),
     )
     DEFAULT_SORT = ("total", True)
-    SUBTITLE = "TI-W*: with the TIME-WAIT inferred for it · trend: its total"
+    SUBTITLE = "9*: 9 inferred for it (no descriptor) · trend: its total"
 
     def cells(self, row: ProcessRow) -> tuple[str, list[Cell]]:
         group = row.group
@@ -389,9 +398,10 @@ class ProcessesPane(Pane):
             Cell(pid, (int(number) if kind == "pid" else -1,), right=True),
             Cell(name, None, "" if process else self.tone("muted")),
             _num(row.total),
-            _num(row.close_wait, self.tone("warning") if row.close_wait else ""),
-            _num(row.time_wait),
-            _num(row.established),
+            _held_inferred(row.close_wait, row.inferred(TcpState.CLOSE_WAIT),
+                           self.tone("warning") if row.close_wait else ""),
+            _held_inferred(row.time_wait, row.inferred(TcpState.TIME_WAIT)),
+            _held_inferred(row.established, row.inferred(TcpState.ESTABLISHED)),
             Cell(printable(group.user), None),
             Cell(fd_text, (fd_ratio, fds or 0), self.tone("danger") if fd_ratio >= 0.8 else "", right=True),
             Cell(fmt.sparkline(row.trend, 9), (row.trend[-1] - row.trend[0] if row.trend else 0,), self.tone("accent")),

@@ -158,14 +158,17 @@ class ProcessRow:
     key: str
     group: ProcessGroup
     total: int  # held + inferred (ProcessGroup.total)
-    established: int
+    established: int  # each state: held + inferred, as in total (`inferred` says how many are inferred)
     close_wait: int
-    time_wait: int  # held + inferred
+    time_wait: int
     trend: tuple[int, ...]
 
     @property
     def pid(self) -> int | None:
         return self.group.pid
+
+    def inferred(self, state: TcpState) -> int:
+        return self.group.inferred.get(state, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -438,12 +441,14 @@ def process_rows(scopes: Scopes, spec: ViewSpec) -> tuple[ProcessRow, ...]:
     points = scopes.snapshot.history[-TREND_POINTS:]  # a process's own total, whatever the filter
     rows = []
     for key, group in aggregates.by_process.items():
-        counts = group.counts
-        held_tw = counts.get(TcpState.TIME_WAIT, 0)
+        counts, inferred = group.counts, group.inferred
+
+        def both(state: TcpState) -> int:
+            return counts.get(state, 0) + inferred.get(state, 0)
+
         trend = tuple(sum(point.by_process.get(key, {}).values()) for point in points) if points else ()
-        rows.append(ProcessRow(
-            key, group, group.total, counts.get(TcpState.ESTABLISHED, 0),
-            counts.get(TcpState.CLOSE_WAIT, 0), held_tw + group.inferred_time_wait, trend))
+        rows.append(ProcessRow(key, group, group.total, both(TcpState.ESTABLISHED), both(TcpState.CLOSE_WAIT),
+                               both(TcpState.TIME_WAIT), trend))
     return tuple(rows)
 
 
