@@ -573,3 +573,18 @@ def test_cli_thresholds_reach_the_tui_analysis(tmp_path) -> None:
     config.write_text("[thresholds]\nclose_wait_warning = 42\ntime_wait_group = 7\n")
     analyzer = Analyzer(config, [("time_wait_group", 9)])
     assert (analyzer.thresholds.close_wait_warning, analyzer.thresholds.time_wait_group) == (42, 9)
+
+
+def test_command_line_filters_seed_the_tui() -> None:
+    """`socktop --state close-wait --port 8080 --pid 42` starts filtered, as `--once` would print."""
+    import argparse
+
+    from socktop.collect.records import TcpState
+    from socktop.ui.app import filter_from_options
+    from socktop.ui.view import Query
+
+    options = argparse.Namespace(state=TcpState.CLOSE_WAIT, port=8080, pid=42)
+    text = filter_from_options(options)
+    assert text == "state:close-wait port:8080 pid:42"
+    assert Query.parse(text).terms == (("state", "close-wait"), ("port", "8080"), ("pid", "42"))
+    assert filter_from_options(argparse.Namespace()) == ""

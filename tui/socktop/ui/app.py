@@ -127,7 +127,7 @@ class SocktopApp(App[int]):
                  clipboard_mode: str = "auto", keymap: dict[str, str] | None = None,
                  config_notes: Sequence[str] = (), analyze: bool = True,
                  config: Path | None = None, threshold_overrides: Sequence[tuple[str, int | float]] = (),
-                 health: Callable[[], None] | None = None) -> None:
+                 initial_filter: str = "", health: Callable[[], None] | None = None) -> None:
         super().__init__()
         self._source_or_factory = source
         self.source: SnapshotSource | None = None
@@ -146,7 +146,7 @@ class SocktopApp(App[int]):
         self.snapshot: Snapshot | None = None
         self.analysis: Any = None
         self.view: View | None = None
-        self.spec = ViewSpec()
+        self.spec = ViewSpec(query=Query.parse(initial_filter))  # `socktop --state/--port/--pid` start filtered
         self._finding_levels: frozenset[Level] = frozenset()  # levels a picked finding set: never swapped
         self.connections: frozenset | None = None
         self.previous_connections: frozenset | None = None
@@ -754,6 +754,13 @@ class SocktopApp(App[int]):
         self.exit(0)
 
 
+def filter_from_options(options: argparse.Namespace) -> str:
+    """`--state/--port/--pid` as the `/` filter's terms, so the TUI starts as `--once` would."""
+    state, port, pid = (getattr(options, name, None) for name in ("state", "port", "pid"))
+    terms = [f"state:{state.slug}" if state else "", f"port:{port}" if port else "", f"pid:{pid}" if pid else ""]
+    return " ".join(term for term in terms if term)
+
+
 def run(options: argparse.Namespace) -> int:
     """`socktop` (the TUI): open the engine, maybe start the demo, run the app; the exit status."""
     import sys
@@ -762,7 +769,7 @@ def run(options: argparse.Namespace) -> int:
     from ..model.engine import Engine
 
     interval = getattr(options, "interval", 1.0)
-    keymap, notes = keys.load_keymap()
+    keymap, notes = keys.load_keymap(getattr(options, "config", None))
     scenario = None
     if getattr(options, "demo", False):
         from ..demo.scenario import MAX_DURATION, DemoScenario
@@ -781,7 +788,7 @@ def run(options: argparse.Namespace) -> int:
     app = SocktopApp(engine, interval=interval, clipboard_mode=getattr(options, "clipboard", "auto"),
                      keymap=keymap, config_notes=notes, config=getattr(options, "config", None),
                      threshold_overrides=getattr(options, "threshold", ()),
-                     health=scenario.check if scenario else None)
+                     initial_filter=filter_from_options(options), health=scenario.check if scenario else None)
     try:
         result = app.run()
     finally:
