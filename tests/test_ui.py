@@ -588,3 +588,29 @@ def test_command_line_filters_seed_the_tui() -> None:
     assert text == "state:close-wait port:8080 pid:42"
     assert Query.parse(text).terms == (("state", "close-wait"), ("port", "8080"), ("pid", "42"))
     assert filter_from_options(argparse.Namespace()) == ""
+
+
+async def test_the_findings_pane_shows_its_titles_whole_or_visibly_cut():
+    """At 200 columns the sockets pane stops at what its columns need and the findings pane has the rest;
+    its title column ends at the pane's border, a long title cut at a word with "…"."""
+    from socktop.ui.bars import TrendStrip
+    from socktop.ui.panes import FindingsPane
+
+    app = make_app()
+    async with app.run_test(size=(200, 50)) as pilot:
+        await settle(pilot)
+        findings: FindingsPane = app.pane("findings")
+        assert findings.region.width >= 78 and app.query_one(SocketList).region.width <= 120
+        title = findings.columns["title"]  # type: ignore[index]
+        assert 10 + title.width < findings.content_region.width  # nothing scrolled out past the border
+        assert findings.virtual_size.width <= findings.content_region.width
+        cells = [findings.get_row(key)[1] for key in keys_of(findings)]
+        shown = [cell.fitted(title.width).rstrip() for cell in cells]
+        assert any(line.endswith("…") for line in shown)  # the frozen machine has long titles
+        for line, cell in zip(shown, cells):
+            assert line == cell.plain or (line.endswith("…") and cell.plain.startswith(line[:-1])
+                                          and cell.plain[len(line) - 1] in " ,:("), line
+        assert plain(app.query_one(TrendStrip)).startswith("last 39s ")  # 40 refreshes a second apart
+        await pilot.resize_terminal(140, 40)
+        await settle(pilot)
+        assert findings.virtual_size.width <= findings.content_region.width

@@ -168,7 +168,7 @@ def test_coverage_never_rounds_up_to_everything():
 
 
 def test_formatters():
-    assert fmt.sparkline([0, 5, 10], 3) == "▁▄█" and fmt.sparkline([3, 3], 5) == "▄▄" and fmt.sparkline([], 4) == ""
+    assert fmt.sparkline([0, 5, 10], 3) == "▁▅█" and fmt.sparkline([3, 3], 5) == "██" and fmt.sparkline([], 4) == ""
     assert fmt.timer(850) == "850ms" and fmt.timer(42_000) == "42s" and fmt.timer(185_000) == "3m05s"
     assert fmt.endpoint("::1", 80) == "[::1]:80" and fmt.endpoint("0.0.0.0", 0) == "*:*"
     assert fmt.endpoint("10.0.0.5", 22) == "10.0.0.5:22" and fmt.share(0.0004) == "<0.1%"
@@ -180,3 +180,110 @@ def test_a_port_drill_down_lists_what_the_row_counted() -> None:
     for key, group in snapshot.aggregates.by_port.items():
         predicate = level_predicate(snapshot, Level("port", key))
         assert sum(1 for record in snapshot.sockets if predicate(record)) == group.total, key
+
+
+# --- trends -------------------------------------------------------------------------------------------
+
+def _history(values, interval=0.5, state=TcpState.ESTABLISHED, first_seq=1):
+    from socktop.model.snapshot import HistoryPoint
+
+    return tuple(HistoryPoint(seq, 1e9 + seq * interval, 1000.0 + seq * interval, {state: value},
+                              {"pid:1": {state: value}, "pid:2": {state: 1}})
+                 for seq, value in enumerate(values, first_seq))
+
+
+def test_a_trend_covers_the_whole_history_window_from_a_zero_baseline():
+    """Ten minutes at 0.5 s (1,200 refreshes): every point is in a cell, the label says the span, a ±1%
+    wobble draws flat, and a one-refresh burst (the max of its cell) is not averaged or skipped away."""
+    from socktop.ui.view import bucket_max, trend_groups, trend_span
+
+    values = [406 + i % 4 for i in range(1200)]
+    points = _history(values)
+    groups = trend_groups(points, 40)
+    assert len(groups) <= 40 and sum(map(len, groups)) == 1200
+    assert [p.seq for group in groups for p in group] == [p.seq for p in points]
+    assert fmt.duration(trend_span(groups)) == "9m59s" and fmt.duration(40) == "40s"
+    wobble = bucket_max(groups, lambda p: p.by_state[TcpState.ESTABLISHED])
+    assert set(fmt.sparkline(wobble, len(wobble))) == {"█"}
+    assert fmt.sparkline([406, 407, 409, 408], 4) == "████"  # was ▁▃█▆ between its own min and max
+    assert fmt.sparkline([52, 52, 52], 3) == "███" and fmt.sparkline([0, 0], 2) == "▁▁"
+    assert fmt.sparkline([0, 5, 10], 3) == "▁▅█" and fmt.sparkline([1, 100], 2) == "▂█"  # 1 is not 0
+
+    values[700] = 4000
+    burst = bucket_max(trend_groups(_history(values), 40), lambda p: p.by_state[TcpState.ESTABLISHED])
+    line = fmt.sparkline(burst, len(burst))
+    assert line.count("█") == 1 and len(set(line)) == 2  # the burst, and the steady count at a tenth of it
+
+
+def test_trend_groups_stay_put_as_refreshes_arrive():
+    """Groups are aligned on the refresh number: a finished group keeps its points from one refresh to
+    the next, so the cached per-process maxima of the Processes pane stay right."""
+    from socktop.ui.view import _GroupMaxima, trend_groups
+
+    before = _history(range(100), first_seq=1)
+    after = before[1:] + _history([500], first_seq=101)
+    old, new = trend_groups(before, 8), trend_groups(after, 8)
+    assert [[p.seq for p in g] for g in old[1:-1]] == [[p.seq for p in g] for g in new[1:-1]]
+    maxima = _GroupMaxima()
+    assert maxima.trends(old, ["pid:1", "pid:9"])["pid:1"] == tuple(max(p.seq - 1 for p in g) for g in old)
+    assert maxima.trends(new, ["pid:1", "pid:9"]) == {
+        "pid:1": tuple(max(p.by_process["pid:1"][TcpState.ESTABLISHED] for p in g) for g in new),
+        "pid:9": (0,) * len(new)}
+    assert maxima.trends(new, ["pid:1"])["pid:1"][-1] == 500
+
+
+def test_the_panes_trends_span_the_history():
+    """The States and Processes panes' mini trends are the same cells as the trend strip's: one per group
+    of refreshes over the whole history, the max of each."""
+    from socktop.ui.view import TREND_CELLS
+
+    view = build_view(SNAPSHOT, ViewSpec())
+    lengths = {len(row.trend) for row in (*view.states, *view.processes)}
+    assert len(lengths) == 1 and 1 < lengths.pop() <= TREND_CELLS
+    close_wait = next(row for row in view.states if row.state is TcpState.CLOSE_WAIT)
+    assert close_wait.trend[-1] == SNAPSHOT.aggregates.by_state[TcpState.CLOSE_WAIT]
+    assert close_wait.trend[0] < close_wait.trend[-1]  # the leak, from the oldest point on
+    for row in view.processes:
+        assert row.trend and row.trend[-1] >= sum(SNAPSHOT.history[-1].by_process.get(row.key, {}).values())
+
+
+def test_the_drawer_words_the_owner_by_how_sure_it_is():
+    """Never "Owner -: nobody", which reads like the Unix user: each OwnerKind has its own wording."""
+    from socktop.model.aggregate import OwnerKind
+    from socktop.ui.details import owner_text
+
+    seen = {}
+    for record in SNAPSHOT.sockets:
+        seen.setdefault(SNAPSHOT.owners_of(record).kind, record)
+    assert {OwnerKind.DIRECT, OwnerKind.INFERRED} <= set(seen)
+    for kind, record in seen.items():
+        text = owner_text(record, SNAPSHOT)
+        assert "nobody" not in text and not text.startswith("-"), text
+        processes = SNAPSHOT.owners_of(record).processes
+        if kind is OwnerKind.DIRECT:
+            assert text.startswith(f"{processes[0].name} (pid {processes[0].pid})") and "descriptor" in text
+        elif kind is OwnerKind.INFERRED:
+            assert text.startswith(f"~{processes[0].name} (pid {processes[0].pid}), inferred: ") and (
+                "listens on" in text or "held this connection" in text)
+        elif kind is OwnerKind.UNKNOWN:
+            assert f"uid {record.uid}" in text and "run as root" in text
+        else:
+            assert text.startswith("no process")
+    # the two kinds the frozen machine may not have, on a socket made to have them
+    orphan = seen[OwnerKind.INFERRED]._replace(inode=0, local_port=1, remote_port=2)
+    assert SNAPSHOT.owners_of(orphan).kind is OwnerKind.NONE
+    assert owner_text(orphan, SNAPSHOT) == "no process (a TIME_WAIT or orphaned socket has none)"
+    hidden = seen[OwnerKind.DIRECT]._replace(inode=987_654_321, uid=998)
+    assert owner_text(hidden, SNAPSHOT) == ("a process socktop may not see (uid 998, user redis): run as root to "
+                                            "name it")
+
+
+def test_long_titles_are_cut_at_a_word_with_an_ellipsis():
+    title = "port 43959 accept queue full: 9 waiting, backlog 8 (pid 25682 slow-acceptor)"
+    assert fmt.ellipsize_words(title, 80) == title
+    assert fmt.ellipsize_words(title, 62) == "port 43959 accept queue full: 9 waiting, backlog 8 (pid 25682…"
+    assert fmt.ellipsize_words(title, 60) == "port 43959 accept queue full: 9 waiting, backlog 8 (pid…"
+    assert fmt.ellipsize_words(title, 55) == "port 43959 accept queue full: 9 waiting, backlog 8…"
+    assert fmt.ellipsize_words("averyveryverylongword and", 10) == "averyvery…"  # mid-word only when it must
+    assert fmt.ellipsize_words(title, 1) == "…" and fmt.ellipsize_words(title, 0) == ""
+    assert fmt.ellipsize_words("one two three", 8) == "one two…"  # "two" ends right at the cut: kept

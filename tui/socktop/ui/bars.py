@@ -19,6 +19,7 @@ from ..model.history import rate_per_second, state_series
 from ..model.snapshot import Snapshot
 from ..safetext import printable
 from . import format as fmt
+from .view import bucket_max, trend_groups, trend_span
 
 Part = tuple[str, Style, int]  # text, style, priority (0 = never dropped; higher goes first)
 
@@ -151,9 +152,15 @@ TREND_STATES = (TcpState.TIME_WAIT, TcpState.CLOSE_WAIT, TcpState.ESTABLISHED)
 
 
 class TrendStrip(Bar):
-    """Sparklines of TIME_WAIT, CLOSE_WAIT and ESTABLISHED over the history window."""
+    """Sparklines of TIME_WAIT, CLOSE_WAIT and ESTABLISHED over the whole history window.
+
+    Each cell is the largest count of a group of refreshes (`view.trend_groups`, `view.bucket_max`),
+    the height a share of the window's largest (`format.sparkline`), the label the span really
+    covered. Cheap enough to redraw every refresh: three passes over at most 1,200 points.
+    """
 
     DEFAULT_CSS = "TrendStrip { height: 1; }"
+    MAX_CELLS = 60
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -168,25 +175,26 @@ class TrendStrip(Bar):
 
     def render(self) -> Text:
         snapshot = self._snapshot
-        if snapshot is None:
+        if snapshot is None or not snapshot.history:
             return Text("")
         points = snapshot.history
         width = self.size.width
-        span = fmt.seconds(round(points[-1].monotonic - points[0].monotonic)) if len(points) > 1 else "0s"
         labels = []
+        recent = points[-30:]
         for state in TREND_STATES:
-            series = state_series(points, state)
-            rate = rate_per_second(points[-30:], series[-30:])
+            rate = rate_per_second(recent, state_series(recent, state))
             rate_text = f" {rate:+.1f}/s" if abs(rate) >= 0.05 else ""
-            labels.append((state, series, f"{state.label} ", f" {fmt.count(series[-1] if series else 0)}{rate_text}"))
-        fixed = sum(len(a) + len(b) for _, _, a, b in labels) + 3 * 3 + len(span) + 6
-        spark_width = max(4, min(40, (width - fixed) // 3))
+            now = points[-1].by_state.get(state, 0)
+            labels.append((state, f"{state.label} ", f" {fmt.count(now)}{rate_text}"))
+        fixed = sum(len(a) + len(b) for _, a, b in labels) + 3 * 3 + len("last 00m00s") + 1
+        groups = trend_groups(points, max(4, min(self.MAX_CELLS, (width - fixed) // 3)))
         line = Text(no_wrap=True, overflow="ellipsis", end="")
-        line.append(f"last {span} ", self.style("muted"))
-        for state, series, head, tail in labels:
+        line.append(f"last {fmt.duration(trend_span(groups))} ", self.style("muted"))
+        for state, head, tail in labels:
             tone = fmt.tone_of_state(state)
             line.append(" " + head, self.style("muted"))
-            line.append(fmt.sparkline(series, spark_width), self.style(tone) if tone else self.style("accent"))
+            values = bucket_max(groups, lambda point, state=state: point.by_state.get(state, 0))
+            line.append(fmt.sparkline(values, len(values)), self.style(tone) if tone else self.style("accent"))
             line.append(tail + " ")
         line.truncate(width, overflow="ellipsis")
         return line

@@ -433,11 +433,26 @@ def _socket(doc: Doc, record: SocketRecord, snapshot: Snapshot) -> None:
     if record.retransmits:
         doc.field("Retrans", str(record.retransmits))
     doc.field("Inode", str(record.inode) if record.inode else "0 (no descriptor)")
-    attribution = snapshot.owners_of(record)
-    owners = ", ".join(f"{p.pid} {printable(p.name)}" for p in attribution.processes) or "-"
-    how = {OwnerKind.DIRECT: "holds it", OwnerKind.INFERRED: "inferred (no descriptor)",
-           OwnerKind.UNKNOWN: f"not visible (uid {record.uid})", OwnerKind.NONE: "nobody"}[attribution.kind]
-    doc.field("Owner", f"{owners}: {how}")
+    doc.field("Owner", owner_text(record, snapshot))
     _knowledge(doc, record.state, snapshot, brief=True)
     doc.heading("Abort this one connection")
     doc.command(cmd.ss_kill(record))
+
+
+def owner_text(record: SocketRecord, snapshot: Snapshot) -> str:
+    """Who holds ``record``, worded by how sure socktop is (`OwnerKind`): never a bare "nobody",
+    which reads like the Unix user of that name."""
+    attribution = snapshot.owners_of(record)
+    names = ", ".join(f"{printable(p.name)} (pid {p.pid})" for p in attribution.processes)
+    if attribution.kind is OwnerKind.DIRECT:
+        return f"{names}, which holds its descriptor"
+    if attribution.kind is OwnerKind.INFERRED:
+        if record.state is not TcpState.LISTEN and record.local_port in snapshot.aggregates.listening_ports:
+            why = f"it listens on :{record.local_port}"
+        else:
+            why = "it held this connection before"
+        return f"~{names}, inferred: the socket has no descriptor, {why}"
+    if attribution.kind is OwnerKind.UNKNOWN:
+        return (f"a process socktop may not see (uid {record.uid}, user {printable(snapshot.user_of(record.uid))}): "
+                "run as root to name it")
+    return "no process (a TIME_WAIT or orphaned socket has none)"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from rich.cells import cell_len, set_cell_size
+
 from ..collect.records import SocketRecord, TcpState
 from ..safetext import printable
 
@@ -77,16 +79,27 @@ def timer(ms: int) -> str:
     return f"{total // 3600}h{total % 3600 // 60:02d}m"
 
 
+def duration(value: float) -> str:
+    """A span of time, rounded down to the second (never longer than it was): 40s, 2m57s, 9m58s, 1h00m."""
+    return timer(int(value) * 1000) or "0s"
+
+
 def sparkline(values: Sequence[int], width: int) -> str:
-    """The last ``width`` values as block characters, scaled between their min and max."""
-    values = list(values)[-width:]
+    """The last ``width`` values as block characters, their height a share of the largest.
+
+    The baseline is 0, not the smallest value: a steady 406-409 draws flat (all full height), not a
+    sawtooth from the lowest block to the highest. Zero is the lowest block, any other count at least
+    the second, the largest the full block; so a flat series always draws flat.
+    """
+    values = list(values)[-width:] if width > 0 else []
     if not values:
         return ""
-    low, high = min(values), max(values)
-    if high == low:
-        return (BLOCKS[0] if high == 0 else BLOCKS[3]) * len(values)
-    scale = (len(BLOCKS) - 1) / (high - low)
-    return "".join(BLOCKS[int((value - low) * scale)] for value in values)
+    peak = max(values)
+    if peak <= 0:
+        return BLOCKS[0] * len(values)
+    top = len(BLOCKS) - 1
+    return "".join(BLOCKS[min(top, 1 + int(value * (top - 1) / peak + 0.5))] if value > 0 else BLOCKS[0]
+                   for value in values)
 
 
 def endpoint(address: str, port: int) -> str:
@@ -106,6 +119,20 @@ def ellipsize(text: str, width: int) -> str:
     if len(text) <= width:
         return text
     return text[: max(0, width - 1)] + "…" if width > 0 else ""
+
+
+def ellipsize_words(text: str, width: int) -> str:
+    """``text`` cut to ``width`` cells at a word boundary, the cut marked with "…" (mid-word only when
+    the last word would take more than half the width)."""
+    if cell_len(text) <= width:
+        return text
+    if width <= 1:
+        return "…"[:width]
+    head = set_cell_size(text, width - 1)
+    cut = head.rfind(" ")
+    if not text[len(head):].startswith(" ") and cut > (width - 1) // 2:  # the cut falls in a word
+        head = head[:cut]
+    return head.rstrip(" ,;:(-") + "…"
 
 
 def queues(record: SocketRecord) -> tuple[str, str]:

@@ -33,7 +33,7 @@ from textual.widgets.data_table import ColumnKey, RowKey
 from ..collect.records import TcpState
 from ..safetext import printable
 from . import format as fmt
-from .view import PORT, PROCESS, STATE, PortRow, ProcessRow, StateRow
+from .view import PORT, PROCESS, STATE, TREND_CELLS, PortRow, ProcessRow, StateRow
 
 SORT_MARK = {False: " ▲", True: " ▼"}
 
@@ -336,7 +336,7 @@ class StatesPane(Pane):
             _num(row.count, tone),
             Cell(fmt.delta(row.delta), (row.delta if row.delta is not None else 0,), delta_tone, right=True),
             Cell(fmt.share(row.share), (row.share,), right=True),
-            Cell(fmt.sparkline(row.trend, 8), (row.trend[-1] - row.trend[0] if row.trend else 0,), self.tone("accent")),
+            Cell(fmt.sparkline(row.trend, TREND_CELLS), (row.trend[-1] - row.trend[0] if row.trend else 0,), self.tone("accent")),
         ]
 
 
@@ -404,12 +404,22 @@ class ProcessesPane(Pane):
             _held_inferred(row.established, row.inferred(TcpState.ESTABLISHED)),
             Cell(printable(group.user), None),
             Cell(fd_text, (fd_ratio, fds or 0), self.tone("danger") if fd_ratio >= 0.8 else "", right=True),
-            Cell(fmt.sparkline(row.trend, 9), (row.trend[-1] - row.trend[0] if row.trend else 0,), self.tone("accent")),
+            Cell(fmt.sparkline(row.trend, TREND_CELLS), (row.trend[-1] - row.trend[0] if row.trend else 0,), self.tone("accent")),
         ]
 
 
 SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
 SEVERITY_TONE = {"critical": "danger", "warning": "warning", "info": "muted"}
+
+
+class ProseCell(Cell):
+    """A cell of prose (a finding's title): cut at a word boundary, the cut marked with "…"."""
+
+    __slots__ = ()
+
+    def fitted(self, width: int) -> str:
+        return super().fitted(width) if width < 2 else " " + fmt.ellipsize_words(self.plain[1:], width - 1).ljust(
+            width - 1)
 
 
 class FindingsPane(Pane):
@@ -419,12 +429,24 @@ class FindingsPane(Pane):
         ColumnSpec("title", "Finding", 72),
     )
     DEFAULT_SORT = ("severity", False)
+    MIN_TITLE_WIDTH = 24
+
+    def on_resize(self) -> None:
+        """The title column takes the pane's width (less a scrollbar's), so that a long title is cut,
+        visibly, where the pane ends rather than scrolled out of sight past its border."""
+        column = self.columns.get(ColumnKey("title"))
+        width = max(self.MIN_TITLE_WIDTH, self.content_region.width - self.COLUMNS[0].width - 1)
+        if column is not None and column.width != width:
+            column.width = width
+            self._require_update_dimensions = True
+            self._clear_caches()
+            self.refresh()
 
     def cells(self, finding: Any) -> tuple[str, list[Cell]]:
         severity = finding.severity.value
         return finding.id, [
             Cell(severity.upper(), (SEVERITY_RANK.get(severity, 9), finding.id), self.tone(SEVERITY_TONE.get(severity, ""))),
-            Cell(printable(finding.title), None),
+            ProseCell(printable(finding.title), None),
         ]
 
 

@@ -50,7 +50,7 @@ Pane > .pane--accent { color: $accent; }
 .-drawer #states { width: 1fr; }  /* with the drawer open the three panes share what is left */
 #ports { width: 1fr; }
 #processes { width: 1.5fr; }
-#sockets { width: 2fr; }
+#sockets { width: 2fr; max-width: 120; }  /* every column, a 30-cell owner: the rest for findings */
 #findings { width: 1fr; }
 
 /* narrow: one pane at a time, chosen by tab, 1..5 or Tab */

@@ -15,6 +15,8 @@ Processes while States keeps every state. The free-text `Query` narrows all.
 from __future__ import annotations
 
 import ipaddress
+import math
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +28,7 @@ from ..model.aggregate import Aggregates, Direction, ProcessGroup
 from ..model.snapshot import HistoryPoint, Snapshot
 
 CONNECTION = itemgetter(2, 3, 4, 5)
-TREND_POINTS = 24  # history points behind a mini trend
+TREND_CELLS = 8  # the States and Processes panes' mini trends: one cell per group of refreshes
 
 STATE, PORT, PROCESS = "state", "port", "process"
 LEVEL_KINDS = (STATE, PORT, PROCESS)
@@ -129,7 +131,7 @@ class StateRow:
     count: int
     delta: int | None  # since the previous refresh; None when unknown
     share: float
-    trend: tuple[int, ...]
+    trend: tuple[int, ...]  # the largest count in each group of refreshes (trend_groups), oldest first
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +163,7 @@ class ProcessRow:
     established: int  # each state: held + inferred, as in total (`inferred` says how many are inferred)
     close_wait: int
     time_wait: int
-    trend: tuple[int, ...]
+    trend: tuple[int, ...]  # the largest count in each group of refreshes (trend_groups), oldest first
 
     @property
     def pid(self) -> int | None:
@@ -380,25 +382,103 @@ def index_of(records: Sequence[SocketRecord], connection: tuple, hint: int = 0) 
         return None
 
 
+# --- trends ------------------------------------------------------------------------------------------
+
+def trend_groups(points: Sequence[HistoryPoint], cells: int) -> list[Sequence[HistoryPoint]]:
+    """The whole history in at most ``cells`` groups of consecutive refreshes, oldest first.
+
+    Groups of ``n = ceil(len(points) / (cells - 1))`` refreshes, aligned on the refresh number
+    (``seq // n``) rather than on the newest point: a finished group keeps its points as refreshes
+    arrive, so a sparkline moves a cell at a time instead of shimmering, and the Processes pane can
+    keep a finished group's maxima (`_GroupMaxima`). The oldest and newest groups may be partial;
+    ``cells - 1`` in the divisor leaves room for that, so that no point is left out.
+    """
+    if not points or cells <= 0:
+        return []
+    if cells == 1:
+        return [points]
+    n = math.ceil(len(points) / (cells - 1))
+    groups: list[list[HistoryPoint]] = []
+    current = None
+    for point in points:
+        index = point.seq // n
+        if index != current:
+            groups.append([])
+            current = index
+        groups[-1].append(point)
+    return groups[-cells:]  # a gap in the refresh numbers could leave one more
+
+
+def trend_span(groups: Sequence[Sequence[HistoryPoint]]) -> float:
+    """The seconds the groups cover, from the oldest point to the newest."""
+    return groups[-1][-1].monotonic - groups[0][0].monotonic if groups else 0.0
+
+
+def bucket_max(groups: Sequence[Sequence[HistoryPoint]], value: Callable[[HistoryPoint], int]) -> tuple[int, ...]:
+    """Each group's largest ``value``: the max, not the last value, so that a burst between two
+    cells (a spike of TIME_WAIT, a leak that a restart cleared) still shows in the trend."""
+    return tuple(max(map(value, group)) for group in groups)
+
+
+class _GroupMaxima:
+    """Each process's largest total in a group of refreshes, kept between builds.
+
+    A sum over every process of every point is ~100 ms at 1,200 points and 300 processes; a finished
+    group never changes, and the newest one only grows, so each build adds the points it has not seen.
+    Called from the poller and the view threads, hence the lock.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._groups: dict[int, tuple[HistoryPoint, int, dict[str, int]]] = {}  # id of its first point →
+
+    def of(self, group: Sequence[HistoryPoint]) -> dict[str, int]:
+        """The maxima of ``group``, a run of consecutive points (a cached run that starts at the same
+        point holds the same points, as far as it goes)."""
+        with self._lock:
+            entry = self._groups.get(id(group[0]))
+        if entry is not None and entry[0] is group[0] and entry[1] == len(group):
+            return entry[2]
+        seen, maxima = (entry[1], dict(entry[2])) if entry is not None and entry[0] is group[0] \
+            and entry[1] < len(group) else (0, {})
+        for point in group[seen:]:
+            for process, counts in point.by_process.items():
+                total = sum(counts.values())
+                if total > maxima.get(process, 0):
+                    maxima[process] = total
+        with self._lock:
+            self._groups[id(group[0])] = (group[0], len(group), maxima)
+            if len(self._groups) > 64:  # groups of older snapshots: keep the newest few
+                for stale in list(self._groups)[:-32]:
+                    del self._groups[stale]
+        return maxima
+
+    def trends(self, groups: Sequence[Sequence[HistoryPoint]], keys: Iterable[str]) -> dict[str, tuple[int, ...]]:
+        per_group = [self.of(group) for group in groups]
+        return {key: tuple(maxima.get(key, 0) for maxima in per_group) for key in keys}
+
+
+_PROCESS_MAXIMA = _GroupMaxima()
+
+
 # --- building a view -------------------------------------------------------------------------------
 
-def _scope_series(history: Sequence[HistoryPoint], levels: tuple[Level, ...], query: Query,
-                  ) -> Callable[[TcpState], list[int]] | None:
-    """Per-state history for the scope, when the history has it: whole machine or one process."""
+def _scope_value(levels: tuple[Level, ...], query: Query) -> Callable[[TcpState], Callable[[HistoryPoint], int]] | None:
+    """A state's count at one history point, for the scope, when the history has it: whole machine or
+    one process."""
     if query:
         return None
-    points = history[-TREND_POINTS - 1:]
     if not levels:
-        return lambda state: [point.by_state.get(state, 0) for point in points]
+        return lambda state: lambda point: point.by_state.get(state, 0)
     if len(levels) == 1 and levels[0].kind == PROCESS:
         key = levels[0].key
-        return lambda state: [point.by_process.get(key, {}).get(state, 0) for point in points]
+        return lambda state: lambda point: point.by_process.get(key, {}).get(state, 0)
     return None
 
 
-def _delta(now: int, key: str, series: list[int] | None, prior: dict[str, int] | None) -> int | None:
-    if series is not None and len(series) >= 2:
-        return series[-1] - series[-2]
+def _delta(now: int, key: str, last_two: list[int] | None, prior: dict[str, int] | None) -> int | None:
+    if last_two is not None and len(last_two) >= 2:
+        return last_two[-1] - last_two[-2]
     if prior is not None:
         return now - prior.get(key, 0)
     return None
@@ -409,7 +489,9 @@ def state_rows(scopes: Scopes, spec: ViewSpec, prior: View | None) -> tuple[Stat
     levels, query = spec.scope(without=STATE)
     aggregates = scopes.aggregates(levels, query)
     total = aggregates.total or 1
-    series_of = _scope_series(snapshot.history, levels, query)
+    value_of = _scope_value(levels, query)
+    history = snapshot.history
+    groups = trend_groups(history, TREND_CELLS) if value_of else []
     prior_counts = prior.counts.get(STATE) if prior is not None and _same_scope(prior.spec, spec, STATE) \
         and prior.seq < snapshot.seq else None
     rows = []
@@ -417,10 +499,11 @@ def state_rows(scopes: Scopes, spec: ViewSpec, prior: View | None) -> tuple[Stat
         count = aggregates.by_state.get(state, 0)
         if not count:
             continue
-        series = series_of(state) if series_of else None
+        value = value_of(state) if value_of else None
         key = state.name
-        rows.append(StateRow(key, state, count, _delta(count, key, series, prior_counts), count / total,
-                             tuple(series[1:]) if series else ()))
+        last_two = list(map(value, history[-2:])) if value else None
+        rows.append(StateRow(key, state, count, _delta(count, key, last_two, prior_counts), count / total,
+                             bucket_max(groups, value) if value else ()))
     return tuple(rows)
 
 
@@ -438,7 +521,8 @@ def port_rows(scopes: Scopes, spec: ViewSpec) -> tuple[PortRow, ...]:
 def process_rows(scopes: Scopes, spec: ViewSpec) -> tuple[ProcessRow, ...]:
     levels, query = spec.scope(without=PROCESS)
     aggregates = scopes.aggregates(levels, query)
-    points = scopes.snapshot.history[-TREND_POINTS:]  # a process's own total, whatever the filter
+    groups = trend_groups(scopes.snapshot.history, TREND_CELLS)  # a process's own total, whatever the filter
+    trends = _PROCESS_MAXIMA.trends(groups, aggregates.by_process)
     rows = []
     for key, group in aggregates.by_process.items():
         counts, inferred = group.counts, group.inferred
@@ -446,9 +530,8 @@ def process_rows(scopes: Scopes, spec: ViewSpec) -> tuple[ProcessRow, ...]:
         def both(state: TcpState) -> int:
             return counts.get(state, 0) + inferred.get(state, 0)
 
-        trend = tuple(sum(point.by_process.get(key, {}).values()) for point in points) if points else ()
         rows.append(ProcessRow(key, group, group.total, both(TcpState.ESTABLISHED), both(TcpState.CLOSE_WAIT),
-                               both(TcpState.TIME_WAIT), trend))
+                               both(TcpState.TIME_WAIT), trends[key]))
     return tuple(rows)
 
 
