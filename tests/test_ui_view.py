@@ -160,11 +160,9 @@ def test_counts(value, text):
 
 
 def test_coverage_never_rounds_up_to_everything():
-    from socktop.ui.bars import owner_reason
+    from socktop.model.snapshot import coverage_text
 
-    assert [fmt.coverage(x) for x in (1.0, 0.9997, 0.995, 0.29, 0.004, 0.0)] == ["100%", "99%", "99%", "29%", "<1%", "0%"]
-    assert owner_reason("owners 100%, run as root for all") == "run as root for all"
-    assert owner_reason("some other note") == "some other note"
+    assert [coverage_text(x) for x in (1.0, 0.9997, 0.995, 0.29, 0.004, 0.0)] == ["100%", "99%", "99%", "29%", "<1%", "0%"]
 
 
 def test_formatters():

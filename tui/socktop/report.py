@@ -8,6 +8,7 @@ neither imports Textual, and the JSON path does not import Rich.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 from datetime import datetime, timezone
 from typing import Any
@@ -17,7 +18,7 @@ from .analyze.findings import Analysis, Finding
 from .analyze.sysctl import Suggestion
 from .collect.records import DISPLAY_STATES, SocketRecord, TcpState
 from .model.aggregate import ProcessGroup, StateCounts
-from .model.snapshot import Snapshot
+from .model.snapshot import Snapshot, coverage_text
 from .safetext import printable
 
 JSON_SCHEMA = "socktop/1"
@@ -171,12 +172,14 @@ def render_summary(snapshot: Snapshot, width: int | None = None, analysis: Analy
     from rich.table import Table
     from rich.text import Text
 
-    console = Console(width=width, record=True, force_terminal=False, color_system=None, file=_NullFile())
+    console = Console(width=width, record=True, force_terminal=False, color_system=None, file=io.StringIO())
     aggregates = snapshot.aggregates
     source = snapshot.source
     console.print(Text(
         f"socktop  {source.host}  {source.kernel}  backend {source.backend}  "
-        f"{aggregates.total} sockets  {source.owner_note or 'all owners visible'}"
+        f"{aggregates.total} sockets  "
+        + (f"owners {coverage_text(aggregates.coverage)}, {source.owner_note}" if source.owner_note
+           else "all owners visible")
     ))
     if source.backend_note:
         console.print(Text(f"note: {source.backend_note}"))
@@ -263,16 +266,6 @@ def _print_analysis(console: Any, analysis: Analysis) -> None:
             indented(line)
         command(suggestion.runtime.line)
         command(suggestion.persistent.line)
-
-
-class _NullFile:
-    """Rich needs a file to print to; `export_text` gives us the text instead."""
-
-    def write(self, _text: str) -> int:
-        return 0
-
-    def flush(self) -> None:
-        pass
 
 
 def _states_text(counts: StateCounts) -> str:

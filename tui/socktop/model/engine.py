@@ -17,12 +17,11 @@ from operator import itemgetter
 from ..collect.kernelstate import read_kernel_state
 from ..collect.owners import OwnerScanner, user_name
 from ..collect.records import Backend, BackendUnavailable, OwnerAwareBackend
-from .aggregate import DEFAULT_EPHEMERAL_PORTS, Ownership, aggregate
+from .aggregate import DEFAULT_EPHEMERAL_PORTS, INODE, Ownership, aggregate
 from .history import DEFAULT_WINDOW_SECONDS, History, history_capacity
 from .snapshot import Snapshot, SourceInfo
 
 BACKENDS = ("auto", "netlink", "proc", "psutil")
-_INODE = itemgetter(12)
 
 
 def _netlink() -> Backend:
@@ -102,7 +101,7 @@ class Engine:
         started = time.perf_counter()
         with gc_paused():
             records = self.backend.sockets()
-            inodes = list(map(_INODE, records))  # read once, for the owner scan and the aggregates
+            inodes = list(map(INODE, records))  # read once, for the owner scan and the aggregates
             ownership = self._ownership(inodes)
             kernel = read_kernel_state()
             aggregates = aggregate(records, ownership, user_name, self._last_owners,
@@ -129,9 +128,8 @@ class Engine:
     def _source(self, coverage: float) -> SourceInfo:
         owner_note = ""
         if coverage < 1.0:
-            owner_note = f"owners {coverage:.0%}, " + (
-                "the rest belong to processes outside this PID namespace" if self._is_root else "run as root for all"
-            )
+            owner_note = ("the rest belong to processes outside this PID namespace" if self._is_root
+                          else "run as root for all")
         return SourceInfo(
             host=self._host, kernel=self._kernel, backend=self.backend.name, backend_note=self.backend_note,
             is_root=self._is_root, owner_note=owner_note,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -19,7 +21,15 @@ class SourceInfo:
     backend: str  # "netlink", "proc" or "psutil"
     backend_note: str  # why this backend, when it is not the one asked for or the best one
     is_root: bool
-    owner_note: str  # e.g. "run as root to see every owner", or "" when every owner is visible
+    owner_note: str  # why some owners are missing ("run as root for all"), or "" when every owner is visible
+
+
+def coverage_text(fraction: float) -> str:
+    """A share that must not round up to a promise: 99.97% is "99%", never "100%"; 0.4% is "<1%"."""
+    if fraction >= 1.0:
+        return "100%"
+    percent = math.floor(fraction * 100 + 1e-9)  # 0.29 * 100 is 28.999...
+    return f"{percent}%" if percent or fraction <= 0 else "<1%"
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ from textual.widget import Widget
 
 from ..collect.records import DISPLAY_STATES, TcpState
 from ..model.history import rate_per_second, state_series
-from ..model.snapshot import Snapshot
+from ..model.snapshot import Snapshot, coverage_text
 from ..safetext import printable
 from . import format as fmt
 from .view import bucket_max, trend_groups, trend_span
@@ -116,10 +116,10 @@ class TopBar(Bar):
             (source.backend, muted, 6),
             (f"every {fmt.seconds(interval)}", Style(), 4),
             (f"{snapshot.aggregates.total:,} sockets", Style(bold=True), 0),
-            (f"owners {fmt.coverage(snapshot.coverage)}", owners_tone, 2),
+            (f"owners {coverage_text(snapshot.coverage)}", owners_tone, 2),
         ]
         if source.owner_note:
-            first.append((printable(owner_reason(source.owner_note)), owners_tone, 5))
+            first.append((printable(source.owner_note), owners_tone, 5))
         severity_parts = [f"{n} {name}" for name, n in findings.items() if n]
         if severity_parts:
             tone = "danger" if findings.get("critical") else "warning" if findings.get("warning") else ""
@@ -139,13 +139,6 @@ class TopBar(Bar):
             chips.append((f" {state.label} {fmt.count(number)} ", self.style(f"chip-{tone}" if tone else "chip"),
                           priority))
         self.set_lines([first, chips])
-
-
-def owner_reason(note: str) -> str:
-    """The model's owner note without its own percentage (``owners 98%, run as root for all``): the top
-    bar shows the coverage itself, rounded down."""
-    head, comma, rest = note.partition(", ")
-    return rest if comma and head.startswith("owners ") else note
 
 
 TREND_STATES = (TcpState.TIME_WAIT, TcpState.CLOSE_WAIT, TcpState.ESTABLISHED)

@@ -11,7 +11,7 @@ Untrusted strings go through `printable` and are only ever plain text.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -226,6 +226,14 @@ class Doc:
         grid.add_row(Text(" " + mark), Text(text, style))
         self.parts.append(grid)
 
+    def bullets(self, heading: str, items: Iterable[str]) -> None:
+        """A heading over plain bullets; nothing at all when there are no items."""
+        items = list(items)
+        if items:
+            self.heading(heading)
+            for item in items:
+                self.bullet(item)
+
     def command(self, command: cmd.Command | str, indent: int = 3) -> None:
         line, note = (command.line, command.note) if isinstance(command, cmd.Command) else (command, "")
         grid = Table.grid(padding=(0, 1, 0, 0))
@@ -273,20 +281,14 @@ def _knowledge(doc: Doc, state: TcpState, snapshot: Snapshot, brief: bool = Fals
     doc.field("Lasts", knowledge.lifetime)
     doc.field("Normal", knowledge.normal_when)
     doc.field("Symptom", knowledge.symptom_when, doc.styles.warning)
-    if knowledge.causes:
-        doc.heading("Usual causes")
-        for cause in knowledge.causes:
-            doc.bullet(cause)
+    doc.bullets("Usual causes", knowledge.causes)
     if knowledge.remedies:
         doc.heading("What to do, most effective first")
         for number, remedy in enumerate(knowledge.remedies, 1):
             doc.bullet(remedy.action, f"{number}.")
             for line in remedy.commands:
                 doc.command(line, indent=4)
-    if knowledge.not_fixes:
-        doc.heading("What does not help")
-        for item in knowledge.not_fixes:
-            doc.bullet(item)
+    doc.bullets("What does not help", knowledge.not_fixes)
     if knowledge.sysctls:
         doc.heading("Settings now")
         sysctls = snapshot.kernel.sysctls if snapshot.kernel else {}
@@ -321,9 +323,7 @@ def _finding(doc: Doc, finding: Finding, snapshot: Snapshot) -> None:
     tone = doc.styles.danger if finding.severity.value == "critical" else doc.styles.warning
     doc.title(f"{finding.severity.value.upper()}  {printable(finding.title)}", tone)
     doc.field("About", f"{finding.subject.kind} {printable(str(finding.subject))} · {finding.state.label}")
-    doc.heading("Evidence")
-    for line in finding.evidence:
-        doc.bullet(printable(line))
+    doc.bullets("Evidence", map(printable, finding.evidence))
     doc.heading("Why")
     doc.line(printable(finding.cause))
     doc.heading("The sockets")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 from rich.cells import cell_len, set_cell_size
@@ -50,14 +49,6 @@ def share(fraction: float) -> str:
     if fraction < 0.001:
         return "<0.1%" if fraction > 0 else "0%"
     return f"{fraction:.0%}" if fraction >= 0.1 else f"{fraction:.1%}"
-
-
-def coverage(fraction: float) -> str:
-    """A share that must not round up to a promise: 99.97% is "99%", never "100%"; 0.4% is "<1%"."""
-    if fraction >= 1.0:
-        return "100%"
-    percent = math.floor(fraction * 100 + 1e-9)  # 0.29 * 100 is 28.999...
-    return f"{percent}%" if percent or fraction <= 0 else "<1%"
 
 
 def seconds(value: float) -> str:
