@@ -135,6 +135,9 @@ class SocketRecord(NamedTuple):
     uid: int
     inode: int
     cookie: int = 0  # the kernel's socket id (netlink only); kept from ESTABLISHED into TIME_WAIT
+    lastack_ms: int = -1  # ms since the last ACK from the peer (tcp_info), read for CLOSE_WAIT; -1 unknown
+    cgroup_id: int = 0  # inode of the socket's cgroup v2 directory (INET_DIAG_CGROUP_ID); 0 unknown
+    netns: int = 0  # inode of the socket's network namespace; 0 means socktop's own
 
     @property
     def four_tuple(self) -> tuple[str, int, str, int]:
