@@ -326,17 +326,17 @@ class NamespaceKernel:
             return host
         now = self.clock()
         cached = self._settings.get(namespace.inode)
-        sysctls = cached[1] if cached is not None and now - cached[0] < SETTINGS_EVERY else None
-        counters: tuple[dict[str, int], dict[str, int]] | None = None
-        if namespace.pid is not None and sysctls is not None:
-            counters = read_counters(f"{PROC}/{namespace.pid}/net")
-        if not counters or not counters[1]:  # no process to read through, or it just left
-            sysctls, counters = in_namespace(namespace, lambda: (read_sysctls(), read_counters(f"{PROC}/thread-self/net")))
+        counters, sockstat = {}, {}
+        if cached is not None and now - cached[0] < SETTINGS_EVERY and namespace.pid is not None:
+            sysctls = cached[1]
+            counters, sockstat = read_counters(f"{PROC}/{namespace.pid}/net")
+        if not sockstat:  # settings due, no process to read through, or it just left
+            sysctls, (counters, sockstat) = in_namespace(
+                namespace, lambda: (read_sysctls(), read_counters(f"{PROC}/thread-self/net")))
             self._settings[namespace.inode] = (now, sysctls)
-        assert sysctls is not None
         host_wide = frozenset(key for key, value in sysctls.items() if value is None and host.sysctls.get(key) is not None)
         merged = {**sysctls, **{key: host.sysctls[key] for key in host_wide}}
-        return KernelState(sysctls=merged, counters=counters[0], sockstat=counters[1], host_wide=host_wide)
+        return KernelState(sysctls=merged, counters=counters, sockstat=sockstat, host_wide=host_wide)
 
     def forget(self, alive: Iterable[int]) -> None:
         """Drop namespaces no longer present."""
