@@ -572,7 +572,7 @@ def test_cli_thresholds_reach_the_tui_analysis(tmp_path) -> None:
 
     config = tmp_path / "config.toml"
     config.write_text("[thresholds]\nclose_wait_warning = 42\ntime_wait_group = 7\n")
-    analyzer = Analyzer(config, [("time_wait_group", 9)])
+    analyzer = Analyzer(load_config(config, [("time_wait_group", 9)]).thresholds)
     assert (analyzer.thresholds.close_wait_warning, analyzer.thresholds.time_wait_group) == (42, 9)
 
 
