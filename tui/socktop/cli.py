@@ -34,6 +34,7 @@ examples:
   socktop --json --sockets         ... with every socket listed
   socktop demo --duration 120      start the loopback demo scenario (leaks, TIME_WAIT, ...)
   socktop --demo                   the TUI together with the demo scenario
+  socktop serve                    Prometheus exporter on 127.0.0.1:9877 (see socktop serve --help)
   socktop explain close-wait       what a state means and what to do about it
   socktop explain tcp_tw_recycle   what a kernel setting does (and why that one is gone)
   socktop --once --sample 10 --threshold close_wait_warning=20
@@ -138,10 +139,62 @@ def build_demo_parser() -> argparse.ArgumentParser:
     return parser
 
 
+SERVE_EPILOG = """\
+what it exposes: socket counts by state, service port, remote address and process
+(pid, process name, user), findings, kernel TCP counters and settings; never command
+lines, never the sockets' contents. It reads only; it never runs a program or
+changes a setting.
+
+It binds 127.0.0.1 by default. A wider bind (--listen 0.0.0.0:9877) lets anyone
+who reaches the port read which processes and users hold which ports and peers:
+keep it on a private network, or put it behind TLS and authentication with a
+reverse proxy (nginx, caddy, kube-rbac-proxy) that listens outside and forwards
+to 127.0.0.1:9877. See the README, "Watching a fleet".
+"""
+
+
+def _listen(text: str) -> str:
+    from .serve.server import parse_listen
+
+    try:
+        parse_listen(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _top(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 1000:
+        raise argparse.ArgumentTypeError(f"invalid --top {text!r}: expected 1-1000")
+    return int(text)
+
+
+def build_serve_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(prog="socktop serve", epilog=SERVE_EPILOG,
+                            formatter_class=argparse.RawDescriptionHelpFormatter,
+                            description="Serve Prometheus metrics (/metrics), /healthz and /snapshot.json, "
+                                        "collected once per interval whatever the scrape rate.")
+    parser.add_argument("--listen", type=_listen, default="127.0.0.1:9877", metavar="HOST:PORT",
+                        help="address to listen on (default 127.0.0.1:9877: this host only)")
+    parser.add_argument("--interval", type=_seconds(1, 3600, "interval"), default=15.0,
+                        help="seconds between collections (default 15)")
+    parser.add_argument("--top", type=_top, default=10, metavar="N",
+                        help="per state, the N ports, processes and remote addresses with the most sockets get "
+                             "their own series; the rest are summed as 'other' (default 10)")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto", help="how to read the socket table")
+    parser.add_argument("--threshold", type=_threshold, action="append", default=[], metavar="KEY=VALUE",
+                        help="override one finding threshold (repeatable)")
+    parser.add_argument("--config", type=Path, default=None, metavar="PATH",
+                        help="thresholds file (default: $XDG_CONFIG_HOME/socktop/config.toml)")
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] == "demo":
         return _run_demo(build_demo_parser().parse_args(args[1:]))
+    if args and args[0] == "serve":
+        return _run_serve(build_serve_parser().parse_args(args[1:]))
     if args and args[0] == "explain":
         return _run_explain(args[1:])
     options = build_parser().parse_args(args)
@@ -256,6 +309,17 @@ def _run_tui(options: argparse.Namespace, config: Config) -> int:
     from .ui.app import run
 
     return run(options, config)
+
+
+def _run_serve(options: argparse.Namespace) -> int:
+    from .analyze.config import load_thresholds
+    from .serve.server import run_serve
+
+    thresholds, warnings = load_thresholds(options.config, options.threshold)
+    for warning in warnings:
+        print(f"socktop: warning: {warning}", file=sys.stderr)
+    return run_serve(options.listen, options.interval, options.top, options.backend, thresholds,
+                     lambda line: print(f"socktop serve: {line}", file=sys.stderr, flush=True))
 
 
 def _run_demo(options: argparse.Namespace) -> int:

@@ -1,0 +1,6 @@
+"""`socktop serve`: the Prometheus exporter face (beside the TUI, the CLI and the reports).
+
+`metrics` turns one snapshot and its analysis into metric families with a
+bounded number of series; `server` runs the one collection thread and the
+HTTP endpoints. Neither imports Textual.
+"""
