@@ -210,10 +210,10 @@ def _finding_families(snapshot: Snapshot, analysis: Analysis, top: int) -> Itera
     yield counts
     family = _gauge("socktop_finding",
                     "An active finding (most severe first, at most --top): its headline number, named by 'metric'",
-                    ["kind", "severity", "subject", "name", "metric"])
+                    ["id", "kind", "severity", "subject", "name", "metric"])
     for finding in analysis.findings[:top]:
         metric, value = main_number(finding)
-        family.add_metric([finding.kind, finding.severity.value, _subject_label(finding),
+        family.add_metric([label_text(finding.id), finding.kind, finding.severity.value, _subject_label(finding),
                            label_text(_subject_name(snapshot, finding)), metric], value)
     yield family
 
