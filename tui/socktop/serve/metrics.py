@@ -31,8 +31,8 @@ from ..collect.kernelstate import COUNTER_KEYS, SYSCTL_KEYS
 from ..collect.records import DISPLAY_STATES, TcpState
 from ..model.aggregate import Direction
 from ..model.snapshot import Snapshot
+from . import DEFAULT_TOP
 
-DEFAULT_TOP = 10
 OTHER = "other"
 EPHEMERAL = "ephemeral"
 SOCKSTAT_FIELDS = ("inuse", "orphan", "tw", "alloc", "mem")
