@@ -191,3 +191,8 @@ def test_s7_once_header_breaks_between_phrases_and_counts_in_the_singular() -> N
                             text=True, timeout=60, env={**os.environ, "COLUMNS": "80"})
     assert result.returncode == 0 and " 0 sockets" in result.stdout.splitlines()[0]
     assert (plural(1, "socket"), plural(2, "socket")) == ("1 socket", "2 sockets")
+
+
+def test_7_serve_reads_the_config_the_same_way(tmp_path: Path) -> None:
+    one_line_error(run("serve", "--config", "/nonexistent"), 2, "does not exist")
+    one_line_error(run("serve", "--config", "/dev/zero", timeout=20), 2, "not a regular file")
