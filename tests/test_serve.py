@@ -280,3 +280,17 @@ def test_series_stay_under_the_bound_at_50k_sockets_5000_ports_300_processes() -
     assert figures["processes"] == 300
     assert figures["close_wait"] == 900
     assert figures["series"] <= figures["bound"] == series_bound(10)
+
+
+def test_top_comes_from_the_config_file_unless_given(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text("[serve]\ntop = 0\n")
+    process = socktop("serve", "--config", str(config), "--listen", "127.0.0.1:0")
+    try:
+        warning = process.stderr.readline()
+        assert "[serve] top must be 1-1000" in warning and "using 10" in warning
+        assert "serving" in process.stderr.readline()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=15)
+    assert process.returncode == 0

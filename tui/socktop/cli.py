@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 from . import __version__
 from .collect.records import BackendUnavailable, CollectError, TcpState
 from .model.engine import BACKENDS
+from .serve import DEFAULT_TOP
 
 if TYPE_CHECKING:
     from .analyze.config import Config
@@ -179,9 +180,10 @@ def build_serve_parser() -> argparse.ArgumentParser:
                         help="address to listen on (default 127.0.0.1:9877: this host only)")
     parser.add_argument("--interval", type=_seconds(1, 3600, "interval"), default=15.0,
                         help="seconds between collections (default 15)")
-    parser.add_argument("--top", type=_top, default=10, metavar="N",
+    parser.add_argument("--top", type=_top, default=None, metavar="N",
                         help="per state, the N ports, processes and remote addresses with the most sockets get "
-                             "their own series; the rest are summed as 'other' (default 10)")
+                             f"their own series; the rest are summed as 'other' (default: [serve] top in the "
+                             f"config file, else {DEFAULT_TOP})")
     parser.add_argument("--backend", choices=BACKENDS, default="auto", help="how to read the socket table")
     parser.add_argument("--threshold", type=_threshold, action="append", default=[], metavar="KEY=VALUE",
                         help="override one finding threshold (repeatable)")
@@ -328,8 +330,16 @@ def _run_serve(options: argparse.Namespace) -> int:
         return USAGE_ERROR
     for warning in config.warnings:
         _say(f"warning: {warning}")
-    return run_serve(options.listen, options.interval, options.top, options.backend, config.thresholds,
-                     lambda line: print(f"socktop serve: {line}", file=sys.stderr, flush=True))
+    top = options.top
+    if top is None:
+        configured = config.serve.get("top", DEFAULT_TOP)
+        try:
+            top = _top(str(configured))
+        except argparse.ArgumentTypeError:
+            _say(f"warning: {config.path}: [serve] top must be 1-1000, not {configured!r}; using {DEFAULT_TOP}")
+            top = DEFAULT_TOP
+    return run_serve(options.listen, options.interval, top, options.backend, config.thresholds,
+                     lambda line: _say(f"serve: {line}"))
 
 
 def _run_demo(options: argparse.Namespace) -> int:

@@ -10,6 +10,9 @@ config.toml`` when XDG_CONFIG_HOME is unset), or ``--config PATH``::
     [keys]
     copy_kill = "K"
 
+    [serve]
+    top = 10
+
 Python 3.11+ reads it with ``tomllib``; 3.10 has no TOML parser in the
 standard library and socktop adds no dependency, so there only flat
 ``key = number`` lines of ``[thresholds]`` are read.
@@ -85,6 +88,7 @@ class Config:
     keys: Mapping[str, object] = field(default_factory=dict)  # the [keys] table as written; ui.keys validates it
     warnings: tuple[str, ...] = ()  # what was wrong in the text, one line each
     path: Path | None = None  # the file read, None when there was none
+    serve: Mapping[str, object] = field(default_factory=dict)  # the [serve] table as written; `socktop serve` checks it
 
 
 def config_path(environ: Mapping[str, str] = os.environ) -> Path:
@@ -111,6 +115,7 @@ def load_config(path: Path | None = None, overrides: Iterable[tuple[str, int | f
     warnings: list[str] = []
     values: dict[str, int | float] = {}
     keys: Mapping[str, object] = {}
+    serve: Mapping[str, object] = {}
     if text:
         document, problem = _parse(text)
         if problem:
@@ -128,8 +133,13 @@ def load_config(path: Path | None = None, overrides: Iterable[tuple[str, int | f
         if not isinstance(keys, dict):
             warnings.append(f"{path}: [keys] must be a table of binding id = \"key\"; using the default keys")
             keys = {}
+        serve = document.get("serve", {})
+        if not isinstance(serve, dict):
+            warnings.append(f"{path}: [serve] is not a table; using the defaults")
+            serve = {}
     values.update(overrides)
-    return Config(replace(DEFAULT_THRESHOLDS, **values), keys, tuple(warnings), path if text is not None else None)
+    return Config(replace(DEFAULT_THRESHOLDS, **values), keys, tuple(warnings), path if text is not None else None,
+                  serve=serve)
 
 
 def load_thresholds(path: Path | None = None, overrides: Iterable[tuple[str, int | float]] = ()

@@ -31,8 +31,8 @@ from ..collect.kernelstate import COUNTER_KEYS, SYSCTL_KEYS
 from ..collect.records import DISPLAY_STATES, TcpState
 from ..model.aggregate import Direction
 from ..model.snapshot import Snapshot
+from . import DEFAULT_TOP
 
-DEFAULT_TOP = 10
 OTHER = "other"
 EPHEMERAL = "ephemeral"
 SOCKSTAT_FIELDS = ("inuse", "orphan", "tw", "alloc", "mem")
@@ -210,10 +210,10 @@ def _finding_families(snapshot: Snapshot, analysis: Analysis, top: int) -> Itera
     yield counts
     family = _gauge("socktop_finding",
                     "An active finding (most severe first, at most --top): its headline number, named by 'metric'",
-                    ["kind", "severity", "subject", "name", "metric"])
+                    ["id", "kind", "severity", "subject", "name", "metric"])
     for finding in analysis.findings[:top]:
         metric, value = main_number(finding)
-        family.add_metric([finding.kind, finding.severity.value, _subject_label(finding),
+        family.add_metric([label_text(finding.id), finding.kind, finding.severity.value, _subject_label(finding),
                            label_text(_subject_name(snapshot, finding)), metric], value)
     yield family
 

@@ -195,12 +195,16 @@ def bind(host: str, port: int, exporter: Exporter) -> WSGIServer:
     return make_server(host, port, make_app(exporter), server_class=server_class, handler_class=_Quiet)
 
 
-def serve(exporter: Exporter, server: WSGIServer, stop: threading.Event | None = None) -> None:
-    """Run the collector and the server until SIGTERM/SIGINT (or ``stop``), then stop both cleanly."""
-    stop = stop or threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: stop.set())
+def stop_on_signals() -> threading.Event:
+    """An event SIGTERM and SIGINT set (installed from the main thread, before the slow start-up)."""
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    return stop
+
+
+def serve(exporter: Exporter, server: WSGIServer, stop: threading.Event) -> None:
+    """Run the collector and the server until ``stop`` is set, then stop both cleanly."""
     collector = threading.Thread(target=exporter.run, args=(stop,), name="socktop-collector", daemon=True)
     http = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="socktop-http",
                             daemon=True)
@@ -217,6 +221,7 @@ def run_serve(listen: str, interval: float, top: int, backend: str, thresholds: 
               warn: Callable[[str], None]) -> int:
     """`socktop serve`: 0 after SIGTERM, 1 when the table cannot be read, 2 for a bad or busy --listen."""
     host, port = parse_listen(listen)
+    stop = stop_on_signals()
     try:
         engine = Engine(backend, interval)
     except BackendUnavailable as exc:
@@ -231,5 +236,5 @@ def run_serve(listen: str, interval: float, top: int, backend: str, thresholds: 
     bound = server.server_address
     warn(f"serving http://{listen.rpartition(':')[0]}:{bound[1]}/metrics every {interval:g} s (Ctrl-C or SIGTERM stops)")
     sys.stderr.flush()
-    serve(exporter, server)
+    serve(exporter, server, stop)
     return 0
