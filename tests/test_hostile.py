@@ -9,15 +9,24 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from socktop.analyze.config import ConfigError, load_config
+from socktop.analyze.config import DEFAULT_THRESHOLDS, ConfigError, load_config
+from socktop.analyze.findings import analyze
+from socktop.collect.owners import OwnerScanner
+from socktop.collect.records import TcpState
 from socktop.demo.builders import SocketFarm
-from socktop.report import finite, phrase_lines, plural
+from socktop.model.aggregate import OwnerKind
+from socktop.model.engine import Engine
+from socktop.report import finite, phrase_lines, plural, render_json
 from socktop.ui.keys import key_name, validate_keymap
 
 SOCKTOP = [sys.executable, "-m", "socktop"]
@@ -196,3 +205,133 @@ def test_s7_once_header_breaks_between_phrases_and_counts_in_the_singular() -> N
 def test_7_serve_reads_the_config_the_same_way(tmp_path: Path) -> None:
     one_line_error(run("serve", "--config", "/nonexistent"), 2, "does not exist")
     one_line_error(run("serve", "--config", "/dev/zero", timeout=20), 2, "not a regular file")
+
+
+# --- 8, issue 10 §6: sockets that close between the dump and the owner scan ------------------------------
+
+class CloseAfterDump:
+    """A real backend that, right after its next dump, runs ``close``: the dump lists those sockets
+    with their inodes, and by the time the owner scan reads /proc no process holds them."""
+
+    def __init__(self, backend, close) -> None:
+        self.backend, self.close, self.name = backend, close, backend.name
+
+    def sockets(self):
+        records = self.backend.sockets()
+        if self.close is not None:
+            self.close()
+            self.close = None
+        return records
+
+
+def close_wait_servers(count: int) -> tuple[socket.socket, list[socket.socket], list[socket.socket]]:
+    """``count`` server ends in CLOSE_WAIT, held by this process (their clients have closed)."""
+    listener = socket.create_server(("127.0.0.1", 0), backlog=count)
+    clients = [socket.create_connection(listener.getsockname()) for _ in range(count)]
+    servers = [listener.accept()[0] for _ in range(count)]
+    for client in clients:
+        client.close()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        states = {TcpState.parse(line.split()[0]) for line in subprocess.run(
+            ["ss", "-tanH", f"sport = :{listener.getsockname()[1]}"], capture_output=True, text=True).stdout.splitlines()}
+        if states == {TcpState.LISTEN, TcpState.CLOSE_WAIT}:
+            break
+        time.sleep(0.02)
+    return listener, clients, servers
+
+
+def unknown_owners(snapshot, port: int) -> list:
+    """The sockets on ``port`` (either end) counted as held by a process we may not see."""
+    return [record for record in snapshot.sockets if port in (record.local_port, record.remote_port)
+            and snapshot.owners_of(record).kind is OwnerKind.UNKNOWN]
+
+
+def test_8_sockets_closed_before_their_owner_was_read_are_no_unknown_owner() -> None:
+    listener, _, servers = close_wait_servers(100)
+    port = listener.getsockname()[1]
+    engine = Engine("netlink")
+    engine.backend = CloseAfterDump(engine.backend, lambda: [server.close() for server in servers])
+    try:
+        snapshot = engine.refresh()
+    finally:
+        listener.close()
+    assert not unknown_owners(snapshot, port)
+    assert not [group for key, group in snapshot.aggregates.by_process.items()
+                if key.startswith("uid:") and group.counts.get(TcpState.CLOSE_WAIT)]
+    assert "100 sockets closed before their owner was read" in snapshot.source.owner_note
+    assert "PID namespace" not in snapshot.source.owner_note and "run as root" not in snapshot.source.owner_note
+    findings = analyze(snapshot, replace(DEFAULT_THRESHOLDS, close_wait_warning=50)).findings
+    assert not [finding for finding in findings if "uid:" in finding.id]
+    closed = [record for record in snapshot.sockets if record.inode in snapshot.ownership.closed]
+    assert len(closed) == 100 and {snapshot.owners_of(record).kind for record in closed} <= {
+        OwnerKind.INFERRED, OwnerKind.NONE}
+
+
+def test_8_a_churning_server_never_forms_an_unknown_owner_group() -> None:
+    """A server that accepts and closes at once, clients that connect in a loop: over 25 refreshes
+    no socket is grouped as an owner we may not see, and the note states no unchecked reason."""
+    listener = socket.create_server(("127.0.0.1", 0), backlog=512)
+    stop = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.05)
+        while not stop.is_set():
+            try:
+                listener.accept()[0].close()
+            except OSError:
+                pass
+
+    def connect() -> None:
+        while not stop.is_set():
+            try:
+                socket.create_connection(listener.getsockname(), timeout=1).close()
+            except OSError:
+                pass
+
+    threads = [threading.Thread(target=serve), *(threading.Thread(target=connect) for _ in range(2))]
+    for thread in threads:
+        thread.start()
+    try:
+        engine = Engine("netlink")
+        for _ in range(25):
+            snapshot = engine.refresh()
+            assert not unknown_owners(snapshot, listener.getsockname()[1])
+            assert "PID namespace" not in snapshot.source.owner_note
+            assert "run as root" not in snapshot.source.owner_note
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(5)
+        listener.close()
+
+
+# --- 9: a holder that exits before its /proc entry is read ---------------------------------------------
+
+HOLDER = ("import socket, sys\ns = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(1)\n"
+          "print(s.getsockname()[1], flush=True); sys.stdin.read()\n")
+
+
+def test_9_no_half_null_process_entries() -> None:
+    child = subprocess.Popen([sys.executable, "-c", HOLDER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True)
+    port = int(child.stdout.readline())
+
+    class ExitingBeforeRead(OwnerScanner):
+        def _refresh_processes(self, owner_pids):
+            child.kill()  # its descriptors were read, then it is gone before its name and user are
+            child.wait()
+            super()._refresh_processes(owner_pids)
+
+    engine = Engine("netlink")
+    engine.scanner = ExitingBeforeRead()
+    snapshot = engine.refresh()
+    assert all(pid in snapshot.ownership.processes for pids in snapshot.ownership.pids_by_inode.values()
+               for pid in pids)
+    document = strict_json(render_json(snapshot, {}, True))
+    for entry in document["processes"]:
+        if entry["key"].startswith("pid:"):
+            assert entry["pid"] is not None and entry["name"] is not None and entry["user"] != "?", entry
+    assert f"pid:{child.pid}" not in snapshot.aggregates.by_process
+    assert not [record for record in snapshot.sockets if record.local_port == port
+                and snapshot.owners_of(record).kind is OwnerKind.UNKNOWN]

@@ -81,7 +81,7 @@ class Snapshot:
         pids = self.ownership.pids_by_inode.get(record.inode)
         if pids:
             return Attribution(self._processes(pids), OwnerKind.DIRECT)
-        if record.inode:
+        if record.inode and record.inode not in self.ownership.closed:
             return Attribution((), OwnerKind.UNKNOWN)
         if record.state is not TcpState.LISTEN and record.local_port in self.aggregates.listening_ports:
             inferred: Pids = self.aggregates.listener_pids.get(record.local_port, ())
