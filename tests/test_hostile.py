@@ -18,15 +18,17 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from frozen import frozen_snapshot, make_app, press, settle
 
 from socktop.analyze.config import DEFAULT_THRESHOLDS, ConfigError, load_config
 from socktop.analyze.findings import analyze
 from socktop.collect.owners import OwnerScanner
 from socktop.collect.records import TcpState
 from socktop.demo.builders import SocketFarm
-from socktop.model.aggregate import OwnerKind
+from socktop.model.aggregate import OwnerKind, ProcessGroup
 from socktop.model.engine import Engine
 from socktop.report import finite, phrase_lines, plural, render_json
+from socktop.ui.details import Selection, commands_for
 from socktop.ui.keys import key_name, validate_keymap
 
 SOCKTOP = [sys.executable, "-m", "socktop"]
@@ -335,3 +337,44 @@ def test_9_no_half_null_process_entries() -> None:
     assert f"pid:{child.pid}" not in snapshot.aggregates.by_process
     assert not [record for record in snapshot.sockets if record.local_port == port
                 and snapshot.owners_of(record).kind is OwnerKind.UNKNOWN]
+
+
+# --- issue 10 §6 and 17: copy keys on a row with no process say what is true ---------------------------
+
+async def test_s6_k_on_a_hidden_owner_row_as_root_never_says_run_as_root() -> None:
+    snapshot = frozen_snapshot()
+    rooted = replace(snapshot, source=replace(snapshot.source, is_root=True,
+                                              owner_note="12 sockets held by no process visible here"))
+    app = make_app(rooted)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await settle(pilot)
+        await press(pilot, "3")
+        processes = app.pane("processes")
+        for _ in range(20):
+            if processes.selected_key == "uid:998":
+                break
+            await press(pilot, "down")
+        await press(pilot, "k", "l")
+        messages = [notification.message for notification in app._notifications]
+        assert sum("no process visible here holds these sockets of uid 998, even as root" in message
+                   for message in messages) == 2, messages
+        assert not any("run socktop as root" in message for message in messages)
+
+
+def test_17_copy_keys_on_an_exited_process_say_it_exited() -> None:
+    exited = ProcessGroup(key="pid:8181", process=None, uid=None, user="?", counts={TcpState.TIME_WAIT: 3},
+                          inferred={}, total=3)
+    for is_root in (True, False):
+        commands = commands_for(Selection(focus="processes", process=exited, is_root=is_root))
+        assert commands["kill"].why_not == commands["lsof"].why_not == "pid 8181 has exited: there is no process to act on"
+    hidden = replace(exited, key="uid:998", uid=998)
+    assert "run socktop as root" in commands_for(Selection(focus="processes", process=hidden))["kill"].why_not
+
+
+def test_2_a_default_config_that_cannot_be_read_is_a_warning(tmp_path: Path) -> None:
+    (tmp_path / "socktop").mkdir()
+    (tmp_path / "socktop" / "config.toml").write_bytes(b"\xff\xfe")
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path)}
+    result = subprocess.run([*SOCKTOP, "--json"], capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 0 and strict_json(result.stdout)
+    assert result.stderr.count("\n") == 1 and "not UTF-8" in result.stderr and "using the defaults" in result.stderr
