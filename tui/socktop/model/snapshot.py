@@ -22,6 +22,7 @@ class SourceInfo:
     backend_note: str  # why this backend, when it is not the one asked for or the best one
     is_root: bool
     owner_note: str  # why some owners are missing ("run as root for all"), or "" when every owner is visible
+    unavailable: frozenset[str] = frozenset()  # what this backend cannot know, e.g. "listen_backlog" (proc)
 
 
 def coverage_text(fraction: float) -> str:
