@@ -6,6 +6,7 @@ processes share the loopback, and their closes fall into other groups.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -229,3 +230,19 @@ def test_ledger_is_bounded_in_entries_and_age() -> None:
     assert len(ledger) == 1_000 == sum(1 for cookie in cookies if ledger.owners(cookie) == (process,))
     ledger.update([7], [None], {}, now=12.0)  # not held: nothing learnt, and the rest are too old
     assert len(ledger) == 0 and not any(map(ledger.owners, cookies))
+
+
+def test_json_gives_churn_rates_with_sample(server: int) -> None:
+    client = threading.Thread(target=connect_and_close, args=(server, 100, 50.0))
+    client.start()
+    result = subprocess.run([sys.executable, "-m", "socktop", "--json", "--sample", "1.5", "--interval", "0.5"],
+                            capture_output=True, text=True, timeout=60)
+    client.join()
+    assert result.returncode == 0, result.stderr
+    churn = json.loads(result.stdout)["churn"]
+    assert churn["available"] and churn["window_s"] > 0 and churn["closes_per_s"] > 0
+    ports = {(row["direction"], row["port"]) for row in churn["ports"]}
+    assert {("in", server), ("out", server)} <= ports
+    one_shot = json.loads(subprocess.run([sys.executable, "-m", "socktop", "--json", "--backend", "proc"],
+                                         capture_output=True, text=True, timeout=60, check=True).stdout)
+    assert one_shot["churn"] == {"available": False, "note": "no close events with the proc backend (they need sock_diag)"}
