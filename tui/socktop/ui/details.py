@@ -22,7 +22,7 @@ from rich.text import Text
 
 from ..analyze import commands as cmd
 from ..analyze.findings import Analysis, Finding
-from ..analyze.knowledge import knowledge_for
+from ..analyze.knowledge import knowledge_for, on_this_kernel
 from ..collect.records import DISPLAY_STATES, SocketRecord, TcpState
 from ..model.aggregate import OwnerKind, PortGroup, ProcessGroup
 from ..model.snapshot import Snapshot
@@ -289,12 +289,14 @@ def _knowledge(doc: Doc, state: TcpState, snapshot: Snapshot, brief: bool = Fals
             for line in remedy.commands:
                 doc.command(line, indent=4)
     doc.bullets("What does not help", knowledge.not_fixes)
+    doc.bullets("On this kernel", on_this_kernel(state, snapshot.kernel))
     if knowledge.sysctls:
-        doc.heading("Settings now")
-        sysctls = snapshot.kernel.sysctls if snapshot.kernel else {}
+        doc.heading("Settings now (socktop explain NAME)")
+        kernel = snapshot.kernel
         for key in knowledge.sysctls:
-            value = sysctls.get(key)
-            doc.bullet(f"{key} = {value}" if value is not None else f"{key}: absent on this kernel", "·")
+            value = kernel.sysctls.get(key) if kernel else None
+            doc.bullet(f"{key} = {value}" if value is not None else
+                       f"{key}: {kernel.scope_note(key) if kernel else 'not read'}", "·")
 
 
 def _suggestions(doc: Doc, findings: Sequence[Finding]) -> None:
