@@ -15,8 +15,8 @@ from contextlib import contextmanager
 from operator import itemgetter
 
 from ..collect.kernelstate import read_kernel_state
-from ..collect.owners import OwnerScanner, user_name
 from ..collect.destroy import DestroyFeed
+from ..collect.owners import OwnerScanner, owner_note_for, user_name
 from ..collect.records import Backend, BackendUnavailable, OwnerAwareBackend, SocketRecord
 from .aggregate import DEFAULT_EPHEMERAL_PORTS, INODE, Aggregates, Ownership, aggregate
 from .churn import Churn, ChurnTracker
@@ -118,7 +118,7 @@ class Engine:
         return Snapshot(
             seq=self._seq, taken_at=taken_at, monotonic=monotonic,
             collect_seconds=time.perf_counter() - started,
-            source=self._source(aggregates.coverage), sockets=records, ownership=ownership,
+            source=self._source(aggregates), sockets=records, ownership=ownership,
             aggregates=aggregates, history=history, user_of=user_name, kernel=kernel, churn=churn,
         )
 
@@ -151,14 +151,18 @@ class Engine:
             pids_by_inode = self.backend.owner_hint()
             return Ownership(pids_by_inode, self.backend.processes(
                 {pid for pids in pids_by_inode.values() for pid in pids}))
-        self.scanner.update(set(inodes))
-        return Ownership(self.scanner.pids_by_inode, self.scanner.processes)
+        self.scanner.update(set(inodes), self._still_listed)
+        return Ownership(self.scanner.pids_by_inode, self.scanner.processes, self.scanner.closed)
 
-    def _source(self, coverage: float) -> SourceInfo:
-        owner_note = ""
-        if coverage < 1.0:
-            owner_note = ("the rest belong to processes outside this PID namespace" if self._is_root
-                          else "run as root for all")
+    def _still_listed(self, inodes: set[int]) -> set[int]:
+        """Those of ``inodes`` the socket table lists now: a second read, only when the owner scan
+        could not place a socket (one that closed meanwhile is no longer listed)."""
+        return inodes.intersection(map(INODE, self.backend.sockets()))
+
+    def _source(self, aggregates: Aggregates) -> SourceInfo:
+        closed = 0 if isinstance(self.backend, OwnerAwareBackend) else len(self.scanner.closed)
+        owner_note = owner_note_for(aggregates.with_inode - aggregates.owned, closed, self._is_root,
+                                    len(self.scanner.denied_pids))
         return SourceInfo(
             host=self._host, kernel=self._kernel, backend=self.backend.name, backend_note=self.backend_note,
             is_root=self._is_root, owner_note=owner_note, churn_note=self.churn_note,

@@ -87,7 +87,7 @@ class Snapshot:
         pids = self.ownership.pids_by_inode.get(record.inode)
         if pids:
             return Attribution(self._processes(pids), OwnerKind.DIRECT)
-        if record.inode:
+        if record.inode and record.inode not in self.ownership.closed:
             return Attribution((), OwnerKind.UNKNOWN)
         held = self.churn.owners(record) if self.churn is not None else ()
         if held:
