@@ -44,6 +44,7 @@ class OwnerKind(str, Enum):
     """How a group of sockets was tied to its processes."""
 
     DIRECT = "direct"  # the process holds the socket's descriptor
+    COOKIE = "cookie"  # an inode-0 socket a dump saw held (the kernel's cookie matches): that process, exactly
     INFERRED = "inferred"  # an inode-0 socket: the port's listener, or the connection's last owner
     UNKNOWN = "unknown"  # a socket with an inode we could not place (another user's, without root)
     NONE = "none"  # an inode-0 socket nobody can be named for

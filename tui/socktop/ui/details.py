@@ -464,6 +464,8 @@ def owner_text(record: SocketRecord, snapshot: Snapshot) -> str:
     names = ", ".join(f"{printable(p.name)} (pid {p.pid})" for p in attribution.processes)
     if attribution.kind is OwnerKind.DIRECT:
         return f"{names}, which holds its descriptor"
+    if attribution.kind is OwnerKind.COOKIE:
+        return f"{names}, which held it before it closed (exact: a refresh saw that process hold this socket cookie)"
     if attribution.kind is OwnerKind.INFERRED:
         if record.state is not TcpState.LISTEN and record.local_port in snapshot.aggregates.listening_ports:
             why = f"it listens on :{record.local_port}"
