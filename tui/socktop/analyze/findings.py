@@ -330,7 +330,8 @@ def _time_wait_destinations(scan: _Scan) -> Iterable[Finding]:
     range_size = port_range[1] - port_range[0] + 1
     for (local, remote, port), records in candidates.items():
         count, used = len(records), in_use[(local, remote, port)]
-        rate = _time_wait_rate(records)
+        measured = _close_rate_toward(scan, remote, port)
+        rate = measured[0] if measured else _time_wait_rate(records)
         share = used / range_size
         steady = used - count + rate * TIME_WAIT_SECONDS
         seconds_left = (range_size - used) / rate if rate > 0 and steady >= range_size else None
@@ -358,6 +359,9 @@ def _time_wait_destinations(scan: _Scan) -> Iterable[Finding]:
                 f"{remote}:{port} from {local}",
                 f"ip_local_port_range {port_range[0]}-{port_range[1]}: {range_size} ports per destination; "
                 f"a finding from {limits.port_range_warning:.0%}, critical from {limits.port_range_critical:.0%}",
+                f"connections closed toward it: {_rate_text(rate)} over the last {measured[1]:.0f} s (the kernel's "
+                f"close events), each a TIME_WAIT for {TIME_WAIT_SECONDS} s when this host closes first"
+                if measured else
                 f"new TIME_WAIT: about {_rate_text(rate)} (from the age of the oldest, each lasts {TIME_WAIT_SECONDS} s)",
                 f"opened by {_pids_text(scan, group.pids)}" if group and group.pids else
                 "opened by: unknown, the connections closed between refreshes (TIME_WAIT has no owner); "
@@ -387,6 +391,16 @@ def _groups_of_at_least(records: Sequence[SocketRecord], key: Callable[[SocketRe
             if group is not None:
                 group.append(record)
     return big
+
+
+def _close_rate_toward(scan: _Scan, remote: str, port: int) -> tuple[float, float] | None:
+    """Outgoing closes per second toward a destination, and over how many seconds, from the
+    kernel's destroy events; None without them (no feed, or a single refresh)."""
+    churn = scan.snapshot.churn
+    if churn is None or not churn.seconds:
+        return None
+    group = churn.toward(remote, port)
+    return (group.per_second if group else 0.0), churn.seconds
 
 
 def _time_wait_rate(records: Sequence[SocketRecord]) -> float:
