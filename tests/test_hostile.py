@@ -38,8 +38,10 @@ from socktop.ui.keys import key_name, validate_keymap
 
 SOCKTOP = [sys.executable, "-m", "socktop"]
 
+
 def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*SOCKTOP, *args], capture_output=True, text=True, timeout=timeout)
+
 
 def shell(script: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """``script`` in bash with $SOCKTOP set to the command; PYTHONUNBUFFERED unset, as users run it."""
@@ -47,12 +49,14 @@ def shell(script: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     env["SOCKTOP"] = " ".join(SOCKTOP)
     return subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=timeout, env=env)
 
+
 def strict_json(text: str) -> dict:
     """json.loads that refuses NaN and Infinity, which Python's json accepts and JSON does not have."""
     def refuse(constant: str) -> None:
         raise ValueError(f"not JSON: {constant}")
 
     return json.loads(text, parse_constant=refuse)
+
 
 def one_line_error(result: subprocess.CompletedProcess[str], status: int, *words: str) -> None:
     assert result.returncode == status, (result.returncode, result.stderr)
@@ -62,12 +66,14 @@ def one_line_error(result: subprocess.CompletedProcess[str], status: int, *words
     for word in words:
         assert word in lines[0]
 
+
 @pytest.fixture(scope="module")
 def farm():
     """A few hundred loopback sockets: enough that `--json --sockets` overflows a pipe's 64 KiB."""
     with SocketFarm() as sockets:
         sockets.close_wait(150)
         yield sockets
+
 
 # --- 1, 11: non-finite and out-of-range numbers --------------------------------------------------------
 
@@ -82,16 +88,19 @@ def test_1_11_non_finite_thresholds_in_the_config_warn_and_keep_the_default(tmp_
     warnings = result.stderr.strip().splitlines()
     assert len(warnings) == 2 and all("finite" in line for line in warnings)
 
+
 @pytest.mark.parametrize("flag", ["port_range_warning=nan", "port_range_warning=inf", "close_wait_warning=inf",
                                   "close_wait_warning=1e400", "fd_warning=-0.1"])
 def test_11_non_finite_threshold_flags_are_rejected_in_one_line(flag: str) -> None:
     one_line_error(run("--json", "--threshold", flag), 2, "finite")
+
 
 def test_11_json_is_strict_even_when_a_value_is_not_finite() -> None:
     """A NaN that reaches the document (a rate over no time) is written as null, never as NaN."""
     document = {"a": float("nan"), "b": [1.5, float("inf")], "c": {"d": -float("inf"), "e": "x"}}
     assert finite(document) == {"a": None, "b": [1.5, None], "c": {"d": None, "e": "x"}}
     assert strict_json(json.dumps(finite(document), allow_nan=False))
+
 
 # --- 2, 6, 7: files that cannot be read as a config ----------------------------------------------------
 
@@ -101,25 +110,30 @@ def test_2_non_utf8_config_is_one_line_and_status_2(tmp_path: Path) -> None:
     for mode in ("--json", "--once"):
         one_line_error(run(mode, "--config", str(config)), 2, "not UTF-8", "0xff")
 
+
 def test_6_dev_zero_and_a_fifo_are_refused_at_once(tmp_path: Path) -> None:
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     for path in ("/dev/zero", str(fifo), str(tmp_path)):
         one_line_error(run("--json", "--config", path, timeout=20), 2, "not a regular file")
 
+
 def test_6_a_huge_config_is_refused(tmp_path: Path) -> None:
     config = tmp_path / "config.toml"
     config.write_text("# padding\n" * 100_000)
     one_line_error(run("--json", "--config", str(config)), 2, "larger than")
 
+
 def test_7_missing_config_named_on_the_command_line(tmp_path: Path) -> None:
     one_line_error(run("--json", "--config", "/nonexistent"), 2, "/nonexistent", "does not exist")
     one_line_error(run("--once", "--config", str(tmp_path / "none.toml")), 2, "does not exist")
+
 
 def test_7_missing_default_config_is_silent(tmp_path: Path) -> None:
     env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path)}
     result = subprocess.run([*SOCKTOP, "--json"], capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode == 0 and result.stderr == ""
+
 
 def test_7_one_read_hands_each_part_its_section(tmp_path: Path) -> None:
     config = tmp_path / "config.toml"
@@ -130,6 +144,7 @@ def test_7_one_read_hands_each_part_its_section(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         load_config(config)
 
+
 # --- 3, 4, 5: where the output goes ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("args", ["--json", "--once", "explain close-wait"])
@@ -137,13 +152,16 @@ def test_3_closed_stdout_is_one_line(args: str) -> None:
     result = shell(f"$SOCKTOP {args} >&-")
     one_line_error(result, 1, "standard output is closed")
 
+
 def test_4_a_closed_pipe_ends_quietly_with_141(farm: SocketFarm) -> None:
     result = shell("set -o pipefail; $SOCKTOP --json --sockets | head -c 10 >/dev/null; echo \"status $?\"")
     assert result.stderr == "" and result.stdout.strip() == "status 141"
 
+
 @pytest.mark.parametrize("args", ["--json", "--once", "--json --sockets", "explain close-wait"])
 def test_5_a_full_disk_is_one_line_and_non_zero(args: str, farm: SocketFarm) -> None:
     one_line_error(shell(f"$SOCKTOP {args} >/dev/full"), 1, "No space left on device")
+
 
 # --- 16: key names and clashes ------------------------------------------------------------------------
 
@@ -151,6 +169,7 @@ def test_16_key_names_are_textual_names() -> None:
     assert key_name("?") == "question_mark" and key_name("K") == "K" and key_name("shift+ctrl+x") == "ctrl+shift+x"
     for bad in ("ctrl-k", "Ctrl+K", "kk", "f25", "ctrl+ctrl+k", "", " ", "\x1b"):
         assert key_name(bad) is None, bad
+
 
 def test_16_invalid_names_and_clashes_are_rejected_and_defaults_kept() -> None:
     keymap, errors = validate_keymap({"pause": "q", "theme": "x", "sort": "x", "copy_ss": "ctrl-k",
@@ -165,15 +184,18 @@ def test_16_invalid_names_and_clashes_are_rejected_and_defaults_kept() -> None:
     reserved, errors = validate_keymap({"slower": "ctrl+c"}, "cfg")
     assert reserved == {} and "interrupt (Ctrl+C)" in errors[0]
 
+
 # --- issue 10 §7: the command line ----------------------------------------------------------------------
 
 def test_s7_help_names_the_subcommands() -> None:
     result = run("--help")
     assert result.returncode == 0 and "socktop explain TOPIC" in result.stdout and "socktop demo" in result.stdout
 
+
 def test_s7_a_pid_that_does_not_exist() -> None:
     one_line_error(run("--json", "--pid", "999999"), 2, "no such process: 999999")
     one_line_error(run("--pid", "4194305"), 2, "no such process")
+
 
 def test_s7_once_header_breaks_between_phrases_and_counts_in_the_singular() -> None:
     phrases = ("socktop", "a-rather-long-host-name", "Linux 6.18.44-fc-v1045", "backend netlink", "1 socket",
@@ -186,9 +208,11 @@ def test_s7_once_header_breaks_between_phrases_and_counts_in_the_singular() -> N
     assert result.returncode == 0 and " 0 sockets" in result.stdout.splitlines()[0]
     assert (plural(1, "socket"), plural(2, "socket")) == ("1 socket", "2 sockets")
 
+
 def test_7_serve_reads_the_config_the_same_way(tmp_path: Path) -> None:
     one_line_error(run("serve", "--config", "/nonexistent"), 2, "does not exist")
     one_line_error(run("serve", "--config", "/dev/zero", timeout=20), 2, "not a regular file")
+
 
 # --- 8, issue 10 §6: sockets that close between the dump and the owner scan ------------------------------
 
@@ -206,6 +230,7 @@ class CloseAfterDump:
             self.close = None
         return records
 
+
 def close_wait_servers(count: int) -> tuple[socket.socket, list[socket.socket], list[socket.socket]]:
     """``count`` server ends in CLOSE_WAIT, held by this process (their clients have closed)."""
     listener = socket.create_server(("127.0.0.1", 0), backlog=count)
@@ -222,10 +247,12 @@ def close_wait_servers(count: int) -> tuple[socket.socket, list[socket.socket], 
         time.sleep(0.02)
     return listener, clients, servers
 
+
 def unknown_owners(snapshot, port: int) -> list:
     """The sockets on ``port`` (either end) counted as held by a process we may not see."""
     return [record for record in snapshot.sockets if port in (record.local_port, record.remote_port)
             and snapshot.owners_of(record).kind is OwnerKind.UNKNOWN]
+
 
 def test_8_sockets_closed_before_their_owner_was_read_are_no_unknown_owner() -> None:
     listener, _, servers = close_wait_servers(100)
@@ -246,6 +273,7 @@ def test_8_sockets_closed_before_their_owner_was_read_are_no_unknown_owner() -> 
     closed = [record for record in snapshot.sockets if record.inode in snapshot.ownership.closed]
     assert len(closed) == 100 and {snapshot.owners_of(record).kind for record in closed} <= {
         OwnerKind.INFERRED, OwnerKind.NONE}
+
 
 def test_8_a_churning_server_never_forms_an_unknown_owner_group() -> None:
     """A server that accepts and closes at once, clients that connect in a loop: over 25 refreshes
@@ -284,10 +312,12 @@ def test_8_a_churning_server_never_forms_an_unknown_owner_group() -> None:
             thread.join(5)
         listener.close()
 
+
 # --- 9: a holder that exits before its /proc entry is read ---------------------------------------------
 
 HOLDER = ("import socket, sys\ns = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(1)\n"
           "print(s.getsockname()[1], flush=True); sys.stdin.read()\n")
+
 
 def test_9_no_half_null_process_entries() -> None:
     child = subprocess.Popen([sys.executable, "-c", HOLDER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -313,6 +343,7 @@ def test_9_no_half_null_process_entries() -> None:
     assert not [record for record in snapshot.sockets if record.local_port == port
                 and snapshot.owners_of(record).kind is OwnerKind.UNKNOWN]
 
+
 # --- issue 10 §6 and 17: copy keys on a row with no process say what is true ---------------------------
 
 async def test_s6_k_on_a_hidden_owner_row_as_root_never_says_run_as_root() -> None:
@@ -334,6 +365,7 @@ async def test_s6_k_on_a_hidden_owner_row_as_root_never_says_run_as_root() -> No
                    for message in messages) == 2, messages
         assert not any("run socktop as root" in message for message in messages)
 
+
 def test_17_copy_keys_on_an_exited_process_say_it_exited() -> None:
     exited = ProcessGroup(key="pid:8181", process=None, uid=None, user="?", counts={TcpState.TIME_WAIT: 3},
                           inferred={}, total=3)
@@ -343,6 +375,7 @@ def test_17_copy_keys_on_an_exited_process_say_it_exited() -> None:
     hidden = replace(exited, key="uid:998", uid=998)
     assert "run socktop as root" in commands_for(Selection(focus="processes", process=hidden))["kill"].why_not
 
+
 def test_2_a_default_config_that_cannot_be_read_is_a_warning(tmp_path: Path) -> None:
     (tmp_path / "socktop").mkdir()
     (tmp_path / "socktop" / "config.toml").write_bytes(b"\xff\xfe")
@@ -350,6 +383,7 @@ def test_2_a_default_config_that_cannot_be_read_is_a_warning(tmp_path: Path) -> 
     result = subprocess.run([*SOCKTOP, "--json"], capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode == 0 and strict_json(result.stdout)
     assert result.stderr.count("\n") == 1 and "not UTF-8" in result.stderr and "using the defaults" in result.stderr
+
 
 # --- 10: psutil without root --------------------------------------------------------------------------
 
@@ -384,6 +418,7 @@ def as_nobody(work):
     _, status = os.waitpid(child, 0)
     return json.loads(b"".join(chunks)) if status == 0 else None
 
+
 def test_10_psutil_without_root_is_honest_about_coverage_and_finds_the_leak() -> None:
     with SocketFarm() as sockets:
         port = sockets.close_wait(60).port
@@ -404,6 +439,7 @@ def test_10_psutil_without_root_is_honest_about_coverage_and_finds_the_leak() ->
     assert seen["groups"] == {"uid:-1": 60}
     assert seen["findings"] == ["close-wait-leak:uid:-1"]
 
+
 # --- 12: what the proc backend cannot know ------------------------------------------------------------
 
 def test_12_a_queued_listener_is_never_silent_with_the_proc_backend() -> None:
@@ -421,6 +457,7 @@ def test_12_a_queued_listener_is_never_silent_with_the_proc_backend() -> None:
     (full,) = [f for f in analyze(capped).findings if f.id == f"accept-queue:in:{port}"]
     assert full.severity.value == "warning" and "full" in full.title
 
+
 # --- 14, 18: the real terminal (tmux) -------------------------------------------------------------------
 
 def socktop_pid(term: Terminal) -> int:
@@ -436,11 +473,13 @@ def socktop_pid(term: Terminal) -> int:
         time.sleep(0.1)
     raise AssertionError("socktop did not start")
 
+
 def pane_flags(term: Terminal) -> dict[str, str]:
     names = ("alternate_on", "mouse_any_flag", "mouse_standard_flag", "cursor_flag")
     shown = subprocess.run(["tmux", "display-message", "-p", "-t", term.name, " ".join(f"#{{{n}}}" for n in names)],
                            capture_output=True, text=True, check=True).stdout.split()
     return dict(zip(names, shown))
+
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
 @pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGHUP])
@@ -453,6 +492,7 @@ def test_14_sigterm_and_sighup_quit_like_q_and_restore_the_terminal(terminal, nu
     assert pane_flags(term) == {"alternate_on": "0", "mouse_any_flag": "0", "mouse_standard_flag": "0",
                                 "cursor_flag": "1"}
 
+
 def colours(escaped: str) -> set[str]:
     """The colour parameters of every SGR sequence in tmux's ``capture-pane -e`` text (39/49: default)."""
     found = set()
@@ -462,6 +502,7 @@ def colours(escaped: str) -> set[str]:
             if code in (38, 48) or 30 <= code <= 37 or 40 <= code <= 47 or 90 <= code <= 107:
                 found.add(parameters)
     return found
+
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
 def test_18_no_color_means_no_colour_at_all(tmp_path: Path) -> None:
@@ -477,10 +518,12 @@ def test_18_no_color_means_no_colour_at_all(tmp_path: Path) -> None:
     finally:
         term.close()
 
+
 def test_18_term_dumb_prints_the_summary_and_a_hint() -> None:
     result = subprocess.run(SOCKTOP, capture_output=True, text=True, timeout=60, env={**os.environ, "TERM": "dumb"})
     assert result.returncode == 0 and "By state" in result.stdout and "\x1b[" not in result.stdout
     assert result.stderr.count("\n") == 1 and "TERM=dumb" in result.stderr
+
 
 async def test_16_a_rejected_key_keeps_its_default_in_the_running_app() -> None:
     keymap, errors = validate_keymap({"pause": "q", "copy_ss": "C"}, "cfg")
@@ -495,4 +538,3 @@ async def test_16_a_rejected_key_keeps_its_default_in_the_running_app() -> None:
         await pilot.press("q")
         await pilot.pause()
     assert app.return_value == 0
-
