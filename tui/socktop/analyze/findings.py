@@ -510,6 +510,9 @@ def _time_wait_table(scan: _Scan) -> Iterable[Finding]:
 
 def _accept_queues(scan: _Scan) -> Iterable[Finding]:
     """A LISTEN socket whose accept queue (Recv-Q) is near its backlog (Send-Q)."""
+    if "listen_backlog" in scan.snapshot.source.unavailable:
+        yield from _accept_queues_without_backlog(scan)
+        return
     limits = scan.thresholds
     worst: dict[int, SocketRecord] = {}
     for record in scan.records(TcpState.LISTEN):
@@ -553,6 +556,42 @@ def _accept_queues(scan: _Scan) -> Iterable[Finding]:
                      *(stack_dump(process) for process in processes[:1])],
             advisor=advisor,
             weight=record.recv_q,
+        )
+
+
+def _accept_queues_without_backlog(scan: _Scan) -> Iterable[Finding]:
+    """Listeners with connections waiting for accept() when the backend cannot say the backlog.
+
+    Never silent: the queue is full for certain once it holds more than
+    net.core.somaxconn (every backlog is capped there), otherwise the
+    finding says the limit is not available with this backend.
+    """
+    backend = scan.snapshot.source.backend
+    if "listen_queue" in scan.snapshot.source.unavailable:
+        return  # psutil knows neither the queue nor its limit: the README says so; nothing to weigh here
+    somaxconn = scan.sysctl_int("net.core.somaxconn")
+    waiting: dict[int, int] = {}
+    for record in scan.records(TcpState.LISTEN):
+        if record.recv_q:
+            waiting[record.local_port] = max(waiting.get(record.local_port, 0), record.recv_q)
+    for port, queued in waiting.items():
+        full = somaxconn is not None and queued > somaxconn
+        pids = scan.snapshot.aggregates.listener_pids.get(port, ())
+        yield _finding(
+            "accept-queue", f"in:{port}", Severity.WARNING if full else Severity.INFO,
+            f"port {port} accept queue {'full' if full else 'in use'}: {queued} waiting, backlog not available "
+            f"with the {backend} backend ({_pids_text(scan, pids)})",
+            Subject("port", f"in:{port}"), TcpState.LISTEN,
+            evidence=[
+                f"Recv-Q {queued} (connections waiting for accept()); the backlog (Send-Q) is not available with "
+                f"the {backend} backend: `ss -ltn` shows it",
+                f"every backlog is capped at net.core.somaxconn {somaxconn}" + (": the queue is past it, so full"
+                                                                               if full else ""),
+            ],
+            metrics={"recv_q": queued, "backlog": None},
+            ss=ss_sockets(TcpState.LISTEN, local_port=port),
+            actions=[nstat_counters(["TcpExtListenOverflows", "TcpExtListenDrops"])],
+            weight=queued,
         )
 
 
