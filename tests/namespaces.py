@@ -122,3 +122,51 @@ def _empty(directory: str, home: str) -> None:
             move_to_cgroup(int(pid), home)
         except OSError as exc:
             print(f"could not move pid {pid} out of {directory}: {exc}", file=sys.stderr)
+
+
+_FARM = """
+import sys
+from socktop.demo.builders import SocketFarm
+established, close_wait = int(sys.argv[1]), int(sys.argv[2])
+with SocketFarm() as farm:
+    if established:
+        farm.established(established)
+    if close_wait:
+        farm.close_wait(close_wait)
+    print("ready", flush=True)
+    sys.stdin.read()
+"""
+
+
+@contextmanager
+def farm_in_netns(name: str, established: int = 0, close_wait: int = 0) -> Iterator[subprocess.Popen[str]]:
+    """A child inside namespace ``name`` holding ``established`` pairs and ``close_wait`` leaked
+    server ends on its loopback (each build adds its listener); stopped on exit."""
+    child = subprocess.Popen(["ip", "netns", "exec", name, sys.executable, "-c", _FARM, str(established),
+                              str(close_wait)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        line = child.stdout.readline()
+        if line.strip() != "ready":
+            raise RuntimeError(f"the socket farm in {name} did not start (exit {child.poll()})")
+        yield child
+    finally:
+        if child.stdin is not None:
+            child.stdin.close()
+        try:
+            child.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait(timeout=10)
+
+
+def ss_counts(name: str) -> dict[str, int]:
+    """``ip netns exec NAME ss -tan``, counted by state as ss prints it."""
+    output = subprocess.run(["ip", "netns", "exec", name, "ss", "-tan"], capture_output=True, text=True,
+                            check=True).stdout
+    counts: dict[str, int] = {}
+    for line in output.splitlines()[1:]:
+        state = line.split(None, 1)[0] if line.strip() else ""
+        if state:
+            counts[state] = counts.get(state, 0) + 1
+    return counts

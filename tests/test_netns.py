@@ -51,28 +51,32 @@ def test_labels_prefer_the_bound_name_then_the_container() -> None:
     assert Namespace(4026532316).label() == "netns:4026532316"
 
 
-@pytest.mark.parametrize(("text", "mode", "value"), [
-    ("all", "all", ""), ("self", "self", ""), ("4312", "pid", "4312"), ("blue", "name", "blue"),
-    (" cni-1b2c ", "name", "cni-1b2c"),
+@pytest.mark.parametrize(("text", "expected"), [
+    ("all", Selection("all")), ("self", Selection("self")), ("4312", Selection("some", pids=(4312,))),
+    ("blue", Selection("some", names=("blue",))), (" cni-1b2c ", Selection("some", names=("cni-1b2c",))),
+    ("blue,4312, green", Selection("some", names=("blue", "green"), pids=(4312,))),
 ])
-def test_selection_parse(text: str, mode: str, value: str) -> None:
-    assert Selection.parse(text) == Selection(mode, value)
+def test_selection_parse(text: str, expected: Selection) -> None:
+    assert Selection.parse(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "0", "../etc", "a/b", ".."])
+@pytest.mark.parametrize("text", ["", "0", "../etc", "a/b", "..", "blue,,green", "all,blue"])
 def test_selection_rejects(text: str) -> None:
     with pytest.raises(ValueError, match="--netns"):
         Selection.parse(text)
 
 
 def test_selection_picks_and_says_what_is_missing() -> None:
-    found = {1: Namespace(1, pids=(1, 2), own=True), 7: Namespace(7, pids=(40,), names=("blue",))}
+    found = {1: Namespace(1, pids=(1, 2), own=True), 7: Namespace(7, pids=(40,), names=("blue",)),
+             8: Namespace(8, pids=(41,))}
     assert Selection.parse("all").pick(found) == found
     assert list(Selection.parse("self").pick(found)) == [1]
     assert list(Selection.parse("blue").pick(found)) == [7]
     assert list(Selection.parse("40").pick(found)) == [7]
-    with pytest.raises(LookupError, match="no network namespace green"):
-        Selection.parse("green").pick(found)
+    assert sorted(Selection.parse("blue,41").pick(found)) == [7, 8]
+    with pytest.raises(LookupError, match="no network namespace green, pid 99 "):
+        Selection.parse("blue,green,99").pick(found)
+    assert Selection.parse("blue,41").describe() == "blue,pid 41"
     assert Selection.default(is_root=True).mode == "all"
     assert Selection.default(is_root=False).mode == "self"
 
@@ -181,3 +185,9 @@ def test_counters_come_through_a_process_inside_when_there_is_one() -> None:
         second = reader.read(target, KernelState())  # settings cached, counters through /proc/PID/net
         assert first.sysctls == second.sysctls and second.sockstat.get("inuse") == 0
         assert "TcpActiveOpens" in second.counters
+
+
+def test_own_namespace_label() -> None:
+    assert Namespace(4026531840, pids=(1, 2), own=True).label() == "host"
+    assert Namespace(4026532316, pids=(30,), own=True).label() == "socktop's netns"
+    assert Namespace(4026532316, pids=(30,), names=("blue",), own=True).label() == "blue"

@@ -66,9 +66,14 @@ class Namespace:
         return self.pids[0] if self.pids else None
 
     def label(self, container: str | None = None) -> str:
-        """What a user calls it: its bound name, else its container or pod, else ``netns:INODE (pid N)``."""
+        """What a user calls it: its bound name, else its container or pod, else ``netns:INODE (pid N)``.
+
+        Socktop's own is "host" when PID 1 is in it, else "socktop's netns" (socktop runs in a container).
+        """
         if self.names:
             return self.names[0]
+        if self.own:
+            return "host" if 1 in self.pids else "socktop's netns"
         if container:
             return container
         return f"netns:{self.inode}" + (f" (pid {self.pid})" if self.pid is not None else "")
@@ -265,22 +270,30 @@ class NamespaceSockets:
 
 @dataclass(frozen=True, slots=True)
 class Selection:
-    """Which namespaces to watch: ``--netns all|self|NAME|PID``."""
+    """Which namespaces to watch: ``--netns all|self|NAME|PID``, or several names and pids with commas."""
 
-    mode: str  # "all", "self", "name" or "pid"
-    value: str = ""
+    mode: str  # "all", "self" or "some"
+    names: tuple[str, ...] = ()
+    pids: tuple[int, ...] = ()
 
     @classmethod
     def parse(cls, text: str) -> Selection:
-        """``all``, ``self``, a pid (digits) or a namespace name; ValueError on an empty or odd one."""
+        """``all``, ``self``, or a comma list of pids (digits) and namespace names; ValueError on an odd one."""
         text = text.strip()
         if text in ("all", "self"):
             return cls(text)
-        if text.isdigit() and int(text) > 0:
-            return cls("pid", str(int(text)))
-        if not text or text.isdigit() or "/" in text or text in (".", ".."):
-            raise ValueError(f"invalid --netns {text!r}: expected all, self, a name in /var/run/netns or a pid")
-        return cls("name", text)
+        names: list[str] = []
+        pids: list[int] = []
+        for term in text.split(","):
+            term = term.strip()
+            if term.isdigit() and int(term) > 0:
+                pids.append(int(term))
+            elif not term or term.isdigit() or "/" in term or term in (".", "..", "all", "self"):
+                raise ValueError(f"invalid --netns {text!r}: expected all, self, a name in /var/run/netns "
+                                 "or a pid (several with commas)")
+            else:
+                names.append(term)
+        return cls("some", tuple(names), tuple(pids))
 
     @classmethod
     def default(cls, is_root: bool) -> Selection:
@@ -288,20 +301,24 @@ class Selection:
         return cls("all" if is_root else "self")
 
     def describe(self) -> str:
-        return {"pid": f"pid {self.value}", "name": self.value}.get(self.mode, self.mode)
+        return self.mode if self.mode != "some" else ",".join([*self.names, *(f"pid {pid}" for pid in self.pids)])
 
     def pick(self, found: Mapping[int, Namespace]) -> dict[int, Namespace]:
-        """The selected namespaces among ``found``; LookupError saying what is missing."""
+        """The selected namespaces among ``found``; LookupError naming each term that matches none."""
         if self.mode == "all":
             return dict(found)
         if self.mode == "self":
-            picked = {inode: ns for inode, ns in found.items() if ns.own}
-        elif self.mode == "pid":
-            picked = {inode: ns for inode, ns in found.items() if int(self.value) in ns.pids}
-        else:
-            picked = {inode: ns for inode, ns in found.items() if self.value in ns.names}
-        if not picked:
-            raise LookupError(f"no network namespace {self.describe()} (seen: {len(found)} namespaces)")
+            return {inode: ns for inode, ns in found.items() if ns.own}
+        picked: dict[int, Namespace] = {}
+        missing: list[str] = []
+        for term, matches in [*((name, lambda ns, name=name: name in ns.names) for name in self.names),
+                              *((f"pid {pid}", lambda ns, pid=pid: pid in ns.pids) for pid in self.pids)]:
+            hits = {inode: ns for inode, ns in found.items() if matches(ns)}
+            if not hits:
+                missing.append(term)
+            picked.update(hits)
+        if missing:
+            raise LookupError(f"no network namespace {', '.join(missing)} (seen: {len(found)} namespaces)")
         return picked
 
 
