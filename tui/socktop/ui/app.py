@@ -44,6 +44,7 @@ from . import analysis as analysis_api
 from . import clipboard, keys, style
 from .bars import FilterLine, FindingsStrip, KeyBar, TabLine, TopBar, TrendStrip
 from .details import COPY_ACTIONS, Copyable, Selection, Styles, commands_for, describe
+from .fleet import FleetScreen, FleetWatch
 from .panes import FindingsPane, Pane, PortsPane, ProcessesPane, StatesPane
 from .screens import CommandDialog, HelpScreen
 from .sockets import SocketList
@@ -150,8 +151,9 @@ class SocktopApp(App[int]):
                  config_notes: Sequence[str] = (), analyze: bool = True,
                  thresholds: Thresholds = DEFAULT_THRESHOLDS,
                  initial_filter: str = "", health: Callable[[], None] | None = None,
-                 handle_signals: bool = False) -> None:
+                 fleet: FleetWatch | None = None, handle_signals: bool = False) -> None:
         super().__init__()
+        self.fleet = fleet  # `--prometheus URL`: polls the fleet; its error shows in the top bar
         self.handle_signals = handle_signals  # the real terminal only: a test's event loop keeps its own
         self._source_or_factory = source
         self.source: SnapshotSource | None = None
@@ -220,6 +222,10 @@ class SocktopApp(App[int]):
         for note in self.config_notes:
             self.notify(printable(note), title="config", severity="warning", markup=False, timeout=8)
         self._start_poll()
+        if self.fleet is not None:
+            self.fleet.listeners.append(lambda _view: self._show_top())
+            self.fleet.start(self)
+            self.action_fleet()
 
     def _first_frame(self) -> None:
         self.first_frame_at = time.perf_counter()
@@ -498,7 +504,8 @@ class SocktopApp(App[int]):
 
     def _show_top(self) -> None:
         self._show_keys()
-        self.query_one(TopBar).show(self.snapshot, interval=self.interval, paused=self.paused, error=self.error,
+        error = " · ".join(filter(None, (self.error, self.fleet.error if self.fleet else "")))
+        self.query_one(TopBar).show(self.snapshot, interval=self.interval, paused=self.paused, error=error,
                                     findings=analysis_api.severity_counts(self.analysis))
 
     def _show_filter(self) -> None:
@@ -621,6 +628,12 @@ class SocktopApp(App[int]):
             self._set_spec(replace(self.spec, levels=with_level(self.spec.levels, Level(pane.LEVEL, key))))
         elif pane.KIND == "findings" and self.picked_finding() is None:
             self._select_finding(key)
+
+    def action_fleet(self) -> None:
+        if self.fleet is None:
+            self.notify("start socktop with --prometheus URL to see the fleet", title="Fleet", timeout=6)
+            return
+        self.push_screen(FleetScreen(self.fleet))
 
     def action_toggle_drawer(self) -> None:
         if not self.drawer_open:
@@ -873,6 +886,7 @@ def run(options: argparse.Namespace, config: Config) -> int:
     app = SocktopApp(engine, interval=interval, clipboard_mode=getattr(options, "clipboard", "auto"),
                      keymap=keymap, config_notes=notes, thresholds=config.thresholds,
                      initial_filter=filter_from_options(options), health=scenario.check if scenario else None,
+                     fleet=FleetWatch(options.prometheus) if getattr(options, "prometheus", None) else None,
                      handle_signals=True)
     try:
         result = app.run()
