@@ -146,7 +146,8 @@ class Churn:
     overruns: int
     lost: bool  # the queue overflowed since the previous refresh
     time_wait_owners: Mapping[int, Owners]  # cookie → processes, for inode-0 sockets a dump saw held
-    closed_by_port: Mapping[str, int]  # since the previous refresh
+    closed_by_port: Mapping[str, int]  # since the previous refresh (a counter exporter adds these up)
+    closed_by_process: Mapping[str, int]  # since the previous refresh, exact and inferred
 
     def closes_on(self, port_key: str) -> int:
         """Closes since the previous refresh in one port group ("in:80", "out:443")."""
@@ -189,7 +190,7 @@ class ChurnTracker:
         self.ledger.update(cookies, list(map(ownership.pids_by_inode.get, inodes)), ownership.processes, now)
         closed_cookies = set(map(CLOSED_COOKIE, closed))
         by_port, by_remote, by_process, exact, by_destination, unseen = self._closes(
-            closed, aggregates, self._previous | current)
+            closed, aggregates, (self._previous, current))
         closed_connections = set(map(CLOSED_CONNECTION, closed))
         opens = unseen
         if self._last is not None:
@@ -218,10 +219,11 @@ class ChurnTracker:
                    if record.state not in _NOT_NEW
                    and not (record.inode == 0 and CONNECTION(record) in closed_lately))
 
-    def _closes(self, closed: Sequence[ClosedSocket], aggregates: Aggregates, seen: set[int]
+    def _closes(self, closed: Sequence[ClosedSocket], aggregates: Aggregates, seen: tuple[set[int], set[int]]
                 ) -> tuple[Counter[str], Counter[str], Counter[str], Counter[str], Counter[str], int]:
         """Closes by port, remote host and process (exact where the ledger knows the cookie, and
         of those), and how many closed sockets no dump saw (``seen``: cookies of the last two)."""
+        seen_before, seen_now = seen
         local_ports = list(map(CLOSED_LOCAL_PORT, closed))
         remote_ports = list(map(CLOSED_REMOTE_PORT, closed))
         inbound = inbound_flags(local_ports, remote_ports, aggregates.listening_ports, aggregates.ephemeral_ports)
@@ -237,7 +239,7 @@ class ChurnTracker:
                 for process in found:
                     exact[process_key(process.pid)] += 1
                 continue
-            if event.cookie not in seen:
+            if event.cookie not in seen_before and event.cookie not in seen_now:
                 unseen += 1
             group = aggregates.by_port.get(key)
             for pid in group.pids if group else ():
@@ -272,6 +274,7 @@ class ChurnTracker:
             by_port=groups(ports, {}), by_remote=groups(remotes, {}), by_process=groups(processes, exact),
             by_destination=groups(destinations, {}),
             overruns=overruns, lost=lost, time_wait_owners=time_wait_owners, closed_by_port=tally.by_port,
+            closed_by_process=tally.by_process,
         )
 
 
