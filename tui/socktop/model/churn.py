@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import compress
 from operator import itemgetter, not_
 
@@ -147,8 +147,8 @@ class Churn:
     overruns: int
     lost: bool  # the queue overflowed since the previous refresh
     time_wait_owners: Mapping[int, Owners]  # cookie → processes, for inode-0 sockets a dump saw held
-    closed_by_port: Mapping[str, int]  # since the previous refresh (a counter exporter adds these up)
-    closed_by_process: Mapping[str, int]  # since the previous refresh, exact and inferred
+    closed_by_port: Mapping[str, int]  # since the previous refresh
+    closed_by_process: Mapping[str, int] = field(default_factory=dict)  # since the previous refresh, exact or inferred
 
     def closes_on(self, port_key: str) -> int:
         """Closes since the previous refresh in one port group ("in:80", "out:443")."""
