@@ -48,7 +48,8 @@ BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for `yes | head`, so `s
 USAGE = """\
 socktop [options]             the live TUI (or --once, --json)
        socktop explain TOPIC         what a state or kernel setting means (socktop explain close-wait)
-       socktop demo [--duration S]   start the loopback demo scenario"""
+       socktop demo [--duration S]   start the loopback demo scenario
+       socktop serve [--listen ...]  Prometheus exporter (socktop serve --help)"""
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -204,15 +205,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         build_parser().error("--sockets needs --json")
     if options.pid is not None and not pid_exists(options.pid):
         return _fail(f"no such process: {options.pid}", USAGE_ERROR)
-    from .analyze.config import ConfigError, load_config
-
-    try:
-        config = load_config(options.config, options.threshold)
-    except ConfigError as exc:
-        return _fail(str(exc), USAGE_ERROR)
+    config = _load_config(options)
+    if config is None:
+        return USAGE_ERROR
     if options.once or options.json:
         return _run_once(options, config)
     return _run_tui(options, config)
+
+
+def _load_config(options: argparse.Namespace) -> Config | None:
+    """The config file and --threshold flags, read once; None (said in one line) when the file cannot be read."""
+    from .analyze.config import ConfigError, load_config
+
+    try:
+        return load_config(options.config, options.threshold)
+    except ConfigError as exc:
+        _fail(str(exc))
+        return None
 
 
 def pid_exists(pid: int) -> bool:
@@ -314,13 +323,11 @@ def _run_tui(options: argparse.Namespace, config: Config) -> int:
 
 
 def _run_serve(options: argparse.Namespace) -> int:
-    from .analyze.config import ConfigError, load_config
     from .serve.server import run_serve
 
-    try:
-        config = load_config(options.config, options.threshold)
-    except ConfigError as exc:
-        return _fail(str(exc), USAGE_ERROR)
+    config = _load_config(options)
+    if config is None:
+        return USAGE_ERROR
     for warning in config.warnings:
         _say(f"warning: {warning}")
     top = options.top

@@ -44,6 +44,7 @@ class OwnerKind(str, Enum):
     """How a group of sockets was tied to its processes."""
 
     DIRECT = "direct"  # the process holds the socket's descriptor
+    COOKIE = "cookie"  # an inode-0 socket a dump saw held (the kernel's cookie matches): that process, exactly
     INFERRED = "inferred"  # an inode-0 socket: the port's listener, or the connection's last owner
     UNKNOWN = "unknown"  # a socket with an inode we could not place (another user's, without root)
     NONE = "none"  # an inode-0 socket nobody can be named for
@@ -58,6 +59,7 @@ class Ownership:
 
     pids_by_inode: Mapping[int, Pids]
     processes: Mapping[int, ProcessInfo]
+    closed: frozenset[int] = frozenset()  # inodes that closed before their owner was read: inode 0 by now
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +280,8 @@ def aggregate(
     remote_ports = list(map(REMOTE_PORT, records))
     if inodes is None:
         inodes = list(map(INODE, records))
+    if ownership.closed:  # they are the orphans or TIME_WAIT (inode 0) they became: never "unknown owner"
+        inodes = [0 if inode in ownership.closed else inode for inode in inodes]
     zero_inodes = inodes.count(0)
     # pids, None for an inode-0 socket (no process can hold it), () for an inode the scan could not place
     owner_pids = list(map(ownership.pids_by_inode.get, inodes, map(_NO_HOLDER.__getitem__, map(bool, inodes))))
@@ -393,9 +397,11 @@ def _process_groups(
     for key, tally in tallies.items():
         pid = int(key.partition(":")[2])
         process = processes.get(pid)
+        if process is None:  # inferred for a process that has exited since: no row with nothing known about it
+            continue
         groups[key] = ProcessGroup(
-            key=key, process=process, uid=process.uid if process else None,
-            user=process.user if process else "?", counts=dict(tally.counts), inferred=dict(tally.inferred),
+            key=key, process=process, uid=process.uid, user=process.user, counts=dict(tally.counts),
+            inferred=dict(tally.inferred),
             total=tally.counts.total() + tally.inferred.total(),
         )
     per_uid: dict[int, Counter[TcpState]] = {}

@@ -6,10 +6,14 @@ import math
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..collect.kernelstate import KernelState
 from ..collect.records import ProcessInfo, SocketRecord, TcpState
 from .aggregate import CONNECTION, Aggregates, Ownership, OwnerKind, Pids, StateCounts, aggregate
+
+if TYPE_CHECKING:
+    from .churn import Churn
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +26,8 @@ class SourceInfo:
     backend_note: str  # why this backend, when it is not the one asked for or the best one
     is_root: bool
     owner_note: str  # why some owners are missing ("run as root for all"), or "" when every owner is visible
+    churn_note: str = ""  # why closes and opens are not counted (no destroy feed), or ""
+    unavailable: frozenset[str] = frozenset()  # what this backend cannot know, e.g. "listen_backlog" (proc)
 
 
 def coverage_text(fraction: float) -> str:
@@ -68,6 +74,7 @@ class Snapshot:
     warnings: tuple[str, ...] = ()
     user_of: Callable[[int], str] = field(default=str, repr=False, compare=False)
     kernel: KernelState | None = None  # sysctls and counters at this refresh; None when not read
+    churn: Churn | None = None  # closes and opens since the previous refresh; None without the destroy feed
 
     @property
     def coverage(self) -> float:
@@ -81,8 +88,11 @@ class Snapshot:
         pids = self.ownership.pids_by_inode.get(record.inode)
         if pids:
             return Attribution(self._processes(pids), OwnerKind.DIRECT)
-        if record.inode:
+        if record.inode and record.inode not in self.ownership.closed:
             return Attribution((), OwnerKind.UNKNOWN)
+        held = self.churn.owners(record) if self.churn is not None else ()
+        if held:
+            return Attribution(held, OwnerKind.COOKIE)
         if record.state is not TcpState.LISTEN and record.local_port in self.aggregates.listening_ports:
             inferred: Pids = self.aggregates.listener_pids.get(record.local_port, ())
         else:
@@ -118,5 +128,5 @@ class Snapshot:
         return Snapshot(
             seq=self.seq, taken_at=self.taken_at, monotonic=self.monotonic, collect_seconds=self.collect_seconds,
             source=self.source, sockets=kept, ownership=self.ownership, aggregates=aggregates,
-            history=self.history, warnings=self.warnings, user_of=self.user_of, kernel=self.kernel,
+            history=self.history, warnings=self.warnings, user_of=self.user_of, kernel=self.kernel, churn=self.churn,
         )
