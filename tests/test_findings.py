@@ -181,7 +181,7 @@ def rising_leak(rate: float, seconds: float, *, start: int = 0, fds: int = 100, 
 def test_a_rising_close_wait_count_is_a_leak_before_the_count_threshold() -> None:
     leak = one(rising_leak(0.5, 90), "close-wait-leak")
     assert leak.severity is Severity.WARNING
-    assert leak.title == f"45 CLOSE_WAIT leaking in pid {LEAKY_PID} leaky-api, +0.5/s: out of file descriptors in ~2.3 days"
+    assert leak.title == f"45 CLOSE_WAIT leaking in pid {LEAKY_PID} leaky-api, +0.5/s: fds run out in ~2.3 days"
     assert "trend: last 8 s +0.5/s, last 30 s +0.5/s, last 90 s +0.5/s" in text_of(leak)
     assert "45 with Recv-Q 1 (only the FIN unread: never read to end-of-file" in text_of(leak)
     assert "did not even read" not in text_of(leak)
@@ -690,7 +690,7 @@ def test_a_leak_that_stopped_reads_stable_and_projects_nothing() -> None:
     table.close_wait(process(fds=200, limit=1024), 150)
     leak = one(snapshot_of(table, history=close_wait_history(counts)), "close-wait-leak")
     assert "stable" in leak.title and "+" not in leak.title.split("stable")[0]
-    assert "out of file descriptors" not in text_of(leak) and "Too many open files" not in text_of(leak)
+    assert "fds run out" not in text_of(leak) and "Too many open files" not in text_of(leak)
     assert leak.metrics["rate_per_s"] == 0 and leak.runs_out_s is None
 
 

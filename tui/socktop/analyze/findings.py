@@ -262,7 +262,7 @@ def _close_wait_leaks(scan: _Scan) -> Iterable[Finding]:
         if rising_now:
             title = f"{count} CLOSE_WAIT leaking in {owner}, {_rate_text(rate)}"
             if minutes_left is not None:
-                title += f": out of file descriptors in ~{duration_text(minutes_left * 60)}"
+                title += f": fds run out in ~{duration_text(minutes_left * 60)}"
         elif confirmed or scan.trusted_trend():
             title = f"{count} CLOSE_WAIT held by {owner}, stable" + (
                 f" (rose {_rate_text(trend.long_rate)} earlier)" if confirmed else "")
