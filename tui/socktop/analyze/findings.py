@@ -221,7 +221,7 @@ class _Trend:
 
 def _trend(scan: _Scan, key: str, state: TcpState) -> _Trend:
     history, limits = scan.snapshot.history, scan.thresholds
-    short = recent(history, limits.trend_warn_seconds)
+    short = _covering(history, limits.trend_warn_seconds)
     short_series = process_series(short, key, state)
     rising_steps = sum(1 for a, b in zip(short_series, short_series[1:]) if b > a)
     falling_steps = sum(1 for a, b in zip(short_series, short_series[1:]) if b < a)
@@ -233,6 +233,14 @@ def _trend(scan: _Scan, key: str, state: TcpState) -> _Trend:
         rate_per_second(recent_points, process_series(recent_points, key, state)), span_seconds(recent_points),
         rate_per_second(scan.points, process_series(scan.points, key, state)), scan.span,
     )
+
+
+def _covering(points: Sequence[HistoryPoint], seconds: float) -> Sequence[HistoryPoint]:
+    """The last points that span at least ``seconds`` (all of them when the history is shorter): refreshes
+    come a little late, so "the last 8 s" taken strictly would never quite span 8 s."""
+    start = points[-1].monotonic - seconds if points else 0.0
+    first = next((i for i in range(len(points) - 1, -1, -1) if points[i].monotonic <= start), 0)
+    return points[first:]
 
 
 def _close_wait_leaks(scan: _Scan) -> Iterable[Finding]:
@@ -247,7 +255,7 @@ def _close_wait_leaks(scan: _Scan) -> Iterable[Finding]:
         trend = _trend(scan, group.key, TcpState.CLOSE_WAIT)
         enough = count >= limits.close_wait_rise_min
         warned = enough and trend.steady and trend.short_rate >= limits.close_wait_rise_per_s and \
-            trend.short_span >= limits.trend_warn_seconds - 0.5
+            trend.short_span >= limits.trend_warn_seconds
         confirmed = enough and scan.trusted_trend() and trend.long_rate >= limits.close_wait_rise_per_s
         if count < limits.close_wait_warning and not (warned or confirmed):
             continue
@@ -320,7 +328,7 @@ def lastack_text(record: SocketRecord) -> str:
 
 def _leak_trend_text(scan: _Scan, trend: _Trend) -> str:
     limits = scan.thresholds
-    if trend.short_span < limits.trend_warn_seconds - 0.5:
+    if trend.short_span < limits.trend_warn_seconds:
         return f"trend: needs {limits.trend_warn_seconds:.0f} s of history, have {trend.short_span:.0f} s"
     parts = [f"last {trend.short_span:.0f} s {_rate_text(trend.short_rate)}"
              + ("" if trend.steady or abs(trend.short_rate) < limits.close_wait_rise_per_s else " (not steady)")]

@@ -489,8 +489,10 @@ def duration_text(seconds: float) -> str:
         return f"{seconds:.1f} s".replace(".0 s", " s")
     if seconds < 300:
         return f"{seconds:.0f} s"
-    if seconds < 7200:
+    if seconds < 600:
         return f"{seconds / 60:.1f} min".replace(".0 min", " min")
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
     if seconds < 172800:
         return f"{seconds / 3600:.1f} h".replace(".0 h", " h")
     return f"{seconds / 86400:.1f} days"
