@@ -20,7 +20,7 @@ import pytest
 
 from socktop.analyze.config import DEFAULT_THRESHOLDS
 from socktop.analyze.findings import analyze
-from socktop.collect.destroy import NETLINK_SOCK_DIAG, DestroyFeed
+from socktop.collect.destroy import NETLINK_SOCK_DIAG, DestroyFeed, FeedReader
 from socktop.collect.records import ProcessInfo, TcpState
 from socktop.demo.builders import LINGER_ABORT, listen, port_of
 from socktop.model.aggregate import OwnerKind, process_key
@@ -264,3 +264,16 @@ def test_time_wait_port_finding_uses_the_close_rate_toward_the_destination(serve
     assert finding.metrics["rate_per_s"] == round(churn.toward("127.0.0.1", server).per_second, 2)
     assert any(line.startswith("connections closed toward it: ") for line in finding.evidence)
     engine.close()
+
+
+def test_reader_gathers_between_refreshes_within_its_bound(server: int) -> None:
+    """A socket queue of about 90 events, 800 events in about a second: the reader's thread keeps
+    up, and its own buffer keeps the newest 500, counting what it dropped."""
+    with DestroyFeed(receive_buffer=65536) as feed:
+        reader = FeedReader(feed, pause=0.01, capacity=500)
+        connect_and_close(server, 400, 400.0)
+        time.sleep(0.3)
+        events = reader.take()
+        reader.stop()
+    assert len(events) == 500 and reader.dropped + feed.overruns >= 1
+    assert feed.overruns or reader.dropped >= 300

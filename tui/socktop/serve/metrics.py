@@ -20,6 +20,7 @@ bounded by design, whatever the host holds:
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -90,15 +91,20 @@ def top_per_state(groups: Iterable[tuple[Labels, Counts]], top: int, other: Labe
         into = merged.setdefault(labels, {})
         for state, count in counts.items():
             into[state] = into.get(state, 0) + count
+    per_state: dict[TcpState, list[tuple[int, Labels]]] = {}
+    for labels, counts in merged.items():
+        for state, count in counts.items():
+            if count:
+                per_state.setdefault(state, []).append((count, labels))
     series: list[tuple[Labels, TcpState, int]] = []
     kept: set[Labels] = set()
     for state in DISPLAY_STATES:
-        ranked = sorted(((counts[state], labels) for labels, counts in merged.items() if counts.get(state)),
-                        key=lambda pair: (-pair[0], pair[1]))
-        for count, labels in ranked[:top]:
+        ranked = per_state.get(state, [])
+        best = heapq.nsmallest(top, ranked, key=lambda pair: (-pair[0], pair[1]))
+        for count, labels in best:
             series.append((labels, state, count))
             kept.add(labels)
-        rest = sum(count for count, _ in ranked[top:])
+        rest = sum(count for count, _ in ranked) - sum(count for count, _ in best)
         if rest:
             series.append((other, state, rest))
     return Kept(series, kept)
