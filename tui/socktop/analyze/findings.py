@@ -268,7 +268,7 @@ def _close_wait_leaks(scan: _Scan) -> Iterable[Finding]:
             minutes_left is not None and minutes_left <= limits.fd_exhaustion_minutes)
         owner = _owner_text(group)
         if rising_now:
-            title = f"{count} CLOSE_WAIT leaking in {owner}, {_rate_text(rate)}"
+            title = f"{count} CLOSE_WAIT leak {_rate_text(rate)} in {owner}"
             if minutes_left is not None:
                 title += f": fds run out in ~{duration_text(minutes_left * 60)}"
         elif confirmed or scan.trusted_trend():
@@ -519,17 +519,16 @@ def _time_wait_destinations(scan: _Scan) -> Iterable[Finding]:
             severity = Severity.WARNING
         else:
             severity = Severity.INFO
-        outlook = ("TIME_WAIT ports reused by new connections (tcp_tw_reuse)" if reused else
+        outlook = ("reused (tcp_tw_reuse)" if reused else
                    f"ports run out in ~{_duration_text(seconds_left)}" if runs_out_in is not None
-                   else f"steady near {min(steady / range_size, 1):.0%} of its {range_size:,} ports")
+                   else f"steady near {min(steady / range_size, 1):.0%}")
         advisor = scan.advisor()
         if severity is not Severity.INFO and not reused:
             _advise_port_pressure(scan, advisor, f"{remote}:{port}", count, share, port_range)
         group = scan.snapshot.aggregates.by_port.get(f"out:{port}")
         yield _finding(
             "time-wait-ports", f"{local}>{remote}:{port}", severity,
-            f"{count} TIME_WAIT toward {remote}:{port}, {_rate_text(rate)} new: {share:.0%} of the ephemeral "
-            f"ports from {local} in use, {outlook}",
+            f"{count} TIME_WAIT toward {remote}:{port}, {_rate_text(rate)}: {share:.0%} of ports in use, {outlook}",
             Subject("port", f"out:{port}"), TcpState.TIME_WAIT,
             evidence=[
                 f"this host closes first (client side): {count} TIME_WAIT, {used} ports in use toward "
