@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import compress
 from operator import itemgetter, not_
 
@@ -147,6 +147,7 @@ class Churn:
     lost: bool  # the queue overflowed since the previous refresh
     time_wait_owners: Mapping[int, Owners]  # cookie → processes, for inode-0 sockets a dump saw held
     closed_by_port: Mapping[str, int]  # since the previous refresh
+    closed_by_process: Mapping[str, int] = field(default_factory=dict)  # since the previous refresh, exact or inferred
 
     def closes_on(self, port_key: str) -> int:
         """Closes since the previous refresh in one port group ("in:80", "out:443")."""
@@ -272,6 +273,7 @@ class ChurnTracker:
             by_port=groups(ports, {}), by_remote=groups(remotes, {}), by_process=groups(processes, exact),
             by_destination=groups(destinations, {}),
             overruns=overruns, lost=lost, time_wait_owners=time_wait_owners, closed_by_port=tally.by_port,
+            closed_by_process=tally.by_process,
         )
 
 
