@@ -24,7 +24,7 @@ from socktop.collect.destroy import NETLINK_SOCK_DIAG, DestroyFeed, FeedReader
 from socktop.collect.records import ProcessInfo, TcpState
 from socktop.demo.builders import LINGER_ABORT, listen, port_of
 from socktop.model.aggregate import OwnerKind, process_key
-from socktop.model.churn import CookieLedger
+from socktop.model.churn import CookieLedger, time_wait_makers
 from socktop.model.engine import Engine
 
 RATE = 200.0
@@ -277,3 +277,22 @@ def test_reader_gathers_between_refreshes_within_its_bound(server: int) -> None:
         reader.stop()
     assert len(events) == 500 and reader.dropped + feed.overruns >= 1
     assert feed.overruns or reader.dropped >= 300
+
+
+def test_who_makes_these_time_wait(server: int) -> None:
+    """Exact for a connection a refresh saw held, unattributed for those born between refreshes
+    (their client ends have no listener to infer from)."""
+    engine = Engine()
+    seen = [socket.create_connection(("127.0.0.1", server)) for _ in range(3)]
+    engine.refresh()
+    for sock in seen:
+        sock.close()
+    connect_and_close(server, 4, 1000.0)
+    time.sleep(0.3)
+    snapshot = engine.refresh()
+    ours = [r for r in snapshot.sockets if r.state is TcpState.TIME_WAIT and r.remote_port == server]
+    makers = time_wait_makers(snapshot, ours)
+    assert makers.total == 7
+    assert [(process.pid, count) for process, count in makers.exact] == [(os.getpid(), 3)]
+    assert (makers.inferred, makers.unattributed) == ((), 4)
+    engine.close()
