@@ -46,9 +46,8 @@ class Case(NamedTuple):
     listeners: dict[int, Pids] | None
     ephemeral: tuple[int, int]
 
-    def aggregate(self, inodes: list[int] | None = None) -> Aggregates:
-        return aggregate(self.records, self.ownership, str, self.last_owners, self.listeners, self.ephemeral,
-                         inodes=inodes)
+    def aggregate(self) -> Aggregates:
+        return aggregate(self.records, self.ownership, str, self.last_owners, self.listeners, self.ephemeral)
 
 
 def random_case(seed: int) -> Case:
@@ -115,15 +114,6 @@ def test_deferred_concurrent_first_reads_agree() -> None:
     for thread in threads:
         thread.join()
     assert seen == [10_000] * 8
-
-
-@pytest.mark.parametrize("seed", range(50))
-def test_an_inode_column_given_changes_nothing(seed: int) -> None:
-    case = random_case(seed)
-    aggregates, given = case.aggregate(), case.aggregate(inodes=[record.inode for record in case.records])
-    assert given == aggregates
-    assert [list(getattr(given, name)) for name in ("by_state", "by_port", "by_process")] == \
-        [list(getattr(aggregates, name)) for name in ("by_state", "by_port", "by_process")]
 
 
 def test_unplaced_inodes_are_never_inferred_and_rows_match_owners_of() -> None:

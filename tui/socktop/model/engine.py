@@ -14,10 +14,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from operator import itemgetter
 
+import numpy as np
+
+from ..collect.columns import table_of
 from ..collect.kernelstate import read_kernel_state
 from ..collect.owners import OwnerScanner, user_name
 from ..collect.records import Backend, BackendUnavailable, OwnerAwareBackend
-from .aggregate import DEFAULT_EPHEMERAL_PORTS, INODE, Ownership, aggregate
+from .aggregate import DEFAULT_EPHEMERAL_PORTS, ConnectionOwners, Ownership, aggregate
 from .history import DEFAULT_WINDOW_SECONDS, History, history_capacity
 from .snapshot import Snapshot, SourceInfo
 
@@ -88,7 +91,7 @@ class Engine:
         self.history_seconds = history_seconds
         self.history = History(history_capacity(history_seconds, interval))
         self._seq = 0
-        self._last_owners: dict = {}
+        self._last_owners: ConnectionOwners | dict = {}
         self._host = socket.gethostname()
         self._kernel = f"{os.uname().sysname} {os.uname().release}"
         self._is_root = os.geteuid() == 0
@@ -100,29 +103,28 @@ class Engine:
         """Take one snapshot. Raises CollectError/OSError when the table cannot be read."""
         started = time.perf_counter()
         with gc_paused():
-            records = self.backend.sockets()
-            inodes = list(map(INODE, records))  # read once, for the owner scan and the aggregates
-            ownership = self._ownership(inodes)
+            table = table_of(self.backend.sockets())
+            ownership = self._ownership(table.columns.inode)
             kernel = read_kernel_state()
-            aggregates = aggregate(records, ownership, user_name, self._last_owners,
-                                   ephemeral_ports=kernel.port_range() or DEFAULT_EPHEMERAL_PORTS, inodes=inodes)
-        self._last_owners = aggregates.last_owners
+            aggregates = aggregate(table, ownership, user_name, self._last_owners,
+                                   ephemeral_ports=kernel.port_range() or DEFAULT_EPHEMERAL_PORTS)
+        self._last_owners = aggregates.connection_owners or {}
         self._seq += 1
         taken_at, monotonic = time.time(), time.monotonic()
         history = self.history.record(self._seq, taken_at, monotonic, aggregates, kernel.counters)
         return Snapshot(
             seq=self._seq, taken_at=taken_at, monotonic=monotonic,
             collect_seconds=time.perf_counter() - started,
-            source=self._source(aggregates.coverage), sockets=records, ownership=ownership,
+            source=self._source(aggregates.coverage), sockets=table, ownership=ownership,
             aggregates=aggregates, history=history, user_of=user_name, kernel=kernel,
         )
 
-    def _ownership(self, inodes: list[int]) -> Ownership:
+    def _ownership(self, inodes: np.ndarray) -> Ownership:
         if isinstance(self.backend, OwnerAwareBackend):
             pids_by_inode = self.backend.owner_hint()
             return Ownership(pids_by_inode, self.backend.processes(
                 {pid for pids in pids_by_inode.values() for pid in pids}))
-        self.scanner.update(set(inodes))
+        self.scanner.update(set(inodes.tolist()))
         return Ownership(self.scanner.pids_by_inode, self.scanner.processes)
 
     def _source(self, coverage: float) -> SourceInfo:

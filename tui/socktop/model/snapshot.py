@@ -7,6 +7,9 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from ..collect.columns import SocketColumns, table_of
 from ..collect.kernelstate import KernelState
 from ..collect.records import ProcessInfo, SocketRecord, TcpState
 from .aggregate import CONNECTION, Aggregates, Ownership, OwnerKind, Pids, StateCounts, aggregate
@@ -61,13 +64,18 @@ class Snapshot:
     monotonic: float
     collect_seconds: float  # how long the refresh took
     source: SourceInfo
-    sockets: Sequence[SocketRecord]
+    sockets: Sequence[SocketRecord]  # a SocketTable from the engine: records are built for the rows read
     ownership: Ownership
     aggregates: Aggregates
     history: tuple[HistoryPoint, ...] = ()
     warnings: tuple[str, ...] = ()
     user_of: Callable[[int], str] = field(default=str, repr=False, compare=False)
     kernel: KernelState | None = None  # sysctls and counters at this refresh; None when not read
+
+    @property
+    def columns(self) -> SocketColumns:
+        """The sockets as arrays, for code that groups, filters or sorts all of them."""
+        return table_of(self.sockets).columns
 
     @property
     def coverage(self) -> float:
@@ -91,6 +99,16 @@ class Snapshot:
             return Attribution(self._processes(inferred), OwnerKind.INFERRED)
         return Attribution((), OwnerKind.NONE)
 
+    def holding(self, pid: int) -> np.ndarray:
+        """Per socket True when ``pid`` holds it or it is tied to ``pid`` by inference (as `owners_of` says)."""
+        rows = self.aggregates.rows
+        if rows is None or len(rows.codes) != len(self.sockets):  # aggregates made elsewhere than `aggregate`
+            rows = self.regroup(self.sockets).rows
+        assert rows is not None
+        if pid not in self.ownership.processes:
+            return np.zeros(len(rows.codes), bool)
+        return rows.holding(pid)
+
     def _processes(self, pids: Pids) -> tuple[ProcessInfo, ...]:
         found = self.ownership.processes
         return tuple(found[pid] for pid in pids if pid in found)
@@ -98,8 +116,10 @@ class Snapshot:
     def regroup(self, records: Sequence[SocketRecord]) -> Aggregates:
         """Aggregates of a subset of this snapshot's sockets, grouped by the same rules:
         the whole table's listeners, owners and port range, not the subset's."""
-        return aggregate(records, self.ownership, self.user_of, self.aggregates.last_owners,
-                         listeners=self.aggregates.listener_pids, ephemeral_ports=self.aggregates.ephemeral_ports)
+        aggregates = self.aggregates
+        last_owners = aggregates.connection_owners if aggregates.connection_owners is not None else aggregates.last_owners
+        return aggregate(records, self.ownership, self.user_of, last_owners,
+                         listeners=aggregates.listener_pids, ephemeral_ports=aggregates.ephemeral_ports)
 
     def filtered(self, state: TcpState | None = None, port: int | None = None, pid: int | None = None) -> Snapshot:
         """The same snapshot narrowed to matching sockets, with its aggregates recomputed.
@@ -108,12 +128,16 @@ class Snapshot:
         """
         if state is None and port is None and pid is None:
             return self
-        kept = [
-            record for record in self.sockets
-            if (state is None or record.state is state)
-            and (port is None or port in (record.local_port, record.remote_port))
-            and (pid is None or any(p.pid == pid for p in self.owners_of(record).processes))
-        ]
+        table = table_of(self.sockets)
+        columns = table.columns
+        keep = np.ones(len(columns), bool)
+        if state is not None:
+            keep &= columns.state == state
+        if port is not None:
+            keep &= (columns.local_port == port) | (columns.remote_port == port)
+        if pid is not None:
+            keep &= self.holding(pid)
+        kept = table.take(keep)
         aggregates = self.regroup(kept)
         return Snapshot(
             seq=self.seq, taken_at=self.taken_at, monotonic=self.monotonic, collect_seconds=self.collect_seconds,
