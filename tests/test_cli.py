@@ -59,7 +59,11 @@ def test_filters_combine(close_wait_port: int) -> None:
                                   "--pid", str(os.getpid())).stdout)
     assert document["totals"]["by_state"] == {"CLOSE_WAIT": 3}
     assert document["filters"]["state"] == "CLOSE_WAIT"
-    nobody = json.loads(socktop("--json", "--port", str(close_wait_port), "--pid", "999999999").stdout)
+    with subprocess.Popen(["sleep", "60"]) as sleeper:  # a process that holds no socket
+        try:
+            nobody = json.loads(socktop("--json", "--port", str(close_wait_port), "--pid", str(sleeper.pid)).stdout)
+        finally:
+            sleeper.kill()
     assert nobody["totals"] == {"sockets": 0, "by_state": {}}
 
 

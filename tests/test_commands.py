@@ -28,7 +28,10 @@ from socktop.analyze.commands import (
     safe_comment,
     ss_address,
     ss_for_row,
+    lsof_unlisted_tcp,
+    ss_has_bound_inactive,
     ss_kill,
+    ss_kill_refusal,
     ss_sockets,
     ss_state_name,
     stack_dump,
@@ -36,7 +39,7 @@ from socktop.analyze.commands import (
     sysctl_runtime,
 )
 from socktop.collect.netlink import NetlinkBackend
-from socktop.collect.records import DISPLAY_STATES, ProcessInfo, TcpState
+from socktop.collect.records import DISPLAY_STATES, ProcessInfo, SocketRecord, TcpState, TimerKind
 
 HOSTILE_NAMES = [
     "[bold]red[/bold]",
@@ -174,7 +177,10 @@ def test_ss_for_row_covers_every_pane() -> None:
     assert ss_for_row("process", "pid:42", TcpState.ESTABLISHED).line == "ss -tanp state established | grep -F pid=42,"
     assert ss_for_row("process", "uid:1000", TcpState.ESTABLISHED).line == "ss -tanp state established"
     assert ss_for_row("remote", "10.1.2.3").line == "ss -tanp '( dst 10.1.2.3 )'"
-    assert ss_for_row("state", TcpState.CLOSE).line.startswith("ss -tanpB state closed")
+    closed = ss_for_row("state", TcpState.CLOSE).line
+    assert closed.startswith("ss -tanpB state closed") if ss_has_bound_inactive() else closed.startswith("lsof ")
+    assert ss_sockets(TcpState.CLOSE, bound_inactive=True).line == "ss -tanpB state closed"
+    assert ss_sockets(TcpState.CLOSE, bound_inactive=False, pid=42).line == lsof_unlisted_tcp(42).line
     with pytest.raises(ValueError):
         ss_for_row("planet", "mars")
 
@@ -235,12 +241,51 @@ def test_ss_kill_aborts_exactly_one_connection_we_own(close_wait_pair) -> None:
     _, client = close_wait_pair
     record = _close_wait_of(client)[0]
     command = ss_kill(record)
-    assert shlex.split(command.line)[:5] == ["ss", "-K", "state", "close-wait", shlex.split(command.line)[4]]
+    assert command is not None and "RST" in command.note and "no fix for a descriptor leak" in command.note
+    assert shlex.split(command.line)[:5] == ["ss", "-tK", "state", "close-wait", shlex.split(command.line)[4]]
     subprocess.run(command.line, shell=True, capture_output=True, timeout=20)
     if _close_wait_of(client):
         pytest.skip("this kernel has no CONFIG_INET_DIAG_DESTROY")
     with pytest.raises(OSError):
         client.send(b"x")  # the connection was aborted under the descriptor, which we still hold
+
+
+def test_ss_kill_is_never_offered_on_a_real_listener(close_wait_pair) -> None:
+    """ss -K on a LISTEN socket closes the listener itself: socktop must not hand that out."""
+    listener, _ = close_wait_pair
+    port = listener.getsockname()[1]
+    (record,) = [r for r in NetlinkBackend().sockets() if r.state is TcpState.LISTEN and r.local_port == port]
+    assert ss_kill(record) is None
+    assert "close the listening socket itself" in ss_kill_refusal(record)
+
+
+@pytest.mark.parametrize("state", DISPLAY_STATES, ids=lambda s: s.name)
+def test_ss_kill_only_where_the_peer_gets_an_rst(state: TcpState) -> None:
+    record = SocketRecord(socket.AF_INET, state, "10.0.0.1", 8080, "10.0.0.2", 40000, 0, 0, TimerKind.NONE, 0, 0,
+                          0, 77)
+    command = ss_kill(record)
+    if state in (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT, TcpState.FIN_WAIT1, TcpState.FIN_WAIT2):
+        assert command is not None and shlex.split(command.line)[:2] == ["ss", "-tK"]
+        assert "the peer gets an RST" in command.note
+    else:
+        assert command is None and ss_kill_refusal(record).startswith("not offered")
+    timewait_fin_wait2 = record._replace(state=TcpState.FIN_WAIT2, timer=TimerKind.TIME_WAIT, inode=0)
+    assert ss_kill(timewait_fin_wait2) is None and "dropped silently" in ss_kill_refusal(timewait_fin_wait2)
+
+
+def test_bound_only_sockets_are_listed_by_the_command_socktop_offers() -> None:
+    """CLOSE: ss -B where the installed ss has it (iproute2 6.1 has not), else lsof's unlisted TCP descriptors."""
+    if shutil.which("ss") is None or shutil.which("lsof") is None:
+        pytest.skip("needs ss and lsof")
+    with socket.socket() as bound:
+        bound.bind(("127.0.0.1", 0))
+        line = ss_sockets(TcpState.CLOSE, pid=os.getpid()).line
+        output = subprocess.run(line, shell=True, capture_output=True, text=True, timeout=30).stdout
+        if ss_has_bound_inactive():
+            assert f":{bound.getsockname()[1]} " in output
+        else:
+            assert line.startswith("lsof ")
+            assert f" {os.fstat(bound.fileno()).st_ino} " in output  # lsof prints the socket's inode
 
 
 @pytest.mark.parametrize(("key", "value", "words"), [
@@ -253,14 +298,28 @@ def test_sysctl_runtime_is_one_quoted_assignment(key: str, value: str, words: li
     assert subprocess.run(["bash", "-n", "-c", line]).returncode == 0
 
 
-def test_sysctl_persistent_writes_the_line_sysctl_reads(tmp_path: Path) -> None:
-    target = tmp_path / "90-socktop.conf"
+def test_sysctl_persistent_works_under_sudo_and_applies_its_own_file(tmp_path: Path) -> None:
+    """The old `echo ... >> FILE && sysctl --system` failed under sudo (the redirect runs unprivileged).
+    Run the line with stand-ins for sudo and sysctl (tests never change the kernel) and a file path
+    with a space: the file gets the line sysctl.d(5) reads, then ``sysctl -p`` on that file."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    (bin_dir / "sudo").write_text(f'#!/bin/sh\necho "sudo $*" >> {shlex.quote(str(calls))}\nexec "$@"\n')
+    (bin_dir / "sysctl").write_text(f'#!/bin/sh\necho "sysctl $*" >> {shlex.quote(str(calls))}\n')
+    for tool in ("sudo", "sysctl"):
+        (bin_dir / tool).chmod(0o755)
+    target = tmp_path / "sysctl d" / "99-zz-socktop.conf"
+    target.parent.mkdir()
     command = sysctl_persistent("net.ipv4.ip_local_port_range", "15000 65000", str(target))
-    assert command.line.endswith(" && sysctl --system")
-    writing_part = command.line.rsplit(" && ", 1)[0]  # never run `sysctl --system` from a test
-    subprocess.run(["bash", "-c", writing_part], check=True)
+    assert ">>" not in command.line and "sysctl --system" not in command.line
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    subprocess.run(["bash", "-c", command.line], check=True, env=env, capture_output=True, timeout=20)
     assert target.read_text() == "net.ipv4.ip_local_port_range = 15000 65000\n"
-    assert "/etc/sysctl.d/" in sysctl_persistent("net.ipv4.tcp_tw_reuse", "1").line
+    assert calls.read_text().splitlines()[-1] == f"sysctl -p {target}"
+    assert "sudo tee -a" in command.line and "network namespace" in command.note
+    default = sysctl_persistent("net.ipv4.tcp_tw_reuse", "1").line
+    assert "/etc/sysctl.d/99-zz-socktop.conf" in default and "99-zz-socktop" > "99-sysctl"
 
 
 def test_nstat_names_the_counters() -> None:

@@ -22,7 +22,7 @@ import pytest
 from socktop.collect.netlink import NetlinkBackend
 from socktop.collect.records import SocketRecord, TcpState, TimerKind
 from socktop.demo import BuildError, Built, DemoScenario, SocketFarm, build_population, run_demo
-from socktop.demo.builders import MAX_BUILD, open_fds
+from socktop.demo.builders import MAX_BUILD, IncidentPlan, build_incident, open_fds
 
 FAMILIES = [pytest.param(socket.AF_INET, id="v4"), pytest.param(socket.AF_INET6, id="v6")]
 
@@ -138,6 +138,37 @@ def test_population_spreads_pairs_over_children(backend: NetlinkBackend) -> None
     assert all(map(gone, population.pids))
     # the children reset their pairs on SIGTERM: no TIME_WAIT lingers to skew the next population
     eventually(lambda: not [r for r in backend.sockets() if ports & {r.local_port, r.remote_port}])
+
+
+def test_incident_mix_has_the_states_and_processes_it_plans(backend: NetlinkBackend) -> None:
+    plan = IncidentPlan.of(1_000)
+    with build_incident(1_000, lifetime=30) as incident:
+        ports = set(incident.ports)
+        churn_port = incident.ports[-1]
+
+        def mine() -> Counter[TcpState]:
+            return Counter(r.state for r in backend.sockets()
+                           if r.family == socket.AF_INET and ports & {r.local_port, r.remote_port}
+                           and (r.state is TcpState.LISTEN or churn_port not in (r.local_port, r.remote_port)))
+
+        eventually(lambda: mine() == incident.expected)
+        roles = ["cache-srv", "churner", "cw-leak", "sock-farm", "tw-keeper"]
+        eventually(lambda: sorted(map(comm, incident.pids)) == roles)
+        assert incident.expected[TcpState.TIME_WAIT] == plan.hot_time_wait + plan.other_time_wait == 550
+        assert incident.sockets == sum(incident.expected.values()) <= 1_000
+        hot = Counter(r.remote_port for r in backend.sockets() if r.state is TcpState.TIME_WAIT and r.remote_port in ports)
+        assert hot.most_common(1)[0][1] == plan.hot_time_wait and len(hot) == 1 + plan.destinations
+    assert all(map(gone, incident.pids))
+
+
+def test_incident_plan_scales_within_the_kernel_limits() -> None:
+    for total in (20_000, 50_000, 200_000):
+        plan = IncidentPlan.of(total)
+        assert plan.hot_time_wait <= 20_000 and plan.destinations <= 200
+        assert sum(plan.expected.values()) <= total
+        assert plan.expected[TcpState.TIME_WAIT] > total // 2
+    with pytest.raises(ValueError):
+        IncidentPlan.of(500)
 
 
 # --- scenario -------------------------------------------------------------------

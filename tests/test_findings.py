@@ -307,8 +307,9 @@ def test_time_wait_destination_finding_in_full() -> None:
     port_range = suggested["net.ipv4.ip_local_port_range"]
     assert (port_range.current, port_range.suggested) == (SMALL_RANGE, "10000 65535")
     assert port_range.runtime.line == "sysctl -w 'net.ipv4.ip_local_port_range=10000 65535'"
-    assert port_range.persistent.line == ("echo 'net.ipv4.ip_local_port_range = 10000 65535' >> "
-                                          "/etc/sysctl.d/90-socktop.conf && sysctl --system")
+    assert port_range.persistent.line == ("echo 'net.ipv4.ip_local_port_range = 10000 65535' | sudo tee -a "
+                                          "/etc/sysctl.d/99-zz-socktop.conf && sudo sysctl -p "
+                                          "/etc/sysctl.d/99-zz-socktop.conf")
     assert "tcp_tw_recycle" not in " ".join(s.key for s in tw.suggestions)
 
 

@@ -18,8 +18,10 @@ def test_config_path_follows_xdg() -> None:
     assert config_path({}).parts[-3:] == (".config", "socktop", "config.toml")
 
 
-def test_missing_file_means_defaults_and_no_warning(tmp_path: Path) -> None:
-    assert load_thresholds(tmp_path / "none.toml") == (DEFAULT_THRESHOLDS, ())
+def test_missing_default_file_means_defaults_and_no_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    assert load_thresholds() == (DEFAULT_THRESHOLDS, ())
 
 
 def test_toml_file_then_overrides(tmp_path: Path) -> None:

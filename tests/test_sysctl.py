@@ -130,8 +130,9 @@ def test_advisor_never_suggests_a_value_in_force_or_an_absent_key() -> None:
     advisor.propose("net.core.somaxconn", "8192", "why", "risk")
     (suggestion,) = advisor.suggestions
     assert (suggestion.current, suggestion.runtime.line) == ("4096", "sysctl -w net.core.somaxconn=8192")
-    assert suggestion.persistent.line == ("echo 'net.core.somaxconn = 8192' >> /etc/sysctl.d/90-socktop.conf "
-                                          "&& sysctl --system")
+    assert suggestion.persistent.line == ("echo 'net.core.somaxconn = 8192' | sudo tee -a "
+                                          "/etc/sysctl.d/99-zz-socktop.conf && sudo sysctl -p "
+                                          "/etc/sysctl.d/99-zz-socktop.conf")
 
 
 def test_advisor_refuses_tcp_tw_recycle_and_says_why() -> None:

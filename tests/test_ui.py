@@ -11,7 +11,8 @@ from textual.command import CommandPalette
 from socktop.collect.records import TcpState
 from socktop.ui.app import SocktopApp
 from socktop.ui.bars import FilterLine, TopBar
-from socktop.ui.keys import KEYS, load_keymap
+from socktop.analyze.config import load_config
+from socktop.ui.keys import KEYS, validate_keymap
 from socktop.ui.screens import CommandDialog, HelpScreen
 from socktop.ui.sockets import SocketList
 from socktop.ui.view import Level
@@ -487,7 +488,7 @@ async def test_keys_are_remapped_from_the_config_file(tmp_path):
     config = tmp_path / "socktop" / "config.toml"
     config.parent.mkdir()
     config.write_text('[thresholds]\nclose_wait_warning = 50\n[keys]\ncopy_ss = "C"\nnope = "x"\n')
-    keymap, errors = load_keymap(config)
+    keymap, errors = validate_keymap(load_config(config).keys, str(config))
     assert keymap == {"copy_ss": "C"} and "unknown key binding 'nope'" in errors[0]
     app = make_app(keymap=keymap)
     async with app.run_test(size=WIDE) as pilot:
@@ -571,7 +572,7 @@ def test_cli_thresholds_reach_the_tui_analysis(tmp_path) -> None:
 
     config = tmp_path / "config.toml"
     config.write_text("[thresholds]\nclose_wait_warning = 42\ntime_wait_group = 7\n")
-    analyzer = Analyzer(config, [("time_wait_group", 9)])
+    analyzer = Analyzer(load_config(config, [("time_wait_group", 9)]).thresholds)
     assert (analyzer.thresholds.close_wait_warning, analyzer.thresholds.time_wait_group) == (42, 9)
 
 

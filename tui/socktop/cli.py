@@ -2,21 +2,28 @@
 
 The non-interactive paths never import Textual: they must start fast (a
 `--json` run at 20k sockets has to beat `ss -tanp`) and work where no
-terminal does.
+terminal does. Output goes through `write_output`, which turns a closed
+stdout, a full disk and a closed pipe into one line or a quiet exit.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from . import __version__
 from .collect.records import BackendUnavailable, CollectError, TcpState
 from .model.engine import BACKENDS
+from .serve import DEFAULT_TOP
+
+if TYPE_CHECKING:
+    from .analyze.config import Config
 
 EXAMPLES = """\
 examples:
@@ -28,6 +35,7 @@ examples:
   socktop --json --sockets         ... with every socket listed
   socktop demo --duration 120      start the loopback demo scenario (leaks, TIME_WAIT, ...)
   socktop --demo                   the TUI together with the demo scenario
+  socktop serve                    Prometheus exporter on 127.0.0.1:9877 (see socktop serve --help)
   socktop explain close-wait       what a state means and what to do about it
   socktop explain tcp_tw_recycle   what a kernel setting does (and why that one is gone)
   socktop --once --sample 10 --threshold close_wait_warning=20
@@ -36,6 +44,11 @@ examples:
 
 
 USAGE_ERROR = 2  # as argparse exits on a bad argument
+BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for `yes | head`, so `set -o pipefail` sees it
+USAGE = """\
+socktop [options]             the live TUI (or --once, --json)
+       socktop explain TOPIC         what a state or kernel setting means (socktop explain close-wait)
+       socktop demo [--duration S]   start the loopback demo scenario"""
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -91,6 +104,7 @@ def _threshold(text: str) -> tuple[str, int | float]:
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(
         prog="socktop",
+        usage=USAGE,
         description="Live monitor of this machine's TCP sockets: by state, port and process, "
         "with what each state means and the command that fixes a pile-up.",
         epilog=EXAMPLES,
@@ -116,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threshold", type=_threshold, action="append", default=[], metavar="KEY=VALUE",
                         help="override one finding threshold, e.g. close_wait_warning=20 (repeatable)")
     parser.add_argument("--config", type=Path, default=None, metavar="PATH",
-                        help="thresholds file (default: $XDG_CONFIG_HOME/socktop/config.toml)")
+                        help="config file: [thresholds] and [keys] (default: $XDG_CONFIG_HOME/socktop/config.toml)")
     return parser
 
 
@@ -126,35 +140,154 @@ def build_demo_parser() -> argparse.ArgumentParser:
     return parser
 
 
+SERVE_EPILOG = """\
+what it exposes: socket counts by state, service port, remote address and process
+(pid, process name, user), findings, kernel TCP counters and settings; never command
+lines, never the sockets' contents. It reads only; it never runs a program or
+changes a setting.
+
+It binds 127.0.0.1 by default. A wider bind (--listen 0.0.0.0:9877) lets anyone
+who reaches the port read which processes and users hold which ports and peers:
+keep it on a private network, or put it behind TLS and authentication with a
+reverse proxy (nginx, caddy, kube-rbac-proxy) that listens outside and forwards
+to 127.0.0.1:9877. See the README, "Watching a fleet".
+"""
+
+
+def _listen(text: str) -> str:
+    from .serve.server import parse_listen
+
+    try:
+        parse_listen(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _top(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 1000:
+        raise argparse.ArgumentTypeError(f"invalid --top {text!r}: expected 1-1000")
+    return int(text)
+
+
+def build_serve_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(prog="socktop serve", epilog=SERVE_EPILOG,
+                            formatter_class=argparse.RawDescriptionHelpFormatter,
+                            description="Serve Prometheus metrics (/metrics), /healthz and /snapshot.json, "
+                                        "collected once per interval whatever the scrape rate.")
+    parser.add_argument("--listen", type=_listen, default="127.0.0.1:9877", metavar="HOST:PORT",
+                        help="address to listen on (default 127.0.0.1:9877: this host only)")
+    parser.add_argument("--interval", type=_seconds(1, 3600, "interval"), default=15.0,
+                        help="seconds between collections (default 15)")
+    parser.add_argument("--top", type=_top, default=None, metavar="N",
+                        help="per state, the N ports, processes and remote addresses with the most sockets get "
+                             f"their own series; the rest are summed as 'other' (default: [serve] top in the "
+                             f"config file, else {DEFAULT_TOP})")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto", help="how to read the socket table")
+    parser.add_argument("--threshold", type=_threshold, action="append", default=[], metavar="KEY=VALUE",
+                        help="override one finding threshold (repeatable)")
+    parser.add_argument("--config", type=Path, default=None, metavar="PATH",
+                        help="thresholds file (default: $XDG_CONFIG_HOME/socktop/config.toml)")
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] == "demo":
         return _run_demo(build_demo_parser().parse_args(args[1:]))
+    if args and args[0] == "serve":
+        return _run_serve(build_serve_parser().parse_args(args[1:]))
     if args and args[0] == "explain":
         return _run_explain(args[1:])
     options = build_parser().parse_args(args)
     if options.sockets and not options.json:
         build_parser().error("--sockets needs --json")
+    if options.pid is not None and not pid_exists(options.pid):
+        return _fail(f"no such process: {options.pid}", USAGE_ERROR)
+    from .analyze.config import ConfigError, load_config
+
+    try:
+        config = load_config(options.config, options.threshold)
+    except ConfigError as exc:
+        return _fail(str(exc), USAGE_ERROR)
     if options.once or options.json:
-        return _run_once(options)
-    return _run_tui(options)
+        return _run_once(options, config)
+    return _run_tui(options, config)
+
+
+def pid_exists(pid: int) -> bool:
+    """Whether a process with this pid exists (signal 0 checks without signalling; EPERM means it does)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OverflowError:  # larger than pid_t
+        return False
+    return True
 
 
 def _fail(message: str, status: int = 1) -> int:
-    """One line on stderr; status 1 for a failure to collect, USAGE_ERROR for a bad argument."""
-    print(f"socktop: error: {message}", file=sys.stderr)
+    """One line on stderr; status 1 for a failure to collect or write, USAGE_ERROR for a bad argument."""
+    _say(f"error: {message}")
     return status
 
 
-def _run_once(options: argparse.Namespace) -> int:
-    from .analyze.config import load_thresholds
+def _say(line: str) -> None:
+    """``socktop: LINE`` on stderr, unless stderr is closed too (print would then write to stdout)."""
+    if sys.stderr is not None:
+        try:
+            print(f"socktop: {line}", file=sys.stderr, flush=True)
+        except (OSError, ValueError):
+            pass
+
+
+def write_output(write: Callable[[TextIO], object]) -> int:
+    """Run ``write`` on stdout and flush; the exit status.
+
+    A closed stdout (``>&-``) or a full disk is one line and status 1. A
+    reader that went away (``| head -c 10``) ends the command quietly with
+    BROKEN_PIPE, as a Unix tool killed by SIGPIPE would; stdout is then
+    pointed at /dev/null so that Python's own flush at exit does not
+    report the pipe again.
+    """
+    stream = sys.stdout
+    if stream is None:
+        return _fail("standard output is closed: nothing to write to")
+    try:
+        write(stream)
+        stream.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+        return BROKEN_PIPE
+    except OSError as exc:
+        _silence_stdout()
+        if exc.errno == errno.EPIPE:
+            return BROKEN_PIPE
+        return _fail(f"cannot write the output: {exc.strerror or exc}")
+    except ValueError:  # "I/O operation on closed file"
+        return _fail("standard output is closed: nothing to write to")
+    return 0
+
+
+def _silence_stdout() -> None:
+    """Point fd 1 at /dev/null: what is left in Python's buffer is dropped at exit without a second error."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
+def _run_once(options: argparse.Namespace, config: Config) -> int:
     from .analyze.findings import analyze
     from .model.engine import Engine
     from .report import render_json, render_summary
 
-    thresholds, warnings = load_thresholds(options.config, options.threshold)
-    for warning in warnings:
-        print(f"socktop: warning: {warning}", file=sys.stderr)
+    for warning in config.warnings:
+        _say(f"warning: {warning}")
     try:
         engine = Engine(options.backend, options.interval)
         snapshot = engine.refresh()
@@ -164,22 +297,42 @@ def _run_once(options: argparse.Namespace) -> int:
             snapshot = engine.refresh()
     except (BackendUnavailable, CollectError, OSError) as exc:
         return _fail(str(exc))
-    analysis = analyze(snapshot, thresholds, warnings)  # host-wide: the filters narrow the tables only
+    analysis = analyze(snapshot, config.thresholds, config.warnings)  # host-wide: the filters narrow the tables
     filters: dict[str, Any] = {
         "state": options.state.name if options.state else None, "port": options.port, "pid": options.pid,
     }
     snapshot = snapshot.filtered(state=options.state, port=options.port, pid=options.pid)
     if options.json:
-        sys.stdout.write(render_json(snapshot, filters, options.sockets, analysis) + "\n")
-    else:
-        sys.stdout.write(render_summary(snapshot, analysis=analysis))
-    return 0
+        return write_output(lambda out: out.write(render_json(snapshot, filters, options.sockets, analysis) + "\n"))
+    return write_output(lambda out: out.write(render_summary(snapshot, analysis=analysis)))
 
 
-def _run_tui(options: argparse.Namespace) -> int:
+def _run_tui(options: argparse.Namespace, config: Config) -> int:
     from .ui.app import run
 
-    return run(options)
+    return run(options, config)
+
+
+def _run_serve(options: argparse.Namespace) -> int:
+    from .analyze.config import ConfigError, load_config
+    from .serve.server import run_serve
+
+    try:
+        config = load_config(options.config, options.threshold)
+    except ConfigError as exc:
+        return _fail(str(exc), USAGE_ERROR)
+    for warning in config.warnings:
+        _say(f"warning: {warning}")
+    top = options.top
+    if top is None:
+        configured = config.serve.get("top", DEFAULT_TOP)
+        try:
+            top = _top(str(configured))
+        except argparse.ArgumentTypeError:
+            _say(f"warning: {config.path}: [serve] top must be 1-1000, not {configured!r}; using {DEFAULT_TOP}")
+            top = DEFAULT_TOP
+    return run_serve(options.listen, options.interval, top, options.backend, config.thresholds,
+                     lambda line: _say(f"serve: {line}"))
 
 
 def _run_demo(options: argparse.Namespace) -> int:
@@ -201,5 +354,4 @@ def _run_explain(args: list[str]) -> int:
         if setting is None:
             return _fail(f"{exc}; or a kernel setting such as tcp_tw_reuse", USAGE_ERROR)
         text = setting
-    sys.stdout.write(text + "\n")
-    return 0
+    return write_output(lambda out: out.write(text + "\n"))

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import math
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -160,7 +162,38 @@ def _process_order(group: ProcessGroup) -> tuple[int, str]:
 
 def render_json(snapshot: Snapshot, filters: dict[str, Any], with_sockets: bool,
                 analysis: Analysis | None = None) -> str:
-    return json.dumps(snapshot_document(snapshot, filters, with_sockets, analysis), indent=1, ensure_ascii=False)
+    document = snapshot_document(snapshot, filters, with_sockets, analysis)
+    try:
+        return json.dumps(document, indent=1, ensure_ascii=False, allow_nan=False)
+    except ValueError:  # a NaN or an infinity somewhere: JSON has neither, so it is written as null
+        return json.dumps(finite(document), indent=1, ensure_ascii=False, allow_nan=False)
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every NaN and infinity (which JSON cannot hold) replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(item) for item in value]
+    return value
+
+
+def plural(count: int, noun: str) -> str:
+    """"1 socket", "2 sockets"."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def phrase_lines(phrases: Sequence[str], width: int, separator: str = "  ") -> list[str]:
+    """Phrases joined on lines of at most ``width`` columns, broken between phrases, never inside one."""
+    lines: list[str] = []
+    for phrase in phrases:
+        if lines and len(lines[-1]) + len(separator) + len(phrase) <= width:
+            lines[-1] += separator + phrase
+        else:
+            lines.append(phrase if not lines else "  " + phrase)
+    return lines
 
 
 TOP_ROWS = 10
@@ -175,12 +208,11 @@ def render_summary(snapshot: Snapshot, width: int | None = None, analysis: Analy
     console = Console(width=width, record=True, force_terminal=False, color_system=None, file=io.StringIO())
     aggregates = snapshot.aggregates
     source = snapshot.source
-    console.print(Text(
-        f"socktop  {source.host}  {source.kernel}  backend {source.backend}  "
-        f"{aggregates.total} sockets  "
-        + (f"owners {coverage_text(aggregates.coverage)}, {source.owner_note}" if source.owner_note
-           else "all owners visible")
-    ))
+    for line in phrase_lines(("socktop", source.host, source.kernel, f"backend {source.backend}",
+                              plural(aggregates.total, "socket"),
+                              f"owners {coverage_text(aggregates.coverage)}, {source.owner_note}"
+                              if source.owner_note else "all owners visible"), console.width):
+        console.print(Text(line), overflow="fold")
     if source.backend_note:
         console.print(Text(f"note: {source.backend_note}"))
 

@@ -15,7 +15,8 @@ shell runs as a kill of every process.
 The UI and the findings use:
 - `Command` (line, note): what to copy, and one line on what it does;
 - `ss_sockets(...)`, `ss_for_row(kind, key, state)`: `ss` listing exactly the sockets of a row;
-- `lsof_sockets(pid, state)`, `kill_commands(pid, name)`, `ss_kill(record)`;
+- `lsof_sockets(pid, state)`, `kill_commands(pid, name)`;
+- `ss_kill(record)` (None where aborting would hurt or do nothing: `ss_kill_refusal(record)` says why);
 - `sysctl_runtime(key, value)`, `sysctl_persistent(key, value)`;
 - `stack_dump(process)`: py-spy, jstack or gdb, by the kind of process;
 - `nstat_counters(names)`: the kernel counters behind a finding.
@@ -23,19 +24,28 @@ The UI and the findings use:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import shlex
+import subprocess
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ..collect.records import ProcessInfo, SocketRecord, TcpState
+from ..collect.records import ProcessInfo, SocketRecord, TcpState, TimerKind
 from ..safetext import printable
 
-#: Where persistent settings go; read late by `sysctl --system`, so it wins over most distribution files.
-SYSCTL_FILE = "/etc/sysctl.d/90-socktop.conf"
+#: Where persistent settings go. At boot the files under /etc/sysctl.d/ (and /run, /usr/lib) are applied in
+#: lexical order of their names and the last one to set a key wins: "99-zz-" sorts after Ubuntu's
+#: 99-sysctl.conf (the old /etc/sysctl.conf) and the "90-…" files distributions ship.
+SYSCTL_FILE = "/etc/sysctl.d/99-zz-socktop.conf"
 COMMENT_MAX_CHARS = 60
+
+#: Where ``ss -K`` sends the peer an RST: tcp_abort() resets only the states of tcp_need_reset()
+#: (include/net/tcp.h). SYN_RECV is left out: the ones socktop lists are request sockets, which
+#: tcp_abort() drops silently. LISTEN is left out above all: ss -K closes the listener itself.
+SS_KILL_STATES = frozenset({TcpState.ESTABLISHED, TcpState.CLOSE_WAIT, TcpState.FIN_WAIT1, TcpState.FIN_WAIT2})
 
 #: ss takes most states by their slug, but not these three.
 _SS_STATE_NAMES = {TcpState.ESTABLISHED: "established", TcpState.LISTEN: "listening", TcpState.CLOSE: "closed"}
@@ -92,9 +102,33 @@ def _ss_expression(local_addr: str | None, local_port: int | None,
     return " and ".join(clauses)
 
 
+@functools.cache
+def ss_has_bound_inactive() -> bool:
+    """Whether the installed ss takes -B (--bound-inactive); iproute2 6.1 (Debian 12, Ubuntu 24.04) does not.
+
+    Asked once per process from ss's own help text, which lists every option it has.
+    """
+    try:
+        result = subprocess.run(["ss", "-h"], capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "--bound-inactive" in result.stdout + result.stderr
+
+
+def lsof_unlisted_tcp(pid: int | None = None) -> Command:
+    """TCP descriptors that no TCP table lists: bound-only sockets (state CLOSE) and connections the kernel
+    already closed under a descriptor still open. lsof prints them as ``protocol: TCP`` (older lsof: "can't
+    identify protocol"), never with a state, so ``-sTCP:CLOSE`` cannot select them."""
+    words = ["lsof", "-nP", *(["-a", "-p", str(int(pid))] if pid is not None else [])]
+    line = f"{shlex.join(words)} 2>/dev/null | grep -E 'protocol: TCP|identify protocol'"
+    return Command(line, "TCP descriptors no socket table lists: bound but never connected or listening, or "
+                         "closed by the kernel (RST, keepalive, timeout) while the process still holds them")
+
+
 def ss_sockets(state: TcpState | None = None, *, local_addr: str | None = None, local_port: int | None = None,
                remote_addr: str | None = None, remote_port: int | None = None, pid: int | None = None,
-               either_ports: Iterable[int] = (), either_addrs: Iterable[str] = ()) -> Command:
+               either_ports: Iterable[int] = (), either_addrs: Iterable[str] = (),
+               bound_inactive: bool | None = None) -> Command:
     """``ss -tanp [state S] '( filter )'`` for exactly these sockets.
 
     ``either_ports`` and ``either_addrs`` each add a condition on either
@@ -102,8 +136,13 @@ def ss_sockets(state: TcpState | None = None, *, local_addr: str | None = None, 
     ss cannot filter by process, so ``pid`` keeps the lines whose
     ``users:`` field names that pid; sockets no process holds (TIME_WAIT,
     SYN_RECV) never carry one, so for them filter by port instead.
+    Bound-only sockets (CLOSE) are listed only by an ss with -B
+    (``bound_inactive``, asked of the installed ss when None); without it
+    the command is lsof's list of TCP descriptors no table shows.
     """
-    # bound-only sockets (CLOSE) are listed only on request: -B, --bound-inactive (a recent ss)
+    if state is TcpState.CLOSE and not (ss_has_bound_inactive() if bound_inactive is None else bound_inactive):
+        fallback = lsof_unlisted_tcp(pid)
+        return Command(fallback.line, f"{fallback.note} (this ss has no -B to list bound-only sockets)")
     words = ["ss", "-tanpB" if state is TcpState.CLOSE else "-tanp"]
     if state is not None:
         words += ["state", ss_state_name(state)]
@@ -156,23 +195,58 @@ def kill_commands(pid: int, name: str) -> tuple[Command, Command]:
     )
 
 
-def ss_kill(record: SocketRecord) -> Command:
-    """``ss -K`` for this one connection (needs root and CONFIG_INET_DIAG_DESTROY)."""
+def ss_kill_refusal(record: SocketRecord) -> str:
+    """Why ``ss -K`` is not offered for this socket ('' when it is)."""
+    state = record.state
+    if state in SS_KILL_STATES and record.timer is not TimerKind.TIME_WAIT:
+        return ""
+    if state is TcpState.LISTEN:
+        return ("not offered on a listener: ss -K would close the listening socket itself and every new "
+                "connection would be refused")
+    if state is TcpState.TIME_WAIT or record.timer is TimerKind.TIME_WAIT:
+        return ("not offered: a timewait socket is dropped silently (no RST) and ends by itself within "
+                "60 s; no process holds it")
+    if state in (TcpState.SYN_RECV, TcpState.NEW_SYN_RECV):
+        return "not offered: a request socket is dropped silently (no RST); the client's SYN is answered again"
+    return (f"not offered: aborting {state.label} sends the peer no RST; it ends on its own retransmission "
+            "timers")
+
+
+def ss_kill(record: SocketRecord) -> Command | None:
+    """``ss -tK`` for this one connection, only where it sends the peer an RST (`SS_KILL_STATES`);
+    None elsewhere (`ss_kill_refusal` says why). Needs root and CONFIG_INET_DIAG_DESTROY."""
+    if ss_kill_refusal(record):
+        return None
     expression = _ss_expression(record.local_addr, record.local_port, record.remote_addr, record.remote_port)
-    line = shlex.join(["ss", "-K", "state", ss_state_name(record.state), expression])
-    return Command(line, "abort this one connection (RST to the peer); root and CONFIG_INET_DIAG_DESTROY; "
-                         "a process holding it keeps its descriptor until it closes it")
+    line = shlex.join(["ss", "-tK", "state", ss_state_name(record.state), expression])
+    note = ("abort this one connection: the peer gets an RST (its next read or write fails with "
+            "ECONNRESET); needs root and CONFIG_INET_DIAG_DESTROY")
+    if record.inode:
+        note += "; the process keeps its descriptor (its reads then fail) until it closes it"
+    if record.state is TcpState.CLOSE_WAIT:
+        note += ": no fix for a descriptor leak"
+    return Command(line, note)
 
 
 def sysctl_runtime(key: str, value: str) -> Command:
     """``sysctl -w key=value``: in force at once, lost at reboot."""
-    return Command(shlex.join(["sysctl", "-w", f"{key}={value}"]), "takes effect now (root), lost at reboot")
+    return Command(shlex.join(["sysctl", "-w", f"{key}={value}"]),
+                   "takes effect now (root) in this network namespace, lost at reboot")
 
 
 def sysctl_persistent(key: str, value: str, path: str = SYSCTL_FILE) -> Command:
-    """Append ``key = value`` to a file under /etc/sysctl.d/, then load every file with ``sysctl --system``."""
-    line = f"echo {shlex.quote(f'{key} = {value}')} >> {shlex.quote(path)} && sysctl --system"
-    return Command(line, f"kept across reboots in {path} (root); a later file setting the same key wins")
+    """Append ``key = value`` to a file under /etc/sysctl.d/ and apply that file.
+
+    ``sudo tee -a``, not ``>>``: under sudo a redirect is still opened by the
+    unprivileged shell. ``sysctl -p FILE`` applies this file only; ``sysctl
+    --system`` would re-apply every file, and a later one could undo this.
+    """
+    quoted = shlex.quote(path)
+    line = f"echo {shlex.quote(f'{key} = {value}')} | sudo tee -a {quoted} && sudo sysctl -p {quoted}"
+    return Command(line, f"kept across reboots in {path}; at boot the last file (in name order) that sets "
+                         f"{key} wins: grep -rs {key} /etc/sysctl.d /run/sysctl.d /usr/lib/sysctl.d "
+                         "/etc/sysctl.conf. Most TCP settings are per network namespace: this sets the host's, "
+                         "not a container's")
 
 
 def nstat_counters(names: Iterable[str]) -> Command:

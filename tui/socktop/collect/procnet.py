@@ -135,7 +135,7 @@ def parse_proc_net_tcp(text: str, family: int, addresses: AddressCache | None = 
                 int(rx_hex, 16), int(tx_hex, 16),
                 timer, ticks * 1000 // ticks_per_second if timer else 0,
                 retransmits if timer is retransmit_timer else probes if timer in probe_timers else 0,
-                int(fields[7]), int(fields[9]), 0,
+                int(fields[7]), int(fields[9]), 0, -1, 0, 0,  # no cookie, lastack, cgroup in procfs; own netns
             )))
         except (ValueError, IndexError, KeyError):
             malformed += 1

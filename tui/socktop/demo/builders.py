@@ -22,7 +22,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import TypeVar
@@ -37,7 +37,7 @@ SETTLE_TIMEOUT = 5.0  # a state not reached by then on loopback is not coming
 TIME_WAIT_CHUNK = 512  # pairs open at once while building TIME_WAIT: bounds the fds used
 
 PAIRS_PER_CHILD = 8_500  # 17,000 descriptors: under the ~18k a child may hold
-MAX_POPULATION = 60_000  # sockets; each pair also takes an ephemeral port for its lifetime
+MAX_POPULATION = 210_000  # sockets; each pair also takes an ephemeral port for its lifetime
 POPULATION_LIFETIME = 1_800.0  # seconds a population outlives a caller that forgot to close it
 READY_TIMEOUT = 120.0
 STOP_TIMEOUT = 3.0
@@ -45,7 +45,7 @@ WORKER_MODULE = "socktop.demo.worker"
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder that holds `socktop`
 
 _TCP_INFO = struct.Struct("=B23xI")  # tcp_info: tcpi_state ... tcpi_unacked (a listener's accept queue)
-_LINGER_ABORT = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST and skips TIME_WAIT
+LINGER_ABORT = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST and skips TIME_WAIT
 
 
 class BuildError(RuntimeError):
@@ -181,7 +181,7 @@ class SocketFarm(ClosedOnExit):
     def close(self) -> None:
         """Reset rather than close: no TIME_WAIT of ours outlives the farm and skews the next count."""
         for sock in self._held:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ABORT)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_ABORT)
         _close_all(self._held)
         self._held.clear()
 
@@ -225,18 +225,14 @@ class SocketFarm(ClosedOnExit):
             raise BuildError(f"{n} more TIME_WAIT would pass tcp_max_tw_buckets ({max_buckets}): "
                              "the kernel would drop them")
         listener = self._listen(family, backlog=TIME_WAIT_CHUNK, sockets=1 + 2 * min(n, TIME_WAIT_CHUNK))
-        client_ports: list[int] = []
-        for start in range(0, n, TIME_WAIT_CHUNK):
-            clients, servers = _connect_pairs(listener, min(TIME_WAIT_CHUNK, n - start))
-            try:
-                client_ports.extend(map(port_of, clients))
-                _half_close(clients, servers)
-                for server in servers:
-                    server.shutdown(socket.SHUT_WR)  # LAST_ACK; the client's ACK comes from TIME_WAIT
-                await_state(servers, TcpState.CLOSE)
-            finally:
-                _close_all(clients + servers)
-        return self._built(listener, client_ports, {TcpState.LISTEN: 1, TcpState.TIME_WAIT: n})
+        return self._built(listener, _time_wait_toward(listener, n), {TcpState.LISTEN: 1, TcpState.TIME_WAIT: n})
+
+    def time_wait_again(self, built: Built) -> Built:
+        """The TIME_WAIT of an earlier `time_wait` made anew toward the same listener, once
+        the kernel has freed them (TCP_TIMEWAIT_LEN after they were made)."""
+        (listener,) = [sock for sock in self._held if sock.family == built.family and port_of(sock) == built.port]
+        n = built.expected[TcpState.TIME_WAIT]
+        return self._built(listener, _time_wait_toward(listener, n), {TcpState.LISTEN: 1, TcpState.TIME_WAIT: n})
 
     def full_accept_queue(self, family: int = socket.AF_INET, backlog: int = 4) -> Built:
         """A listener that never accepts, with backlog + 1 connections queued:
@@ -284,6 +280,22 @@ def _check_count(n: int) -> None:
         raise ValueError(f"between 1 and {MAX_BUILD} connections per build, not {n}")
 
 
+def _time_wait_toward(listener: socket.socket, n: int) -> list[int]:
+    """Make n client-side TIME_WAIT toward ``listener``, TIME_WAIT_CHUNK pairs at a time; their client ports."""
+    client_ports: list[int] = []
+    for start in range(0, n, TIME_WAIT_CHUNK):
+        clients, servers = _connect_pairs(listener, min(TIME_WAIT_CHUNK, n - start))
+        try:
+            client_ports.extend(map(port_of, clients))
+            _half_close(clients, servers)
+            for server in servers:
+                server.shutdown(socket.SHUT_WR)  # LAST_ACK; the client's ACK comes from TIME_WAIT
+            await_state(servers, TcpState.CLOSE)
+        finally:
+            _close_all(clients + servers)
+    return client_ports
+
+
 def _connect_pairs(listener: socket.socket, n: int) -> tuple[list[socket.socket], list[socket.socket]]:
     """n connections to `listener`, accepted one by one so that ends pair up in order."""
     address = (LOOPBACK[listener.family], port_of(listener))
@@ -327,6 +339,7 @@ class Job:
     rate: float = 0.0  # connections per second
     limit: int = 0  # most connections in all
     count: int = 0  # connections (or pairs) to open and hold
+    spread: int = 0  # destinations (listeners) beside the main one
     parent: int = 0  # the spawner's pid: the child stops when it is gone, even before it started
 
     def argv(self) -> list[str]:
@@ -388,12 +401,14 @@ def exit_report(process: subprocess.Popen[bytes]) -> str:
 
 @dataclass(slots=True)
 class Population(ClosedOnExit):
-    """ESTABLISHED pairs held by `sock-farm` child processes, each with its listener."""
+    """Sockets held or made by child processes: ESTABLISHED pairs of `sock-farm` children
+    (`build_population`), or the incident mix (`build_incident`)."""
 
     processes: list[subprocess.Popen[bytes]]
-    ports: tuple[int, ...]  # each child's listener: every socket has one of them on a side
+    ports: tuple[int, ...]  # the children's listeners: every socket has one of them on a side
     sockets: int
     family: int = socket.AF_INET
+    expected: Mapping[TcpState, int] = field(default_factory=dict)  # per state, about (the incident mix churns)
 
     @property
     def pids(self) -> tuple[int, ...]:
@@ -412,28 +427,123 @@ def build_population(total: int, family: int = socket.AF_INET,
     """
     if not 2 <= total <= MAX_POPULATION:
         raise ValueError(f"a population holds between 2 and {MAX_POPULATION} sockets, not {total}")
-    children = -(-total // (2 * PAIRS_PER_CHILD + 1))
+    children = _farm_children(total)
     pairs = (total - children) // 2
-    shares = [pairs // children + (index < pairs % children) for index in range(children)]
-    processes = [spawn_worker(Job("sock-farm", lifetime, family, count=share), stdout=subprocess.PIPE)
-                 for share in shares]
+    processes = [spawn_worker(job, stdout=subprocess.PIPE) for job in _farm_jobs(pairs, family, lifetime)]
+    ports = _await_all(processes)
+    return Population(processes, ports, 2 * pairs + children, family,
+                      {TcpState.ESTABLISHED: 2 * pairs, TcpState.LISTEN: children})
+
+
+def _await_all(processes: list[subprocess.Popen[bytes]]) -> tuple[int, ...]:
+    """The listener ports every child prints once built; stops them all when one fails."""
     try:
         deadline = time.monotonic() + READY_TIMEOUT
-        ports = tuple(_await_ready(process, deadline) for process in processes)
+        return tuple(port for process in processes for port in _await_ready(process, deadline))
     except BaseException:
         stop_processes(processes)
         raise
-    return Population(processes, ports, 2 * pairs + children, family)
 
 
-def _await_ready(process: subprocess.Popen[bytes], deadline: float) -> int:
-    """The listener port a `sock-farm` child prints once its pairs are built."""
+def _await_ready(process: subprocess.Popen[bytes], deadline: float) -> tuple[int, ...]:
+    """The listener ports a child prints ("ready PORT...") once its sockets are built."""
     assert process.stdout is not None
     ready, _, _ = select.select([process.stdout], [], [], max(0.0, deadline - time.monotonic()))
     if not ready:
-        raise BuildError(f"sock-farm {process.pid} not ready after {READY_TIMEOUT:g} s")
+        raise BuildError(f"worker {process.pid} not ready after {READY_TIMEOUT:g} s")
     line = process.stdout.readline().decode()
     if not line.startswith("ready "):
         process.wait(STOP_TIMEOUT)
-        raise BuildError(f"sock-farm {process.pid} failed: {exit_report(process)}")
-    return int(line.split()[1])
+        raise BuildError(f"worker {process.pid} failed: {exit_report(process)}")
+    return tuple(map(int, line.split()[1:]))
+
+
+# --- the incident mix ----------------------------------------------------------
+
+TIME_WAIT_LEN = 60.0  # TCP_TIMEWAIT_LEN (include/net/tcp.h): how long the kernel keeps a TIME_WAIT
+HOT_TIME_WAIT_MAX = 20_000  # toward one destination: room left in ip_local_port_range for the others
+MIN_INCIDENT = 1_000
+DEFAULT_CHURN_RATE = 200.0  # connect/close a second, each closed with RST (it adds no TIME_WAIT)
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentPlan:
+    """How an incident of about ``total`` sockets splits, as measured on boxes filling up with
+    TIME_WAIT: 55% TIME_WAIT (most toward one hot destination, the rest spread over many),
+    40% ESTABLISHED, 2% CLOSE_WAIT leaked by a server, as many orphaned FIN_WAIT2 (their
+    clients, gone), and connections opened and closed all the time."""
+
+    hot_time_wait: int
+    other_time_wait: int
+    destinations: int  # listeners the other TIME_WAIT are spread over
+    established_pairs: int
+    close_wait: int
+    churn_rate: float
+
+    @classmethod
+    def of(cls, total: int, churn_rate: float = DEFAULT_CHURN_RATE) -> IncidentPlan:
+        if not MIN_INCIDENT <= total <= MAX_POPULATION:
+            raise ValueError(f"an incident holds between {MIN_INCIDENT} and {MAX_POPULATION} sockets, not {total}")
+        time_wait = total * 55 // 100
+        hot = min(HOT_TIME_WAIT_MAX, time_wait * 6 // 10)
+        destinations = min(200, max(10, (time_wait - hot) // 50))
+        close_wait = total // 50
+        children = _farm_children(total)
+        listeners = children + 1 + destinations + 1 + 1  # farms, hot, others, the leak, the churn
+        pairs = (total - time_wait - 2 * close_wait - listeners) // 2
+        return cls(hot, time_wait - hot, destinations, pairs, close_wait, churn_rate)
+
+    @property
+    def expected(self) -> dict[TcpState, int]:
+        """Counts per state, churn in flight aside."""
+        return {
+            TcpState.TIME_WAIT: self.hot_time_wait + self.other_time_wait,
+            TcpState.ESTABLISHED: 2 * self.established_pairs,
+            TcpState.CLOSE_WAIT: self.close_wait,
+            TcpState.FIN_WAIT2: self.close_wait,
+            TcpState.LISTEN: _farm_children(2 * self.established_pairs) + self.destinations + 3,
+        }
+
+
+def _farm_children(sockets: int) -> int:
+    return -(-sockets // (2 * PAIRS_PER_CHILD + 1))
+
+
+def _farm_jobs(pairs: int, family: int, seconds: float) -> list[Job]:
+    """`sock-farm` jobs sharing ``pairs`` ESTABLISHED pairs, each child under its descriptor limit."""
+    children = _farm_children(2 * pairs + 1)
+    return [Job("sock-farm", seconds, family, count=pairs // children + (index < pairs % children))
+            for index in range(children)]
+
+
+def build_incident(total: int, churn_rate: float = DEFAULT_CHURN_RATE, family: int = socket.AF_INET,
+                   lifetime: float = POPULATION_LIFETIME) -> Population:
+    """An incident of about `total` sockets (`IncidentPlan`), kept so while it lives.
+
+    `tw-keeper` makes every TIME_WAIT again once the kernel has freed it,
+    `cw-leak` renews its CLOSE_WAIT before their orphaned FIN_WAIT2 peers
+    time out (tcp_fin_timeout), `sock-farm` children hold the ESTABLISHED
+    pairs, and `churner` connects to `cache-srv` `churn_rate` times a
+    second, closing with RST so the table keeps its size. Children stop
+    by themselves after `lifetime` seconds or when this process dies.
+    """
+    plan = IncidentPlan.of(total, churn_rate)
+    seconds = round(lifetime, 1)
+    jobs = _farm_jobs(plan.established_pairs, family, seconds)
+    jobs.append(Job("tw-keeper", seconds, family, count=plan.hot_time_wait, limit=plan.other_time_wait,
+                    spread=plan.destinations))
+    jobs.append(Job("cw-leak", seconds, family, count=plan.close_wait))
+    processes = [spawn_worker(job, stdout=subprocess.PIPE) for job in jobs]
+    ports = _await_all(processes)
+    server = listen(family, backlog=1024)
+    churn_port = port_of(server)
+    try:
+        processes.append(spawn_worker(Job("cache-srv", seconds, family), server))
+        churn = Job("churner", seconds, family, port=churn_port, rate=churn_rate, limit=int(churn_rate * seconds))
+        processes.append(spawn_worker(churn))
+    except BaseException:
+        server.close()
+        stop_processes(processes)
+        raise
+    expected = plan.expected
+    return Population(processes, (*ports, churn_port), sum(expected.values()), family, expected)

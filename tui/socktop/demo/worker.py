@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from .builders import LOOPBACK, Job, SocketFarm
+from .builders import LINGER_ABORT, LOOPBACK, TIME_WAIT_LEN, Job, SocketFarm
 
 POLL = 0.25  # the longest a worker goes without checking its deadline and parent
 CONNECT_TIMEOUT = 2.0
 MAX_REPLY = 4096
 COMM_LENGTH = 15  # TASK_COMM_LEN - 1
+RENEW_MARGIN = 10.0  # seconds before the orphans' timeout that a CLOSE_WAIT leak is renewed
 
 
 @dataclass(slots=True)
@@ -116,17 +117,20 @@ def _accept(listener: socket.socket, selector: selectors.BaseSelector) -> None:
     selector.register(conn, selectors.EVENT_READ)
 
 
-def churn(job: Job, lifetime: Lifetime, request: bytes) -> None:
+def churn(job: Job, lifetime: Lifetime, request: bytes, abort: bool = False) -> None:
     """`rate` short connections a second, `limit` in all: ask, read the answer, close first.
 
     The side that closes first keeps the connection: in TIME_WAIT for 60 s
-    when the server closes in turn, in FIN_WAIT2 when it never does.
+    when the server closes in turn, in FIN_WAIT2 when it never does. With
+    ``abort`` the close is an RST instead: nothing is left behind.
     """
     for _ in zip(range(job.limit), paced(job.rate, lifetime)):
         try:
             with connect(job) as sock:
                 sock.sendall(request)
                 _read_line(sock)
+                if abort:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_ABORT)
         except OSError:
             pass  # server gone or saturated: a demo client just tries again at its next turn
     lifetime.wait_out()
@@ -203,6 +207,44 @@ def farm(job: Job, lifetime: Lifetime) -> None:
         lifetime.wait_out()
 
 
+def keep_time_wait(job: Job, lifetime: Lifetime) -> None:
+    """`count` TIME_WAIT toward one port and `limit` more spread over `spread` others, kept so:
+    each batch is made again once the kernel has freed it; says "ready PORT..." once built."""
+    signal.signal(signal.SIGTERM, _leave)
+    spread = [job.limit // job.spread + (index < job.limit % job.spread) for index in range(job.spread)]
+    with SocketFarm() as sockets:
+        batches = [sockets.time_wait(n, job.family) for n in (job.count, *spread) if n]
+        made = [time.monotonic()] * len(batches)
+        print("ready", *(built.port for built in batches), flush=True)
+        while lifetime.alive():
+            for index, built in enumerate(batches):
+                if time.monotonic() - made[index] > TIME_WAIT_LEN and lifetime.alive():
+                    sockets.time_wait_again(built)
+                    made[index] = time.monotonic()
+            lifetime.nap()
+
+
+def leak_close_wait(job: Job, lifetime: Lifetime) -> None:
+    """Hold `count` CLOSE_WAIT whose clients closed (orphaned FIN_WAIT2), renewed before
+    tcp_fin_timeout frees the orphans: a new set is built, then the old one reset."""
+    signal.signal(signal.SIGTERM, _leave)
+    renew_after = max(1.0, int(Path("/proc/sys/net/ipv4/tcp_fin_timeout").read_text()) - RENEW_MARGIN)
+    held = SocketFarm()
+    try:
+        print("ready", held.close_wait(job.count, job.family).port, flush=True)
+        while lifetime.alive():
+            built_at = time.monotonic()
+            while lifetime.alive() and time.monotonic() - built_at < renew_after:
+                lifetime.nap()
+            if lifetime.alive():
+                fresh = SocketFarm()
+                fresh.close_wait(job.count, job.family)
+                held.close()
+                held = fresh
+    finally:
+        held.close()
+
+
 def _leave(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
@@ -219,6 +261,9 @@ ROLES: dict[str, Callable[[Job, Lifetime], None]] = {
     "slow-acceptor": never_accept,
     "stuck-client": knock,
     "sock-farm": farm,
+    "tw-keeper": keep_time_wait,
+    "cw-leak": leak_close_wait,
+    "churner": partial(churn, request=b"GET /\n", abort=True),
 }
 
 

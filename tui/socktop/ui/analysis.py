@@ -8,10 +8,9 @@ Glue only: findings, sysctl suggestions and every command line come from
 from __future__ import annotations
 
 import shlex
-from collections.abc import Iterable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
-from ..analyze.config import load_thresholds
+from ..analyze.config import DEFAULT_THRESHOLDS, Thresholds
 from ..analyze.findings import Analysis, Finding, analyze
 from ..analyze.sysctl import Suggestion
 from ..collect.records import TcpState
@@ -21,13 +20,14 @@ SEVERITIES = ("critical", "warning", "info")
 
 
 class Analyzer:
-    """`analyze` with the user's thresholds: the config file, then --threshold flags (read once, at start)."""
+    """`analyze` with the user's thresholds (the config file, then --threshold flags, read once at start;
+    the app shows the config's warnings as notifications)."""
 
-    def __init__(self, config: Path | None = None, overrides: Iterable[tuple[str, int | float]] = ()) -> None:
-        self.thresholds, self.warnings = load_thresholds(config, overrides)
+    def __init__(self, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> None:
+        self.thresholds = thresholds
 
     def analyze(self, snapshot: Snapshot) -> Analysis:
-        return analyze(snapshot, self.thresholds, self.warnings)
+        return analyze(snapshot, self.thresholds)
 
 
 def findings_of(analysis: Analysis | None) -> tuple[Finding, ...]:

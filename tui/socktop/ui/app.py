@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from functools import partial
-from pathlib import Path
 from typing import Any, Protocol
 
 from rich.console import RenderableType
@@ -34,6 +33,7 @@ from textual.widget import Widget
 from textual.widgets import Input, Static, Tab, Tabs
 from textual.worker import get_current_worker
 
+from ..analyze.config import DEFAULT_THRESHOLDS, Config, Thresholds
 from ..collect.records import TcpState
 from ..model.snapshot import Snapshot
 from ..safetext import printable
@@ -126,7 +126,7 @@ class SocktopApp(App[int]):
     def __init__(self, source: SnapshotSource | Callable[[], SnapshotSource], *, interval: float = 1.0,
                  clipboard_mode: str = "auto", keymap: dict[str, str] | None = None,
                  config_notes: Sequence[str] = (), analyze: bool = True,
-                 config: Path | None = None, threshold_overrides: Sequence[tuple[str, int | float]] = (),
+                 thresholds: Thresholds = DEFAULT_THRESHOLDS,
                  initial_filter: str = "", health: Callable[[], None] | None = None) -> None:
         super().__init__()
         self._source_or_factory = source
@@ -137,9 +137,7 @@ class SocktopApp(App[int]):
         self.clipboard_mode = clipboard_mode
         self.keymap_overrides = dict(keymap or {})
         self.config_notes = list(config_notes)
-        self.analyzer = analysis_api.Analyzer(config, threshold_overrides) if analyze else None
-        if self.analyzer is not None:
-            self.config_notes += self.analyzer.warnings
+        self.analyzer = analysis_api.Analyzer(thresholds) if analyze else None
         self.health = health  # called by the poller after each refresh; what it raises shows in the top bar
         self.paused = False
         self.error = ""
@@ -761,7 +759,7 @@ def filter_from_options(options: argparse.Namespace) -> str:
     return " ".join(term for term in terms if term)
 
 
-def run(options: argparse.Namespace) -> int:
+def run(options: argparse.Namespace, config: Config) -> int:
     """`socktop` (the TUI): open the engine, maybe start the demo, run the app; the exit status."""
     import sys
 
@@ -769,7 +767,8 @@ def run(options: argparse.Namespace) -> int:
     from ..model.engine import Engine
 
     interval = getattr(options, "interval", 1.0)
-    keymap, notes = keys.load_keymap(getattr(options, "config", None))
+    keymap, notes = keys.validate_keymap(config.keys, str(config.path))
+    notes = [*config.warnings, *notes]
     scenario = None
     if getattr(options, "demo", False):
         from ..demo.scenario import MAX_DURATION, DemoScenario
@@ -786,8 +785,7 @@ def run(options: argparse.Namespace) -> int:
     if engine.backend_note:
         notes.insert(0, engine.backend_note)
     app = SocktopApp(engine, interval=interval, clipboard_mode=getattr(options, "clipboard", "auto"),
-                     keymap=keymap, config_notes=notes, config=getattr(options, "config", None),
-                     threshold_overrides=getattr(options, "threshold", ()),
+                     keymap=keymap, config_notes=notes, thresholds=config.thresholds,
                      initial_filter=filter_from_options(options), health=scenario.check if scenario else None)
     try:
         result = app.run()

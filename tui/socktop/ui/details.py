@@ -436,7 +436,11 @@ def _socket(doc: Doc, record: SocketRecord, snapshot: Snapshot) -> None:
     doc.field("Owner", owner_text(record, snapshot))
     _knowledge(doc, record.state, snapshot, brief=True)
     doc.heading("Abort this one connection")
-    doc.command(cmd.ss_kill(record))
+    abort = cmd.ss_kill(record)
+    if abort is None:
+        doc.line(cmd.ss_kill_refusal(record), doc.styles.muted)
+    else:
+        doc.command(abort)
 
 
 def owner_text(record: SocketRecord, snapshot: Snapshot) -> str:

@@ -7,20 +7,21 @@ Each entry has an id, so keys can be remapped in the config file
     copy_kill = "K"
     pause = "p,space"
 
-This module reads only the ``[keys]`` table of that file; the analysis
-layer reads its own thresholds from the same file.
+`socktop.analyze.config` reads the file once and hands this module its
+``[keys]`` table; `validate_keymap` checks every name against Textual's key
+names and rejects two actions on one key, keeping the defaults for those.
 """
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterable
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from functools import lru_cache
 
 from textual.binding import Binding
+from textual.keys import Keys, _character_to_key
 
-from ..analyze.config import config_path
+from ..safetext import printable
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,43 +107,79 @@ def bindings() -> list[Binding]:
             for key in KEYS]
 
 
-def load_keymap(path: Path | None = None) -> tuple[dict[str, str], list[str]]:
-    """The ``[keys]`` table of the config file as {binding id: keys}, and what was wrong with it.
+MODIFIERS = ("ctrl", "alt", "meta", "super", "hyper", "shift")
+#: What answers a key besides the remappable table: Ctrl+C quits, the panes and dialogs take the rest.
+RESERVED = {"ctrl+c": "interrupt (Ctrl+C)", "ctrl+p": "the command palette (Ctrl+P)", "ctrl+q": "quit (Ctrl+Q)",
+            "enter": "Enter in a pane", "up": "moving in a pane", "down": "moving in a pane",
+            "pageup": "moving in a pane", "pagedown": "moving in a pane", "home": "moving in a pane",
+            "end": "moving in a pane"}
 
-    A missing file is no error; an unreadable one, an unknown id or a
-    non-string value is reported and skipped, never fatal.
+
+@lru_cache(maxsize=1)
+def _base_names() -> frozenset[str]:
+    """Every key name Textual reports without a modifier: named keys and printable characters."""
+    named = {key.value for key in Keys if not key.value.startswith("<") and "+" not in key.value}
+    named.discard("ctrl-at")
+    return frozenset(named | {_character_to_key(chr(code)) for code in range(33, 127)})
+
+
+def key_name(text: str) -> str | None:
+    """The name Textual gives the key ``text`` stands for ("?" → "question_mark"), or None if it is none."""
+    text = text.strip()
+    if len(text) == 1:
+        return _character_to_key(text) if text.isprintable() and not text.isspace() else None
+    *modifiers, base = text.split("+")
+    if len(base) == 1:
+        base = _character_to_key(base)
+    if base not in _base_names() or len(set(modifiers)) != len(modifiers) or not set(modifiers) <= set(MODIFIERS):
+        return None
+    return "+".join([*sorted(modifiers, key=MODIFIERS.index), base])
+
+
+def validate_keymap(table: Mapping[object, object], where: str) -> tuple[dict[str, str], list[str]]:
+    """The ``[keys]`` table as {binding id: Textual key names}, and one line per thing rejected.
+
+    An unknown id, a value that is not a string of key names, or a key name
+    Textual does not know rejects that entry; a key that two actions would
+    share (``pause = "q"`` while q quits) rejects the remapping that causes
+    it. Rejected entries keep their default keys.
     """
-    path = path or config_path()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return {}, []
-    except OSError as exc:
-        return {}, [f"{path}: {exc.strerror or exc}"]
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover - Python 3.10
-        try:
-            import tomli as tomllib
-        except ImportError:
-            return {}, [f"{path}: reading it needs Python 3.11 or the tomli package"]
-    try:
-        table = tomllib.loads(text).get("keys", {})
-    except tomllib.TOMLDecodeError as exc:
-        return {}, [f"{path}: {exc}"]
-    if not isinstance(table, dict):
-        return {}, [f"{path}: [keys] must be a table of binding id = \"key\""]
-    return validate_keymap(table.items(), str(path))
-
-
-def validate_keymap(items: Iterable[tuple[object, object]], where: str) -> tuple[dict[str, str], list[str]]:
     keymap: dict[str, str] = {}
     errors: list[str] = []
-    for binding_id, keys in items:
+    for binding_id, value in table.items():
+        shown = printable(str(binding_id))
         if binding_id not in BY_ID:
-            errors.append(f"{where}: unknown key binding {binding_id!r} (known: {', '.join(BY_ID)})")
-        elif not isinstance(keys, str) or not keys.strip():
-            errors.append(f"{where}: keys.{binding_id} must be a string such as \"k\" or \"ctrl+k,K\"")
-        else:
-            keymap[str(binding_id)] = keys.strip()
+            errors.append(f"{where}: unknown key binding {shown!r} (known: {', '.join(BY_ID)})")
+            continue
+        names = [key_name(part) for part in value.split(",")] if isinstance(value, str) else [None]
+        if not names or None in names:
+            errors.append(f"{where}: keys.{shown} = {printable(repr(value))[:40]} is not a list of key names "
+                          "Textual knows, such as \"k\", \"K\", \"ctrl+k\", \"f2\" or \"k,ctrl+k\"")
+            continue
+        keymap[str(binding_id)] = ",".join(dict.fromkeys(name for name in names if name))
+    for _ in range(len(keymap) + 1):  # each pass drops at least one remapping, or stops
+        clashes = _clashes(keymap)
+        if not clashes:
+            break
+        for key, owners in clashes.items():
+            remapped = [owner for owner in owners if owner in keymap]
+            errors.append(f"{where}: key {key!r} would be {' and '.join(_describe(owner) for owner in owners)}: "
+                          f"{', '.join(f'keys.{owner}' for owner in remapped)} ignored, "
+                          + ("its default kept" if len(remapped) == 1 else "their defaults kept"))
+            for owner in remapped:
+                keymap.pop(owner, None)
     return keymap, errors
+
+
+def _clashes(keymap: Mapping[str, str]) -> dict[str, list[str]]:
+    """Key name → the actions (binding ids, or a RESERVED description) that it would trigger, when several."""
+    owners: dict[str, list[str]] = {key: [what] for key, what in RESERVED.items()}
+    for key in KEYS:
+        for name in keymap.get(key.id, key.keys).split(","):
+            owners.setdefault(key_name(name) or name, []).append(key.id)
+    return {key: found for key, found in owners.items()
+            if len(found) > 1 and any(owner in keymap for owner in found)}
+
+
+def _describe(owner: str) -> str:
+    return f"{BY_ID[owner].description.lower()} (keys.{owner})" if owner in BY_ID else owner

@@ -1,0 +1,193 @@
+"""socktop under hostile input and a busy machine: issue 9's numbered cases, and issue 10's §6 and §7.
+
+Each test names its case. The command line is run as a user runs it (a
+subprocess, through a shell where the case is a redirection or a pipe);
+every output that claims to be JSON goes through a strict parser.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from socktop.analyze.config import ConfigError, load_config
+from socktop.demo.builders import SocketFarm
+from socktop.report import finite, phrase_lines, plural
+from socktop.ui.keys import key_name, validate_keymap
+
+SOCKTOP = [sys.executable, "-m", "socktop"]
+
+
+def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*SOCKTOP, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def shell(script: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``script`` in bash with $SOCKTOP set to the command; PYTHONUNBUFFERED unset, as users run it."""
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
+    env["SOCKTOP"] = " ".join(SOCKTOP)
+    return subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def strict_json(text: str) -> dict:
+    """json.loads that refuses NaN and Infinity, which Python's json accepts and JSON does not have."""
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], status: int, *words: str) -> None:
+    assert result.returncode == status, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("socktop: error: "), result.stderr
+    for word in words:
+        assert word in lines[0]
+
+
+@pytest.fixture(scope="module")
+def farm():
+    """A few hundred loopback sockets: enough that `--json --sockets` overflows a pipe's 64 KiB."""
+    with SocketFarm() as sockets:
+        sockets.close_wait(150)
+        yield sockets
+
+
+# --- 1, 11: non-finite and out-of-range numbers --------------------------------------------------------
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "1e400", "9" * 30])
+def test_1_11_non_finite_thresholds_in_the_config_warn_and_keep_the_default(tmp_path: Path, value: str) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(f"[thresholds]\nclose_wait_warning = {value}\nport_range_warning = {value}\n")
+    result = run("--json", "--config", str(config))
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    document = strict_json(result.stdout)
+    assert document["thresholds"]["close_wait_warning"] == 100 and document["thresholds"]["port_range_warning"] == 0.5
+    warnings = result.stderr.strip().splitlines()
+    assert len(warnings) == 2 and all("finite" in line for line in warnings)
+
+
+@pytest.mark.parametrize("flag", ["port_range_warning=nan", "port_range_warning=inf", "close_wait_warning=inf",
+                                  "close_wait_warning=1e400", "fd_warning=-0.1"])
+def test_11_non_finite_threshold_flags_are_rejected_in_one_line(flag: str) -> None:
+    one_line_error(run("--json", "--threshold", flag), 2, "finite")
+
+
+def test_11_json_is_strict_even_when_a_value_is_not_finite() -> None:
+    """A NaN that reaches the document (a rate over no time) is written as null, never as NaN."""
+    document = {"a": float("nan"), "b": [1.5, float("inf")], "c": {"d": -float("inf"), "e": "x"}}
+    assert finite(document) == {"a": None, "b": [1.5, None], "c": {"d": None, "e": "x"}}
+    assert strict_json(json.dumps(finite(document), allow_nan=False))
+
+
+# --- 2, 6, 7: files that cannot be read as a config ----------------------------------------------------
+
+def test_2_non_utf8_config_is_one_line_and_status_2(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_bytes(b"[thresholds]\nclose_wait_warning = 5 # \xff\xfe\n")
+    for mode in ("--json", "--once"):
+        one_line_error(run(mode, "--config", str(config)), 2, "not UTF-8", "0xff")
+
+
+def test_6_dev_zero_and_a_fifo_are_refused_at_once(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path in ("/dev/zero", str(fifo), str(tmp_path)):
+        one_line_error(run("--json", "--config", path, timeout=20), 2, "not a regular file")
+
+
+def test_6_a_huge_config_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text("# padding\n" * 100_000)
+    one_line_error(run("--json", "--config", str(config)), 2, "larger than")
+
+
+def test_7_missing_config_named_on_the_command_line(tmp_path: Path) -> None:
+    one_line_error(run("--json", "--config", "/nonexistent"), 2, "/nonexistent", "does not exist")
+    one_line_error(run("--once", "--config", str(tmp_path / "none.toml")), 2, "does not exist")
+
+
+def test_7_missing_default_config_is_silent(tmp_path: Path) -> None:
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path)}
+    result = subprocess.run([*SOCKTOP, "--json"], capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 0 and result.stderr == ""
+
+
+def test_7_one_read_hands_each_part_its_section(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('[thresholds]\nclose_wait_warning = 7\n[keys]\ncopy_ss = "C"\n')
+    loaded = load_config(config)
+    assert loaded.thresholds.close_wait_warning == 7 and loaded.keys == {"copy_ss": "C"} and not loaded.warnings
+    config.write_bytes(b"\xff")
+    with pytest.raises(ConfigError):
+        load_config(config)
+
+
+# --- 3, 4, 5: where the output goes ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("args", ["--json", "--once", "explain close-wait"])
+def test_3_closed_stdout_is_one_line(args: str) -> None:
+    result = shell(f"$SOCKTOP {args} >&-")
+    one_line_error(result, 1, "standard output is closed")
+
+
+def test_4_a_closed_pipe_ends_quietly_with_141(farm: SocketFarm) -> None:
+    result = shell("set -o pipefail; $SOCKTOP --json --sockets | head -c 10 >/dev/null; echo \"status $?\"")
+    assert result.stderr == "" and result.stdout.strip() == "status 141"
+
+
+@pytest.mark.parametrize("args", ["--json", "--once", "--json --sockets", "explain close-wait"])
+def test_5_a_full_disk_is_one_line_and_non_zero(args: str, farm: SocketFarm) -> None:
+    one_line_error(shell(f"$SOCKTOP {args} >/dev/full"), 1, "No space left on device")
+
+
+# --- 16: key names and clashes ------------------------------------------------------------------------
+
+def test_16_key_names_are_textual_names() -> None:
+    assert key_name("?") == "question_mark" and key_name("K") == "K" and key_name("shift+ctrl+x") == "ctrl+shift+x"
+    for bad in ("ctrl-k", "Ctrl+K", "kk", "f25", "ctrl+ctrl+k", "", " ", "\x1b"):
+        assert key_name(bad) is None, bad
+
+
+def test_16_invalid_names_and_clashes_are_rejected_and_defaults_kept() -> None:
+    keymap, errors = validate_keymap({"pause": "q", "theme": "x", "sort": "x", "copy_ss": "ctrl-k",
+                                      "help": "?,f1"}, "cfg")
+    assert keymap == {"help": "question_mark,f1"}
+    assert len(errors) == 3
+    assert "keys.copy_ss = 'ctrl-k' is not a list of key names" in errors[0]
+    assert "key 'q' would be quit (keys.quit) and pause (keys.pause): keys.pause ignored" in errors[1]
+    assert "keys.theme, keys.sort ignored, their defaults kept" in errors[2]
+    swapped, errors = validate_keymap({"pause": "q", "quit": "space"}, "cfg")
+    assert swapped == {"pause": "q", "quit": "space"} and errors == []
+    reserved, errors = validate_keymap({"slower": "ctrl+c"}, "cfg")
+    assert reserved == {} and "interrupt (Ctrl+C)" in errors[0]
+
+
+# --- issue 10 §7: the command line ----------------------------------------------------------------------
+
+def test_s7_help_names_the_subcommands() -> None:
+    result = run("--help")
+    assert result.returncode == 0 and "socktop explain TOPIC" in result.stdout and "socktop demo" in result.stdout
+
+
+def test_s7_a_pid_that_does_not_exist() -> None:
+    one_line_error(run("--json", "--pid", "999999"), 2, "no such process: 999999")
+    one_line_error(run("--pid", "4194305"), 2, "no such process")
+
+
+def test_s7_once_header_breaks_between_phrases_and_counts_in_the_singular() -> None:
+    phrases = ("socktop", "a-rather-long-host-name", "Linux 6.18.44-fc-v1045", "backend netlink", "1 socket",
+               "owners 97%, 3 sockets closed before their owner was read")
+    lines = phrase_lines(phrases, 80)
+    assert all(len(line) <= 80 for line in lines) and len(lines) == 2
+    assert [phrase for line in lines for phrase in line.strip().split("  ")] == list(phrases)
+    result = subprocess.run([*SOCKTOP, "--once", "--state", "listen", "--port", "1"], capture_output=True,
+                            text=True, timeout=60, env={**os.environ, "COLUMNS": "80"})
+    assert result.returncode == 0 and " 0 sockets" in result.stdout.splitlines()[0]
+    assert (plural(1, "socket"), plural(2, "socket")) == ("1 socket", "2 sockets")

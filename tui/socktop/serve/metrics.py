@@ -1,0 +1,272 @@
+"""One snapshot and its analysis as Prometheus metric families, with a bounded number of series.
+
+Built once per collection (never per scrape) by `build_families`; every
+family is documented in the README ("Watching a fleet"). Cardinality is
+bounded by design, whatever the host holds:
+
+- the per-group families (ports, processes, remote hosts) keep, for each
+  state, the ``top`` groups with the most sockets in that state and fold
+  the rest into one ``other`` series, so the leaking process's CLOSE_WAIT
+  series exists even when it holds few sockets in other states;
+- a port in the kernel's ephemeral range that nothing here listens on is
+  folded into ``port="ephemeral"`` before ranking;
+- the per-process descriptor gauges cover only the processes kept above;
+- findings: the ``top`` most severe;
+- no command lines in labels; label values (process and user names) go to
+  the client library as they are, which escapes them for the text formats.
+
+`series_bound(top)` is the documented ceiling, tested at 50k sockets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+
+from .. import __version__
+from ..analyze.findings import Analysis, Finding, Severity
+from ..collect.kernelstate import COUNTER_KEYS, SYSCTL_KEYS
+from ..collect.records import DISPLAY_STATES, TcpState
+from ..model.aggregate import Direction
+from ..model.snapshot import Snapshot
+from . import DEFAULT_TOP
+
+OTHER = "other"
+EPHEMERAL = "ephemeral"
+SOCKSTAT_FIELDS = ("inuse", "orphan", "tw", "alloc", "mem")
+
+#: The number a finding's gauge carries, by kind; a kind not listed uses its first numeric metric.
+MAIN_NUMBER: Mapping[str, str] = {
+    "close-wait-leak": "count",
+    "fd-exhaustion": "ratio",
+    "time-wait-ports": "share",
+    "time-wait-server": "count",
+    "time-wait-table": "share",
+    "accept-queue": "recv_q",
+    "syn-recv": "count",
+    "listen-overflows": "overflows_per_s",
+    "closing": "count",
+    "orphans": "share",
+}
+
+Labels = tuple[str, ...]
+Counts = Mapping[TcpState, int]
+
+
+def series_bound(top: int) -> int:
+    """The most series `build_families` can yield for a given ``top``.
+
+    Per state S: three grouped families of at most top + 1 series each
+    (ports, processes, remote hosts), the state totals, and the descriptor
+    gauges (two per kept process, at most S * top processes); then the
+    findings, the kernel counters, sockstat, sysctls and a fixed handful.
+    """
+    states = len(DISPLAY_STATES)
+    grouped = 3 * states * (top + 1)
+    descriptors = 2 * states * top
+    findings = top + len(Severity)
+    fixed = len(COUNTER_KEYS) + len(SOCKSTAT_FIELDS) + len(SYSCTL_KEYS) + 8
+    return states + grouped + descriptors + findings + fixed
+
+
+@dataclass(frozen=True, slots=True)
+class Kept:
+    """Series of one per-state family: (labels, state, value), and the label sets kept by name."""
+
+    series: list[tuple[Labels, TcpState, int]]
+    kept: set[Labels]
+
+
+def top_per_state(groups: Iterable[tuple[Labels, Counts]], top: int, other: Labels) -> Kept:
+    """For each state, the ``top`` groups with the most sockets in it, the rest summed under ``other``.
+
+    Groups with equal labels (folded ports) are summed first. Ties go to the
+    smaller labels, so the same table always gives the same series.
+    """
+    merged: dict[Labels, dict[TcpState, int]] = {}
+    for labels, counts in groups:
+        into = merged.setdefault(labels, {})
+        for state, count in counts.items():
+            into[state] = into.get(state, 0) + count
+    series: list[tuple[Labels, TcpState, int]] = []
+    kept: set[Labels] = set()
+    for state in DISPLAY_STATES:
+        ranked = sorted(((counts[state], labels) for labels, counts in merged.items() if counts.get(state)),
+                        key=lambda pair: (-pair[0], pair[1]))
+        for count, labels in ranked[:top]:
+            series.append((labels, state, count))
+            kept.add(labels)
+        rest = sum(count for count, _ in ranked[top:])
+        if rest:
+            series.append((other, state, rest))
+    return Kept(series, kept)
+
+
+def label_text(value: str) -> str:
+    """A label value as it is, except bytes that are not UTF-8 (a name read with surrogateescape),
+    which would make the whole exposition fail to encode: those become \\x escapes."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return value
+
+
+def main_number(finding: Finding) -> tuple[str, float]:
+    """The finding's headline number and its name (MAIN_NUMBER, else its first number; 1 if none)."""
+    preferred = MAIN_NUMBER.get(finding.kind)
+    names = ([preferred] if preferred else []) + list(finding.metrics)
+    for name in names:
+        value = finding.metrics.get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return name, float(value)
+    return "present", 1.0
+
+
+def _gauge(name: str, documentation: str, labels: Iterable[str] = (), unit: str = "") -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, labels=list(labels), unit=unit)
+
+
+def build_families(snapshot: Snapshot, analysis: Analysis, top: int = DEFAULT_TOP) -> list[Metric]:
+    """Every family for one collection; see the module docstring for the bounds."""
+    families: list[Metric] = []
+    families += _socket_families(snapshot, top)
+    families += _finding_families(snapshot, analysis, top)
+    families += _kernel_families(snapshot)
+    families += _self_families(snapshot)
+    return families
+
+
+def _socket_families(snapshot: Snapshot, top: int) -> Iterator[Metric]:
+    aggregates = snapshot.aggregates
+    by_state = _gauge("socktop_sockets", "TCP sockets by state, as ss -tan counts them (this network namespace)",
+                      ["state"])
+    for state in DISPLAY_STATES:
+        by_state.add_metric([state.name], aggregates.by_state.get(state, 0))
+    yield by_state
+
+    low, high = aggregates.ephemeral_ports
+    listening = aggregates.listening_ports
+
+    def port_label(port: int) -> str:
+        return EPHEMERAL if low <= port <= high and port not in listening else str(port)
+
+    ports = top_per_state((((port_label(g.port), g.direction.value), g.counts) for g in aggregates.by_port.values()),
+                          top, (OTHER, ""))
+    family = _gauge("socktop_port_sockets",
+                    "TCP sockets by service port and direction (in: served here, out: called), top ports per state",
+                    ["port", "direction", "state"])
+    for (port, direction), state, count in ports.series:
+        family.add_metric([port, direction, state.name], count)
+    yield family
+
+    processes = {group.key: group for group in aggregates.by_process.values()}
+    kept = top_per_state(
+        (((group.key, label_text(group.name), label_text(group.user)), _held_and_inferred(group.counts, group.inferred))
+         for group in processes.values()),
+        top, (OTHER, "", ""))
+    family = _gauge("socktop_process_sockets",
+                    "TCP sockets by process (held or inferred, as the TUI counts them), top processes per state",
+                    ["process", "name", "user", "state"])
+    for labels, state, count in kept.series:
+        family.add_metric([*labels, state.name], count)
+    yield family
+
+    fds = _gauge("socktop_process_fds", "Open file descriptors of a process in socktop_process_sockets",
+                 ["process", "name", "user"])
+    limits = _gauge("socktop_process_fd_limit", "RLIMIT_NOFILE (soft) of a process in socktop_process_sockets",
+                    ["process", "name", "user"])
+    for labels in sorted(kept.kept - {(OTHER, "", "")}):
+        process = processes[labels[0]].process
+        if process is not None and process.fd_count is not None:
+            fds.add_metric(list(labels), process.fd_count)
+            if process.fd_limit:
+                limits.add_metric(list(labels), process.fd_limit)
+    yield fds
+    yield limits
+
+    remotes = top_per_state((((g.address,), g.counts) for g in aggregates.by_remote.values()), top, (OTHER,))
+    family = _gauge("socktop_remote_sockets", "Connected TCP sockets by remote address, top addresses per state",
+                    ["remote", "state"])
+    for (remote,), state, count in remotes.series:
+        family.add_metric([remote, state.name], count)
+    yield family
+
+
+def _held_and_inferred(held: Counts, inferred: Counts) -> dict[TcpState, int]:
+    both = dict(held)
+    for state, count in inferred.items():
+        both[state] = both.get(state, 0) + count
+    return both
+
+
+def _finding_families(snapshot: Snapshot, analysis: Analysis, top: int) -> Iterator[Metric]:
+    counts = _gauge("socktop_findings", "Active findings by severity (all of them, not only those exported)",
+                    ["severity"])
+    for severity in Severity:
+        counts.add_metric([severity.value], sum(1 for f in analysis.findings if f.severity is severity))
+    yield counts
+    family = _gauge("socktop_finding",
+                    "An active finding (most severe first, at most --top): its headline number, named by 'metric'",
+                    ["id", "kind", "severity", "subject", "name", "metric"])
+    for finding in analysis.findings[:top]:
+        metric, value = main_number(finding)
+        family.add_metric([label_text(finding.id), finding.kind, finding.severity.value, _subject_label(finding),
+                           label_text(_subject_name(snapshot, finding)), metric], value)
+    yield family
+
+
+def _subject_label(finding: Finding) -> str:
+    key = finding.subject.key
+    return key.name if isinstance(key, TcpState) else key
+
+
+def _subject_name(snapshot: Snapshot, finding: Finding) -> str:
+    """The process name for a process finding ("" otherwise), so an alert can say who."""
+    if finding.subject.kind != "process":
+        return ""
+    group = snapshot.aggregates.by_process.get(str(finding.subject.key))
+    return group.name if group is not None and group.process is not None else ""
+
+
+def _kernel_families(snapshot: Snapshot) -> Iterator[Metric]:
+    kernel = snapshot.kernel
+    counters = CounterMetricFamily("socktop_kernel_tcp", "Kernel TCP counters socktop rates (nstat names; "
+                                   "/proc/net/netstat and /proc/net/snmp, this network namespace)", labels=["counter"])
+    sockstat = _gauge("socktop_sockstat", "The TCP line of /proc/net/sockstat (tw counts timewait-type sockets)",
+                      ["field"])
+    sysctls = _gauge("socktop_sysctl", "Numeric TCP settings as read at this collection", ["key"])
+    if kernel is not None:
+        for name in sorted(kernel.counters):
+            counters.add_metric([name], kernel.counters[name])
+        for field in SOCKSTAT_FIELDS:
+            if field in kernel.sockstat:
+                sockstat.add_metric([field], kernel.sockstat[field])
+        for key in SYSCTL_KEYS:
+            value = kernel.sysctl_int(key)
+            if value is not None:
+                sysctls.add_metric([key], value)
+        port_range = kernel.port_range()
+        if port_range is not None:
+            sysctls.add_metric(["net.ipv4.ip_local_port_range.size"], port_range[1] - port_range[0] + 1)
+    yield counters
+    yield sockstat
+    yield sysctls
+
+
+def _self_families(snapshot: Snapshot) -> Iterator[Metric]:
+    source = snapshot.source
+    yield GaugeMetricFamily("socktop_collection_duration", "How long the last collection took",
+                            value=snapshot.collect_seconds, unit="seconds")
+    yield GaugeMetricFamily("socktop_owner_coverage_ratio",
+                            "Share of sockets with an inode whose owning process is known", value=snapshot.coverage)
+    yield GaugeMetricFamily("socktop_last_collection_timestamp", "When the last collection was taken (Unix time)",
+                            value=snapshot.taken_at, unit="seconds")
+    info = InfoMetricFamily("socktop_backend", "How the socket table is read", labels=["backend", "root"])
+    info.add_metric([source.backend, str(source.is_root).lower()], {})
+    yield info
+    build = InfoMetricFamily("socktop_build", "socktop's version", labels=["version"])
+    build.add_metric([__version__], {})
+    yield build
