@@ -195,7 +195,7 @@ def reference_groups(case: Case, aggregates: Aggregates) -> tuple[dict, dict, in
         else:
             owners, column = case.last_owners.get(CONNECTION(record), ()), 1
         pids.update(owners)
-        for pid in owners:
+        for pid in set(owners) & case.ownership.processes.keys():  # no row for a process that exited
             tally = processes.setdefault(f"pid:{pid}", ({}, {}))[column]
             tally[record.state] = tally.get(record.state, 0) + 1
     return ports, processes, owned

@@ -59,6 +59,11 @@ class AddressText:
         """The 16-byte keys of addresses given as text (the backends that read text)."""
         return _converted(self.raw_cache, texts, address_raw, self.MAX_ENTRIES)
 
+    def text(self, raw: bytes) -> str:
+        """The text of one 16-byte address."""
+        found = self.cache.get(raw)
+        return found if found is not None else self.texts([raw])[0]
+
     def texts(self, raw: Sequence[bytes]) -> list[str]:
         """The text of each 16-byte address."""
         return _converted(self.cache, raw, address_text, self.MAX_ENTRIES)

@@ -15,11 +15,13 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from ..collect.columns import table_of
+from ..collect.columns import SocketTable, table_of
 from ..collect.kernelstate import read_kernel_state
-from ..collect.owners import OwnerScanner, user_name
+from ..collect.destroy import DestroyFeed
+from ..collect.owners import OwnerScanner, owner_note_for, user_name
 from ..collect.records import Backend, BackendUnavailable, OwnerAwareBackend
-from .aggregate import DEFAULT_EPHEMERAL_PORTS, ConnectionOwners, Ownership, aggregate
+from .aggregate import DEFAULT_EPHEMERAL_PORTS, Aggregates, ConnectionOwners, Ownership, aggregate
+from .churn import Churn, ChurnTracker
 from .history import DEFAULT_WINDOW_SECONDS, History, history_capacity
 from .snapshot import Snapshot, SourceInfo
 
@@ -94,6 +96,8 @@ class Engine:
         self._host = socket.gethostname()
         self._kernel = f"{os.uname().sysname} {os.uname().release}"
         self._is_root = os.geteuid() == 0
+        self.churn = ChurnTracker()
+        self.destroy_feed, self.churn_note = self._open_destroy_feed()
 
     def set_interval(self, interval: float) -> None:
         self.history.resize(history_capacity(self.history_seconds, interval))
@@ -107,31 +111,60 @@ class Engine:
             kernel = read_kernel_state()
             aggregates = aggregate(table, ownership, user_name, self._last_owners,
                                    ephemeral_ports=kernel.port_range() or DEFAULT_EPHEMERAL_PORTS)
+            taken_at, monotonic = time.time(), time.monotonic()
+            churn = self._churn(table, ownership, aggregates, monotonic)
         self._last_owners = aggregates.connection_owners or {}
         self._seq += 1
-        taken_at, monotonic = time.time(), time.monotonic()
         history = self.history.record(self._seq, taken_at, monotonic, aggregates, kernel.counters)
         return Snapshot(
             seq=self._seq, taken_at=taken_at, monotonic=monotonic,
             collect_seconds=time.perf_counter() - started,
-            source=self._source(aggregates.coverage), sockets=table, ownership=ownership,
-            aggregates=aggregates, history=history, user_of=user_name, kernel=kernel,
+            source=self._source(aggregates), sockets=table, ownership=ownership,
+            aggregates=aggregates, history=history, user_of=user_name, kernel=kernel, churn=churn,
         )
+
+    def _open_destroy_feed(self) -> tuple[DestroyFeed | None, str]:
+        """The destroy feed, where the records carry cookies to tie its events to (netlink only)."""
+        if self.backend.name != "netlink":
+            return None, f"no close events with the {self.backend.name} backend (they need sock_diag)"
+        try:
+            return DestroyFeed(), ""
+        except OSError as exc:
+            return None, f"no close events: the kernel refused the sock_diag destroy groups ({exc.strerror or exc})"
+
+    def _churn(self, table: SocketTable, ownership: Ownership, aggregates: Aggregates,
+               now: float) -> Churn | None:
+        feed = self.destroy_feed
+        if feed is None:
+            return None
+        overruns = feed.overruns
+        closed = feed.drain()
+        return self.churn.update(table, ownership, aggregates, closed, now, feed.overruns, feed.overruns > overruns)
+
+    def close(self) -> None:
+        """Let go of the destroy feed's socket (the backend opens one per dump)."""
+        if self.destroy_feed is not None:
+            self.destroy_feed.close()
+            self.destroy_feed = None
 
     def _ownership(self, inodes: np.ndarray) -> Ownership:
         if isinstance(self.backend, OwnerAwareBackend):
             pids_by_inode = self.backend.owner_hint()
             return Ownership(pids_by_inode, self.backend.processes(
                 {pid for pids in pids_by_inode.values() for pid in pids}))
-        self.scanner.update(set(inodes.tolist()))
-        return Ownership(self.scanner.pids_by_inode, self.scanner.processes)
+        self.scanner.update(set(inodes.tolist()), self._still_listed)
+        return Ownership(self.scanner.pids_by_inode, self.scanner.processes, self.scanner.closed)
 
-    def _source(self, coverage: float) -> SourceInfo:
-        owner_note = ""
-        if coverage < 1.0:
-            owner_note = ("the rest belong to processes outside this PID namespace" if self._is_root
-                          else "run as root for all")
+    def _still_listed(self, inodes: set[int]) -> set[int]:
+        """Those of ``inodes`` the socket table lists now: a second read, only when the owner scan
+        could not place a socket (one that closed meanwhile is no longer listed)."""
+        return inodes.intersection(table_of(self.backend.sockets()).columns.inode.tolist())
+
+    def _source(self, aggregates: Aggregates) -> SourceInfo:
+        closed = 0 if isinstance(self.backend, OwnerAwareBackend) else len(self.scanner.closed)
+        owner_note = owner_note_for(aggregates.with_inode - aggregates.owned, closed, self._is_root,
+                                    len(self.scanner.denied_pids))
         return SourceInfo(
             host=self._host, kernel=self._kernel, backend=self.backend.name, backend_note=self.backend_note,
-            is_root=self._is_root, owner_note=owner_note,
+            is_root=self._is_root, owner_note=owner_note, churn_note=self.churn_note,
         )

@@ -512,7 +512,8 @@ class SocktopApp(App[int]):
         return Selection(focus=focus, levels=self.spec.levels, query=self.spec.query, state=state, port=port,
                          process=process, finding=finding, socket=socket,
                          in_view=len(self.view.sockets) if self.view else 0,
-                         inferred_in_view=self.view.inferred if self.view else 0, findings=findings)
+                         inferred_in_view=self.view.inferred if self.view else 0, findings=findings,
+                         is_root=self.snapshot.source.is_root if self.snapshot else False)
 
     # --- drawer ------------------------------------------------------------------------------------
 

@@ -253,7 +253,7 @@ class SocketList(ScrollView, can_focus=True):
         names = ", ".join(f"{p.pid} {printable(p.name)}" for p in attribution.processes[:2])
         if len(attribution.processes) > 2:
             names += f" +{len(attribution.processes) - 2}"
-        if attribution.kind is OwnerKind.DIRECT:
+        if attribution.kind in (OwnerKind.DIRECT, OwnerKind.COOKIE):
             return names, False
         if attribution.kind is OwnerKind.INFERRED:
             return "~" + names, True
