@@ -14,9 +14,12 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 
+from socktop.analyze.config import DEFAULT_THRESHOLDS
+from socktop.analyze.findings import analyze
 from socktop.collect.destroy import NETLINK_SOCK_DIAG, DestroyFeed
 from socktop.collect.records import ProcessInfo, TcpState
 from socktop.demo.builders import LINGER_ABORT, listen, port_of
@@ -246,3 +249,18 @@ def test_json_gives_churn_rates_with_sample(server: int) -> None:
     one_shot = json.loads(subprocess.run([sys.executable, "-m", "socktop", "--json", "--backend", "proc"],
                                          capture_output=True, text=True, timeout=60, check=True).stdout)
     assert one_shot["churn"] == {"available": False, "note": "no close events with the proc backend (they need sock_diag)"}
+
+
+def test_time_wait_port_finding_uses_the_close_rate_toward_the_destination(server: int) -> None:
+    engine = Engine()
+    engine.refresh()
+    connect_and_close(server, 300, 1000.0)
+    time.sleep(0.3)
+    snapshot = engine.refresh()
+    churn = snapshot.churn
+    assert churn is not None and churn.toward("127.0.0.1", server).closes == 300
+    analysis = analyze(snapshot, replace(DEFAULT_THRESHOLDS, time_wait_group=100))
+    (finding,) = [f for f in analysis.findings if f.id == f"time-wait-ports:127.0.0.1>127.0.0.1:{server}"]
+    assert finding.metrics["rate_per_s"] == round(churn.toward("127.0.0.1", server).per_second, 2)
+    assert any(line.startswith("connections closed toward it: ") for line in finding.evidence)
+    engine.close()

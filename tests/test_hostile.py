@@ -378,3 +378,76 @@ def test_2_a_default_config_that_cannot_be_read_is_a_warning(tmp_path: Path) -> 
     result = subprocess.run([*SOCKTOP, "--json"], capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode == 0 and strict_json(result.stdout)
     assert result.stderr.count("\n") == 1 and "not UTF-8" in result.stderr and "using the defaults" in result.stderr
+
+
+# --- 10: psutil without root --------------------------------------------------------------------------
+
+def as_nobody(work):
+    """``work()`` in a forked child that has dropped to user nobody; its JSON-able result, or None."""
+    if os.geteuid() != 0:
+        return None
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        status = 1
+        try:
+            devnull = os.open(os.devnull, os.O_RDONLY)
+            for fd in map(int, os.listdir("/proc/self/fd")):  # hold none of the parent's sockets
+                if fd > 2 and fd not in (write_end, devnull):
+                    try:
+                        os.dup2(devnull, fd)
+                    except OSError:
+                        pass
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            os.write(write_end, json.dumps(work()).encode())
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    chunks = []
+    while chunk := os.read(read_end, 65536):
+        chunks.append(chunk)
+    os.close(read_end)
+    _, status = os.waitpid(child, 0)
+    return json.loads(b"".join(chunks)) if status == 0 else None
+
+
+def test_10_psutil_without_root_is_honest_about_coverage_and_finds_the_leak() -> None:
+    with SocketFarm() as sockets:
+        port = sockets.close_wait(60).port
+
+        def look() -> dict:
+            snapshot = Engine("psutil").refresh()
+            mine = snapshot.filtered(port=port)
+            findings = analyze(snapshot, replace(DEFAULT_THRESHOLDS, close_wait_warning=50)).findings
+            return {"coverage": snapshot.coverage, "note": snapshot.source.owner_note,
+                    "groups": {key: group.counts.get(TcpState.CLOSE_WAIT, 0)
+                               for key, group in mine.aggregates.by_process.items()},
+                    "findings": [finding.id for finding in findings if finding.kind == "close-wait-leak"]}
+
+        seen = as_nobody(look)
+    if seen is None:
+        pytest.skip("cannot drop to user nobody here")
+    assert seen["coverage"] < 1.0 and "run as root" in seen["note"]
+    assert seen["groups"] == {"uid:-1": 60}
+    assert seen["findings"] == ["close-wait-leak:uid:-1"]
+
+
+# --- 12: what the proc backend cannot know ------------------------------------------------------------
+
+def test_12_a_queued_listener_is_never_silent_with_the_proc_backend() -> None:
+    with SocketFarm() as sockets:
+        port = sockets.full_accept_queue(backlog=4).port
+        by_backend = {name: Engine(name).refresh() for name in ("netlink", "proc")}
+    (netlink,) = [f for f in analyze(by_backend["netlink"]).findings if f.id == f"accept-queue:in:{port}"]
+    assert "full" in netlink.title and netlink.metrics["backlog"] == 4
+    proc = by_backend["proc"]
+    assert "listen_backlog" in proc.source.unavailable and "listen_backlog" not in by_backend["netlink"].source.unavailable
+    (queued,) = [f for f in analyze(proc).findings if f.id == f"accept-queue:in:{port}"]
+    assert queued.metrics == {"recv_q": 5, "backlog": None}
+    assert "backlog not available with the proc backend" in queued.title and queued.severity.value == "info"
+    capped = replace(proc, kernel=replace(proc.kernel, sysctls={**proc.kernel.sysctls, "net.core.somaxconn": "4"}))
+    (full,) = [f for f in analyze(capped).findings if f.id == f"accept-queue:in:{port}"]
+    assert full.severity.value == "warning" and "full" in full.title

@@ -35,8 +35,13 @@ RETRY_UNKNOWN_AFTER = 5.0
 NOT_A_SOCKET = 0
 
 
+UNKNOWN_UID = -1  # a socket whose uid the backend cannot tell (psutil names no uid for a hidden owner)
+
+
 def user_name(uid: int, _cache: dict[int, str] = {}) -> str:  # noqa: B006 - deliberate process-wide cache
-    """The login name for a uid, or the number when the passwd database lacks it."""
+    """The login name for a uid, or the number when the passwd database lacks it ("unknown" for UNKNOWN_UID)."""
+    if uid == UNKNOWN_UID:
+        return "unknown"
     name = _cache.get(uid)
     if name is None:
         try:

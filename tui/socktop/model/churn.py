@@ -121,6 +121,7 @@ class _Tally:
     by_remote: Counter[str]
     by_process: Counter[str]
     exact_by_process: Counter[str]
+    by_destination: Counter[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +144,7 @@ class Churn:
     by_port: Mapping[str, ChurnGroup]  # keys as Aggregates.by_port: "in:80", "out:443"
     by_remote: Mapping[str, ChurnGroup]
     by_process: Mapping[str, ChurnGroup]  # "pid:N"
+    by_destination: Mapping[str, ChurnGroup]  # outgoing closes by remote address and port (`destination_key`)
     overruns: int
     lost: bool  # the queue overflowed since the previous refresh
     time_wait_owners: Mapping[int, Owners]  # cookie → processes, for inode-0 sockets a dump saw held
@@ -151,6 +153,10 @@ class Churn:
     def closes_on(self, port_key: str) -> int:
         """Closes since the previous refresh in one port group ("in:80", "out:443")."""
         return self.closed_by_port.get(port_key, 0)
+
+    def toward(self, address: str, port: int) -> ChurnGroup | None:
+        """Outgoing closes toward one destination (the client side: its port is free again, or in TIME_WAIT)."""
+        return self.by_destination.get(destination_key(address, port))
 
     def owners(self, record: SocketRecord) -> Owners:
         """The processes that held this (now descriptor-less) socket, by its cookie; () if none was seen."""
@@ -184,12 +190,13 @@ class ChurnTracker:
         current = set(cookies)
         self.ledger.update(cookies, list(map(ownership.pids_by_inode.get, inodes)), ownership.processes, now)
         closed_cookies = set(map(CLOSED_COOKIE, closed))
-        by_port, by_remote, by_process, exact, unseen = self._closes(closed, aggregates, self._previous | current)
+        by_port, by_remote, by_process, exact, by_destination, unseen = self._closes(
+            closed, aggregates, self._previous | current)
         closed_connections = set(map(CLOSED_CONNECTION, closed))
         opens = unseen
         if self._last is not None:
             opens += self._opened(table, cookies, current, closed_cookies, closed_connections)
-        tally = _Tally(seconds, len(closed), opens, unseen, by_port, by_remote, by_process, exact)
+        tally = _Tally(seconds, len(closed), opens, unseen, by_port, by_remote, by_process, exact, by_destination)
         time_wait_owners = self.ledger.gone_owners(compress(cookies, map(not_, inodes)))
         self._previous = current
         self._closed_before = (closed_cookies, closed_connections)
@@ -215,7 +222,7 @@ class ChurnTracker:
                    and not (record.inode == 0 and CONNECTION(record) in closed_lately))
 
     def _closes(self, closed: Sequence[ClosedSocket], aggregates: Aggregates, seen: set[int]
-                ) -> tuple[Counter[str], Counter[str], Counter[str], Counter[str], int]:
+                ) -> tuple[Counter[str], Counter[str], Counter[str], Counter[str], Counter[str], int]:
         """Closes by port, remote host and process (exact where the ledger knows the cookie, and
         of those), and how many closed sockets no dump saw (``seen``: cookies of the last two)."""
         local_ports = list(map(CLOSED_LOCAL_PORT, closed))
@@ -239,20 +246,23 @@ class ChurnTracker:
             for pid in group.pids if group else ():
                 by_process[process_key(pid)] += 1
         by_process.update(exact)
+        destinations = Counter(map(destination_key, map(CLOSED_REMOTE_ADDR, compress(closed, map(not_, inbound))),
+                                   compress(remote_ports, map(not_, inbound))))
         return (_bounded(Counter(port_keys)), _bounded(Counter(map(CLOSED_REMOTE_ADDR, closed))),
-                _bounded(by_process), exact, unseen)
+                _bounded(by_process), exact, _bounded(destinations), unseen)
 
     def _churn(self, tally: _Tally, overruns: int, lost: bool, time_wait_owners: dict[int, Owners]) -> Churn:
         window = self._window
         while len(window) > 1 and sum(t.seconds for t in window) - window[0].seconds >= WINDOW_SECONDS:
             window.popleft()
         seconds = sum(t.seconds for t in window)
-        ports, remotes, processes, exact = Counter(), Counter(), Counter(), Counter()
+        ports, remotes, processes, exact, destinations = Counter(), Counter(), Counter(), Counter(), Counter()
         for past in window:
             ports.update(past.by_port)
             remotes.update(past.by_remote)
             processes.update(past.by_process)
             exact.update(past.exact_by_process)
+            destinations.update(past.by_destination)
 
         def groups(counts: Counter[str], exact_counts: Mapping[str, int]) -> dict[str, ChurnGroup]:
             return {key: ChurnGroup(key, count, count / seconds if seconds else 0.0, exact_counts.get(key, 0))
@@ -263,8 +273,13 @@ class ChurnTracker:
             closes_per_second=sum(t.closes for t in window) / seconds if seconds else None,
             opens_per_second=sum(t.opens for t in window) / seconds if seconds else None,
             by_port=groups(ports, {}), by_remote=groups(remotes, {}), by_process=groups(processes, exact),
+            by_destination=groups(destinations, {}),
             overruns=overruns, lost=lost, time_wait_owners=time_wait_owners, closed_by_port=tally.by_port,
         )
+
+
+def destination_key(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 def _bounded(counts: Counter[str]) -> Counter[str]:

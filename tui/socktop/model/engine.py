@@ -161,10 +161,13 @@ class Engine:
         return inodes.intersection(table_of(self.backend.sockets()).columns.inode.tolist())
 
     def _source(self, aggregates: Aggregates) -> SourceInfo:
-        closed = 0 if isinstance(self.backend, OwnerAwareBackend) else len(self.scanner.closed)
-        owner_note = owner_note_for(aggregates.with_inode - aggregates.owned, closed, self._is_root,
-                                    len(self.scanner.denied_pids))
+        if isinstance(self.backend, OwnerAwareBackend):  # psutil leaves out, unsaid, the processes it may not read
+            closed, denied = 0, int(not self._is_root)
+        else:
+            closed, denied = len(self.scanner.closed), len(self.scanner.denied_pids)
+        owner_note = owner_note_for(aggregates.with_inode - aggregates.owned, closed, self._is_root, denied)
         return SourceInfo(
             host=self._host, kernel=self._kernel, backend=self.backend.name, backend_note=self.backend_note,
             is_root=self._is_root, owner_note=owner_note, churn_note=self.churn_note,
+            unavailable=getattr(self.backend, "unavailable", frozenset()),
         )

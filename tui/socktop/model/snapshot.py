@@ -31,6 +31,7 @@ class SourceInfo:
     is_root: bool
     owner_note: str  # why some owners are missing ("run as root for all"), or "" when every owner is visible
     churn_note: str = ""  # why closes and opens are not counted (no destroy feed), or ""
+    unavailable: frozenset[str] = frozenset()  # what this backend cannot know, e.g. "listen_backlog" (proc)
 
 
 def coverage_text(fraction: float) -> str:
