@@ -32,7 +32,7 @@ DTYPES: dict[str, np.dtype] = {
     "remote_addr": ADDRESS, "remote_port": np.dtype(np.uint16),
     "recv_q": np.dtype(np.uint32), "send_q": np.dtype(np.uint32),
     "timer": np.dtype(np.uint8), "timer_ms": np.dtype(np.uint32), "retransmits": np.dtype(np.uint8),
-    "uid": np.dtype(np.uint32), "inode": np.dtype(np.uint64), "cookie": np.dtype(np.uint64),
+    "uid": np.dtype(np.int64), "inode": np.dtype(np.uint64), "cookie": np.dtype(np.uint64),
     "lastack_ms": np.dtype(np.int64), "cgroup_id": np.dtype(np.uint64), "netns": np.dtype(np.uint64),
 }
 assert tuple(DTYPES) == SocketRecord._fields
