@@ -26,6 +26,7 @@ from ..collect.columns import SocketTable, table_of
 from ..collect.records import ProcessInfo, SocketRecord, TcpState
 from .aggregate import CONNECTION, Aggregates, Connection, Direction, Ownership, Pids, inbound_flags, process_key
 
+COOKIE = itemgetter(13)
 CLOSED_LOCAL_PORT, CLOSED_REMOTE_ADDR, CLOSED_REMOTE_PORT, CLOSED_COOKIE = (itemgetter(i) for i in (2, 3, 4, 5))
 CLOSED_CONNECTION = itemgetter(1, 2, 3, 4)
 Owners = tuple[ProcessInfo, ...]
