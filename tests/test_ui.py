@@ -463,7 +463,7 @@ async def test_each_size_class_shows_what_is_wrong_first(size, mode, panes, stri
             assert any(t == shown or (title.endswith("…") and t.startswith(shown) and t[len(shown)] in " ,;:(-")
                        for t in titles), line
         if lines:
-            assert "pid 4242 leaky-api holds 320 CLOSE_WAIT" in lines[0]
+            assert "320 CLOSE_WAIT leak +6.7/s in pid 4242 leaky-api" in lines[0]
         assert "findings" in plain(app.query_one(TopBar))  # the count stays, down to 60 columns
         states = app.pane("states")
         if "states" in panes and len(panes) > 1:  # fitted to its rows: no empty half pane

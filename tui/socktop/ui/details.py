@@ -21,7 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..analyze import commands as cmd
-from ..analyze.findings import Analysis, Finding
+from ..analyze.findings import Analysis, Finding, close_wait_forensics, lastack_text, recv_q_meaning
 from ..analyze.knowledge import knowledge_for, on_this_kernel
 from ..collect.records import DISPLAY_STATES, SocketRecord, TcpState
 from ..model.aggregate import OwnerKind, PortGroup, ProcessGroup
@@ -417,12 +417,19 @@ def _process(doc: Doc, group: ProcessGroup, snapshot: Snapshot) -> None:
         limit = f" of {process.fd_limit:,}" if process.fd_limit else ""
         near = bool(process.fd_limit) and process.fd_count >= 0.8 * process.fd_limit
         doc.field("FDs", f"{process.fd_count:,}{limit} open", doc.styles.danger if near else "")
+    if process.tcp_fds is not None:
+        held = sum(group.counts.values())
+        gone = max(0, process.tcp_fds - held)
+        doc.field("TCP FDs", f"{process.tcp_fds:,} TCP descriptors, {held:,} in the socket table"
+                  + (f": {gone:,} no longer listed (aborted under the descriptor, or bound only)" if gone else ""),
+                  doc.styles.warning if gone else "")
     _counts(doc, group.counts, group.inferred)
     if any(group.inferred.values()):
         doc.line("Inferred sockets have no descriptor, so no owner in the kernel (TIME-WAIT, connections "
                  "still in the accept queue, orphans): they are tied to this process by their port (its "
                  "listener) or their 4-tuple (it held the connection).", doc.styles.muted)
     if group.counts.get(TcpState.CLOSE_WAIT):
+        doc.bullets("CLOSE-WAIT forensics", close_wait_forensics(snapshot, group))
         doc.heading("Where is the missing close()?")
         doc.command(cmd.stack_dump(process))
 
@@ -441,7 +448,10 @@ def _socket(doc: Doc, record: SocketRecord, snapshot: Snapshot) -> None:
     doc.title(f"{fmt.endpoint(record.local_addr, record.local_port)} → "
               f"{fmt.endpoint(record.remote_addr, record.remote_port)}")
     doc.field("State", record.state.label)
-    doc.field("Queues", f"Recv-Q {record.recv_q}, Send-Q {record.send_q}")
+    meaning = recv_q_meaning(record)
+    doc.field("Queues", f"Recv-Q {record.recv_q}, Send-Q {record.send_q}" + (f": {meaning}" if meaning else ""))
+    if lastack_text(record):
+        doc.field("Age", lastack_text(record))
     if record.timer.label:
         doc.field("Timer", f"{record.timer.label} {fmt.timer(record.timer_ms)}".strip())
     if record.retransmits:
