@@ -6,6 +6,7 @@ processes share the loopback, and their closes fall into other groups.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import socket
@@ -296,3 +297,17 @@ def test_who_makes_these_time_wait(server: int) -> None:
     assert [(process.pid, count) for process, count in makers.exact] == [(os.getpid(), 3)]
     assert (makers.inferred, makers.unattributed) == ((), 4)
     engine.close()
+
+
+def test_an_engine_dropped_without_close_stops_its_reader() -> None:
+    engine = Engine()
+    engine.refresh()
+    engine.refresh()
+    reader = engine._reader
+    assert reader is not None and reader.running
+    del engine
+    gc.collect()
+    deadline = time.monotonic() + 5
+    while reader.running and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not reader.running
