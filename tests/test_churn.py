@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -289,13 +290,33 @@ def test_who_makes_these_time_wait(server: int) -> None:
     for sock in seen:
         sock.close()
     connect_and_close(server, 4, 1000.0)
-    time.sleep(0.3)
-    snapshot = engine.refresh()
-    ours = [r for r in snapshot.sockets if r.state is TcpState.TIME_WAIT and r.remote_port == server]
+    with listen(socket.AF_INET, backlog=8) as closes_first:  # server-side TIME_WAIT: tied to the listener
+        for _ in range(2):
+            client = socket.create_connection(("127.0.0.1", port_of(closes_first)))
+            conn, _peer = closes_first.accept()
+            conn.close()
+            client.recv(1)
+            client.close()
+        time.sleep(0.3)
+        snapshot = engine.refresh()
+        served = port_of(closes_first)
+    ours = [r for r in snapshot.sockets if r.state is TcpState.TIME_WAIT and server in (r.local_port, r.remote_port)]
     makers = time_wait_makers(snapshot, ours)
     assert makers.total == 7
     assert [(process.pid, count) for process, count in makers.exact] == [(os.getpid(), 3)]
     assert (makers.inferred, makers.unattributed) == ((), 4)
+    theirs = [r for r in snapshot.sockets if r.state is TcpState.TIME_WAIT and r.local_port == served]
+    assert [(p.pid, n) for p, n in time_wait_makers(snapshot, theirs).inferred] == [(os.getpid(), 2)]
+    # the same answers as owners_of, socket by socket, over the whole table
+    every = [r for r in snapshot.sockets if not r.inode]
+    by_kind: dict[OwnerKind, Counter] = {kind: Counter() for kind in OwnerKind}
+    for record in every:
+        attribution = snapshot.owners_of(record)
+        by_kind[attribution.kind].update(attribution.processes or [None])
+    makers = time_wait_makers(snapshot, every)
+    assert dict(makers.exact) == dict(by_kind[OwnerKind.COOKIE])
+    assert dict(makers.inferred) == {p: n for p, n in by_kind[OwnerKind.INFERRED].items() if p is not None}
+    assert makers.unattributed == by_kind[OwnerKind.NONE][None] + by_kind[OwnerKind.INFERRED][None]
     engine.close()
 
 
