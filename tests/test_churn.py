@@ -28,6 +28,7 @@ from socktop.demo.builders import LINGER_ABORT, listen, port_of
 from socktop.model.aggregate import OwnerKind, process_key
 from socktop.model.churn import CookieLedger, time_wait_makers
 from socktop.model.engine import Engine
+from socktop.ui.details import Selection, Styles, commands_for, describe
 
 RATE = 200.0
 CONNECTIONS = 600  # three seconds at RATE
@@ -332,3 +333,34 @@ def test_an_engine_dropped_without_close_stops_its_reader() -> None:
     while reader.running and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not reader.running
+
+
+def drawer(selection: Selection, snapshot) -> str:
+    from io import StringIO
+
+    from rich.console import Console
+
+    console = Console(width=200, record=True, file=StringIO())
+    keys = {"kill": "k", "sysctl": "y", "ss": "c", "lsof": "l"}
+    console.print(describe(selection, snapshot, commands_for(selection), Styles(), keys))
+    return console.export_text()
+
+
+def test_drawer_says_who_makes_these_time_wait_and_how_fast(server: int) -> None:
+    engine = Engine()
+    held = [socket.create_connection(("127.0.0.1", server)) for _ in range(2)]
+    engine.refresh()
+    for sock in held:
+        sock.close()
+    connect_and_close(server, 30, 100.0)
+    time.sleep(0.3)
+    snapshot = engine.refresh()
+    me = f"(pid {os.getpid()})"
+    state = drawer(Selection("states", state=TcpState.TIME_WAIT), snapshot)
+    assert f"{me} 2 exactly (it held them: same socket cookie)" in state
+    assert "opened and closed between refreshes: no process can be named" in state
+    assert "closes," in state and "opens over the last" in state
+    port = drawer(Selection("ports", port=snapshot.aggregates.by_port[f"out:{server}"]), snapshot)
+    assert f"{me} 2 exactly" in port and "30 opened and closed between refreshes" in port
+    assert "/s over the last" in port
+    engine.close()

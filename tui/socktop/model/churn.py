@@ -228,7 +228,9 @@ class ChurnTracker:
         local_ports = list(map(CLOSED_LOCAL_PORT, closed))
         remote_ports = list(map(CLOSED_REMOTE_PORT, closed))
         inbound = inbound_flags(local_ports, remote_ports, aggregates.listening_ports, aggregates.ephemeral_ports)
-        port_keys = [f"{Direction.IN.value}:{local}" if flag else f"{Direction.OUT.value}:{remote}"
+        # a socket this host aborts (RST: SO_LINGER 0, ss -K) is reported after tcp_disconnect() has
+        # cleared its remote port: no port group (key None), only its totals, remote host and cookie
+        port_keys = [f"{Direction.IN.value}:{local}" if flag else f"{Direction.OUT.value}:{remote}" if remote else None
                      for flag, local, remote in zip(inbound, local_ports, remote_ports)]
         by_process: Counter[str] = Counter()
         exact: Counter[str] = Counter()
@@ -242,13 +244,14 @@ class ChurnTracker:
                 continue
             if event.cookie not in seen_before and event.cookie not in seen_now:
                 unseen += 1
-            group = aggregates.by_port.get(key)
+            group = aggregates.by_port.get(key) if key else None
             for pid in group.pids if group else ():
                 by_process[process_key(pid)] += 1
         by_process.update(exact)
-        destinations = Counter(map(destination_key, map(CLOSED_REMOTE_ADDR, compress(closed, map(not_, inbound))),
-                                   compress(remote_ports, map(not_, inbound))))
-        return (_bounded(Counter(port_keys)), _bounded(Counter(map(CLOSED_REMOTE_ADDR, closed))),
+        outbound = [bool(key) and not flag for key, flag in zip(port_keys, inbound)]
+        destinations = Counter(map(destination_key, map(CLOSED_REMOTE_ADDR, compress(closed, outbound)),
+                                   compress(remote_ports, outbound)))
+        return (_bounded(Counter(filter(None, port_keys))), _bounded(Counter(map(CLOSED_REMOTE_ADDR, closed))),
                 _bounded(by_process), exact, _bounded(destinations), unseen)
 
     def _churn(self, tally: _Tally, overruns: int, lost: bool, time_wait_owners: dict[int, Owners]) -> Churn:

@@ -24,7 +24,8 @@ from ..analyze import commands as cmd
 from ..analyze.findings import Analysis, Finding
 from ..analyze.knowledge import knowledge_for, on_this_kernel
 from ..collect.records import DISPLAY_STATES, SocketRecord, TcpState
-from ..model.aggregate import OwnerKind, PortGroup, ProcessGroup
+from ..model.aggregate import LOCAL_PORT, REMOTE_PORT, Direction, OwnerKind, PortGroup, ProcessGroup
+from ..model.churn import time_wait_makers
 from ..model.snapshot import Snapshot
 from ..safetext import printable
 from . import analysis as glue
@@ -380,6 +381,9 @@ def describe(selection: Selection, snapshot: Snapshot | None, copyables: dict[st
         tone = fmt.tone_of_state(state)
         doc.title(f"{state.label}  ·  {count:,} sockets ({fmt.share(count / total)})",
                   styles.warning if tone == "warning" else styles.danger if tone == "danger" else None)
+        if state is TcpState.TIME_WAIT:
+            _made_by(doc, snapshot, [r for r in snapshot.sockets if r.state is TcpState.TIME_WAIT])
+            _closes(doc, snapshot)
         _findings_list(doc, selection.findings)
         _suggestions(doc, selection.findings)
         _knowledge(doc, state, snapshot)
@@ -422,6 +426,7 @@ def _process(doc: Doc, group: ProcessGroup, snapshot: Snapshot) -> None:
         doc.line("Inferred sockets have no descriptor, so no owner in the kernel (TIME-WAIT, connections "
                  "still in the accept queue, orphans): they are tied to this process by their port (its "
                  "listener) or their 4-tuple (it held the connection).", doc.styles.muted)
+    _closes(doc, snapshot, group.key)
     if group.counts.get(TcpState.CLOSE_WAIT):
         doc.heading("Where is the missing close()?")
         doc.command(cmd.stack_dump(process))
@@ -435,6 +440,13 @@ def _port(doc: Doc, group: PortGroup, snapshot: Snapshot) -> None:
     processes = snapshot.ownership.processes
     owners = [f"{pid} {printable(processes[pid].name)}" for pid in group.pids if pid in processes]
     doc.field("Owners", ", ".join(owners) or "none visible")
+    _closes(doc, snapshot, group.key)
+    if group.counts.get(TcpState.TIME_WAIT):
+        waiting = [r for r in snapshot.sockets if r.state is TcpState.TIME_WAIT]
+        inbound = snapshot.aggregates.inbound_flags(waiting)
+        port_of = LOCAL_PORT if group.direction is Direction.IN else REMOTE_PORT
+        wanted = 1 if group.direction is Direction.IN else 0
+        _made_by(doc, snapshot, [r for r, flag in zip(waiting, inbound) if flag == wanted and port_of(r) == group.port])
 
 
 def _socket(doc: Doc, record: SocketRecord, snapshot: Snapshot) -> None:
@@ -455,6 +467,48 @@ def _socket(doc: Doc, record: SocketRecord, snapshot: Snapshot) -> None:
         doc.line(cmd.ss_kill_refusal(record), doc.styles.muted)
     else:
         doc.command(abort)
+
+
+def _made_by(doc: Doc, snapshot: Snapshot, waiting: Sequence[SocketRecord]) -> None:
+    """Who makes these TIME_WAIT: exactly by socket cookie, inferred, or nobody can say."""
+    makers = time_wait_makers(snapshot, waiting)
+    if not makers.total:
+        return
+    parts = [f"{printable(p.name)} (pid {p.pid}) {n:,} exactly (it held them: same socket cookie)"
+             for p, n in makers.exact[:3]]
+    parts += [f"~{printable(p.name)} (pid {p.pid}) {n:,} inferred" for p, n in makers.inferred[:3]]
+    if makers.unattributed:
+        parts.append(f"{makers.unattributed:,} opened and closed between refreshes: no process can be named "
+                     "(only their destination is known: see Ports)")
+    doc.field("Made by", " · ".join(parts))
+
+
+def _per_second(rate: float) -> str:
+    return f"{rate:,.1f}/s" if rate < 100 else f"{rate:,.0f}/s"
+
+
+def _closes(doc: Doc, snapshot: Snapshot, key: str | None = None) -> None:
+    """Connections closed per second: the whole table's, or those of one port or process group (``key``)."""
+    churn = snapshot.churn
+    if churn is None:
+        if snapshot.source.churn_note:
+            doc.field("Closes", snapshot.source.churn_note, doc.styles.muted)
+        return
+    if not churn.seconds:
+        doc.field("Closes", "counted from the next refresh on", doc.styles.muted)
+        return
+    lost = f"; events were lost {churn.overruns:,} times (rates are lower bounds)" if churn.overruns else ""
+    over = f"over the last {churn.seconds:.0f} s{lost}"
+    if key is None:
+        doc.field("Closes", f"{_per_second(churn.closes_per_second or 0.0)} closes, "
+                  f"{_per_second(churn.opens_per_second or 0.0)} opens {over}")
+        return
+    group = (churn.by_process if key.startswith("pid:") else churn.by_port).get(key)
+    if group is None:
+        doc.field("Closes", f"none {over}")
+        return
+    exact = f" ({group.exact:,} exactly by socket cookie, the rest inferred)" if group.exact else ""
+    doc.field("Closes", f"{_per_second(group.per_second)} {over}{exact}")
 
 
 def owner_text(record: SocketRecord, snapshot: Snapshot) -> str:
