@@ -329,6 +329,11 @@ def _run_once(options: argparse.Namespace, config: Config) -> int:
 
 
 def _run_tui(options: argparse.Namespace, config: Config) -> int:
+    if os.environ.get("TERM") == "dumb":  # no cursor addressing: a full-screen UI would be garbage
+        status = _run_once(options, config)
+        _say("TERM=dumb cannot show the live view: that was the --once summary (run with a terminal type "
+             "such as TERM=xterm-256color for the TUI)")
+        return status
     from .ui.app import run
 
     return run(options, config)
