@@ -282,15 +282,22 @@ def test_reader_gathers_between_refreshes_within_its_bound(server: int) -> None:
     assert feed.overruns or reader.dropped >= 300
 
 
+def seen_then_unseen(server: int, seen: int, unseen: int) -> Engine:
+    """An engine whose refresh saw ``seen`` connections held, all then closed client-first, and
+    ``unseen`` more opened and closed after it: the next refresh's TIME_WAIT hold both kinds."""
+    engine = Engine()
+    held = [socket.create_connection(("127.0.0.1", server)) for _ in range(seen)]
+    engine.refresh()
+    for sock in held:
+        sock.close()
+    connect_and_close(server, unseen, 1000.0)
+    return engine
+
+
 def test_who_makes_these_time_wait(server: int) -> None:
     """Exact for a connection a refresh saw held, unattributed for those born between refreshes
     (their client ends have no listener to infer from)."""
-    engine = Engine()
-    seen = [socket.create_connection(("127.0.0.1", server)) for _ in range(3)]
-    engine.refresh()
-    for sock in seen:
-        sock.close()
-    connect_and_close(server, 4, 1000.0)
+    engine = seen_then_unseen(server, seen=3, unseen=4)
     with listen(socket.AF_INET, backlog=8) as closes_first:  # server-side TIME_WAIT: tied to the listener
         for _ in range(2):
             client = socket.create_connection(("127.0.0.1", port_of(closes_first)))
@@ -347,12 +354,7 @@ def drawer(selection: Selection, snapshot) -> str:
 
 
 def test_drawer_says_who_makes_these_time_wait_and_how_fast(server: int) -> None:
-    engine = Engine()
-    held = [socket.create_connection(("127.0.0.1", server)) for _ in range(2)]
-    engine.refresh()
-    for sock in held:
-        sock.close()
-    connect_and_close(server, 30, 100.0)
+    engine = seen_then_unseen(server, seen=2, unseen=30)
     time.sleep(0.3)
     snapshot = engine.refresh()
     me = f"(pid {os.getpid()})"

@@ -484,10 +484,18 @@ def orphan_retries(value: int | None) -> int:
 
 
 def duration_text(seconds: float) -> str:
-    """``3 s``, ``102 s``, ``15.4 min``: how long, for a person."""
-    if seconds < 300:
+    """``3 s``, ``102 s``, ``15.4 min``, ``5.5 h``, ``2.3 days``: how long, for a person."""
+    if seconds < 10:
         return f"{seconds:.1f} s".replace(".0 s", " s")
-    return f"{seconds / 60:.1f} min".replace(".0 min", " min")
+    if seconds < 300:
+        return f"{seconds:.0f} s"
+    if seconds < 600:
+        return f"{seconds / 60:.1f} min".replace(".0 min", " min")
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h".replace(".0 h", " h")
+    return f"{seconds / 86400:.1f} days"
 
 
 def on_this_kernel(state: TcpState, kernel: KernelState | None) -> list[str]:

@@ -160,6 +160,7 @@ class ProcessInfo:
     user: str
     fd_count: int | None = None
     fd_limit: int | None = None
+    tcp_fds: int | None = None  # its TCP socket descriptors, listed in the socket table or not (closed under it)
 
     @property
     def key(self) -> tuple[int, int]:

@@ -30,6 +30,11 @@ class SourceInfo:
     unavailable: frozenset[str] = frozenset()  # what this backend cannot know, e.g. "listen_backlog" (proc)
 
 
+def plural(count: int, noun: str) -> str:
+    """"1 socket", "1,500 sockets": for every face (CLI, UI, JSON notes)."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
 def coverage_text(fraction: float) -> str:
     """A share that must not round up to a promise: 99.97% is "99%", never "100%"; 0.4% is "<1%"."""
     if fraction >= 1.0:

@@ -21,12 +21,12 @@ from rich.table import Table
 from rich.text import Text
 
 from ..analyze import commands as cmd
-from ..analyze.findings import Analysis, Finding
+from ..analyze.findings import Analysis, Finding, close_wait_forensics, lastack_text, recv_q_meaning
 from ..analyze.knowledge import knowledge_for, on_this_kernel
 from ..collect.records import DISPLAY_STATES, SocketRecord, TcpState
 from ..model.aggregate import LOCAL_PORT, REMOTE_PORT, Direction, OwnerKind, PortGroup, ProcessGroup
 from ..model.churn import time_wait_makers
-from ..model.snapshot import Snapshot
+from ..model.snapshot import Snapshot, plural
 from ..safetext import printable
 from . import analysis as glue
 from . import format as fmt
@@ -75,7 +75,14 @@ def level_value(levels: Sequence[Level], kind: str) -> str | None:
 
 
 def _process_label(group: ProcessGroup) -> str:
-    return f"pid {group.pid} {printable(group.name)}" if group.pid is not None else f"uid {group.uid}"
+    """``pid 4242 leaky-api (320 CLOSE-WAIT of 391 sockets)``: who, and the count that makes it stand out
+    (its largest state other than ESTABLISHED and LISTEN), so a copy names its target beyond doubt."""
+    who = f"pid {group.pid} {printable(group.name)}" if group.pid is not None else f"uid {group.uid}"
+    counts = {state: group.counts.get(state, 0) + group.inferred.get(state, 0)
+              for state in {*group.counts, *group.inferred} if state not in (TcpState.ESTABLISHED, TcpState.LISTEN)}
+    state = max(counts, key=lambda state: (counts[state], -state.value), default=None)
+    total = f"{group.total:,} socket{'s' if group.total != 1 else ''}"
+    return f"{who} ({counts[state]:,} {state.label} of {total})" if state and counts[state] else f"{who} ({total})"
 
 
 def _no_process(selection: Selection, action: str) -> Copyable | None:
@@ -103,7 +110,7 @@ def kill_command(selection: Selection) -> Copyable:
     group = selection.process
     if group is None or group.process is None:
         return _no_process(selection, "kill")  # type: ignore[return-value]
-    term, kill = cmd.kill_commands(group.process.pid, group.process.name)
+    term, kill = cmd.kill_commands(group.process.pid, group.process.name, group.process.start_ticks)
     return Copyable(term, f"kill for {_process_label(group)}", extra=(kill,))
 
 
@@ -159,7 +166,7 @@ def ss_command(selection: Selection) -> Copyable:
     elif dropped:
         what = f"ss: lists fewer than the {in_view} in view: {dropped}"
     else:
-        what = f"ss for the {in_view} sockets in view"
+        what = f"ss for the {plural(selection.in_view, 'socket')} in view"
     if cannot or dropped:
         command = cmd.Command(command.line, f"{command.note}; " + "; ".join(filter(None, (cannot, dropped))))
     return Copyable(command, what)
@@ -379,7 +386,7 @@ def describe(selection: Selection, snapshot: Snapshot | None, copyables: dict[st
         count = snapshot.aggregates.by_state.get(state, 0)
         total = snapshot.aggregates.total or 1
         tone = fmt.tone_of_state(state)
-        doc.title(f"{state.label}  ·  {count:,} sockets ({fmt.share(count / total)})",
+        doc.title(f"{state.label}  ·  {plural(count, 'socket')} ({fmt.share(count / total)})",
                   styles.warning if tone == "warning" else styles.danger if tone == "danger" else None)
         if state is TcpState.TIME_WAIT:
             _made_by(doc, snapshot, [r for r in snapshot.sockets if r.state is TcpState.TIME_WAIT])
@@ -421,6 +428,12 @@ def _process(doc: Doc, group: ProcessGroup, snapshot: Snapshot) -> None:
         limit = f" of {process.fd_limit:,}" if process.fd_limit else ""
         near = bool(process.fd_limit) and process.fd_count >= 0.8 * process.fd_limit
         doc.field("FDs", f"{process.fd_count:,}{limit} open", doc.styles.danger if near else "")
+    if process.tcp_fds is not None:
+        held = sum(group.counts.values())
+        gone = max(0, process.tcp_fds - held)
+        doc.field("TCP FDs", f"{process.tcp_fds:,} TCP descriptors, {held:,} in the socket table"
+                  + (f": {gone:,} no longer listed (aborted under the descriptor, or bound only)" if gone else ""),
+                  doc.styles.warning if gone else "")
     _counts(doc, group.counts, group.inferred)
     if any(group.inferred.values()):
         doc.line("Inferred sockets have no descriptor, so no owner in the kernel (TIME-WAIT, connections "
@@ -428,13 +441,14 @@ def _process(doc: Doc, group: ProcessGroup, snapshot: Snapshot) -> None:
                  "listener) or their 4-tuple (it held the connection).", doc.styles.muted)
     _closes(doc, snapshot, group.key)
     if group.counts.get(TcpState.CLOSE_WAIT):
+        doc.bullets("CLOSE-WAIT forensics", close_wait_forensics(snapshot, group))
         doc.heading("Where is the missing close()?")
         doc.command(cmd.stack_dump(process))
 
 
 def _port(doc: Doc, group: PortGroup, snapshot: Snapshot) -> None:
     where = "served here (local port)" if group.direction.value == "in" else "called out to (remote port)"
-    doc.title(f":{group.port} {group.direction.value}  ·  {group.total:,} sockets")
+    doc.title(f":{group.port} {group.direction.value}  ·  {plural(group.total, 'socket')}")
     doc.field("Port", f"{group.port}, {where}")
     _counts(doc, group.counts)
     processes = snapshot.ownership.processes
@@ -453,7 +467,10 @@ def _socket(doc: Doc, record: SocketRecord, snapshot: Snapshot) -> None:
     doc.title(f"{fmt.endpoint(record.local_addr, record.local_port)} → "
               f"{fmt.endpoint(record.remote_addr, record.remote_port)}")
     doc.field("State", record.state.label)
-    doc.field("Queues", f"Recv-Q {record.recv_q}, Send-Q {record.send_q}")
+    meaning = recv_q_meaning(record)
+    doc.field("Queues", f"Recv-Q {record.recv_q}, Send-Q {record.send_q}" + (f": {meaning}" if meaning else ""))
+    if lastack_text(record):
+        doc.field("Age", lastack_text(record))
     if record.timer.label:
         doc.field("Timer", f"{record.timer.label} {fmt.timer(record.timer_ms)}".strip())
     if record.retransmits:
