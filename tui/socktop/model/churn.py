@@ -20,8 +20,11 @@ from operator import itemgetter, not_
 
 from typing import TYPE_CHECKING
 
+import numpy as np
+
+from ..collect.columns import SocketTable, table_of
 from ..collect.records import ProcessInfo, SocketRecord, TcpState
-from .aggregate import CONNECTION, INODE, LOCAL_PORT, Aggregates, Connection, Direction, Ownership, Pids, inbound_flags, process_key
+from .aggregate import CONNECTION, Aggregates, Connection, Direction, Ownership, Pids, RowKind, inbound_flags, process_key
 
 COOKIE = itemgetter(13)
 CLOSED_LOCAL_PORT, CLOSED_REMOTE_ADDR, CLOSED_REMOTE_PORT, CLOSED_COOKIE = (itemgetter(i) for i in (2, 3, 4, 5))
@@ -185,8 +188,8 @@ class ChurnTracker:
         a connection no dump saw alive: its close already counted it).
         """
         seconds = 0.0 if self._last is None else max(now - self._last, 1e-6)
-        cookies = list(map(COOKIE, records))
-        inodes = list(map(INODE, records))
+        table = table_of(records)
+        cookies, inodes = table.columns.cookie.tolist(), table.columns.inode.tolist()
         current = set(cookies)
         self.ledger.update(cookies, list(map(ownership.pids_by_inode.get, inodes)), ownership.processes, now)
         closed_cookies = set(map(CLOSED_COOKIE, closed))
@@ -195,7 +198,7 @@ class ChurnTracker:
         closed_connections = set(map(CLOSED_CONNECTION, closed))
         opens = unseen
         if self._last is not None:
-            opens += self._opened(records, cookies, current, closed_cookies, closed_connections)
+            opens += self._opened(table, cookies, current, closed_cookies, closed_connections)
         tally = _Tally(seconds, len(closed), opens, unseen, by_port, by_remote, by_process, exact, by_destination)
         time_wait_owners = self.ledger.gone_owners(compress(cookies, map(not_, inodes)))
         self._previous = current
@@ -205,7 +208,7 @@ class ChurnTracker:
         self._last = now
         return self._churn(tally, overruns, lost, time_wait_owners)
 
-    def _opened(self, records: Sequence[SocketRecord], cookies: list[int], current: set[int],
+    def _opened(self, table: SocketTable, cookies: list[int], current: set[int],
                 closed_cookies: set[int], closed_connections: set[Connection]) -> int:
         """Connections new to this dump. Not new: request sockets (the connection gets another
         cookie), and the TIME_WAIT or orphan of a socket whose close was counted lately: by
@@ -216,7 +219,8 @@ class ChurnTracker:
         if not new:
             return 0
         closed_lately = closed_connections | connections_before
-        return sum(1 for record in compress(records, map(new.__contains__, cookies))
+        rows = np.fromiter(map(new.__contains__, cookies), bool, len(cookies))
+        return sum(1 for record in table.take(rows)
                    if record.state not in _NOT_NEW
                    and not (record.inode == 0 and CONNECTION(record) in closed_lately))
 
@@ -292,31 +296,33 @@ class TimeWaitMakers:
     total: int
 
 
-def time_wait_makers(snapshot: Snapshot, records: Sequence[SocketRecord]) -> TimeWaitMakers:
-    """`Snapshot.owners_of` for many descriptor-less sockets at once, counted per process and
-    per kind of tie: in C passes over the sockets, so that a drawer over 30,000 TIME_WAIT stays
-    cheap. The rule is owners_of's (tests/test_churn.py holds them to the same answers): the
-    cookie, then the listener of the local port, then the connection's last holder."""
-    zero = list(compress(records, map(not_, map(INODE, records))))
+def time_wait_makers(snapshot: Snapshot, rows: np.ndarray) -> TimeWaitMakers:
+    """`Snapshot.owners_of` for the descriptor-less sockets among ``rows`` (a mask over the
+    snapshot's sockets), counted per process and per kind of tie: from `Snapshot.row_owners`,
+    in array passes, so that a drawer over 30,000 TIME_WAIT stays cheap."""
+    owners = snapshot.row_owners()
+    zero = rows & (snapshot.columns.inode == 0)
+    kinds, codes = owners.kinds[zero], owners.codes[zero]
     churn = snapshot.churn
-    held = list(map((churn.time_wait_owners if churn else {}).get, map(COOKIE, zero)))
-    exact: Counter[ProcessInfo] = Counter()
-    for owners in filter(None, held):
-        exact.update(owners)
-    rest = list(compress(zero, map(not_, held)))
-    aggregates, processes = snapshot.aggregates, snapshot.ownership.processes
-    on_listener = list(map(aggregates.listening_ports.__contains__, map(LOCAL_PORT, rest)))
-    by_pids: Counter[Pids | None] = Counter(map(aggregates.listener_pids.get, compress(map(LOCAL_PORT, rest), on_listener)))
-    by_pids.update(map(aggregates.last_owners.get, map(CONNECTION, compress(rest, map(not_, on_listener)))))
-    inferred: Counter[ProcessInfo] = Counter()
-    unattributed = 0
-    for pids, count in by_pids.items():
-        found = [processes[pid] for pid in pids or () if pid in processes]
-        if not found:
-            unattributed += count
-        for process in found:
-            inferred[process] += count
-    return TimeWaitMakers(tuple(exact.most_common()), tuple(inferred.most_common()), unattributed, len(zero))
+    gone = {process.pid: process for found in set(churn.time_wait_owners.values()) for process in found} if churn else {}
+    known = {**gone, **snapshot.ownership.processes}  # a process that held a TIME_WAIT may have exited since
+
+    def tally(kind: int) -> tuple[tuple[tuple[ProcessInfo, int], ...], int]:
+        """Processes and counts for one kind of tie, and how many of its sockets name no visible process."""
+        counted: Counter[ProcessInfo] = Counter()
+        nameless = 0
+        values, counts = np.unique(codes[kinds == kind], return_counts=True)
+        for code, count in zip(values.tolist(), counts.tolist()):
+            found = [known[pid] for pid in owners.pid_sets[code] if pid in known]
+            nameless += 0 if found else count
+            for process in found:
+                counted[process] += count
+        return tuple(counted.most_common()), nameless
+
+    exact, _ = tally(RowKind.COOKIE)
+    inferred, nameless = tally(RowKind.INFERRED)
+    unattributed = int(np.count_nonzero(kinds == RowKind.NONE)) + nameless
+    return TimeWaitMakers(exact, inferred, unattributed, int(np.count_nonzero(zero)))
 
 
 def destination_key(address: str, port: int) -> str:

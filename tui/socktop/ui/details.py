@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from rich.console import Group, RenderableType
 from rich.style import Style
 from rich.table import Table
@@ -24,7 +25,7 @@ from ..analyze import commands as cmd
 from ..analyze.findings import Analysis, Finding, close_wait_forensics, lastack_text, recv_q_meaning
 from ..analyze.knowledge import knowledge_for, on_this_kernel
 from ..collect.records import DISPLAY_STATES, SocketRecord, TcpState
-from ..model.aggregate import LOCAL_PORT, REMOTE_PORT, Direction, OwnerKind, PortGroup, ProcessGroup
+from ..model.aggregate import Direction, OwnerKind, PortGroup, ProcessGroup, inbound_flags
 from ..model.churn import time_wait_makers
 from ..model.snapshot import Snapshot, plural
 from ..safetext import printable
@@ -389,7 +390,7 @@ def describe(selection: Selection, snapshot: Snapshot | None, copyables: dict[st
         doc.title(f"{state.label}  ·  {plural(count, 'socket')} ({fmt.share(count / total)})",
                   styles.warning if tone == "warning" else styles.danger if tone == "danger" else None)
         if state is TcpState.TIME_WAIT:
-            _made_by(doc, snapshot, [r for r in snapshot.sockets if r.state is TcpState.TIME_WAIT])
+            _made_by(doc, snapshot, snapshot.columns.state == TcpState.TIME_WAIT)
             _closes(doc, snapshot)
         _findings_list(doc, selection.findings)
         _suggestions(doc, selection.findings)
@@ -456,11 +457,14 @@ def _port(doc: Doc, group: PortGroup, snapshot: Snapshot) -> None:
     doc.field("Owners", ", ".join(owners) or "none visible")
     _closes(doc, snapshot, group.key)
     if group.counts.get(TcpState.TIME_WAIT):
-        waiting = [r for r in snapshot.sockets if r.state is TcpState.TIME_WAIT]
-        inbound = snapshot.aggregates.inbound_flags(waiting)
-        port_of = LOCAL_PORT if group.direction is Direction.IN else REMOTE_PORT
-        wanted = 1 if group.direction is Direction.IN else 0
-        _made_by(doc, snapshot, [r for r, flag in zip(waiting, inbound) if flag == wanted and port_of(r) == group.port])
+        columns, aggregates = snapshot.columns, snapshot.aggregates
+        inbound = inbound_flags(columns.local_port, columns.remote_port, aggregates.listening_ports,
+                                aggregates.ephemeral_ports)
+        if group.direction is Direction.IN:
+            in_group = inbound & (columns.local_port == group.port)
+        else:
+            in_group = ~inbound & (columns.remote_port == group.port)
+        _made_by(doc, snapshot, in_group & (columns.state == TcpState.TIME_WAIT))
 
 
 def _socket(doc: Doc, record: SocketRecord, snapshot: Snapshot) -> None:
@@ -486,9 +490,9 @@ def _socket(doc: Doc, record: SocketRecord, snapshot: Snapshot) -> None:
         doc.command(abort)
 
 
-def _made_by(doc: Doc, snapshot: Snapshot, waiting: Sequence[SocketRecord]) -> None:
-    """Who makes these TIME_WAIT: exactly by socket cookie, inferred, or nobody can say."""
-    makers = time_wait_makers(snapshot, waiting)
+def _made_by(doc: Doc, snapshot: Snapshot, rows: np.ndarray) -> None:
+    """Who makes the TIME_WAIT among ``rows``: exactly by socket cookie, inferred, or nobody can say."""
+    makers = time_wait_makers(snapshot, rows)
     if not makers.total:
         return
     parts = [f"{printable(p.name)} (pid {p.pid}) {n:,} exactly (it held them: same socket cookie)"
