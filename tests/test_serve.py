@@ -141,6 +141,7 @@ def test_openmetrics_when_asked_health_and_snapshot(served: tuple[Exporter, str]
     with urllib.request.urlopen(base + "/snapshot.json", timeout=10) as reply:
         document = json.loads(reply.read())
     assert document["schema"] == "socktop/1" and "findings" in document and "sockets" not in document
+    assert document["processes"] and all(process["cmdline"] is None for process in document["processes"])
     with pytest.raises(urllib.error.HTTPError) as missing:
         urllib.request.urlopen(base + "/nothing", timeout=10)
     assert missing.value.code == 404

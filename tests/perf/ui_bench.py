@@ -92,12 +92,10 @@ def _timed(cls: type, name: str) -> None:
 
 def time_key_handlers() -> None:
     """Wrap the handlers of the keys the benchmark presses, so their answers can be timed."""
-    from socktop.ui.panes import Pane
-    from socktop.ui.sockets import SocketList
+    from socktop.ui.table import LineTable
 
-    _timed(Pane, "action_move")
-    _timed(SocketList, "action_cursor")
-    _timed(SocketList, "action_page")
+    _timed(LineTable, "action_move")  # every pane, the sockets list too
+    _timed(LineTable, "action_page")
     _timed(TimedApp, "action_focus_pane")
 
 

@@ -215,6 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = build_parser().parse_args(args)
     if options.sockets and not options.json:
         build_parser().error("--sockets needs --json")
+    if options.prometheus and (options.once or options.json):
+        build_parser().error("--prometheus is for the TUI's Fleet view, not --once or --json")
     if options.pid is not None and not pid_exists(options.pid):
         return _fail(f"no such process: {options.pid}", USAGE_ERROR)
     config = _load_config(options)

@@ -484,7 +484,7 @@ def _process_actions(group: ProcessGroup, state: TcpState | None) -> list[Comman
     process = group.process
     if process is None:
         return []
-    return [lsof_sockets(process.pid, state), stack_dump(process), *kill_commands(process.pid, process.name)]
+    return [lsof_sockets(process.pid, state), stack_dump(process), *kill_commands(process.pid, process.name, process.start_ticks)]
 
 
 # --- TIME_WAIT -----------------------------------------------------------------------------------

@@ -124,7 +124,7 @@ class Exporter(Collector):
         return True, f"ok: collection {self.published.snapshot.seq}, {self.published.snapshot.aggregates.total} sockets"
 
     def snapshot_json(self) -> bytes | None:
-        """The `--json` document of the last collection (made once per collection)."""
+        """The `--json` document of the last collection (made once per collection), without command lines."""
         published = self.published
         if published is None:
             return None
@@ -132,6 +132,8 @@ class Exporter(Collector):
         if body is None:
             document = snapshot_document(published.snapshot, {"state": None, "port": None, "pid": None}, False,
                                          published.analysis)
+            for process in document["processes"]:
+                process["cmdline"] = None  # over HTTP never: command lines can carry passwords and tokens
             body = json.dumps(document, indent=1, ensure_ascii=False).encode("utf-8", "backslashreplace") + b"\n"
             published.json_cache["body"] = body
         return body

@@ -451,7 +451,7 @@ class SocktopApp(App[int]):
         changed = False
         dropped: list[Level] = []
         for pane, rows in zip(self.aggregate_panes, (view.states, view.ports, view.processes)):
-            key = pane.apply(pane.cells(row) for row in rows)
+            key = pane.apply(rows)
             level = next((lvl for lvl in levels if lvl.kind == pane.LEVEL), None)
             if level is None or key == level.key or pane.select_key(level.key):
                 continue
@@ -487,7 +487,7 @@ class SocktopApp(App[int]):
     def _apply_findings(self) -> None:
         findings = analysis_api.findings_of(self.analysis)
         pane: FindingsPane = self.pane("findings")
-        pane.apply(pane.cells(finding, rank) for rank, finding in enumerate(findings))
+        pane.apply(enumerate(findings))
         pane.border_subtitle = f"{len(findings)}" if findings else "none"
         self.query_one(FindingsStrip).show([(f.id, f.severity.value, f.title) for f in findings])
 
@@ -560,15 +560,17 @@ class SocktopApp(App[int]):
         return finding
 
     def selection(self) -> Selection:
-        """What is picked, for the drawer and the copy keys: the drill-down the filter line shows (never a
-        cursor row that is not picked), the picked finding, or the socket under the Sockets cursor."""
+        """What the drawer and the copy keys act on (htop's model): the highlighted row of the focused pane,
+        in the context of the drill-down the filter line shows; in Sockets, the socket under the cursor."""
         snapshot, analysis, focus = self.snapshot, self.analysis, self.active_pane
         keys_by_kind: dict[str, str | None] = {kind: None for kind in (STATE, PORT, PROCESS)}
         keys_by_kind.update({level.kind: level.key for level in self.spec.levels})
         pane_kind = {"states": STATE, "ports": PORT, "processes": PROCESS}.get(focus)
+        if pane_kind is not None and self.pane(focus).selected_key is not None:
+            keys_by_kind[pane_kind] = self.pane(focus).selected_key
         finding = socket = None
         if focus == "findings":
-            finding = self.picked_finding()
+            finding = analysis_api.finding_by_id(analysis, self.pane("findings").selected_key)
         elif focus == "sockets":
             socket = self.query_one(SocketList).selected
             if socket is not None and snapshot is not None:
@@ -639,6 +641,8 @@ class SocktopApp(App[int]):
         if not self.drawer_open:
             self._pick_cursor_row()
         self.drawer_open = not self.drawer_open
+        if self.layout_mode == "small":  # the drawer takes the body: it has the keys while open, the pane after
+            self.set_focus(self.query_one(Drawer) if self.drawer_open else self.pane(self.active_pane))
         self.set_class(self.drawer_open, "-drawer")
         if self.drawer_open:
             self._refresh_drawer()
@@ -705,10 +709,7 @@ class SocktopApp(App[int]):
 
     def _restyle(self) -> None:
         for pane in (*self.aggregate_panes, self.pane("findings")):
-            pane.apply(())  # drop every cached signature, then redraw with the new styles
-        if self.view is not None:
-            self._apply_view(self.view)
-        self._apply_findings()
+            pane.restyle()
         self._show_top()
         self._show_filter()
 

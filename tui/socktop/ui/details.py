@@ -25,7 +25,7 @@ from ..analyze.findings import Analysis, Finding, close_wait_forensics, lastack_
 from ..analyze.knowledge import knowledge_for, on_this_kernel
 from ..collect.records import DISPLAY_STATES, SocketRecord, TcpState
 from ..model.aggregate import OwnerKind, PortGroup, ProcessGroup
-from ..model.snapshot import Snapshot
+from ..model.snapshot import Snapshot, plural
 from ..safetext import printable
 from . import analysis as glue
 from . import format as fmt
@@ -74,7 +74,14 @@ def level_value(levels: Sequence[Level], kind: str) -> str | None:
 
 
 def _process_label(group: ProcessGroup) -> str:
-    return f"pid {group.pid} {printable(group.name)}" if group.pid is not None else f"uid {group.uid}"
+    """``pid 4242 leaky-api (320 CLOSE-WAIT of 391 sockets)``: who, and the count that makes it stand out
+    (its largest state other than ESTABLISHED and LISTEN), so a copy names its target beyond doubt."""
+    who = f"pid {group.pid} {printable(group.name)}" if group.pid is not None else f"uid {group.uid}"
+    counts = {state: group.counts.get(state, 0) + group.inferred.get(state, 0)
+              for state in {*group.counts, *group.inferred} if state not in (TcpState.ESTABLISHED, TcpState.LISTEN)}
+    state = max(counts, key=lambda state: (counts[state], -state.value), default=None)
+    total = f"{group.total:,} socket{'s' if group.total != 1 else ''}"
+    return f"{who} ({counts[state]:,} {state.label} of {total})" if state and counts[state] else f"{who} ({total})"
 
 
 def _no_process(selection: Selection, action: str) -> Copyable | None:
@@ -102,7 +109,7 @@ def kill_command(selection: Selection) -> Copyable:
     group = selection.process
     if group is None or group.process is None:
         return _no_process(selection, "kill")  # type: ignore[return-value]
-    term, kill = cmd.kill_commands(group.process.pid, group.process.name)
+    term, kill = cmd.kill_commands(group.process.pid, group.process.name, group.process.start_ticks)
     return Copyable(term, f"kill for {_process_label(group)}", extra=(kill,))
 
 
@@ -158,7 +165,7 @@ def ss_command(selection: Selection) -> Copyable:
     elif dropped:
         what = f"ss: lists fewer than the {in_view} in view: {dropped}"
     else:
-        what = f"ss for the {in_view} sockets in view"
+        what = f"ss for the {plural(selection.in_view, 'socket')} in view"
     if cannot or dropped:
         command = cmd.Command(command.line, f"{command.note}; " + "; ".join(filter(None, (cannot, dropped))))
     return Copyable(command, what)
@@ -378,7 +385,7 @@ def describe(selection: Selection, snapshot: Snapshot | None, copyables: dict[st
         count = snapshot.aggregates.by_state.get(state, 0)
         total = snapshot.aggregates.total or 1
         tone = fmt.tone_of_state(state)
-        doc.title(f"{state.label}  ·  {count:,} sockets ({fmt.share(count / total)})",
+        doc.title(f"{state.label}  ·  {plural(count, 'socket')} ({fmt.share(count / total)})",
                   styles.warning if tone == "warning" else styles.danger if tone == "danger" else None)
         _findings_list(doc, selection.findings)
         _suggestions(doc, selection.findings)
@@ -436,7 +443,7 @@ def _process(doc: Doc, group: ProcessGroup, snapshot: Snapshot) -> None:
 
 def _port(doc: Doc, group: PortGroup, snapshot: Snapshot) -> None:
     where = "served here (local port)" if group.direction.value == "in" else "called out to (remote port)"
-    doc.title(f":{group.port} {group.direction.value}  ·  {group.total:,} sockets")
+    doc.title(f":{group.port} {group.direction.value}  ·  {plural(group.total, 'socket')}")
     doc.field("Port", f"{group.port}, {where}")
     _counts(doc, group.counts)
     processes = snapshot.ownership.processes

@@ -323,11 +323,8 @@ class Scopes:
 
 # --- sorting sockets ------------------------------------------------------------------------------
 
-def _state_order(record: SocketRecord) -> int:
-    return _STATE_RANK[record[1]]
-
-
-_STATE_RANK = {state: rank for rank, state in enumerate(
+#: the order of "State ▲", in the Sockets list and in the States pane alike: the troubled states first
+STATE_RANK = {state: rank for rank, state in enumerate(
     (TcpState.SYN_RECV, TcpState.CLOSE_WAIT, TcpState.TIME_WAIT, TcpState.FIN_WAIT1, TcpState.FIN_WAIT2,
      TcpState.LAST_ACK, TcpState.CLOSING, TcpState.SYN_SENT, TcpState.ESTABLISHED, TcpState.LISTEN,
      TcpState.CLOSE, TcpState.NEW_SYN_RECV))}
@@ -335,7 +332,7 @@ _STATE_RANK = {state: rank for rank, state in enumerate(
 SOCKET_SORTS: dict[str, Callable[[SocketRecord], object]] = {
     "local": itemgetter(2, 3),
     "remote": itemgetter(4, 5),
-    "state": lambda r: (_STATE_RANK[r[1]], r[3], r[4], r[5]),
+    "state": lambda r: (STATE_RANK[r[1]], r[3], r[4], r[5]),
     "recv_q": itemgetter(6),
     "send_q": itemgetter(7),
     "timer": itemgetter(9),
