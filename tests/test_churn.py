@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -371,3 +372,14 @@ def test_drawer_says_who_makes_these_time_wait_and_how_fast(server: int) -> None
     assert f"{me} 2 exactly" in port and "30 opened and closed between refreshes" in port
     assert "/s over the last" in port
     engine.close()
+
+
+def test_once_says_the_churn(server: int) -> None:
+    client = threading.Thread(target=connect_and_close, args=(server, 60, 50.0))
+    client.start()
+    sampled = subprocess.run([sys.executable, "-m", "socktop", "--once", "--sample", "1", "--interval", "0.5"],
+                             capture_output=True, text=True, timeout=60)
+    client.join()
+    assert re.search(rf"churn: [\d.]+ closes/s, [\d.]+ opens/s over \d+ s: .*(in|out):{server} [\d.]+/s", sampled.stdout)
+    once = subprocess.run([sys.executable, "-m", "socktop", "--once"], capture_output=True, text=True, timeout=60)
+    assert "churn: closes and opens need two refreshes (--sample SECONDS)" in once.stdout
