@@ -270,6 +270,17 @@ class SocketTable(Sequence[SocketRecord]):
         return self.take(order)
 
 
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence) and not isinstance(other, (str, bytes)):
+            return len(self) == len(other) and list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"SocketTable({len(self)} sockets)"
+
+
 def address_order(column: np.ndarray) -> np.ndarray:
     """Per row, the rank of its address's text among the column's addresses: sorting on it
     sorts as the text does ("10.0.0.10" before "10.0.0.9"), converting each address once."""
@@ -280,16 +291,6 @@ def address_order(column: np.ndarray) -> np.ndarray:
     rank = np.empty(len(texts), np.int64)
     rank[sorted(range(len(texts)), key=texts.__getitem__)] = np.arange(len(texts))
     return rank[inverse.reshape(-1)]
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Sequence) and not isinstance(other, (str, bytes)):
-            return len(self) == len(other) and list(self) == list(other)
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return f"SocketTable({len(self)} sockets)"
 
 
 def table_of(records: Sequence[SocketRecord]) -> SocketTable:
