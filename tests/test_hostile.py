@@ -279,7 +279,8 @@ def test_8_sockets_closed_before_their_owner_was_read_are_no_unknown_owner() -> 
     assert not unknown_owners(snapshot, port)
     assert not [group for key, group in snapshot.aggregates.by_process.items()
                 if key.startswith("uid:") and group.counts.get(TcpState.CLOSE_WAIT)]
-    assert "100 sockets closed before their owner was read" in snapshot.source.owner_note
+    closed_note = re.search(r"(\d+) sockets closed before their owner was read", snapshot.source.owner_note)
+    assert closed_note and int(closed_note.group(1)) >= 100  # ours, and any other socket that closed meanwhile
     assert "PID namespace" not in snapshot.source.owner_note and "run as root" not in snapshot.source.owner_note
     findings = analyze(snapshot, replace(DEFAULT_THRESHOLDS, close_wait_warning=50)).findings
     assert not [finding for finding in findings if "uid:" in finding.id]
