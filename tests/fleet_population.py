@@ -129,10 +129,14 @@ def measure(processes: int, listeners: int, n_pairs: int, n_close_wait: int, top
 
     from prometheus_client import CollectorRegistry, generate_latest
 
+    import statistics
+
+    from socktop.analyze.findings import analyze
     from socktop.collect.records import TcpState
     from socktop.model.engine import Engine
     from socktop.serve.metrics import series_bound
     from socktop.serve.server import Exporter
+    from socktop.ui.view import ViewSpec, build_view
 
     child = subprocess.Popen([sys.executable, __file__, "farm", str(processes), str(listeners), str(n_pairs),
                               str(n_close_wait), "600"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -142,12 +146,20 @@ def measure(processes: int, listeners: int, n_pairs: int, n_close_wait: int, top
             raise SystemExit(f"farm failed: {line.strip()}")
         exporter = Exporter(Engine("auto", 15.0), 15.0, top)
         exporter.collect_once()  # the first one also scans every process's descriptors
-        started = time.perf_counter()
-        exporter.collect_once()
-        collect = time.perf_counter() - started
-        started = time.perf_counter()
-        subprocess.run(["ss", "-tan"], stdout=subprocess.DEVNULL, check=True)
-        ss = time.perf_counter() - started
+        rounds: dict[str, list[float]] = {"collect": [], "tui_refresh": [], "ss": []}
+        for _ in range(3):  # alternated, medians: the machine is shared
+            started = time.perf_counter()
+            exporter.collect_once()
+            rounds["collect"].append(time.perf_counter() - started)
+            started = time.perf_counter()
+            snapshot = exporter.engine.refresh()  # what the TUI's poller does per refresh
+            analyze(snapshot, exporter.thresholds)
+            build_view(snapshot, ViewSpec(), None)
+            rounds["tui_refresh"].append(time.perf_counter() - started)
+            started = time.perf_counter()
+            subprocess.run(["ss", "-tan"], stdout=subprocess.DEVNULL, check=True)
+            rounds["ss"].append(time.perf_counter() - started)
+        collect, tui, ss = (statistics.median(rounds[name]) for name in ("collect", "tui_refresh", "ss"))
         registry = CollectorRegistry(auto_describe=False)
         registry.register(exporter)
         text = generate_latest(registry).decode()
@@ -162,8 +174,10 @@ def measure(processes: int, listeners: int, n_pairs: int, n_close_wait: int, top
             "series": sum(1 for line in text.splitlines() if line and not line.startswith("#")),
             "bound": series_bound(top),
             "collect_seconds": round(collect, 4),
-            "refresh_seconds": round(published.snapshot.collect_seconds, 4),
+            "tui_refresh_seconds": round(tui, 4),
             "ss_seconds": round(ss, 4),
+            "collect_vs_tui": round(collect / tui, 2),
+            "collect_vs_ss": round(collect / ss, 2),
         }
         if cpu_seconds > 0:
             stop = threading.Event()

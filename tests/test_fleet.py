@@ -187,3 +187,15 @@ def test_fleet_screen_drilled_snapshot(snap_compare, utc) -> None:  # type: igno
         await settle(pilot)
 
     assert snap_compare(fleet_app(), terminal_size=(120, 30), run_before=run_before)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--prometheus", "prom:9090"], "invalid Prometheus URL"),
+    (["--prometheus", "http://prom:9090", "--json"], "not --once or --json"),
+])
+def test_bad_prometheus_flag_is_one_line_and_status_2(args: list[str], words: str) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "socktop", *args], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and words in result.stderr and len(result.stderr.strip().splitlines()) == 1

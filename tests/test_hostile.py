@@ -32,7 +32,9 @@ from socktop.collect.records import TcpState
 from socktop.demo.builders import SocketFarm
 from socktop.model.aggregate import OwnerKind, ProcessGroup
 from socktop.model.engine import Engine
-from socktop.report import finite, phrase_lines, plural, render_json
+from socktop.model.snapshot import plural
+from socktop.report import finite, phrase_lines, render_json
+from socktop.ui.bars import TopBar
 from socktop.ui.details import Selection, commands_for
 from socktop.ui.keys import key_name, validate_keymap
 
@@ -206,7 +208,18 @@ def test_s7_once_header_breaks_between_phrases_and_counts_in_the_singular() -> N
     result = subprocess.run([*SOCKTOP, "--once", "--state", "listen", "--port", "1"], capture_output=True,
                             text=True, timeout=60, env={**os.environ, "COLUMNS": "80"})
     assert result.returncode == 0 and " 0 sockets" in result.stdout.splitlines()[0]
-    assert (plural(1, "socket"), plural(2, "socket")) == ("1 socket", "2 sockets")
+    assert (plural(1, "socket"), plural(2, "socket"), plural(1500, "socket")) == ("1 socket", "2 sockets",
+                                                                                  "1,500 sockets")
+
+
+async def test_s7_one_socket_in_the_tui_is_singular() -> None:
+    snapshot = frozen_snapshot()
+    (one,) = [record for record in snapshot.sockets if record.state is TcpState.SYN_RECV][:1]
+    app = make_app(replace(snapshot, sockets=[one], aggregates=snapshot.regroup([one])))
+    async with app.run_test(size=(160, 48)) as pilot:
+        await settle(pilot)
+        shown = app.query_one(TopBar).render().plain
+        assert re.search(r"\b1 socket\b", shown) and "1 sockets" not in shown, shown
 
 
 def test_7_serve_reads_the_config_the_same_way(tmp_path: Path) -> None:

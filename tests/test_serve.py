@@ -141,6 +141,7 @@ def test_openmetrics_when_asked_health_and_snapshot(served: tuple[Exporter, str]
     with urllib.request.urlopen(base + "/snapshot.json", timeout=10) as reply:
         document = json.loads(reply.read())
     assert document["schema"] == "socktop/1" and "findings" in document and "sockets" not in document
+    assert document["processes"] and all(process["cmdline"] is None for process in document["processes"])
     with pytest.raises(urllib.error.HTTPError) as missing:
         urllib.request.urlopen(base + "/nothing", timeout=10)
     assert missing.value.code == 404
@@ -337,3 +338,64 @@ def test_tracked_close_counters_stay_bounded_and_monotonic() -> None:
 def test_readme_states_the_bound() -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert f"**{series_bound(10)} series at `--top 10`**" in readme
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, made by openssl."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    home = tmp_path_factory.mktemp("tls")
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=home, check=True, capture_output=True, timeout=60)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+            "-subj", "/CN=socktop test CA")
+    for name, extra in (("server", "subjectAltName=IP:127.0.0.1"), ("client", "extendedKeyUsage=clientAuth")):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                "-subj", f"/CN={name}")
+        (home / f"{name}.ext").write_text(extra + "\n")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext")
+    return home
+
+
+def test_tls_with_client_certificates(certificates: Path) -> None:
+    import ssl
+
+    process = socktop("serve", "--listen", "127.0.0.1:0", "--interval", "1",
+                      "--tls-cert", str(certificates / "server.pem"), "--tls-key", str(certificates / "server.key"),
+                      "--tls-client-ca", str(certificates / "ca.pem"))
+    try:
+        match = re.search(r"https://127\.0\.0\.1:(\d+)/metrics", process.stderr.readline())
+        assert match
+        url = f"https://127.0.0.1:{match[1]}/healthz"
+        trusting = ssl.create_default_context(cafile=str(certificates / "ca.pem"))
+        with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):  # no client certificate
+            urllib.request.urlopen(url, context=trusting, timeout=10).read()
+        trusting.load_cert_chain(str(certificates / "client.pem"), str(certificates / "client.key"))
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(url, context=trusting, timeout=10) as reply:
+                    assert reply.status == 200
+                    break
+            except urllib.error.HTTPError:  # 503 until the first collection
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        with pytest.raises((urllib.error.URLError, ConnectionError)):  # plain HTTP is not answered as HTTP
+            urllib.request.urlopen(url.replace("https", "http"), timeout=10).read()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=15)
+    assert process.returncode == 0
+
+
+@pytest.mark.parametrize("args", [["--tls-cert", "/nonexistent.pem", "--tls-key", "/nonexistent.key"],
+                                  ["--tls-cert", "/etc/hostname", "--tls-key", "/etc/hostname"],
+                                  ["--tls-cert", "x.pem"]])
+def test_bad_tls_files_are_one_line_and_status_2(args: list[str]) -> None:
+    process = socktop("serve", "--listen", "127.0.0.1:0", *args)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 2 and len(stderr.strip().splitlines()) == 1 and "tls" in stderr.lower()

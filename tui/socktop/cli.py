@@ -152,9 +152,10 @@ changes a setting.
 
 It binds 127.0.0.1 by default. A wider bind (--listen 0.0.0.0:9877) lets anyone
 who reaches the port read which processes and users hold which ports and peers:
-keep it on a private network, or put it behind TLS and authentication with a
-reverse proxy (nginx, caddy, kube-rbac-proxy) that listens outside and forwards
-to 127.0.0.1:9877. See the README, "Watching a fleet".
+keep it on a private network, serve it over TLS with client certificates
+(--tls-cert, --tls-key, --tls-client-ca), or put it behind a reverse proxy with
+TLS and authentication (nginx, caddy, kube-rbac-proxy) that listens outside and
+forwards to 127.0.0.1:9877. See the README, "Watching a fleet".
 """
 
 
@@ -197,6 +198,10 @@ def build_serve_parser() -> argparse.ArgumentParser:
                              f"their own series; the rest are summed as 'other' (default: [serve] top in the "
                              f"config file, else {DEFAULT_TOP})")
     parser.add_argument("--backend", choices=BACKENDS, default="auto", help="how to read the socket table")
+    parser.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate (PEM; with --tls-key)")
+    parser.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
+    parser.add_argument("--tls-client-ca", metavar="FILE",
+                        help="with TLS: answer only clients whose certificate this CA signed (mutual TLS)")
     parser.add_argument("--threshold", type=_threshold, action="append", default=[], metavar="KEY=VALUE",
                         help="override one finding threshold (repeatable)")
     parser.add_argument("--config", type=Path, default=None, metavar="PATH",
@@ -215,6 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = build_parser().parse_args(args)
     if options.sockets and not options.json:
         build_parser().error("--sockets needs --json")
+    if options.prometheus and (options.once or options.json):
+        build_parser().error("--prometheus is for the TUI's Fleet view, not --once or --json")
     if options.pid is not None and not pid_exists(options.pid):
         return _fail(f"no such process: {options.pid}", USAGE_ERROR)
     config = _load_config(options)
@@ -340,13 +347,16 @@ def _run_tui(options: argparse.Namespace, config: Config) -> int:
 
 
 def _run_serve(options: argparse.Namespace) -> int:
-    from .serve.server import run_serve
+    from .serve.server import Tls, run_serve
 
     config = _load_config(options)
     if config is None:
         return USAGE_ERROR
     for warning in config.warnings:
         _say(f"warning: {warning}")
+    if bool(options.tls_cert) != bool(options.tls_key) or (options.tls_client_ca and not options.tls_cert):
+        build_serve_parser().error("--tls-cert and --tls-key go together (and --tls-client-ca needs them)")
+    tls = Tls(options.tls_cert, options.tls_key, options.tls_client_ca) if options.tls_cert else None
     top = options.top
     if top is None:
         configured = config.serve.get("top", DEFAULT_TOP)
@@ -356,7 +366,7 @@ def _run_serve(options: argparse.Namespace) -> int:
             _say(f"warning: {config.path}: [serve] top must be 1-1000, not {configured!r}; using {DEFAULT_TOP}")
             top = DEFAULT_TOP
     return run_serve(options.listen, options.interval, top, options.backend, config.thresholds,
-                     lambda line: _say(f"serve: {line}"))
+                     lambda line: _say(f"serve: {line}"), tls)
 
 
 def _run_demo(options: argparse.Namespace) -> int:

@@ -21,7 +21,7 @@ from .analyze.sysctl import Suggestion
 from .collect.records import DISPLAY_STATES, SocketRecord, TcpState
 from .model.aggregate import ProcessGroup, StateCounts
 from .model.churn import ChurnGroup
-from .model.snapshot import Snapshot, coverage_text
+from .model.snapshot import Snapshot, coverage_text, plural
 from .safetext import printable
 
 JSON_SCHEMA = "socktop/1"
@@ -212,11 +212,6 @@ def finite(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [finite(item) for item in value]
     return value
-
-
-def plural(count: int, noun: str) -> str:
-    """"1 socket", "2 sockets"."""
-    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def phrase_lines(phrases: Sequence[str], width: int, separator: str = "  ") -> list[str]:

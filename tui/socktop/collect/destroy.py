@@ -25,7 +25,8 @@ import threading
 from collections import deque
 from typing import NamedTuple
 
-from .netlink import _BYTESWAP16, _DIAG_MSG, NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY, AddressText
+from .columns import ADDRESSES, V4_MAPPED_PREFIX
+from .netlink import NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY
 
 SOL_NETLINK = 270
 NETLINK_ADD_MEMBERSHIP = 1
@@ -37,6 +38,10 @@ RECEIVE_BUFFER = 8 << 20  # asked for; without CAP_NET_ADMIN the kernel caps it 
 MAX_DRAIN = 50_000  # events read by one drain: a flood costs one refresh a bounded time, the rest waits
 _CHUNK = 65536
 _ATTRIBUTE = struct.Struct("=HH")
+# nlmsghdr (len type flags) + inet_diag_msg: family state timer retrans | sport dport (big-endian, swapped
+# with ntohs) | src dst (the IPv4 part, then the rest of an IPv6 address) | (if) cookie | expires rqueue
+# wqueue uid inode
+_DIAG_MSG = struct.Struct("=IHH8x" "BBBB" "HH" "4s12s4s12s" "4x" "Q" "IIIII")
 # struct tcp_info (include/uapi/linux/tcp.h): tcpi_total_retrans at byte 100,
 # tcpi_bytes_acked and tcpi_bytes_received at 120 and 128
 _TCP_INFO_TAIL = struct.Struct("=100xI16xQQ")
@@ -69,7 +74,7 @@ class DestroyFeed:
     in). Raises OSError where the kernel refuses the groups.
     """
 
-    __slots__ = ("_sock", "_buffer", "_addresses", "overruns", "received")
+    __slots__ = ("_sock", "_buffer", "overruns", "received")
 
     def __init__(self, sock: socket.socket | None = None, receive_buffer: int = RECEIVE_BUFFER) -> None:
         if sock is None:
@@ -86,7 +91,6 @@ class DestroyFeed:
             raise
         self._sock = sock
         self._buffer = bytearray(_CHUNK)
-        self._addresses = AddressText()
         self.overruns = 0  # times the kernel dropped events because the queue was full (ENOBUFS)
         self.received = 0  # events read in all
 
@@ -124,7 +128,7 @@ class DestroyFeed:
 
     def _parse(self, size: int, closed: list[ClosedSocket]) -> None:
         """Append the socket messages of one datagram (one message each, in practice)."""
-        buffer, cache, text = self._buffer, self._addresses.cache, self._addresses.text
+        buffer, text = self._buffer, ADDRESSES.text
         offset = 0
         while offset + _DIAG_MSG.size <= size:
             (length, kind, _flags, family, _state, _timer, _retrans, sport, dport, src, src_rest, dst, dst_rest,
@@ -132,12 +136,14 @@ class DestroyFeed:
             if length < _DIAG_MSG.size or offset + length > size:
                 break
             if kind == SOCK_DIAG_BY_FAMILY:
-                if family != socket.AF_INET:
+                if family == socket.AF_INET:
+                    src, dst = V4_MAPPED_PREFIX + src, V4_MAPPED_PREFIX + dst
+                else:
                     src, dst = src + src_rest, dst + dst_rest
                 acked, received, retransmits = _tcp_info(buffer, offset + _DIAG_MSG.size, offset + length)
                 closed.append(ClosedSocket(
-                    family, cache.get(src) or text(src), _BYTESWAP16[sport], cache.get(dst) or text(dst),
-                    _BYTESWAP16[dport], cookie, acked, received, retransmits))
+                    family, text(src), socket.ntohs(sport), text(dst), socket.ntohs(dport), cookie, acked, received,
+                    retransmits))
             offset += (length + 3) & ~3
 
 

@@ -20,8 +20,11 @@ from operator import itemgetter, not_
 
 from typing import TYPE_CHECKING
 
+import numpy as np
+
+from ..collect.columns import SocketTable, table_of
 from ..collect.records import ProcessInfo, SocketRecord, TcpState
-from .aggregate import CONNECTION, INODE, Aggregates, Connection, Direction, Ownership, Pids, inbound_flags, process_key
+from .aggregate import CONNECTION, Aggregates, Connection, Direction, Ownership, Pids, inbound_flags, process_key
 
 COOKIE = itemgetter(13)
 CLOSED_LOCAL_PORT, CLOSED_REMOTE_ADDR, CLOSED_REMOTE_PORT, CLOSED_COOKIE = (itemgetter(i) for i in (2, 3, 4, 5))
@@ -185,8 +188,8 @@ class ChurnTracker:
         a connection no dump saw alive: its close already counted it).
         """
         seconds = 0.0 if self._last is None else max(now - self._last, 1e-6)
-        cookies = list(map(COOKIE, records))
-        inodes = list(map(INODE, records))
+        table = table_of(records)
+        cookies, inodes = table.columns.cookie.tolist(), table.columns.inode.tolist()
         current = set(cookies)
         self.ledger.update(cookies, list(map(ownership.pids_by_inode.get, inodes)), ownership.processes, now)
         closed_cookies = set(map(CLOSED_COOKIE, closed))
@@ -195,7 +198,7 @@ class ChurnTracker:
         closed_connections = set(map(CLOSED_CONNECTION, closed))
         opens = unseen
         if self._last is not None:
-            opens += self._opened(records, cookies, current, closed_cookies, closed_connections)
+            opens += self._opened(table, cookies, current, closed_cookies, closed_connections)
         tally = _Tally(seconds, len(closed), opens, unseen, by_port, by_remote, by_process, exact, by_destination)
         time_wait_owners = self.ledger.gone_owners(compress(cookies, map(not_, inodes)))
         self._previous = current
@@ -205,7 +208,7 @@ class ChurnTracker:
         self._last = now
         return self._churn(tally, overruns, lost, time_wait_owners)
 
-    def _opened(self, records: Sequence[SocketRecord], cookies: list[int], current: set[int],
+    def _opened(self, table: SocketTable, cookies: list[int], current: set[int],
                 closed_cookies: set[int], closed_connections: set[Connection]) -> int:
         """Connections new to this dump. Not new: request sockets (the connection gets another
         cookie), and the TIME_WAIT or orphan of a socket whose close was counted lately: by
@@ -216,7 +219,8 @@ class ChurnTracker:
         if not new:
             return 0
         closed_lately = closed_connections | connections_before
-        return sum(1 for record in compress(records, map(new.__contains__, cookies))
+        rows = np.fromiter(map(new.__contains__, cookies), bool, len(cookies))
+        return sum(1 for record in table.take(rows)
                    if record.state not in _NOT_NEW
                    and not (record.inode == 0 and CONNECTION(record) in closed_lately))
 

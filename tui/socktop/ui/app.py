@@ -140,7 +140,7 @@ class SocktopApp(App[int]):
 
     TITLE = "socktop"
     CSS = style.CSS + """
-    App:nocolor DataTable > .datatable--cursor { text-style: reverse; }
+    App:nocolor LineTable > .table--cursor { text-style: reverse; }
     """  # under NO_COLOR the highlighted row is reversed, not coloured
     BINDINGS = keys.bindings() + [Binding("ctrl+c", "interrupt", "Quit", show=False, priority=True)]
     ENABLE_COMMAND_PALETTE = True

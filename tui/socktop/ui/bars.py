@@ -18,7 +18,7 @@ from textual.widget import Widget
 
 from ..collect.records import DISPLAY_STATES, TcpState
 from ..model.history import rate_per_second, state_series
-from ..model.snapshot import Snapshot, coverage_text
+from ..model.snapshot import Snapshot, coverage_text, plural
 from ..safetext import printable
 from . import format as fmt
 from .view import bucket_max, trend_groups, trend_span
@@ -134,7 +134,7 @@ class TopBar(Bar):
             (printable(source.kernel), muted, 7),
             (source.backend, muted, 6),
             (f"every {fmt.seconds(interval)}", Style(), 4),
-            (f"{snapshot.aggregates.total:,} sockets", Style(bold=True), 0),
+            (plural(snapshot.aggregates.total, "socket"), Style(bold=True), 0),
             (f"owners {coverage_text(snapshot.coverage)}", owners_tone, 2),
         ]
         if source.owner_note:
@@ -236,7 +236,7 @@ class FilterLine(Bar):
                 parts.append((f"/{printable(query)}", accent, 0))
             if query_error:
                 parts.append((printable(query_error), self.style("danger"), 0))
-            parts.append((f"{in_view:,} of {total:,} sockets", Style(bold=True), 1))
+            parts.append((f"{in_view:,} of {plural(total, 'socket')}", Style(bold=True), 1))
             parts.append(("Esc clears one level", muted, 3))
         else:
             parts.append(("All sockets", accent, 0))

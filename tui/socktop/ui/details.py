@@ -25,7 +25,7 @@ from ..analyze.findings import Analysis, Finding, close_wait_forensics, lastack_
 from ..analyze.knowledge import knowledge_for, on_this_kernel
 from ..collect.records import DISPLAY_STATES, SocketRecord, TcpState
 from ..model.aggregate import OwnerKind, PortGroup, ProcessGroup
-from ..model.snapshot import Snapshot
+from ..model.snapshot import Snapshot, plural
 from ..safetext import printable
 from . import analysis as glue
 from . import format as fmt
@@ -165,7 +165,7 @@ def ss_command(selection: Selection) -> Copyable:
     elif dropped:
         what = f"ss: lists fewer than the {in_view} in view: {dropped}"
     else:
-        what = f"ss for the {in_view} sockets in view"
+        what = f"ss for the {plural(selection.in_view, 'socket')} in view"
     if cannot or dropped:
         command = cmd.Command(command.line, f"{command.note}; " + "; ".join(filter(None, (cannot, dropped))))
     return Copyable(command, what)
@@ -385,7 +385,7 @@ def describe(selection: Selection, snapshot: Snapshot | None, copyables: dict[st
         count = snapshot.aggregates.by_state.get(state, 0)
         total = snapshot.aggregates.total or 1
         tone = fmt.tone_of_state(state)
-        doc.title(f"{state.label}  ·  {count:,} sockets ({fmt.share(count / total)})",
+        doc.title(f"{state.label}  ·  {plural(count, 'socket')} ({fmt.share(count / total)})",
                   styles.warning if tone == "warning" else styles.danger if tone == "danger" else None)
         _findings_list(doc, selection.findings)
         _suggestions(doc, selection.findings)
@@ -443,7 +443,7 @@ def _process(doc: Doc, group: ProcessGroup, snapshot: Snapshot) -> None:
 
 def _port(doc: Doc, group: PortGroup, snapshot: Snapshot) -> None:
     where = "served here (local port)" if group.direction.value == "in" else "called out to (remote port)"
-    doc.title(f":{group.port} {group.direction.value}  ·  {group.total:,} sockets")
+    doc.title(f":{group.port} {group.direction.value}  ·  {plural(group.total, 'socket')}")
     doc.field("Port", f"{group.port}, {where}")
     _counts(doc, group.counts)
     processes = snapshot.ownership.processes
