@@ -13,7 +13,7 @@ import pytest
 
 from socktop.collect.records import ProcessInfo, SocketRecord, TcpState, TimerKind
 from socktop.model.aggregate import (
-    CONNECTION, DEFAULT_EPHEMERAL_PORTS, Aggregates, Deferred, Ownership, Pids, RowKind, aggregate,
+    CONNECTION, DEFAULT_EPHEMERAL_PORTS, Aggregates, Deferred, Ownership, Pids, RowKind, aggregate, credited,
 )
 
 PID_SETS: tuple[Pids, ...] = ((1,), (2,), (1, 3), (4,), ())
@@ -89,8 +89,9 @@ def test_last_owners_hold_outgoing_connections_then_inferred_ones(seed: int) -> 
         pids = ownership.pids_by_inode.get(record.inode)
         if pids:
             held[CONNECTION(record)] = pids
-        elif not record.inode and last_owners.get(CONNECTION(record)):  # an unplaced inode is never inferred
-            inferred[CONNECTION(record)] = last_owners[CONNECTION(record)]
+        elif not record.inode and credited(last_owners.get(CONNECTION(record), ()), ownership.processes):
+            # an unplaced inode is never inferred; an inferred socket counts once, for one process
+            inferred[CONNECTION(record)] = credited(last_owners[CONNECTION(record)], ownership.processes)
     assert list(aggregates.last_owners.items()) == list({**held, **inferred}.items())
 
 
@@ -191,9 +192,9 @@ def reference_groups(case: Case, aggregates: Aggregates) -> tuple[dict, dict, in
                 group[record.state] = group.get(record.state, 0) + 1
         elif serving:
             owners = listeners.get(record.local_port, ()) if record.state is not TcpState.LISTEN else ()
-            column = 1
+            owners, column = credited(owners, case.ownership.processes), 1  # once, not once per worker
         else:
-            owners, column = case.last_owners.get(CONNECTION(record), ()), 1
+            owners, column = credited(case.last_owners.get(CONNECTION(record), ()), case.ownership.processes), 1
         pids.update(owners)
         for pid in set(owners) & case.ownership.processes.keys():  # no row for a process that exited
             tally = processes.setdefault(f"pid:{pid}", ({}, {}))[column]

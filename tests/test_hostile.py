@@ -551,3 +551,47 @@ async def test_16_a_rejected_key_keeps_its_default_in_the_running_app() -> None:
         await pilot.press("q")
         await pilot.pause()
     assert app.return_value == 0
+
+
+# --- 13: TIME_WAIT of a listener shared by forked workers ---------------------------------------------
+
+ACCEPTOR = """
+import socket, sys
+listener = socket.socket(fileno=int(sys.argv[1]))
+while True:
+    connection, _ = listener.accept()
+    connection.close()  # the server closes first: its side ends in TIME_WAIT, inode 0
+"""
+
+
+def test_13_inferred_time_wait_is_credited_once_across_workers_sharing_a_listener() -> None:
+    listener = socket.create_server(("127.0.0.1", 0), backlog=64)
+    port = listener.getsockname()[1]
+    workers = [subprocess.Popen([sys.executable, "-c", ACCEPTOR, str(listener.fileno())],
+                                pass_fds=[listener.fileno()]) for _ in range(2)]
+    listener.close()  # only the two workers hold it now, as a prefork server's children do
+    try:
+        for _ in range(30):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+                client.recv(1)  # the worker's FIN: then ours, so that the worker's side enters TIME_WAIT
+        engine = Engine("netlink")
+        deadline = time.monotonic() + 10
+        while True:
+            snapshot = engine.refresh()
+            time_wait = [r for r in snapshot.sockets if r.local_port == port and r.state is TcpState.TIME_WAIT]
+            if len(time_wait) == 30 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert len(time_wait) == 30
+        groups = [snapshot.aggregates.by_process.get(f"pid:{worker.pid}") for worker in workers]
+        credited = [group.inferred_time_wait for group in groups if group is not None]
+        assert sum(credited) == 30, credited  # each socket once, never 30 for every worker
+        for worker in workers:  # a row agrees with the drill-down into it
+            group = snapshot.aggregates.by_process[f"pid:{worker.pid}"]
+            assert group.total == len(snapshot.filtered(pid=worker.pid).sockets)
+        inferred = sum(sum(group.inferred.values()) for group in snapshot.aggregates.by_process.values())
+        assert inferred <= sum(1 for record in snapshot.sockets if not record.inode)  # never more than the table
+    finally:
+        for worker in workers:
+            worker.kill()
+            worker.wait()

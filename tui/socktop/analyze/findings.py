@@ -43,7 +43,8 @@ from ..model.snapshot import HistoryPoint, Snapshot
 from ..safetext import printable
 from .commands import Command, kill_commands, lsof_sockets, nstat_counters, ss_sockets, stack_dump
 from .config import DEFAULT_THRESHOLDS, Thresholds
-from .knowledge import EPHEMERAL_PORTS_TEXT, TIME_WAIT_SECONDS, duration_text, knowledge_for
+from .knowledge import (EPHEMERAL_PORTS_TEXT, TIME_WAIT_SECONDS, duration_text, knowledge_for, orphan_retries,
+                        time_budget)
 from .sysctl import Advisor, Suggestion, SysctlContext, counter_rate, doubled, recent, sysctl_context, wider_port_range
 
 TIME_WAIT_BYTES = 256  # a tw_sock_TCP slab object
@@ -454,7 +455,7 @@ def _fd_text(group: ProcessGroup, rate: float, minutes_left: float | None) -> li
         return [f"descriptors: {fds} open, no RLIMIT_NOFILE limit"]
     line = f"descriptors: {fds} of {limit} (RLIMIT_NOFILE)"
     if minutes_left is not None:
-        line += f": \"Too many open files\" in about {minutes_left:.0f} min at {_rate_text(rate)}"
+        line += f": \"Too many open files\" in about {duration_text(minutes_left * 60)} at {_rate_text(rate)}"
     return [line]
 
 
@@ -736,7 +737,8 @@ def _accept_queues(scan: _Scan) -> Iterable[Finding]:
             evidence=[
                 f"Recv-Q {record.recv_q} (connections waiting for accept()) against Send-Q {record.send_q} "
                 f"(the backlog); a finding from {limits.listen_queue_warning:.0%}",
-                f"host-wide (every listener counts) ListenOverflows {_counter_text(scan, 'TcpExtListenOverflows')}, "
+                f"in this network namespace (every listener counts) ListenOverflows "
+                f"{_counter_text(scan, 'TcpExtListenOverflows')}, "
                 f"ListenDrops {_counter_text(scan, 'TcpExtListenDrops')}",
                 f"{sum(1 for r in scan.records(TcpState.SYN_RECV) if r.local_port == port)} SYN_RECV on the port",
             ],
@@ -801,7 +803,7 @@ def _syn_recv(scan: _Scan) -> Iterable[Finding]:
                         "connections made with cookies while the queue is full lose some TCP options "
                         "(kept only with timestamps)")
         reading = ("SYN cookies being sent: a SYN flood or a burst beyond the SYN queue" if cookies else
-                   "waiting for the final ACK: a full accept queue, lost ACKs or spoofed SYNs")
+                   "waiting for final ACKs: spoofed SYNs, lost ACKs or TCP_DEFER_ACCEPT")
         yield _finding(
             "syn-recv", f"in:{port}", Severity.CRITICAL if dropped else Severity.WARNING,
             f"{count} SYN_RECV on port {port}: {reading}",
@@ -843,7 +845,7 @@ def _listen_overflows(scan: _Scan) -> Iterable[Finding]:
 
 
 def _closing_buildups(scan: _Scan) -> Iterable[Finding]:
-    """FIN_WAIT_1, FIN_WAIT_2, LAST_ACK or CLOSING piling up host-wide."""
+    """FIN_WAIT_1, FIN_WAIT_2, LAST_ACK or CLOSING piling up in the table (this network namespace)."""
     limits = scan.thresholds
     for state in CLOSING_STATES:
         records = scan.records(state)
@@ -881,8 +883,11 @@ def _advise_orphan_retries(scan: _Scan, advisor: Advisor, why: str) -> None:
     """Other orphans give up sooner with fewer tcp_orphan_retries (0 means 8; never suggested upward)."""
     retries = scan.sysctl_int("net.ipv4.tcp_orphan_retries")
     if retries is None or retries == 0 or retries > 3:
+        now = duration_text(time_budget(orphan_retries(retries)))
         advisor.propose("net.ipv4.tcp_orphan_retries", "3", why,
-                        "orphaned connections to slow or lossy peers are reset sooner; their last data may be lost")
+                        f"an orphan then gives up after about {duration_text(time_budget(3))} instead of {now} (a "
+                        "time budget from a 200 ms minimum timeout, whatever the round-trip time): peers slower or "
+                        "lossier than that get an RST and may lose the last data")
 
 
 def _orphaned(scan: _Scan) -> dict[TcpState, int]:

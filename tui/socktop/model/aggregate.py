@@ -382,7 +382,9 @@ def aggregate(
     previous = last_owners if isinstance(last_owners, ConnectionOwners) else ConnectionOwners.of_mapping(last_owners)
     listener_sets = tuple(listeners.values())
     listener_base, previous_base = len(owners.pid_sets), len(owners.pid_sets) + len(listener_sets)
-    pid_sets = owners.pid_sets + listener_sets + previous.pid_sets
+    processes = ownership.processes
+    pid_sets = (owners.pid_sets + tuple(credited(pids, processes) for pids in listener_sets)
+                + tuple(credited(pids, processes) for pids in previous.pid_sets))
     codes = np.maximum(held, 0)
     kinds = np.where(held > 0, RowKind.DIRECT, np.where(held == 0, RowKind.UNKNOWN, RowKind.NONE)).astype(np.uint8)
     kinds[(held == 0) & (inodes == 0)] = RowKind.NONE  # an inode 0 the map names with no pid
@@ -403,7 +405,7 @@ def aggregate(
     codes[kinds == RowKind.NONE] = 0
 
     held_out = np.flatnonzero(outbound & (held > 0))
-    inferred_out = closed[found > 0]
+    inferred_out = closed[kinds[closed] == RowKind.INFERRED]  # a last owner that exited is forgotten
     connection_owners = _compact(
         np.concatenate([connection_keys(columns, held_out), connection_keys(columns, inferred_out)]),
         np.concatenate([codes[held_out], codes[inferred_out]]), pid_sets)
@@ -425,6 +427,19 @@ def aggregate(
         connection_owners=connection_owners,
         rows=RowOwners(kinds, codes, pid_sets),
     )
+
+
+def credited(pids: Pids, processes: Mapping[int, ProcessInfo]) -> Pids:
+    """The one process an inferred socket counts for: the lowest visible pid of those it is tied to.
+
+    Workers that inherited one listener all hold it, but each TIME_WAIT or
+    queued connection on it is one socket: crediting every worker would
+    count it once per worker, beyond the table. The lowest pid is, as a
+    rule, the parent that opened the listener (a prefork server's master).
+    A process that has exited is credited nothing.
+    """
+    visible = [pid for pid in pids if pid in processes]
+    return (min(visible),) if visible else ()
 
 
 def _listener_pids(local_ports: np.ndarray, states: np.ndarray, held: np.ndarray,

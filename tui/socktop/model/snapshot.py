@@ -14,7 +14,8 @@ import numpy as np
 from ..collect.columns import SocketColumns, table_of
 from ..collect.kernelstate import KernelState
 from ..collect.records import ProcessInfo, SocketRecord, TcpState
-from .aggregate import CONNECTION, Aggregates, Ownership, OwnerKind, Pids, RowKind, RowOwners, StateCounts, aggregate
+from .aggregate import (CONNECTION, Aggregates, Ownership, OwnerKind, Pids, RowKind, RowOwners, StateCounts, aggregate,
+                        credited)
 
 if TYPE_CHECKING:
     from .churn import Churn
@@ -111,6 +112,7 @@ class Snapshot:
             inferred: Pids = self.aggregates.listener_pids.get(record.local_port, ())
         else:
             inferred = self.aggregates.last_owners.get(CONNECTION(record), ())
+        inferred = credited(inferred, self.ownership.processes)  # once, as the aggregates count it
         if inferred:
             return Attribution(self._processes(inferred), OwnerKind.INFERRED)
         return Attribution((), OwnerKind.NONE)
