@@ -12,7 +12,7 @@ from frozen import make_app, settle
 from socktop.analyze.findings import Severity
 from socktop.analyze.fleet import (
     FleetFinding, FleetView, GroupRow, HostDetail, HostRow, Prometheus, check_url, fleet_view, host_detail, host_of,
-    promql_string, ssh_command,
+    kubectl_command, promql_string, ssh_command,
 )
 from socktop.ui.fleet import FleetScreen, FleetWatch, sparkline
 
@@ -29,6 +29,13 @@ def test_ssh_command_quotes_the_host_and_ends_options() -> None:
     assert ssh_command("[2001:db8::1]:9877").line == "ssh -t -- 2001:db8::1 socktop"
     assert ssh_command("-oProxyCommand=touch /tmp/x:9877").line == "ssh -t -- '-oProxyCommand=touch /tmp/x' socktop"
     assert ssh_command("a;reboot").line == "ssh -t -- 'a;reboot' socktop"
+
+
+def test_kubectl_command_finds_the_nodes_pod() -> None:
+    assert kubectl_command("node-a").line == (
+        'kubectl exec -it -n socktop "$(kubectl get pod -n socktop -l app.kubernetes.io/name=socktop '
+        '--field-selector=spec.nodeName=node-a -o name)" -c socktop -- socktop')
+    assert "spec.nodeName='x;reboot'" in kubectl_command("x;reboot:9877").line
 
 
 def test_host_of() -> None:
@@ -144,8 +151,8 @@ async def test_copy_key_gives_ssh_to_the_host(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(app, "copy_command", lambda text, what: copied.append(text))
     async with app.run_test(size=(140, 40)) as pilot:
         await settle(pilot)
-        await pilot.press("c")
-    assert copied == ["ssh -t -- api-1 socktop"]
+        await pilot.press("c", "k")
+    assert copied == ["ssh -t -- api-1 socktop", kubectl_command("api-1:9877").line]
 
 
 async def test_a_dead_prometheus_is_an_error_in_the_top_bar() -> None:

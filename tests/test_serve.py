@@ -399,3 +399,16 @@ def test_bad_tls_files_are_one_line_and_status_2(args: list[str]) -> None:
     process = socktop("serve", "--listen", "127.0.0.1:0", *args)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 2 and len(stderr.strip().splitlines()) == 1 and "tls" in stderr.lower()
+
+
+def test_a_failing_collection_is_counted_and_the_next_one_still_runs() -> None:
+    engine = Engine("auto", 1.0)
+    exporter = Exporter(engine, 1.0)
+    exporter.collect_once()
+    real_refresh = engine.refresh
+    engine.refresh = lambda: (_ for _ in ()).throw(ValueError("boom"))  # type: ignore[method-assign]
+    exporter.collect_once()
+    assert exporter.errors == 1 and "boom" in exporter.last_error and exporter.published is not None
+    engine.refresh = real_refresh  # type: ignore[method-assign]
+    exporter.collect_once()
+    assert exporter.errors == 1 and exporter.last_error == "" and exporter.collections == 3

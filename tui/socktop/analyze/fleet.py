@@ -236,3 +236,11 @@ def ssh_command(instance: str) -> Command:
     """``ssh -t -- HOST socktop``: the TUI on that host (``--`` so a host named like an option stays a host)."""
     return Command(f"ssh -t -- {shlex.quote(host_of(instance))} socktop",
                    "open socktop on that host over SSH (-t: it needs a terminal)")
+
+
+def kubectl_command(instance: str, namespace: str = "socktop") -> Command:
+    """The TUI in the node's pod of deploy/kubernetes/daemonset.yaml (instance = node name, as it relabels)."""
+    selector = f"--field-selector=spec.nodeName={shlex.quote(host_of(instance))}"  # quoted even inside $(...)
+    pod = f"kubectl get pod -n {namespace} -l app.kubernetes.io/name=socktop {selector} -o name"
+    return Command(f'kubectl exec -it -n {namespace} "$({pod})" -c socktop -- socktop',
+                   "open socktop in that node's socktop pod (the DaemonSet in deploy/kubernetes)")

@@ -83,7 +83,8 @@ class Exporter(Collector):
         self.first = threading.Event()  # set after the first collection, good or bad
 
     def collect_once(self) -> None:
-        """One refresh, analysis and family build; a failure is counted and reported, never raised."""
+        """One refresh, analysis and family build; a failure is counted and reported (socktop_collection_errors,
+        /healthz), never raised: the next interval tries again."""
         try:
             snapshot = self.engine.refresh()
             analysis = analyze(snapshot, self.thresholds)
@@ -95,6 +96,9 @@ class Exporter(Collector):
         except (CollectError, OSError) as exc:
             self.errors += 1
             self.last_error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - a bug must not end the collector thread for good:
+            self.errors += 1  # it is counted, /healthz turns 503 with it once the last good one is stale
+            self.last_error = f"internal error: {type(exc).__name__}: {exc}"
         self.collections += 1
         self.first.set()
 

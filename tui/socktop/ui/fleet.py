@@ -5,7 +5,7 @@
 does not answer) and hands each `FleetView` to the UI thread: the app shows
 its error in the top bar, the `FleetScreen` shows the hosts. Enter asks for
 one host's ports and processes, also from a thread; `c` copies
-``ssh -t -- HOST socktop``. Every label from Prometheus is untrusted text:
+``ssh -t -- HOST socktop``, `k` a ``kubectl exec`` into the node's socktop pod. Every label from Prometheus is untrusted text:
 shown through `printable`, never as markup.
 """
 
@@ -23,7 +23,9 @@ from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import DataTable, Static
 
-from ..analyze.fleet import FleetView, GroupRow, HostDetail, HostRow, Prometheus, fleet_view, host_detail, ssh_command
+from ..analyze.fleet import (
+    FleetView, GroupRow, HostDetail, HostRow, Prometheus, fleet_view, host_detail, kubectl_command, ssh_command,
+)
 from ..safetext import printable
 
 POLL_SECONDS = 15.0
@@ -133,7 +135,8 @@ class FleetScreen(Screen[None]):
     """
     BINDINGS: ClassVar[list[Any]] = [
         Binding("escape", "back", "Back", show=False),
-        Binding("c", "copy_ssh", "Copy ssh", show=False),
+        Binding("c", "copy('ssh')", "Copy ssh", show=False),
+        Binding("k", "copy('kubectl')", "Copy kubectl", show=False),
         Binding("r", "poll", "Refresh", show=False),
         Binding("q", "app.quit", "Quit", show=False),
     ]
@@ -151,7 +154,7 @@ class FleetScreen(Screen[None]):
         with Horizontal(id="fleet-detail"):
             yield DataTable(id="fleet-ports", cursor_type="row")
             yield DataTable(id="fleet-processes", cursor_type="row")
-        yield Static(Text("Enter host's ports and processes · c copy ssh command · r refresh · "
+        yield Static(Text("Enter host's ports and processes · c copy ssh · k copy kubectl exec · r refresh · "
                           "Esc back · q quit"), id="fleet-keys")
 
     def on_mount(self) -> None:
@@ -243,15 +246,16 @@ class FleetScreen(Screen[None]):
             return
         self.dismiss()
 
-    def action_copy_ssh(self) -> None:
+    def action_copy(self, how: str) -> None:
+        """``ssh -t -- HOST socktop``, or ``kubectl exec`` into the node's socktop pod, for the host in view."""
         instance = self.drilled or self._cursor_instance()
         if instance is None:
             self.notify("no host selected", severity="warning")
             return
+        command = ssh_command(instance) if how == "ssh" else kubectl_command(instance)
         copy = getattr(self.app, "copy_command", None)
-        command = ssh_command(instance)
         if copy is not None:
-            copy(command.line, f"ssh to {printable(instance)}")
+            copy(command.line, f"{how} to {printable(instance)}")
 
     def action_poll(self) -> None:
         self.watch.poll_now()
