@@ -190,6 +190,20 @@ def churn_dict(snapshot: Snapshot) -> dict[str, Any]:
     }
 
 
+def churn_line(snapshot: Snapshot) -> str:
+    """One line on connections closed and opened: rates and the busiest port groups, or why there are none."""
+    churn = snapshot.churn
+    if churn is None:
+        return f"churn: {snapshot.source.churn_note or 'not counted'}"
+    if not churn.seconds:
+        return "churn: closes and opens need two refreshes (--sample SECONDS)"
+    busiest = sorted(churn.by_port.values(), key=lambda g: (-g.closes, g.key))[:3]
+    lost = f"; events lost {churn.overruns} times (lower bounds)" if churn.overruns else ""
+    return (f"churn: {churn.closes_per_second or 0:.1f} closes/s, {churn.opens_per_second or 0:.1f} opens/s over "
+            f"{churn.seconds:.0f} s" + (": " + ", ".join(f"{g.key} {g.per_second:.1f}/s" for g in busiest)
+                                        if busiest else "") + lost)
+
+
 def _process_order(group: ProcessGroup) -> tuple[int, str]:
     return (-(group.total + group.inferred_time_wait), group.key)
 
@@ -244,6 +258,7 @@ def render_summary(snapshot: Snapshot, width: int | None = None, analysis: Analy
         console.print(Text(line), overflow="fold")
     if source.backend_note:
         console.print(Text(f"note: {source.backend_note}"))
+    console.print(Text(churn_line(snapshot)))
 
     states = Table(title="By state", title_justify="left")
     states.add_column("state")

@@ -180,7 +180,7 @@ class FeedReader:
 
     __slots__ = ("feed", "pause", "dropped", "_events", "_lock", "_stop", "_thread")
 
-    def __init__(self, feed: DestroyFeed, pause: float = 0.05, capacity: int = 4 * MAX_DRAIN) -> None:
+    def __init__(self, feed: DestroyFeed, pause: float = 0.05, capacity: int = MAX_DRAIN) -> None:
         self.feed = feed
         self.pause = pause
         self.dropped = 0
@@ -198,9 +198,15 @@ class FeedReader:
             self._events.clear()
         return events
 
-    def stop(self) -> None:
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self, wait: bool = True) -> None:
+        """End the thread (``wait``: and wait for it, at most one select timeout)."""
         self._stop.set()
-        self._thread.join()
+        if wait:
+            self._thread.join()
 
     def _gather(self) -> None:
         closed = self.feed.drain()
@@ -209,9 +215,13 @@ class FeedReader:
         events.extend(closed)
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            readable, _, _ = select.select([self.feed], [], [], self.pause * 5)
-            if readable:
-                with self._lock:
-                    self._gather()
-                self._stop.wait(self.pause)
+        """Until stopped, or until the feed fails (`take` then raises the error)."""
+        try:
+            while not self._stop.is_set():
+                readable, _, _ = select.select([self.feed], [], [], self.pause * 5)
+                if readable:
+                    with self._lock:
+                        self._gather()
+                    self._stop.wait(self.pause)
+        except (OSError, ValueError):  # ValueError: the feed was closed under us
+            return

@@ -10,6 +10,7 @@ import gc
 import os
 import socket
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -141,10 +142,16 @@ class Engine:
         if feed is None:
             return None
         lost_before = feed.overruns + (self._reader.dropped if self._reader else 0)
-        closed = self._reader.take() if self._reader else feed.drain()
+        try:
+            closed = self._reader.take() if self._reader else feed.drain()
+        except OSError as exc:  # the table is still worth showing: churn stops, and says why
+            self.close()
+            self.churn_note = f"close events stopped: {exc.strerror or exc}"
+            return None
         lost = feed.overruns + (self._reader.dropped if self._reader else 0)
         if self._reader is None:
             self._reader = FeedReader(feed)
+            weakref.finalize(self, self._reader.stop, False)  # an engine dropped without close() stops it too
         return self.churn.update(table, ownership, aggregates, closed, now, lost, lost > lost_before)
 
     def close(self) -> None:

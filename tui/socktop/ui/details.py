@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from rich.console import Group, RenderableType
 from rich.style import Style
 from rich.table import Table
@@ -24,7 +25,8 @@ from ..analyze import commands as cmd
 from ..analyze.findings import Analysis, Finding, close_wait_forensics, lastack_text, recv_q_meaning
 from ..analyze.knowledge import knowledge_for, on_this_kernel
 from ..collect.records import DISPLAY_STATES, SocketRecord, TcpState
-from ..model.aggregate import OwnerKind, PortGroup, ProcessGroup
+from ..model.aggregate import Direction, OwnerKind, PortGroup, ProcessGroup, inbound_flags
+from ..model.churn import time_wait_makers
 from ..model.snapshot import Snapshot, plural
 from ..safetext import printable
 from . import analysis as glue
@@ -387,6 +389,9 @@ def describe(selection: Selection, snapshot: Snapshot | None, copyables: dict[st
         tone = fmt.tone_of_state(state)
         doc.title(f"{state.label}  ·  {plural(count, 'socket')} ({fmt.share(count / total)})",
                   styles.warning if tone == "warning" else styles.danger if tone == "danger" else None)
+        if state is TcpState.TIME_WAIT:
+            _made_by(doc, snapshot, snapshot.columns.state == TcpState.TIME_WAIT)
+            _closes(doc, snapshot)
         _findings_list(doc, selection.findings)
         _suggestions(doc, selection.findings)
         _knowledge(doc, state, snapshot)
@@ -435,6 +440,7 @@ def _process(doc: Doc, group: ProcessGroup, snapshot: Snapshot) -> None:
         doc.line("Inferred sockets have no descriptor, so no owner in the kernel (TIME-WAIT, connections "
                  "still in the accept queue, orphans): they are tied to this process by their port (its "
                  "listener) or their 4-tuple (it held the connection).", doc.styles.muted)
+    _closes(doc, snapshot, group.key)
     if group.counts.get(TcpState.CLOSE_WAIT):
         doc.bullets("CLOSE-WAIT forensics", close_wait_forensics(snapshot, group))
         doc.heading("Where is the missing close()?")
@@ -449,6 +455,16 @@ def _port(doc: Doc, group: PortGroup, snapshot: Snapshot) -> None:
     processes = snapshot.ownership.processes
     owners = [f"{pid} {printable(processes[pid].name)}" for pid in group.pids if pid in processes]
     doc.field("Owners", ", ".join(owners) or "none visible")
+    _closes(doc, snapshot, group.key)
+    if group.counts.get(TcpState.TIME_WAIT):
+        columns, aggregates = snapshot.columns, snapshot.aggregates
+        inbound = inbound_flags(columns.local_port, columns.remote_port, aggregates.listening_ports,
+                                aggregates.ephemeral_ports)
+        if group.direction is Direction.IN:
+            in_group = inbound & (columns.local_port == group.port)
+        else:
+            in_group = ~inbound & (columns.remote_port == group.port)
+        _made_by(doc, snapshot, in_group & (columns.state == TcpState.TIME_WAIT))
 
 
 def _socket(doc: Doc, record: SocketRecord, snapshot: Snapshot) -> None:
@@ -472,6 +488,48 @@ def _socket(doc: Doc, record: SocketRecord, snapshot: Snapshot) -> None:
         doc.line(cmd.ss_kill_refusal(record), doc.styles.muted)
     else:
         doc.command(abort)
+
+
+def _made_by(doc: Doc, snapshot: Snapshot, rows: np.ndarray) -> None:
+    """Who makes the TIME_WAIT among ``rows``: exactly by socket cookie, inferred, or nobody can say."""
+    makers = time_wait_makers(snapshot, rows)
+    if not makers.total:
+        return
+    parts = [f"{printable(p.name)} (pid {p.pid}) {n:,} exactly (it held them: same socket cookie)"
+             for p, n in makers.exact[:3]]
+    parts += [f"~{printable(p.name)} (pid {p.pid}) {n:,} inferred" for p, n in makers.inferred[:3]]
+    if makers.unattributed:
+        parts.append(f"{makers.unattributed:,} opened and closed between refreshes: no process can be named "
+                     "(only their destination is known: see Ports)")
+    doc.field("Made by", " · ".join(parts))
+
+
+def _per_second(rate: float) -> str:
+    return f"{rate:,.1f}/s" if rate < 100 else f"{rate:,.0f}/s"
+
+
+def _closes(doc: Doc, snapshot: Snapshot, key: str | None = None) -> None:
+    """Connections closed per second: the whole table's, or those of one port or process group (``key``)."""
+    churn = snapshot.churn
+    if churn is None:
+        if snapshot.source.churn_note:
+            doc.field("Closes", snapshot.source.churn_note, doc.styles.muted)
+        return
+    if not churn.seconds:
+        doc.field("Closes", "counted from the next refresh on", doc.styles.muted)
+        return
+    lost = f"; events were lost {churn.overruns:,} times (rates are lower bounds)" if churn.overruns else ""
+    over = f"over the last {churn.seconds:.0f} s{lost}"
+    if key is None:
+        doc.field("Closes", f"{_per_second(churn.closes_per_second or 0.0)} closes, "
+                  f"{_per_second(churn.opens_per_second or 0.0)} opens {over}")
+        return
+    group = (churn.by_process if key.startswith("pid:") else churn.by_port).get(key)
+    if group is None:
+        doc.field("Closes", f"none {over}")
+        return
+    exact = f" ({group.exact:,} exactly by socket cookie, the rest inferred)" if group.exact else ""
+    doc.field("Closes", f"{_per_second(group.per_second)} {over}{exact}")
 
 
 def owner_text(record: SocketRecord, snapshot: Snapshot) -> str:
