@@ -17,6 +17,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 
 import numpy as np
@@ -69,6 +70,28 @@ def connect_and_close(port: int, n: int, rate: float) -> None:
         with socket.create_connection(("127.0.0.1", port), 2.0):
             pass
         time.sleep(max(0.0, due - time.monotonic()))
+
+
+@contextmanager
+def churning(port: int, rate: float = 50.0, most: int = 3_000) -> Iterator[None]:
+    """Connections closed client-first at ``rate`` while the block runs (``most`` in all): a command
+    started inside sees churn however long it takes to start."""
+    stop = threading.Event()
+
+    def run() -> None:
+        for _ in range(most):
+            if stop.wait(1.0 / rate):
+                return
+            with socket.create_connection(("127.0.0.1", port), 2.0):
+                pass
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def count_closes(engine: Engine, counted: dict[str, int], expected: int, timeout: float = 5.0) -> dict[str, int]:
@@ -241,11 +264,9 @@ def test_ledger_is_bounded_in_entries_and_age() -> None:
 
 
 def test_json_gives_churn_rates_with_sample(server: int) -> None:
-    client = threading.Thread(target=connect_and_close, args=(server, 100, 50.0))
-    client.start()
-    result = subprocess.run([sys.executable, "-m", "socktop", "--json", "--sample", "1.5", "--interval", "0.5"],
-                            capture_output=True, text=True, timeout=60)
-    client.join()
+    with churning(server):
+        result = subprocess.run([sys.executable, "-m", "socktop", "--json", "--sample", "1.5", "--interval", "0.5"],
+                                capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     churn = json.loads(result.stdout)["churn"]
     assert churn["available"] and churn["window_s"] > 0 and churn["closes_per_s"] > 0
@@ -375,11 +396,9 @@ def test_drawer_says_who_makes_these_time_wait_and_how_fast(server: int) -> None
 
 
 def test_once_says_the_churn(server: int) -> None:
-    client = threading.Thread(target=connect_and_close, args=(server, 60, 50.0))
-    client.start()
-    sampled = subprocess.run([sys.executable, "-m", "socktop", "--once", "--sample", "1", "--interval", "0.5"],
-                             capture_output=True, text=True, timeout=60)
-    client.join()
+    with churning(server):
+        sampled = subprocess.run([sys.executable, "-m", "socktop", "--once", "--sample", "1", "--interval", "0.5"],
+                                 capture_output=True, text=True, timeout=60)
     assert re.search(rf"churn: [\d.]+ closes/s, [\d.]+ opens/s over \d+ s: .*(in|out):{server} [\d.]+/s", sampled.stdout)
     once = subprocess.run([sys.executable, "-m", "socktop", "--once"], capture_output=True, text=True, timeout=60)
     assert "churn: closes and opens need two refreshes (--sample SECONDS)" in once.stdout
