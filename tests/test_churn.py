@@ -6,26 +6,32 @@ processes share the loopback, and their closes fall into other groups.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from socktop.analyze.config import DEFAULT_THRESHOLDS
 from socktop.analyze.findings import analyze
-from socktop.collect.destroy import NETLINK_SOCK_DIAG, DestroyFeed
+from socktop.collect.destroy import NETLINK_SOCK_DIAG, DestroyFeed, FeedReader
 from socktop.collect.records import ProcessInfo, TcpState
 from socktop.demo.builders import LINGER_ABORT, listen, port_of
 from socktop.model.aggregate import OwnerKind, process_key
-from socktop.model.churn import CookieLedger
+from socktop.model.churn import CookieLedger, time_wait_makers
 from socktop.model.engine import Engine
+from socktop.ui.details import Selection, Styles, commands_for, describe
 
 RATE = 200.0
 CONNECTIONS = 600  # three seconds at RATE
@@ -64,6 +70,28 @@ def connect_and_close(port: int, n: int, rate: float) -> None:
         with socket.create_connection(("127.0.0.1", port), 2.0):
             pass
         time.sleep(max(0.0, due - time.monotonic()))
+
+
+@contextmanager
+def churning(port: int, rate: float = 50.0, most: int = 3_000) -> Iterator[None]:
+    """Connections closed client-first at ``rate`` while the block runs (``most`` in all): a command
+    started inside sees churn however long it takes to start."""
+    stop = threading.Event()
+
+    def run() -> None:
+        for _ in range(most):
+            if stop.wait(1.0 / rate):
+                return
+            with socket.create_connection(("127.0.0.1", port), 2.0):
+                pass
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def count_closes(engine: Engine, counted: dict[str, int], expected: int, timeout: float = 5.0) -> dict[str, int]:
@@ -236,11 +264,9 @@ def test_ledger_is_bounded_in_entries_and_age() -> None:
 
 
 def test_json_gives_churn_rates_with_sample(server: int) -> None:
-    client = threading.Thread(target=connect_and_close, args=(server, 100, 50.0))
-    client.start()
-    result = subprocess.run([sys.executable, "-m", "socktop", "--json", "--sample", "1.5", "--interval", "0.5"],
-                            capture_output=True, text=True, timeout=60)
-    client.join()
+    with churning(server):
+        result = subprocess.run([sys.executable, "-m", "socktop", "--json", "--sample", "1.5", "--interval", "0.5"],
+                                capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     churn = json.loads(result.stdout)["churn"]
     assert churn["available"] and churn["window_s"] > 0 and churn["closes_per_s"] > 0
@@ -264,3 +290,115 @@ def test_time_wait_port_finding_uses_the_close_rate_toward_the_destination(serve
     assert finding.metrics["rate_per_s"] == round(churn.toward("127.0.0.1", server).per_second, 2)
     assert any(line.startswith("connections closed toward it: ") for line in finding.evidence)
     engine.close()
+
+
+def test_reader_gathers_between_refreshes_within_its_bound(server: int) -> None:
+    """A socket queue of about 90 events, 800 events in about a second: the reader's thread keeps
+    up, and its own buffer keeps the newest 500, counting what it dropped."""
+    with DestroyFeed(receive_buffer=65536) as feed:
+        reader = FeedReader(feed, pause=0.01, capacity=500)
+        connect_and_close(server, 400, 400.0)
+        time.sleep(0.3)
+        events = reader.take()
+        reader.stop()
+    assert len(events) == 500 and reader.dropped + feed.overruns >= 1
+    assert feed.overruns or reader.dropped >= 300
+
+
+def seen_then_unseen(server: int, seen: int, unseen: int) -> Engine:
+    """An engine whose refresh saw ``seen`` connections held, all then closed client-first, and
+    ``unseen`` more opened and closed after it: the next refresh's TIME_WAIT hold both kinds."""
+    engine = Engine()
+    held = [socket.create_connection(("127.0.0.1", server)) for _ in range(seen)]
+    engine.refresh()
+    for sock in held:
+        sock.close()
+    connect_and_close(server, unseen, 1000.0)
+    return engine
+
+
+def test_who_makes_these_time_wait(server: int) -> None:
+    """Exact for a connection a refresh saw held, unattributed for those born between refreshes
+    (their client ends have no listener to infer from)."""
+    engine = seen_then_unseen(server, seen=3, unseen=4)
+    with listen(socket.AF_INET, backlog=8) as closes_first:  # server-side TIME_WAIT: tied to the listener
+        for _ in range(2):
+            client = socket.create_connection(("127.0.0.1", port_of(closes_first)))
+            conn, _peer = closes_first.accept()
+            conn.close()
+            client.recv(1)
+            client.close()
+        time.sleep(0.3)
+        snapshot = engine.refresh()
+        served = port_of(closes_first)
+    columns = snapshot.columns
+    time_wait = columns.state == TcpState.TIME_WAIT
+    makers = time_wait_makers(snapshot, time_wait & ((columns.local_port == server) | (columns.remote_port == server)))
+    assert makers.total == 7
+    assert [(process.pid, count) for process, count in makers.exact] == [(os.getpid(), 3)]
+    assert (makers.inferred, makers.unattributed) == ((), 4)
+    theirs = time_wait & (columns.local_port == served)
+    assert [(p.pid, n) for p, n in time_wait_makers(snapshot, theirs).inferred] == [(os.getpid(), 2)]
+    # the same answers as owners_of, socket by socket, over the whole table
+    every = [r for r in snapshot.sockets if not r.inode]
+    by_kind: dict[OwnerKind, Counter] = {kind: Counter() for kind in OwnerKind}
+    for record in every:
+        attribution = snapshot.owners_of(record)
+        by_kind[attribution.kind].update(attribution.processes or [None])
+    makers = time_wait_makers(snapshot, np.ones(len(snapshot.sockets), bool))
+    def by_pid(counts) -> dict[int, int]:  # the ledger keeps a process as it was when it held the socket
+        return {process.pid: n for process, n in dict(counts).items() if process is not None}
+
+    assert by_pid(makers.exact) == by_pid(by_kind[OwnerKind.COOKIE]) and makers.exact
+    assert by_pid(makers.inferred) == by_pid(by_kind[OwnerKind.INFERRED])
+    assert makers.unattributed == by_kind[OwnerKind.NONE][None] + by_kind[OwnerKind.INFERRED][None]
+    engine.close()
+
+
+def test_an_engine_dropped_without_close_stops_its_reader() -> None:
+    engine = Engine()
+    engine.refresh()
+    engine.refresh()
+    reader = engine._reader
+    assert reader is not None and reader.running
+    del engine
+    gc.collect()
+    deadline = time.monotonic() + 5
+    while reader.running and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not reader.running
+
+
+def drawer(selection: Selection, snapshot) -> str:
+    from io import StringIO
+
+    from rich.console import Console
+
+    console = Console(width=200, record=True, file=StringIO())
+    keys = {"kill": "k", "sysctl": "y", "ss": "c", "lsof": "l"}
+    console.print(describe(selection, snapshot, commands_for(selection), Styles(), keys))
+    return console.export_text()
+
+
+def test_drawer_says_who_makes_these_time_wait_and_how_fast(server: int) -> None:
+    engine = seen_then_unseen(server, seen=2, unseen=30)
+    time.sleep(0.3)
+    snapshot = engine.refresh()
+    me = f"(pid {os.getpid()})"
+    state = drawer(Selection("states", state=TcpState.TIME_WAIT), snapshot)
+    assert f"{me} 2 exactly (it held them: same socket cookie)" in state
+    assert "opened and closed between refreshes: no process can be named" in state
+    assert "closes," in state and "opens over the last" in state
+    port = drawer(Selection("ports", port=snapshot.aggregates.by_port[f"out:{server}"]), snapshot)
+    assert f"{me} 2 exactly" in port and "30 opened and closed between refreshes" in port
+    assert "/s over the last" in port
+    engine.close()
+
+
+def test_once_says_the_churn(server: int) -> None:
+    with churning(server):
+        sampled = subprocess.run([sys.executable, "-m", "socktop", "--once", "--sample", "1", "--interval", "0.5"],
+                                 capture_output=True, text=True, timeout=60)
+    assert re.search(rf"churn: [\d.]+ closes/s, [\d.]+ opens/s over \d+ s: .*(in|out):{server} [\d.]+/s", sampled.stdout)
+    once = subprocess.run([sys.executable, "-m", "socktop", "--once"], capture_output=True, text=True, timeout=60)
+    assert "churn: closes and opens need two refreshes (--sample SECONDS)" in once.stdout

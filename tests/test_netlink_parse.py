@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import socket
 import struct
+import time
 
 import pytest
 
 from socktop.collect import netlink
+from socktop.collect.columns import SocketColumns, SocketTable
 from socktop.collect.netlink import (
-    NLM_F_DUMP_INTR, NLMSG_DONE, NLMSG_ERROR, SOCK_DIAG_BY_FAMILY, AddressText, Dump, drop_duplicates,
-    parse_dump_chunk,
+    NLM_F_DUMP_INTR, NLMSG_DONE, NLMSG_ERROR, SOCK_DIAG_BY_FAMILY, Dump, drop_duplicates, parse_dump_chunk,
 )
-from socktop.collect.records import CollectError, TcpState, TimerKind
+from socktop.collect.records import CollectError, SocketRecord, TcpState, TimerKind
+from socktop.demo.builders import SocketFarm
 
 ATTRIBUTE_PADDING = b"\x08\x00\x01\x00\x00\x00\x00\x00"  # one 8-byte route attribute, as the kernel adds
 
@@ -32,12 +35,24 @@ def done_message() -> bytes:
     return struct.pack("=IHHIIi", 20, NLMSG_DONE, 0, 1, 0, 0)
 
 
-def parse(chunk: bytes, family: int = socket.AF_INET, known: dict | None = None) -> tuple[Dump, bool]:
-    addresses = AddressText()
-    dump = Dump(family, known)
-    cache, convert = (addresses.v4_cache, addresses.v4) if family == socket.AF_INET else (addresses.v6_cache, addresses.v6)
-    done = parse_dump_chunk(chunk, len(chunk), dump, cache, convert)
-    return dump, done
+class Parsed:
+    """A dump after one chunk: its records, built from its columns, and whether DONE was seen."""
+
+    def __init__(self, dump: Dump) -> None:
+        self.columns = dump.columns()
+        self.records: list[SocketRecord] = list(SocketTable(self.columns))
+        self.interrupted = dump.interrupted
+
+
+def parse(chunk: bytes, family: int = socket.AF_INET) -> tuple[Parsed, bool]:
+    dump = Dump(family)
+    done = parse_dump_chunk(chunk, len(chunk), dump)
+    return Parsed(dump), done
+
+
+def deduplicated(records: list[SocketRecord]) -> tuple[list[SocketRecord], int]:
+    kept, dropped = drop_duplicates(SocketColumns.from_records(records))
+    return list(SocketTable(kept)), dropped
 
 
 LOOPBACK = socket.inet_pton(socket.AF_INET, "127.0.0.1")
@@ -119,7 +134,7 @@ def test_a_connection_seen_twice_keeps_its_later_state() -> None:
         + done_message()
     )
     dump, _ = parse(chunk)
-    kept, dropped = drop_duplicates(dump.records)
+    kept, dropped = deduplicated(dump.records)
     assert dropped == 1
     assert [(r.local_port, r.state) for r in kept] == [(40000, TcpState.TIME_WAIT), (40001, TcpState.ESTABLISHED)]
 
@@ -127,45 +142,34 @@ def test_a_connection_seen_twice_keeps_its_later_state() -> None:
 def test_reuseport_listeners_sharing_a_tuple_are_both_kept() -> None:
     chunk = diag_message(10, LOOPBACK, 8080, b"", 0, cookie=0) + diag_message(10, LOOPBACK, 8080, b"", 0, cookie=0)
     dump, _ = parse(chunk + done_message())
-    kept, dropped = drop_duplicates(dump.records)
+    kept, dropped = deduplicated(dump.records)
     assert len(kept) == 2 and dropped == 0
 
 
-# --- the columnar path (runs of equal-size messages) against the per-message loop ---------------------------
+# --- the vectorised message finder against the one-message-at-a-time walk ----------------------------------
 
 V6 = socket.inet_pton(socket.AF_INET6, "2001:db8::7")
 MAPPED = b"\0" * 10 + b"\xff\xff" + OTHER
 
 
-def parse_with_min_run(chunk: bytes, family: int, min_run: int, monkeypatch: pytest.MonkeyPatch,
-                       known: dict | None = None) -> tuple[Dump, bool]:
-    """Parse with runs of ``min_run`` messages or more read column by column (1: always; huge: never)."""
-    monkeypatch.setattr(netlink, "MIN_RUN", min_run)
-    return parse(chunk, family, known)
-
-
-def outcome(chunk: bytes, family: int, min_run: int, monkeypatch: pytest.MonkeyPatch,
-            known: dict | None = None) -> object:
-    """The records, DONE and interrupted flags of a parse, or the error it raised (type, message, errno)."""
-    try:
-        dump, done = parse_with_min_run(chunk, family, min_run, monkeypatch, known)
-    except (CollectError, OSError) as exc:
-        return type(exc), str(exc), getattr(exc, "errno", None)
+def outcome(chunk: bytes, family: int, walk: bool, monkeypatch: pytest.MonkeyPatch) -> object:
+    """The records, DONE and interrupted flags of a parse, or the error it raised (type, message, errno);
+    with ``walk``, messages are found one at a time instead of in one vectorised pass."""
+    with monkeypatch.context() as patch:
+        if walk:
+            patch.setattr(netlink, "_message_starts", netlink._walk)
+        try:
+            dump, done = parse(chunk, family)
+        except (CollectError, OSError) as exc:
+            return type(exc), str(exc), getattr(exc, "errno", None)
     return [tuple(map(type, record)) for record in dump.records], dump.records, done, dump.interrupted
 
 
 def assert_paths_agree(chunk: bytes, monkeypatch: pytest.MonkeyPatch, family: int = socket.AF_INET) -> object:
-    """Every path gives what the per-message loop gives alone: columnar runs, and reused records
-    (known from an earlier parse of the same chunk, from a half of it, or from nothing)."""
-    per_message = outcome(chunk, family, 10**9, monkeypatch)
-    for min_run in (1, 2, 3, 10**9):
-        for earlier in (chunk, chunk[:len(chunk) // 2], b""):
-            known: dict = {}
-            with contextlib.suppress(CollectError, OSError):
-                parse_with_min_run(earlier, family, min_run, monkeypatch, known)
-            assert outcome(chunk, family, min_run, monkeypatch, known) == per_message
-        assert outcome(chunk, family, min_run, monkeypatch) == per_message
-    return per_message
+    """The vectorised pass gives what the walk gives alone."""
+    walked = outcome(chunk, family, True, monkeypatch)
+    assert outcome(chunk, family, False, monkeypatch) == walked
+    return walked
 
 
 def socket_run(n: int, family: int = socket.AF_INET, **overrides: object) -> bytes:
@@ -181,7 +185,7 @@ def socket_run(n: int, family: int = socket.AF_INET, **overrides: object) -> byt
     )
 
 
-def test_a_uniform_run_parses_as_the_per_message_loop_does(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_uniform_run_parses_as_the_walk_does(monkeypatch: pytest.MonkeyPatch) -> None:
     records, _, done, _ = assert_paths_agree(socket_run(40) + done_message(), monkeypatch)
     assert done and len(records) == 40
 
@@ -234,85 +238,49 @@ def test_dump_intr_inside_a_run_marks_the_dump(monkeypatch: pytest.MonkeyPatch) 
     assert done and interrupted and len(records) == 12
 
 
-def test_cached_addresses_are_the_same_across_paths_and_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    addresses = AddressText()
-    dump = Dump(socket.AF_INET)
-    for min_run in (10**9, 1, 10**9, 1):  # each path finds the addresses the other cached
-        monkeypatch.setattr(netlink, "MIN_RUN", min_run)
-        chunk = socket_run(6)
-        parse_dump_chunk(chunk, len(chunk), dump, addresses.v4_cache, addresses.v4)
-    assert dump.records[:6] * 4 == dump.records
+def test_bytes_that_look_like_a_header_fall_back_to_the_walk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An IPv6 peer address whose words spell the dump's sequence number and port id (a remote
+    party picks its address) must not be taken for a message."""
+    look_alike = struct.pack("=IHHII", 88, SOCK_DIAG_BY_FAMILY, 0, 1, 0)[:16]
+    chunk = socket_run(3, socket.AF_INET6).replace(MAPPED, look_alike) + done_message()
+    _, records, done, _ = assert_paths_agree(chunk, monkeypatch, socket.AF_INET6)
+    assert done and len(records) == 3
 
 
 def test_a_run_parses_from_a_larger_receive_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
     chunk = socket_run(10) + done_message()
     buffer = bytearray(chunk + b"\xee" * 300)  # stale bytes past the chunk must not be read
-    monkeypatch.setattr(netlink, "MIN_RUN", 1)
     dump = Dump(socket.AF_INET)
-    addresses = AddressText()
-    assert parse_dump_chunk(buffer, len(chunk), dump, addresses.v4_cache, addresses.v4)
-    assert dump.records == parse_with_min_run(chunk, socket.AF_INET, 10**9, monkeypatch)[0].records
+    assert parse_dump_chunk(buffer, len(chunk), dump)
+    buffer[:] = b"\xdd" * len(buffer)  # the next chunk lands in the same buffer
+    assert Parsed(dump).records == parse(chunk)[0].records
 
 
-def test_unchanged_sockets_get_their_records_back(monkeypatch: pytest.MonkeyPatch) -> None:
-    chunk = socket_run(40, timer=0) + socket_run(3, timer=0, attributes=b"", uid=7) + socket_run(4, timer=2)
-    for min_run in (1, 10**9):
-        known: dict = {}
-        first, _ = parse_with_min_run(chunk, socket.AF_INET, min_run, monkeypatch, known)
-        again, _ = parse_with_min_run(chunk, socket.AF_INET, min_run, monkeypatch, known)
-        assert again.records == first.records
-        reused = [later is earlier for later, earlier in zip(again.records, first.records)]
-        assert reused == [True] * 43 + [False] * 4  # a running timer changes expires: never looked up
+def test_chunks_of_one_dump_are_read_together() -> None:
+    first, second = socket_run(7), socket_run(5, uid=7)
+    dump = Dump(socket.AF_INET)
+    assert not parse_dump_chunk(first, len(first), dump)
+    assert parse_dump_chunk(second + done_message(), len(second) + 20, dump)
+    assert Parsed(dump).records == parse(first)[0].records + parse(second)[0].records
 
 
-def test_a_renewal_keeps_only_the_records_looked_up(monkeypatch: pytest.MonkeyPatch) -> None:
-    chunk = socket_run(40, timer=0) + socket_run(3, timer=0, attributes=b"", uid=7) + socket_run(4, timer=2)
-    for min_run in (1, 10**9):
-        monkeypatch.setattr(netlink, "MIN_RUN", min_run)
-        known: dict = {b"gone": "a socket closed since"}
-        parse(chunk, known=known)
-        renewed = Dump(socket.AF_INET, known, renew=True)
-        addresses = AddressText()
-        parse_dump_chunk(chunk, len(chunk), renewed, addresses.v4_cache, addresses.v4)
-        assert renewed.seen is not None and b"gone" not in renewed.seen
-        assert sorted(renewed.seen.values()) == sorted(renewed.records[:43])  # sockets with a timer are not kept
+CGROUP_ATTRIBUTE = struct.pack("=HHI", 8, 0, 0) + struct.pack("=HHQ", 12, 21, 987654321)  # INET_DIAG_PAD, then the u64
 
 
-def test_only_sockets_without_a_timer_are_kept_for_the_next_dump(monkeypatch: pytest.MonkeyPatch) -> None:
-    chunk = socket_run(48)  # timers 0 to 5 in turn, all in one run
-    for min_run in (1, 10**9):
-        monkeypatch.setattr(netlink, "MIN_RUN", min_run)
-        known: dict = {}
-        first, _ = parse(chunk, known=known)
-        renewed = Dump(socket.AF_INET, known, renew=True)
-        addresses = AddressText()
-        parse_dump_chunk(chunk, len(chunk), renewed, addresses.v4_cache, addresses.v4)
-        untimed = first.records[::6]  # timer code 0
-        assert sorted(known.values()) == sorted(untimed)
-        assert renewed.seen is not None and sorted(renewed.seen.values()) == sorted(untimed)
+def tcp_info_attribute(last_ack_recv: int) -> bytes:
+    info = bytearray(104)
+    struct.pack_into("=I", info, 56, last_ack_recv)  # tcpi_last_ack_recv
+    return struct.pack("=HH", 4 + len(info), 2) + bytes(info)
 
 
-def test_the_backend_renews_records_of_sockets_gone(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(netlink, "RENEW_SLACK", 0)
-    backend = netlink.NetlinkBackend()
-    gone = 3 * len(backend.sockets()) + 100
-    backend._known[socket.AF_UNSPEC].update((i.to_bytes(4, "little") * 18, None) for i in range(gone))
-    backend.sockets()
-    assert len(backend._known[socket.AF_UNSPEC]) < gone
-
-
-def test_a_changed_socket_gets_a_new_record(monkeypatch: pytest.MonkeyPatch) -> None:
-    before = socket_run(40, timer=0)
-    after = bytearray(before)
-    message_size = len(before) // 40
-    struct.pack_into("=I", after, 5 * message_size + 16 + 56, 99)  # rqueue of the sixth socket
-    for min_run in (1, 10**9):
-        known: dict = {}
-        first, _ = parse_with_min_run(before, socket.AF_INET, min_run, monkeypatch, known)
-        again, _ = parse_with_min_run(bytes(after), socket.AF_INET, min_run, monkeypatch, known)
-        assert again.records == parse(bytes(after))[0].records
-        assert again.records[5].recv_q == 99 and again.records[5] is not first.records[5]
-        assert all(again.records[i] is first.records[i] for i in range(40) if i != 5)
+def test_cgroup_id_and_last_ack_come_from_the_attributes(monkeypatch: pytest.MonkeyPatch) -> None:
+    chunk = (diag_message(8, LOOPBACK, 8080, OTHER, 50000, attributes=ATTRIBUTE_PADDING + CGROUP_ATTRIBUTE
+                          + tcp_info_attribute(4321))
+             + diag_message(6, LOOPBACK, 40000, OTHER, 80, inode=0, cookie=2)
+             + diag_message(1, LOOPBACK, 8080, OTHER, 50001, cookie=3, attributes=CGROUP_ATTRIBUTE))
+    _, records, _, _ = assert_paths_agree(chunk + done_message(), monkeypatch)
+    assert [(record.cgroup_id, record.lastack_ms) for record in records] == [
+        (987654321, 4321), (0, -1), (987654321, -1)]
 
 
 # --- one dump of both families (TCPDIAG_GETSOCK) ---------------------------------------------------------
@@ -329,10 +297,10 @@ def as_compat(chunk: bytes) -> bytes:
     return bytes(out)
 
 
-def parse_both(chunk: bytes, known: dict | None = None, renew: bool = False) -> tuple[Dump, bool]:
-    addresses = AddressText()
-    dump = Dump(socket.AF_UNSPEC, known, renew)
-    return dump, parse_dump_chunk(chunk, len(chunk), dump, addresses.cache, addresses.text)
+def parse_both(chunk: bytes) -> tuple[Parsed, bool]:
+    dump = Dump(socket.AF_UNSPEC)
+    done = parse_dump_chunk(chunk, len(chunk), dump)
+    return Parsed(dump), done
 
 
 def test_a_dump_of_both_families_gives_each_socket_its_family(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -341,21 +309,23 @@ def test_a_dump_of_both_families_gives_each_socket_its_family(monkeypatch: pytes
     chunk = as_compat(v4 + v6 + interleaved + done_message())
     expected = parse(v4)[0].records + parse(v6, socket.AF_INET6)[0].records
     expected += [record for pair in zip(expected[:20], expected[20:]) for record in pair]
-    for min_run in (1, 5, 10**9):
-        monkeypatch.setattr(netlink, "MIN_RUN", min_run)
-        known: dict = {}
-        first, done = parse_both(chunk, known)
-        again, _ = parse_both(chunk, known)
-        assert done and first.records == expected and again.records == expected
-        assert {type(record.family) for record in first.records + again.records} == {socket.AddressFamily}
+    for walk in (False, True):
+        with monkeypatch.context() as patch:
+            if walk:
+                patch.setattr(netlink, "_message_starts", netlink._walk)
+            first, done = parse_both(chunk)
+        assert done and first.records == expected
+        assert {type(record.family) for record in first.records} == {socket.AddressFamily}
 
 
 def test_an_ipv4_and_an_ipv6_address_with_the_same_first_bytes_stay_apart(monkeypatch: pytest.MonkeyPatch) -> None:
     look_alike = LOOPBACK + b"\0" * 12  # 7f00:1::, whose first four bytes spell 127.0.0.1
     chunk = (socket_run(3, uid=1) + socket_run(3, socket.AF_INET6, uid=2)).replace(V6, look_alike)
-    for min_run in (1, 10**9):
-        monkeypatch.setattr(netlink, "MIN_RUN", min_run)
-        dump, _ = parse_both(as_compat(chunk))
+    for walk in (False, True):
+        with monkeypatch.context() as patch:
+            if walk:
+                patch.setattr(netlink, "_message_starts", netlink._walk)
+            dump, _ = parse_both(as_compat(chunk))
         assert {(record.family, record.local_addr) for record in dump.records if record.local_port == 0} == {
             (socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "7f00:1::")}
 
@@ -374,3 +344,45 @@ def test_the_backend_dumps_per_family_when_the_kernel_refuses_both_at_once(monke
         monkeypatch.setattr(netlink, "TCPDIAG_GETSOCK", 99)  # a request type sock_diag does not know: EINVAL
         backend = netlink.NetlinkBackend()
         assert any(record.local_port == port for record in backend.sockets())
+
+
+def test_rows_without_cookies_are_matched_by_connection() -> None:
+    """/proc gives no cookie: a connection listed twice is found by its 4-tuple, the later state kept."""
+    chunk = (
+        diag_message(1, LOOPBACK, 40000, OTHER, 80, cookie=0)
+        + diag_message(10, LOOPBACK, 8080, b"", 0, cookie=0)
+        + diag_message(10, LOOPBACK, 8080, b"", 0, cookie=0)
+        + diag_message(6, LOOPBACK, 40000, OTHER, 80, cookie=0, inode=0)
+        + done_message()
+    )
+    dump, _ = parse(chunk)
+    kept, dropped = deduplicated(dump.records)
+    assert dropped == 1
+    assert [(r.local_port, r.state) for r in kept] == [
+        (40000, TcpState.TIME_WAIT), (8080, TcpState.LISTEN), (8080, TcpState.LISTEN)]
+
+
+def own_cgroup_inode() -> int | None:
+    """The inode of this process's cgroup v2 directory (what INET_DIAG_CGROUP_ID names), if cgroup v2 is here."""
+    with contextlib.suppress(OSError, StopIteration):
+        with open("/proc/self/cgroup") as lines:
+            path = next(line for line in lines if line.startswith("0::")).strip()[3:]
+        return os.stat(f"/sys/fs/cgroup{path}").st_ino
+    return None
+
+
+@pytest.mark.parametrize("lookups", [netlink.EXACT_LOOKUPS_MAX, 0], ids=["by-socket", "by-dump"])
+def test_close_wait_sockets_say_how_long_ago_the_peer_acked(lookups: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """tcpi_last_ack_recv, as `ss -ti` shows lastack: at least the time waited since the peer's FIN; our own
+    sockets carry our cgroup."""
+    monkeypatch.setattr(netlink, "EXACT_LOOKUPS_MAX", lookups)
+    with SocketFarm() as farm:
+        built = farm.close_wait(3)
+        time.sleep(0.3)
+        records = [record for record in netlink.NetlinkBackend().sockets() if built.covers(record)]
+    close_wait = [record for record in records if record.state is TcpState.CLOSE_WAIT]
+    assert len(close_wait) == 3 and all(record.lastack_ms >= 300 for record in close_wait)
+    assert all(record.lastack_ms == -1 for record in records if record.state is not TcpState.CLOSE_WAIT)
+    cgroup = own_cgroup_inode()
+    if cgroup is not None:
+        assert {record.cgroup_id for record in records if record.inode} == {cgroup}

@@ -141,6 +141,7 @@ def test_openmetrics_when_asked_health_and_snapshot(served: tuple[Exporter, str]
     with urllib.request.urlopen(base + "/snapshot.json", timeout=10) as reply:
         document = json.loads(reply.read())
     assert document["schema"] == "socktop/1" and "findings" in document and "sockets" not in document
+    assert document["processes"] and all(process["cmdline"] is None for process in document["processes"])
     with pytest.raises(urllib.error.HTTPError) as missing:
         urllib.request.urlopen(base + "/nothing", timeout=10)
     assert missing.value.code == 404
@@ -271,7 +272,7 @@ def test_series_stay_under_the_bound_at_50k_sockets_5000_ports_300_processes() -
     """Real sockets in a private netns: 300 forked processes, each 17 listeners (5,100 ports) and
     83 ESTABLISHED pairs plus 3 CLOSE_WAIT; one collection, every series counted as a scrape sees it."""
     script = ('ip link set lo up && sysctl -qw net.ipv4.ip_local_port_range="10000 65000" && '
-              f'exec "{sys.executable}" "{POPULATION}" measure 300 17 83 3 10 0')
+              f'exec "{sys.executable}" "{POPULATION}" measure 300 17 83 3 10 0 0')
     result = subprocess.run(["unshare", "-n", "sh", "-c", script], capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-2000:]
     figures = json.loads(result.stdout.strip().splitlines()[-1])
@@ -294,3 +295,120 @@ def test_top_comes_from_the_config_file_unless_given(tmp_path: Path) -> None:
         process.send_signal(signal.SIGTERM)
         process.communicate(timeout=15)
     assert process.returncode == 0
+
+
+def test_closes_are_counted_per_port_and_process(served: tuple[Exporter, str]) -> None:
+    exporter, base = served
+    fresh(exporter)
+    if exporter.published.snapshot.churn is None:
+        pytest.skip(f"no destroy feed here: {exporter.published.snapshot.source.churn_note}")
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(64)
+        port = server.getsockname()[1]
+        fresh(exporter)
+        for _ in range(25):  # connect, accept, then both ends reset: each socket is freed at once
+            client = socket.create_connection(("127.0.0.1", port))
+            accepted, _ = server.accept()
+            for end in (accepted, client):
+                end.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                end.close()
+        fresh(exporter)
+        fresh(exporter)
+        found = samples(scrape(base)[1])
+    assert value(found, "socktop_port_closed_total", port=str(port), direction="in") >= 25
+    assert value(found, "socktop_process_closed_total", process=f"pid:{os.getpid()}") >= 25
+    assert value(found, "socktop_connections_closed_total") >= 50
+
+
+def test_tracked_close_counters_stay_bounded_and_monotonic() -> None:
+    from socktop.serve.metrics import _Tracked
+
+    tracked = _Tracked()
+    always = lambda labels: True  # noqa: E731
+    tracked.count([(("a",), 5), (("b",), 3), (("c",), 1)], top=2, idle=2, alive=always)
+    assert dict(tracked.series((OTHER,))) == {("a",): 5, ("b",): 3, (OTHER,): 1}
+    for _ in range(3):  # b stays quiet past idle: dropped; c takes its place; other never shrinks
+        tracked.count([(("a",), 1), (("c",), 2)], top=2, idle=2, alive=always)
+    assert dict(tracked.series((OTHER,))) == {("a",): 8, ("c",): 2, (OTHER,): 5}
+    tracked.count([(("d",), 7)], top=2, idle=2, alive=lambda labels: labels != ("a",))
+    assert dict(tracked.series((OTHER,))) == {("c",): 2, ("d",): 7, (OTHER,): 5}
+
+
+def test_readme_states_the_bound() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert f"**{series_bound(10)} series at `--top 10`**" in readme
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, made by openssl."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    home = tmp_path_factory.mktemp("tls")
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=home, check=True, capture_output=True, timeout=60)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+            "-subj", "/CN=socktop test CA")
+    for name, extra in (("server", "subjectAltName=IP:127.0.0.1"), ("client", "extendedKeyUsage=clientAuth")):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                "-subj", f"/CN={name}")
+        (home / f"{name}.ext").write_text(extra + "\n")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext")
+    return home
+
+
+def test_tls_with_client_certificates(certificates: Path) -> None:
+    import ssl
+
+    process = socktop("serve", "--listen", "127.0.0.1:0", "--interval", "1",
+                      "--tls-cert", str(certificates / "server.pem"), "--tls-key", str(certificates / "server.key"),
+                      "--tls-client-ca", str(certificates / "ca.pem"))
+    try:
+        match = re.search(r"https://127\.0\.0\.1:(\d+)/metrics", process.stderr.readline())
+        assert match
+        url = f"https://127.0.0.1:{match[1]}/healthz"
+        trusting = ssl.create_default_context(cafile=str(certificates / "ca.pem"))
+        with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):  # no client certificate
+            urllib.request.urlopen(url, context=trusting, timeout=10).read()
+        trusting.load_cert_chain(str(certificates / "client.pem"), str(certificates / "client.key"))
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(url, context=trusting, timeout=10) as reply:
+                    assert reply.status == 200
+                    break
+            except urllib.error.HTTPError:  # 503 until the first collection
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        with pytest.raises((urllib.error.URLError, ConnectionError)):  # plain HTTP is not answered as HTTP
+            urllib.request.urlopen(url.replace("https", "http"), timeout=10).read()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=15)
+    assert process.returncode == 0
+
+
+@pytest.mark.parametrize("args", [["--tls-cert", "/nonexistent.pem", "--tls-key", "/nonexistent.key"],
+                                  ["--tls-cert", "/etc/hostname", "--tls-key", "/etc/hostname"],
+                                  ["--tls-cert", "x.pem"]])
+def test_bad_tls_files_are_one_line_and_status_2(args: list[str]) -> None:
+    process = socktop("serve", "--listen", "127.0.0.1:0", *args)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 2 and len(stderr.strip().splitlines()) == 1 and "tls" in stderr.lower()
+
+
+def test_a_failing_collection_is_counted_and_the_next_one_still_runs() -> None:
+    engine = Engine("auto", 1.0)
+    exporter = Exporter(engine, 1.0)
+    exporter.collect_once()
+    real_refresh = engine.refresh
+    engine.refresh = lambda: (_ for _ in ()).throw(ValueError("boom"))  # type: ignore[method-assign]
+    exporter.collect_once()
+    assert exporter.errors == 1 and "boom" in exporter.last_error and exporter.published is not None
+    engine.refresh = real_refresh  # type: ignore[method-assign]
+    exporter.collect_once()
+    assert exporter.errors == 1 and exporter.last_error == "" and exporter.collections == 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import pytest
@@ -29,7 +30,7 @@ def clean_environment(tmp_path, monkeypatch):
 
 
 def keys_of(pane) -> list[str]:
-    return [row.key.value for row in pane.ordered_rows]
+    return pane.keys
 
 
 def plain(widget) -> str:
@@ -78,7 +79,9 @@ async def test_sort_keys_and_header_click():
         assert states.sort_reverse is False and "Δ ▲" in app.query_one(FilterLine).render().plain
         await pilot.press("s", "s", "s")  # share, trend, then back to state (alphabetical)
         assert states.sort_column == "state"
-        assert keys_of(states)[0] == "ESTABLISHED"  # states sort in kernel order
+        sockets_order = list(dict.fromkeys(r.state.name for r in app.query_one(SocketList).records))  # State ▲
+        assert keys_of(states) == [name for name in sockets_order if name in keys_of(states)]  # the same order
+        assert keys_of(states)[0] == "SYN_RECV"  # the troubled states first
         await pilot.click("#ports", offset=(20, 1))  # the Total header
         assert app.pane("ports").sort_column == "total"
         await pilot.click("#ports", offset=(3, 1))  # Port header: ascending port numbers
@@ -98,7 +101,7 @@ async def test_drill_down_filters_the_other_panes_and_escape_clears_one_level():
         assert app.spec.levels == (Level("state", "CLOSE_WAIT"),)
         assert keys_of(app.pane("ports")) == ["in:8080"]
         assert keys_of(app.pane("processes")) == ["pid:4242"]
-        assert len(app.pane("states").rows) == 6  # its own pane is not filtered by itself
+        assert app.pane("states").row_count == 6  # its own pane is not filtered by itself
         sockets = app.query_one(SocketList).records
         assert len(sockets) == 320 and {r.state for r in sockets} == {TcpState.CLOSE_WAIT}
         assert "CLOSE-WAIT" in plain(app.query_one(FilterLine)) and "320 of 2,992" in plain(app.query_one(FilterLine))
@@ -197,7 +200,7 @@ async def test_drawer_toggles_and_explains_the_selection():
         assert app.spec.levels == (Level("state", "TIME_WAIT"),)  # opening the drawer picked the cursor row
         await pilot.press("3")
         await settle(pilot)
-        assert "Nothing picked in this pane" in drawer_text(app) and "kill -TERM" not in drawer_text(app)
+        assert "crawler" in drawer_text(app) and "kill -TERM 5151" in drawer_text(app)  # the highlighted row
         await pilot.press("d")
         assert not app.has_class("-drawer")
         await pilot.press("enter")  # Enter on a row: select it and open the drawer
@@ -221,7 +224,9 @@ def drawer_text(app: SocktopApp) -> str:
 
 COPIES = [
     # (keys pressed after the first refresh, the exact text copied)
-    (("3", "down", "down", "k"), "kill -TERM 4242  # comm=leaky-api"),
+    (("3", "down", "down", "k"), "if [ \"$(sed 's/.*) //' /proc/4242/stat 2>/dev/null | cut -d' ' -f20)\" = 1001 ]; "
+                                 "then kill -TERM 4242; else echo 'pid 4242 is no longer the process socktop saw: "
+                                 "not signalled' >&2; fi  # comm=leaky-api"),
     (("down", "3", "down", "l"), "lsof -nP -a -p 4242 -iTCP -sTCP:CLOSE_WAIT"),  # Down picks a one-row pane's row
     (("down", "3", "enter", "enter", "c"), "ss -tanp state close-wait | grep -F pid=4242,"),
     (("2", "down", "down", "c"), "ss -tanp '( sport = :8080 )'"),
@@ -254,24 +259,64 @@ async def test_copy_ss_says_in_its_title_when_it_lists_more_than_the_view():
         assert app.clipboard == "ss -tanp '( sport = :443 or dport = :443 )'"
 
 
-async def test_copy_keys_act_on_the_selection_not_on_a_stale_cursor():
-    app = make_app()
+def copied_titles(app) -> list[str]:
+    return [n.title for n in app._notifications if n.title.startswith("Copied")]
+
+
+async def test_copy_keys_act_on_the_highlighted_row_which_follows_its_item():
+    """htop's model: the highlighted row of the focused pane is what k and l act on, picked or not; it
+    follows its process when the rows re-sort; the notification names pid, name and its telling count."""
+    from socktop.model.aggregate import aggregate
+
+    first = frozen_snapshot()
+    # in the second refresh leaky-api holds twice 320 more CLOSE_WAIT: it climbs to the top of "Total ▼"
+    extra = [r._replace(remote_port=40000 + i, inode=900_000 + i) for i, r in enumerate(
+        r for r in first.sockets if r.state is TcpState.CLOSE_WAIT)]
+    ownership = replace(first.ownership, pids_by_inode={**first.ownership.pids_by_inode,
+                                                        **{r.inode: (4242,) for r in extra}})
+    sockets = [*first.sockets, *extra, *[r._replace(remote_port=50000 + i, inode=950_000 + i)
+                                         for i, r in enumerate(extra)]]
+    ownership = replace(ownership, pids_by_inode={**ownership.pids_by_inode,
+                                                  **{950_000 + i: (4242,) for i in range(len(extra))}})
+    second = replace(first, seq=first.seq + 1, sockets=sockets, ownership=ownership,
+                     aggregates=aggregate(sockets, ownership, first.user_of, {}))
+    app = make_app([first, second, second])
     async with app.run_test(size=WIDE) as pilot:
         await settle(pilot)
-        await press(pilot, "down", "3")  # CLOSE_WAIT: Processes has one row, leaky-api, under the cursor
-        assert keys_of(app.pane("processes")) == ["pid:4242"] and app.pane("processes").selected_key == "pid:4242"
-        await press(pilot, "k")  # not picked yet
-        assert app.clipboard == "" and any("select a process first" in n.message for n in app._notifications)
-        await press(pilot, "down")  # the cursor cannot move, the row is picked all the same
-        assert app.spec.levels[-1] == Level("process", "pid:4242")
+        processes = app.pane("processes")
+        await press(pilot, "3")
+        assert processes.selected_key == "pid:5151" and not app.spec.levels  # highlighted, not drilled into
         await press(pilot, "k")
-        assert app.clipboard == "kill -TERM 4242  # comm=leaky-api"
-        await press(pilot, "escape", "l")  # unpicked: the cursor stays on the row, l no longer acts on it
-        assert app.pane("processes").selected_key == "pid:4242" and app.clipboard.startswith("kill")
-        await press(pilot, "1", "escape", "y")  # no state picked either
-        assert app.clipboard.startswith("kill")
-        assert sum("select a process first" in n.message for n in app._notifications) == 2
-        assert any("select a state first" in n.message for n in app._notifications)
+        assert "then kill -TERM 5151;" in app.clipboard
+        assert copied_titles(app)[-1] == "Copied kill for pid 5151 crawler (1,500 TIME-WAIT of 1,520 sockets) (OSC 52)"
+        await press(pilot, "down", "down")
+        assert processes.selected_key == "pid:4242"
+        app.refresh_now()
+        await settle(pilot)
+        assert keys_of(processes)[0] == "pid:4242" and processes.selected_key == "pid:4242"  # followed it
+        assert processes.cursor_on_screen()
+        await press(pilot, "k")
+        assert "then kill -TERM 4242;" in app.clipboard
+        assert "pid 4242 leaky-api (960 CLOSE-WAIT of 1,031 sockets)" in copied_titles(app)[-1]
+        await press(pilot, "escape", "l")  # unpicked as a drill-down level, still highlighted: l acts on it
+        assert not app.spec.levels and app.clipboard == "lsof -nP -a -p 4242 -iTCP"
+
+
+async def test_after_a_sort_the_view_shows_the_top_of_the_new_order():
+    app = make_app(frozen_snapshot(scale=8))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await press(pilot, "4", "end")
+        sockets = app.query_one(SocketList)
+        assert sockets.scroll_y > 0
+        selected = sockets.selected
+        await press(pilot, "s")
+        assert sockets.scroll_y == 0 and sockets.selected == selected  # the top shown, the cursor on its socket
+        await press(pilot, "3", "end")
+        processes = app.pane("processes")
+        key = processes.selected_key
+        await press(pilot, "S")
+        assert processes.scroll_y == 0 and processes.selected_key == key
 
 
 async def test_copy_without_a_subject_says_why():
@@ -362,10 +407,10 @@ async def test_refresh_keeps_cursor_sort_and_selection_and_moves_off_vanished_ro
         assert processes.sort_column == "name"  # sort kept
         assert "pid:8181" not in keys_of(processes)
         assert processes.selected_key == order[index + 1]  # the cursor: on its neighbour
-        assert app.spec.levels == ()  # the selection (a kill target) is never swapped for another process
+        assert app.spec.levels == ()  # the drill-down is never swapped for another process
         assert any("pid 8181 exited" in n.message for n in app._notifications)
-        await press(pilot, "k")  # the cursor's neighbour is not the kill target
-        assert app.clipboard == "" and any("select a process first" in n.message for n in app._notifications)
+        await press(pilot, "k")  # the highlighted row is the neighbour now, and the copy names it
+        assert f"Copied kill for pid {processes.selected_key[4:]} " in copied_titles(app)[-1]
 
 
 async def test_new_sockets_are_marked_for_one_refresh():
@@ -397,6 +442,7 @@ async def test_collection_error_shows_in_the_top_bar_and_the_app_keeps_running()
         await settle(pilot)
         assert "netlink: permission denied" in plain(app.query_one(TopBar))
         assert len(app.query_one(SocketList).records) == 2992  # the last good snapshot stays on screen
+        assert re.search(r"data \d+s old", plain(app.query_one(TopBar)))  # ...and says how old it is
         broken["now"] = False
         app.refresh_now()
         await settle(pilot)
@@ -411,12 +457,15 @@ async def test_help_lists_every_key_and_palette_runs_actions():
         assert isinstance(app.screen, HelpScreen)
         rows = app.screen.help_rows()
         assert {row[3] for row in rows if row[3]} == {key.id for key in KEYS}
-        assert ("General", "?", "Show every key", "help") in rows
+        assert ("General", "? F1", "Show every key", "help") in rows and ("General", "q F10", "Leave socktop",
+                                                                         "quit") in rows
+        assert any("k is Copy kill" in row[2] for row in rows)
         await pilot.press("escape")
         assert not isinstance(app.screen, HelpScreen)
         titles = [command.title for command in app.get_system_commands(app.screen)]
         for key in KEYS:
             assert key.description in titles
+        assert len(titles) == len(set(titles)) and "Keys" not in titles  # no entry twice (Quit, Theme, Help)
         await pilot.press("ctrl+p")
         assert isinstance(app.screen, CommandPalette)
         await pilot.press(*"Copy ss")
@@ -463,7 +512,7 @@ async def test_each_size_class_shows_what_is_wrong_first(size, mode, panes, stri
             assert any(t == shown or (title.endswith("…") and t.startswith(shown) and t[len(shown)] in " ,;:(-")
                        for t in titles), line
         if lines:
-            assert "pid 4242 leaky-api holds 320 CLOSE_WAIT" in lines[0]
+            assert "320 CLOSE_WAIT leak +6.7/s in pid 4242 leaky-api" in lines[0]
         assert "findings" in plain(app.query_one(TopBar))  # the count stays, down to 60 columns
         states = app.pane("states")
         if "states" in panes and len(panes) > 1:  # fitted to its rows: no empty half pane
@@ -571,7 +620,7 @@ async def test_hostile_process_names_stay_literal_text():
         await settle(pilot)
         escaped = 'x[bold]$(id)"q\'\\e[31mred'
         processes = app.pane("processes")
-        names = [cell.plain.strip() for row in processes.ordered_rows for cell in processes.get_row(row.key)[1:2]]
+        names = [processes.cells_of(key)[1].plain.strip() for key in processes.keys]
         assert escaped in names
         await pilot.press("3")
         while processes.selected_key != "pid:6666":
@@ -579,7 +628,7 @@ async def test_hostile_process_names_stay_literal_text():
         await settle(pilot)
         await pilot.press("d", "k")
         await settle(pilot)
-        assert "\x1b" not in app.clipboard and app.clipboard.startswith("kill -TERM 6666  # ")
+        assert "\x1b" not in app.clipboard and "then kill -TERM 6666; else" in app.clipboard
         assert escaped in drawer_text(app)
         screen = app.export_screenshot()
         assert "\x1b" not in screen and "[bold]$(id)" in screen.replace("&#160;", " ")
@@ -593,7 +642,7 @@ async def test_no_color_keeps_warnings_apart(monkeypatch):
         await settle(pilot)
         assert app.no_color
         states = app.pane("states")
-        close_wait, established = states.get_row("CLOSE_WAIT")[0], states.get_row("ESTABLISHED")[0]
+        close_wait, established = states.cells_of("CLOSE_WAIT")[0], states.cells_of("ESTABLISHED")[0]
         assert close_wait.style.bold and not established.style.bold  # bold survives the monochrome filter
 
 
@@ -608,28 +657,6 @@ async def test_a_failing_health_check_shows_and_the_app_keeps_running():
         await settle(pilot)
         assert "leaky-api (pid 4242) stopped" in plain(app.query_one(TopBar))
         assert len(app.query_one(SocketList).records) == 2992
-
-
-async def test_fast_cells_render_as_datatable_would():
-    """Pane._render_cell short-cuts DataTable's: the characters and their styles must be the same."""
-    from textual.widgets import DataTable
-
-    def cells(lines):
-        return [(char, segment.style) for line in lines for segment in line for char in segment.text]
-
-    app = make_app()
-    async with app.run_test(size=WIDE) as pilot:
-        await settle(pilot)
-        for name in ("states", "ports", "processes", "findings"):
-            pane = app.pane(name)
-            for row in range(pane.row_count):
-                for column, spec in enumerate(pane.COLUMNS):
-                    for cursor in (False, True):
-                        arguments = (row, column, pane.rich_style, spec.width, cursor, False)
-                        pane._cell_render_cache.clear()
-                        fast = pane._render_cell(*arguments)
-                        pane._cell_render_cache.clear()
-                        assert cells(fast) == cells(DataTable._render_cell(pane, *arguments)), (name, row, spec.key)
 
 
 def test_cli_thresholds_reach_the_tui_analysis(tmp_path) -> None:
@@ -659,7 +686,7 @@ def test_command_line_filters_seed_the_tui() -> None:
 
 async def test_the_findings_pane_shows_its_titles_whole_or_visibly_cut():
     """At 200 columns the sockets pane stops at what its columns need and the findings pane has the rest;
-    its title column ends at the pane's border, a long title cut at a word with "…"."""
+    its title column ends at the pane's border, a long title cut between words with "…"."""
     from socktop.ui.bars import TrendStrip
     from socktop.ui.panes import FindingsPane
 
@@ -668,16 +695,117 @@ async def test_the_findings_pane_shows_its_titles_whole_or_visibly_cut():
         await settle(pilot)
         findings: FindingsPane = app.pane("findings")
         assert findings.region.width >= 78 and app.query_one(SocketList).region.width <= 120
-        title = findings.columns["title"]  # type: ignore[index]
-        assert 10 + title.width < findings.content_region.width  # nothing scrolled out past the border
-        assert findings.virtual_size.width <= findings.content_region.width
-        cells = [findings.get_row(key)[1] for key in keys_of(findings)]
-        shown = [cell.fitted(title.width).rstrip() for cell in cells]
-        assert any(line.endswith("…") for line in shown)  # the frozen machine has long titles
-        for line, cell in zip(shown, cells):
-            assert line == cell.plain or (line.endswith("…") and cell.plain.startswith(line[:-1])
-                                          and cell.plain[len(line) - 1] in " ,:("), line
+        for size in ((200, 50), (140, 40)):
+            await pilot.resize_terminal(*size)
+            await settle(pilot)
+            width = findings.scrollable_content_region.width
+            shown = [findings.render_line(y).text for y in range(1, findings.row_count + 1)]
+            titles = [findings.cells_of(key)[1].plain for key in findings.keys]
+            assert all(len(line) == width for line in shown)
+            for line, title in zip(shown, titles):
+                text = line[10:].rstrip()
+                assert text == title or (text.endswith("…") and title.startswith(text[:-1])
+                                         and title[len(text) - 1] in " ,:("), (text, title)
+        assert any(line.rstrip().endswith("…") for line in shown)  # the frozen machine has long titles
         assert plain(app.query_one(TrendStrip)).startswith("last 39s ")  # 40 refreshes a second apart
-        await pilot.resize_terminal(140, 40)
+
+
+QUIT_WHILE_REFRESHING = """
+import sys, threading
+sys.path.insert(0, {tests!r})
+from frozen import FrozenSource
+from socktop.ui.app import SocktopApp
+
+blocked = threading.Event()
+
+class Blocking(FrozenSource):
+    def refresh(self):
+        if self.calls:  # the second refresh never returns, as a slow dump of 200,000 sockets would not soon
+            blocked.set()
+            threading.Event().wait()
+        return super().refresh()
+
+class App(SocktopApp):
+    def on_mount(self):
+        self.set_interval(0.05, lambda: blocked.is_set() and self.action_quit())
+
+print("exit", App(Blocking(), interval=0.5, clipboard_mode="osc52").run(headless=True, size=(120, 40)))
+"""
+
+
+def test_quit_never_waits_for_a_refresh_in_progress():
+    """`q` ends the app at once: the refresh runs in a daemon thread that exiting leaves behind (a Textual
+    thread worker runs in the loop's executor, which asyncio.run joins: this process would never end)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = QUIT_WHILE_REFRESHING.format(tests=str(Path(__file__).parent))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip().endswith("exit 0"), result.stderr[-2000:]
+
+
+async def test_escape_closes_the_innermost_thing_first():
+    app = make_app()
+    async with app.run_test(size=WIDE) as pilot:
         await settle(pilot)
-        assert findings.virtual_size.width <= findings.content_region.width
+        await press(pilot, "down", "d")  # CLOSE_WAIT picked, the drawer open on it
+        assert app.drawer_open and app.spec.levels == (Level("state", "CLOSE_WAIT"),)
+        await press(pilot, "slash", *"leaky")
+        await press(pilot, "escape")  # the filter field first, as it was
+        assert not app.has_class("-filtering") and app.drawer_open and not app.spec.query.text
+        await press(pilot, "escape")  # then the drawer; the row under it stays picked
+        assert not app.drawer_open and app.spec.levels == (Level("state", "CLOSE_WAIT"),)
+        await press(pilot, "escape")  # then one drill-down level
+        assert app.spec.levels == ()
+
+
+async def test_an_unknown_state_is_explained_and_cleared_with_escape():
+    app = make_app()
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot)
+        await press(pilot, "slash", *"state:tw", "enter")
+        assert "unknown state 'tw': did you mean time-wait?" in plain(app.query_one(FilterLine))
+        assert app.spec.query.text == "state:tw" and not app.spec.query.terms
+        await press(pilot, "escape")
+        assert app.spec.query.text == "" and "All sockets" in plain(app.query_one(FilterLine))
+
+
+async def test_a_filter_that_matches_nothing_says_so_in_the_panes():
+    app = make_app()
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot)
+        await press(pilot, "slash", *"proc:nosuchthing", "enter")
+        for name in ("states", "ports", "processes", "sockets"):
+            pane = app.pane(name)
+            assert pane.row_total == 0 and "no match" in pane.render_line(1).text, name
+
+
+async def test_a_picked_finding_and_a_filter_are_both_said_in_the_filter_line():
+    app = make_app()
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot)
+        await move_to(pilot, "findings", "close-wait-leak:pid:4242")
+        await press(pilot, "slash", *"198.51", "enter")
+        line = plain(app.query_one(FilterLine))
+        title = app.picked_finding().title
+        assert f"finding «{title[:20]}" in line and "/198.51" in line and "pid 4242 › CLOSE-WAIT" in line
+
+
+async def test_function_keys_and_vi_moves():
+    app = make_app()
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot)
+        await press(pilot, "f1")
+        assert isinstance(app.screen, HelpScreen)
+        await press(pilot, "escape", "f3")
+        assert app.has_class("-filtering")
+        await press(pilot, "escape", "3", "j")
+        processes = app.pane("processes")
+        assert processes.cursor == 1 and app.spec.levels == (Level("process", processes.selected_key),)
+        await press(pilot, "G")
+        assert processes.cursor == processes.row_count - 1
+        await press(pilot, "g")
+        assert processes.cursor == 0
+        await press(pilot, "f10")
+        assert app.return_code == 0

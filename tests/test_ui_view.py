@@ -76,8 +76,11 @@ def test_copy_commands_follow_the_selection():
     leaky = SNAPSHOT.aggregates.by_process["pid:4242"]
     drill = (Level("state", "CLOSE_WAIT"), Level("port", "in:8080"), Level("process", "pid:4242"))
     copies = commands_for(selection(focus="processes", levels=drill, process=leaky, state=TcpState.CLOSE_WAIT))
-    assert copies["kill"].command.line == "kill -TERM 4242  # comm=leaky-api"
-    assert copies["kill"].extra[0].line == "kill -KILL 4242  # comm=leaky-api"
+    guard = "if [ \"$(sed 's/.*) //' /proc/4242/stat 2>/dev/null | cut -d' ' -f20)\" = 1001 ]; then kill"
+    tail = "4242; else echo 'pid 4242 is no longer the process socktop saw: not signalled' >&2; fi  # comm=leaky-api"
+    assert copies["kill"].command.line == f"{guard} -TERM {tail}"  # only while pid 4242 is that process
+    assert copies["kill"].extra[0].line == f"{guard} -KILL {tail}"
+    assert copies["kill"].what == "kill for pid 4242 leaky-api (320 CLOSE-WAIT of 391 sockets)"
     assert copies["lsof"].command.line == "lsof -nP -a -p 4242 -iTCP -sTCP:CLOSE_WAIT"
     assert copies["ss"].command.line == "ss -tanp state close-wait '( sport = :8080 )' | grep -F pid=4242,"
     assert copies["sysctl"].command is None and "no setting ends CLOSE_WAIT" not in copies["sysctl"].why_not
@@ -151,7 +154,8 @@ def test_a_process_row_adds_up_with_its_inferred_sockets():
 def test_a_hostile_name_stays_in_the_comment():
     group = SNAPSHOT.aggregates.by_process["pid:6666"]
     line = commands_for(selection(focus="processes", process=group))["kill"].command.line
-    assert line.startswith("kill -TERM 6666  # 'comm=") and "\x1b" not in line and HOSTILE_NAME not in line
+    assert "then kill -TERM 6666; else" in line and "fi  # 'comm=" in line
+    assert "\x1b" not in line and HOSTILE_NAME not in line
 
 
 @pytest.mark.parametrize(("value", "text"), [(0, "0"), (99_999, "99,999"), (123_456, "123k"), (12_345_678, "12.3M")])

@@ -32,6 +32,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from bench import await_time_wait_gone  # noqa: E402  (this folder is the script's: on sys.path)
 from frozen import FrozenSource, settle, synthetic_snapshot  # noqa: E402
 
 from textual import events  # noqa: E402
@@ -91,12 +92,10 @@ def _timed(cls: type, name: str) -> None:
 
 def time_key_handlers() -> None:
     """Wrap the handlers of the keys the benchmark presses, so their answers can be timed."""
-    from socktop.ui.panes import Pane
-    from socktop.ui.sockets import SocketList
+    from socktop.ui.table import LineTable
 
-    _timed(Pane, "action_move")
-    _timed(SocketList, "action_cursor")
-    _timed(SocketList, "action_page")
+    _timed(LineTable, "action_move")  # every pane, the sockets list too
+    _timed(LineTable, "action_page")
     _timed(TimedApp, "action_focus_pane")
 
 
@@ -277,6 +276,7 @@ def main() -> int:
     if options.no_real:
         return 0
 
+    await_time_wait_gone()
     with build_incident(50_000):
         engine = Engine(interval=0.5)
         collect = collector_time(engine)
@@ -294,6 +294,7 @@ def main() -> int:
 
     for case in options.cpu_cases.split(","):
         population, _, size = case.partition(":")
+        await_time_wait_gone()
         with BUILDERS[population](int(size)):
             before = len(Engine().refresh().sockets)
             if tmux:

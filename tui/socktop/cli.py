@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", choices=BACKENDS, default="auto",
                         help="how to read the socket table (default: auto = netlink, else /proc, else psutil)")
     parser.add_argument("-i", "--interval", type=_seconds(0.5, 10, "interval"), default=1.0, help="TUI refresh interval in seconds (0.5-10)")
+    parser.add_argument("--prometheus", type=_prometheus_url, default=None, metavar="URL",
+                        help="the TUI also shows the Fleet view: every host whose socktop serve this Prometheus "
+                             "scrapes, ranked by its worst finding (key F)")
     parser.add_argument("--clipboard", choices=("auto", "osc52", "system", "off"), default="auto",
                         help="how the TUI copies commands (default: auto)")
     parser.add_argument("--sample", type=_seconds(0, 600, "sample"), default=0.0, metavar="SECONDS",
@@ -149,9 +152,10 @@ changes a setting.
 
 It binds 127.0.0.1 by default. A wider bind (--listen 0.0.0.0:9877) lets anyone
 who reaches the port read which processes and users hold which ports and peers:
-keep it on a private network, or put it behind TLS and authentication with a
-reverse proxy (nginx, caddy, kube-rbac-proxy) that listens outside and forwards
-to 127.0.0.1:9877. See the README, "Watching a fleet".
+keep it on a private network, serve it over TLS with client certificates
+(--tls-cert, --tls-key, --tls-client-ca), or put it behind a reverse proxy with
+TLS and authentication (nginx, caddy, kube-rbac-proxy) that listens outside and
+forwards to 127.0.0.1:9877. See the README, "Watching a fleet".
 """
 
 
@@ -163,6 +167,15 @@ def _listen(text: str) -> str:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
+
+
+def _prometheus_url(text: str) -> str:
+    from .analyze.fleet import check_url
+
+    try:
+        return check_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _top(text: str) -> int:
@@ -185,6 +198,10 @@ def build_serve_parser() -> argparse.ArgumentParser:
                              f"their own series; the rest are summed as 'other' (default: [serve] top in the "
                              f"config file, else {DEFAULT_TOP})")
     parser.add_argument("--backend", choices=BACKENDS, default="auto", help="how to read the socket table")
+    parser.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate (PEM; with --tls-key)")
+    parser.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
+    parser.add_argument("--tls-client-ca", metavar="FILE",
+                        help="with TLS: answer only clients whose certificate this CA signed (mutual TLS)")
     parser.add_argument("--threshold", type=_threshold, action="append", default=[], metavar="KEY=VALUE",
                         help="override one finding threshold (repeatable)")
     parser.add_argument("--config", type=Path, default=None, metavar="PATH",
@@ -203,6 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = build_parser().parse_args(args)
     if options.sockets and not options.json:
         build_parser().error("--sockets needs --json")
+    if options.prometheus and (options.once or options.json):
+        build_parser().error("--prometheus is for the TUI's Fleet view, not --once or --json")
     if options.pid is not None and not pid_exists(options.pid):
         return _fail(f"no such process: {options.pid}", USAGE_ERROR)
     config = _load_config(options)
@@ -293,7 +312,7 @@ def _silence_stdout() -> None:
 def _run_once(options: argparse.Namespace, config: Config) -> int:
     from .analyze.findings import analyze
     from .model.engine import Engine
-    from .report import render_json, render_summary
+    from .report import render_summary, write_json
 
     for warning in config.warnings:
         _say(f"warning: {warning}")
@@ -312,24 +331,32 @@ def _run_once(options: argparse.Namespace, config: Config) -> int:
     }
     snapshot = snapshot.filtered(state=options.state, port=options.port, pid=options.pid)
     if options.json:
-        return write_output(lambda out: out.write(render_json(snapshot, filters, options.sockets, analysis) + "\n"))
+        return write_output(lambda out: write_json(out, snapshot, filters, options.sockets, analysis))
     return write_output(lambda out: out.write(render_summary(snapshot, analysis=analysis)))
 
 
 def _run_tui(options: argparse.Namespace, config: Config) -> int:
+    if os.environ.get("TERM") == "dumb":  # no cursor addressing: a full-screen UI would be garbage
+        status = _run_once(options, config)
+        _say("TERM=dumb cannot show the live view: that was the --once summary (run with a terminal type "
+             "such as TERM=xterm-256color for the TUI)")
+        return status
     from .ui.app import run
 
     return run(options, config)
 
 
 def _run_serve(options: argparse.Namespace) -> int:
-    from .serve.server import run_serve
+    from .serve.server import Tls, run_serve
 
     config = _load_config(options)
     if config is None:
         return USAGE_ERROR
     for warning in config.warnings:
         _say(f"warning: {warning}")
+    if bool(options.tls_cert) != bool(options.tls_key) or (options.tls_client_ca and not options.tls_cert):
+        build_serve_parser().error("--tls-cert and --tls-key go together (and --tls-client-ca needs them)")
+    tls = Tls(options.tls_cert, options.tls_key, options.tls_client_ca) if options.tls_cert else None
     top = options.top
     if top is None:
         configured = config.serve.get("top", DEFAULT_TOP)
@@ -339,13 +366,24 @@ def _run_serve(options: argparse.Namespace) -> int:
             _say(f"warning: {config.path}: [serve] top must be 1-1000, not {configured!r}; using {DEFAULT_TOP}")
             top = DEFAULT_TOP
     return run_serve(options.listen, options.interval, top, options.backend, config.thresholds,
-                     lambda line: _say(f"serve: {line}"))
+                     lambda line: _say(f"serve: {line}"), tls)
 
 
 def _run_demo(options: argparse.Namespace) -> int:
     from .demo.scenario import run_demo
 
-    return run_demo(options.duration, echo=print)
+    return run_demo(options.duration, echo=_echo)
+
+
+def _echo(line: str) -> None:
+    """A progress line on stdout; once its reader is gone (``| head``) or the disk is full, the
+    demo goes on without it rather than dying with its sockets and workers left behind."""
+    if sys.stdout is None:
+        return
+    try:
+        print(line, flush=True)
+    except (OSError, ValueError):
+        _silence_stdout()
 
 
 EXPLAIN_USAGE = """\

@@ -15,7 +15,7 @@ shell runs as a kill of every process.
 The UI and the findings use:
 - `Command` (line, note): what to copy, and one line on what it does;
 - `ss_sockets(...)`, `ss_for_row(kind, key, state)`: `ss` listing exactly the sockets of a row;
-- `lsof_sockets(pid, state)`, `kill_commands(pid, name)`;
+- `lsof_sockets(pid, state)`, `kill_commands(pid, name, start_ticks)` (guarded by the start time);
 - `ss_kill(record)` (None where aborting would hurt or do nothing: `ss_kill_refusal(record)` says why);
 - `sysctl_runtime(key, value)`, `sysctl_persistent(key, value)`;
 - `stack_dump(process)`: py-spy, jstack or gdb, by the kind of process;
@@ -183,16 +183,40 @@ def lsof_sockets(pid: int, state: TcpState | None = None) -> Command:
     return Command(shlex.join(words), "the descriptors (fd numbers) holding them; -nP: no DNS or port-name lookups")
 
 
-def kill_commands(pid: int, name: str) -> tuple[Command, Command]:
-    """TERM first, KILL as the second step; the name only in a trailing comment."""
+def kill_commands(pid: int, name: str, start_ticks: int | None = None) -> tuple[Command, Command]:
+    """TERM first, KILL as the second step; the name only in a trailing comment.
+
+    With ``start_ticks`` (field 22 of /proc/PID/stat as socktop read it: the start time after boot, in
+    clock ticks; Documentation/filesystems/proc.rst, fs/proc/array.c do_task_stat) each line is guarded:
+    it signals only while /proc/PID/stat still shows that start time, so a pid the kernel has reused for
+    another program since is never signalled. The fields are counted after the last ") " (the name in
+    field 2 may hold spaces and parentheses): field 22 is the 20th there.
+    """
     pid = int(pid)
     comment = safe_comment(name)
+    if start_ticks is None:
+        term, kill = f"kill -TERM {pid}", f"kill -KILL {pid}"
+        check = "; check the pid is still that process first"
+    else:
+        term, kill = (guarded_signal(pid, int(start_ticks), signal) for signal in ("TERM", "KILL"))
+        check = (f"; it signals only while /proc/{pid}/stat still shows the start time socktop read (tick "
+                 f"{int(start_ticks)} after boot), so a pid the kernel gave to another program since is left alone")
     return (
-        Command(f"kill -TERM {pid}{comment}",
-                "ask the process to exit (closes its sockets); check the pid is still that process first"),
-        Command(f"kill -KILL {pid}{comment}",
-                "only if it is still running after TERM: no cleanup, the kernel closes its sockets"),
+        Command(f"{term}{comment}", f"ask the process to exit (closes its sockets){check}"),
+        Command(f"{kill}{comment}", "only if it is still running after TERM: no cleanup, the kernel closes its "
+                                    "sockets"),
     )
+
+
+def guarded_signal(pid: int, start_ticks: int, signal: str) -> str:
+    """``kill -SIGNAL pid`` run only while /proc/PID/stat's start time (field 22) is ``start_ticks``."""
+    pid, start_ticks = int(pid), int(start_ticks)
+    if signal not in ("TERM", "KILL", "INT", "HUP"):
+        raise ValueError(f"not a signal socktop hands out: {signal!r}")
+    read = f"sed 's/.*) //' /proc/{pid}/stat 2>/dev/null | cut -d' ' -f20"
+    refused = shlex.quote(f"pid {pid} is no longer the process socktop saw: not signalled")
+    return (f'if [ "$({read})" = {start_ticks} ]; then kill -{signal} {pid}; '
+            f"else echo {refused} >&2; fi")
 
 
 def ss_kill_refusal(record: SocketRecord) -> str:

@@ -55,7 +55,8 @@ class Thresholds:
     close_wait_critical: int = 1000
     close_wait_rise_per_s: float = 0.1  # ...or rising at least this fast over the trend window
     close_wait_rise_min: int = 10  # a rise only counts once the process holds this many
-    trend_min_seconds: float = 30.0  # history needed before a rate is trusted
+    trend_warn_seconds: float = 8.0  # a steady rise over this short window is enough to warn
+    trend_min_seconds: float = 30.0  # history needed before a rate is trusted (confirms a rise; "recent" rate)
     rate_window_seconds: float = 120.0  # rates and trends are taken over the most recent part of the history
     fd_warning: float = 0.8  # descriptors used / RLIMIT_NOFILE
     fd_critical: float = 0.95

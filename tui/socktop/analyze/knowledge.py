@@ -314,7 +314,8 @@ KNOWLEDGE: dict[TcpState, StateKnowledge] = {k.state: k for k in (
         side="Either side. Socket tables list it only while it is bound to a port, e.g. bind() before "
              "connect() or listen(); ss shows these only with -B (--bound-inactive), which iproute2 6.1 "
              "(Debian 12, Ubuntu 24.04) lacks. A connection the kernel aborted (RST, keepalive, timeout) "
-             "under a descriptor still open is also CLOSE, and listed nowhere.",
+             "under a descriptor still open is also CLOSE, and listed in no table unless the application "
+             "bound its port itself.",
         lifetime="Until the process connects, listens or closes it: no timer.",
         normal_when="A few, for a moment, between bind() and connect() or listen().",
         symptom_when="Many held by one process: each keeps a descriptor, and a bound one a port, that nothing "
@@ -357,9 +358,11 @@ KNOWLEDGE: dict[TcpState, StateKnowledge] = {k.state: k for k in (
         remedies=(
             Remedy("See the sockets, their Recv-Q and age (lastack), and the peers that closed on us.",
                    ("ss -tanp state close-wait", "ss -tni state close-wait")),
-            Remedy("Count the process's socket descriptors against its sockets in the table: more "
-                   "descriptors than sockets means connections the kernel already ended are still held.",
-                   ("ls -l /proc/PID/fd | grep -c socket:", "lsof -nP -a -p PID -iTCP -sTCP:CLOSE_WAIT")),
+            Remedy("Count its TCP descriptors against its sockets in the table (socktop's process drawer "
+                   "shows both): descriptors no table lists are connections the kernel already ended, still "
+                   "held, and lsof prints them as \"protocol: TCP\".",
+                   ("lsof -nP -a -p PID | grep -c TCP", "ss -tanp | grep -c pid=PID,",
+                    "lsof -nP -a -p PID -iTCP -sTCP:CLOSE_WAIT")),
             Remedy("Find where the threads are and fix the missing close() or release. Go without pprof: "
                    "SIGQUIT prints every goroutine to stderr, and ends the process.", _STACK_DUMPS),
             Remedy("Stop-gap: restart that process; the kernel closes all its sockets. The leak returns "
@@ -484,10 +487,18 @@ def orphan_retries(value: int | None) -> int:
 
 
 def duration_text(seconds: float) -> str:
-    """``3 s``, ``102 s``, ``15.4 min``: how long, for a person."""
-    if seconds < 300:
+    """``3 s``, ``102 s``, ``15.4 min``, ``5.5 h``, ``2.3 days``: how long, for a person."""
+    if seconds < 10:
         return f"{seconds:.1f} s".replace(".0 s", " s")
-    return f"{seconds / 60:.1f} min".replace(".0 min", " min")
+    if seconds < 300:
+        return f"{seconds:.0f} s"
+    if seconds < 600:
+        return f"{seconds / 60:.1f} min".replace(".0 min", " min")
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h".replace(".0 h", " h")
+    return f"{seconds / 86400:.1f} days"
 
 
 def on_this_kernel(state: TcpState, kernel: KernelState | None) -> list[str]:

@@ -18,11 +18,15 @@ which means events were lost.
 from __future__ import annotations
 
 import errno
+import select
 import socket
 import struct
+import threading
+from collections import deque
 from typing import NamedTuple
 
-from .netlink import _BYTESWAP16, _DIAG_MSG, NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY, AddressText
+from .columns import ADDRESSES, V4_MAPPED_PREFIX
+from .netlink import NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY
 
 SOL_NETLINK = 270
 NETLINK_ADD_MEMBERSHIP = 1
@@ -34,6 +38,10 @@ RECEIVE_BUFFER = 8 << 20  # asked for; without CAP_NET_ADMIN the kernel caps it 
 MAX_DRAIN = 50_000  # events read by one drain: a flood costs one refresh a bounded time, the rest waits
 _CHUNK = 65536
 _ATTRIBUTE = struct.Struct("=HH")
+# nlmsghdr (len type flags) + inet_diag_msg: family state timer retrans | sport dport (big-endian, swapped
+# with ntohs) | src dst (the IPv4 part, then the rest of an IPv6 address) | (if) cookie | expires rqueue
+# wqueue uid inode
+_DIAG_MSG = struct.Struct("=IHH8x" "BBBB" "HH" "4s12s4s12s" "4x" "Q" "IIIII")
 # struct tcp_info (include/uapi/linux/tcp.h): tcpi_total_retrans at byte 100,
 # tcpi_bytes_acked and tcpi_bytes_received at 120 and 128
 _TCP_INFO_TAIL = struct.Struct("=100xI16xQQ")
@@ -66,7 +74,7 @@ class DestroyFeed:
     in). Raises OSError where the kernel refuses the groups.
     """
 
-    __slots__ = ("_sock", "_buffer", "_addresses", "overruns", "received")
+    __slots__ = ("_sock", "_buffer", "overruns", "received")
 
     def __init__(self, sock: socket.socket | None = None, receive_buffer: int = RECEIVE_BUFFER) -> None:
         if sock is None:
@@ -83,7 +91,6 @@ class DestroyFeed:
             raise
         self._sock = sock
         self._buffer = bytearray(_CHUNK)
-        self._addresses = AddressText()
         self.overruns = 0  # times the kernel dropped events because the queue was full (ENOBUFS)
         self.received = 0  # events read in all
 
@@ -121,7 +128,7 @@ class DestroyFeed:
 
     def _parse(self, size: int, closed: list[ClosedSocket]) -> None:
         """Append the socket messages of one datagram (one message each, in practice)."""
-        buffer, cache, text = self._buffer, self._addresses.cache, self._addresses.text
+        buffer, text = self._buffer, ADDRESSES.text
         offset = 0
         while offset + _DIAG_MSG.size <= size:
             (length, kind, _flags, family, _state, _timer, _retrans, sport, dport, src, src_rest, dst, dst_rest,
@@ -129,12 +136,14 @@ class DestroyFeed:
             if length < _DIAG_MSG.size or offset + length > size:
                 break
             if kind == SOCK_DIAG_BY_FAMILY:
-                if family != socket.AF_INET:
+                if family == socket.AF_INET:
+                    src, dst = V4_MAPPED_PREFIX + src, V4_MAPPED_PREFIX + dst
+                else:
                     src, dst = src + src_rest, dst + dst_rest
                 acked, received, retransmits = _tcp_info(buffer, offset + _DIAG_MSG.size, offset + length)
                 closed.append(ClosedSocket(
-                    family, cache.get(src) or text(src), _BYTESWAP16[sport], cache.get(dst) or text(dst),
-                    _BYTESWAP16[dport], cookie, acked, received, retransmits))
+                    family, text(src), socket.ntohs(sport), text(dst), socket.ntohs(dport), cookie, acked, received,
+                    retransmits))
             offset += (length + 3) & ~3
 
 
@@ -158,3 +167,61 @@ def _tcp_info(buffer: bytearray, start: int, end: int) -> tuple[int, int, int]:
             return acked, received, retransmits
         start += (length + 3) & ~3
     return -1, -1, -1
+
+
+class FeedReader:
+    """Drains a feed from a thread of its own, so that events wait in a bounded buffer of
+    ours rather than in the socket's queue, which an ordinary user cannot make larger than
+    2 * net.core.rmem_max (about 600 events on a stock system: a few seconds of a busy host).
+
+    The thread wakes when events are queued, at most once per ``pause`` seconds; `take`
+    returns what it gathered. Beyond ``capacity`` the oldest events are dropped and counted.
+    """
+
+    __slots__ = ("feed", "pause", "dropped", "_events", "_lock", "_stop", "_thread")
+
+    def __init__(self, feed: DestroyFeed, pause: float = 0.05, capacity: int = MAX_DRAIN) -> None:
+        self.feed = feed
+        self.pause = pause
+        self.dropped = 0
+        self._events: deque[ClosedSocket] = deque(maxlen=capacity)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="socktop-destroy-feed", daemon=True)
+        self._thread.start()
+
+    def take(self) -> list[ClosedSocket]:
+        """Every event gathered since the last take, oldest first (and what the socket holds now)."""
+        with self._lock:
+            self._gather()
+            events = list(self._events)
+            self._events.clear()
+        return events
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self, wait: bool = True) -> None:
+        """End the thread (``wait``: and wait for it, at most one select timeout)."""
+        self._stop.set()
+        if wait:
+            self._thread.join()
+
+    def _gather(self) -> None:
+        closed = self.feed.drain()
+        events = self._events
+        self.dropped += max(0, len(events) + len(closed) - (events.maxlen or 0))
+        events.extend(closed)
+
+    def _run(self) -> None:
+        """Until stopped, or until the feed fails (`take` then raises the error)."""
+        try:
+            while not self._stop.is_set():
+                readable, _, _ = select.select([self.feed], [], [], self.pause * 5)
+                if readable:
+                    with self._lock:
+                        self._gather()
+                    self._stop.wait(self.pause)
+        except (OSError, ValueError):  # ValueError: the feed was closed under us
+            return

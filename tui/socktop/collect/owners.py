@@ -87,7 +87,8 @@ def soft_fd_limit(limits_text: str | None) -> int | None:
     return None
 
 
-def read_process(pid: int, fd_count: int | None, known: ProcessInfo | None = None) -> ProcessInfo | None:
+def read_process(pid: int, fd_count: int | None, known: ProcessInfo | None = None,
+                 tcp_fds: int | None = None) -> ProcessInfo | None:
     """Facts about one process; None when it exited or its /proc entry is closed to us.
 
     ``known`` is the cached entry for this pid: when its start time still
@@ -104,9 +105,9 @@ def read_process(pid: int, fd_count: int | None, known: ProcessInfo | None = Non
         return None
     name = (read_text(f"{base}/comm") or stat_text.partition("(")[2].rpartition(")")[0]).rstrip("\n")
     if known is not None and known.start_ticks == started:
-        if known.fd_count == fd_count and known.name == name:
+        if known.fd_count == fd_count and known.name == name and known.tcp_fds == tcp_fds:
             return known
-        return replace(known, name=name, fd_count=fd_count)
+        return replace(known, name=name, fd_count=fd_count, tcp_fds=tcp_fds)
     cmdline = (read_text(f"{base}/cmdline", 8192) or "").replace("\x00", " ").strip()
     try:
         uid = os.stat(base).st_uid
@@ -114,7 +115,7 @@ def read_process(pid: int, fd_count: int | None, known: ProcessInfo | None = Non
         return None
     return ProcessInfo(
         pid=pid, start_ticks=started, name=name, cmdline=cmdline, uid=uid, user=user_name(uid),
-        fd_count=fd_count, fd_limit=soft_fd_limit(read_text(f"{base}/limits")),
+        fd_count=fd_count, fd_limit=soft_fd_limit(read_text(f"{base}/limits")), tcp_fds=tcp_fds,
     )
 
 
@@ -148,6 +149,7 @@ class _ProcessFds:
 
     start_ticks: int
     inode_by_fd: dict[str, int] = field(default_factory=dict)
+    tcp_fds: int = 0  # descriptors that are TCP sockets, in the table or not (set by the last scan)
 
 
 @dataclass(slots=True)
@@ -156,6 +158,7 @@ class ScanStats:
 
     scans: int = 0
     full_scans: int = 0
+    fd_dirs_read: int = 0  # /proc/PID/fd listings: what an owner scan costs per process it looks at
     links_read: int = 0
     denied_pids: int = 0
     vanished_pids: int = 0
@@ -193,6 +196,7 @@ class OwnerScanner:
         self.denied_pids: set[int] = set()
         self._known_pids: set[int] = set()  # /proc as last listed
         self._present: set[int] = set()  # the TCP inodes of the previous update
+        self._unlisted_tcp: dict[int, bool] = {}  # socket inode in no TCP table → is it TCP (sockprotoname)
         self._last_full_scan = float("-inf")
         self._last_unknown_retry = float("-inf")
         self.stats = ScanStats()
@@ -289,12 +293,18 @@ class OwnerScanner:
         self.denied_pids = denied
         self.stats.denied_pids = len(denied)
         pids_by_inode: dict[int, list[int]] = {}
+        unlisted: dict[int, bool] = {}
         for pid, fds in self._fds_by_pid.items():
-            for inode in fds.inode_by_fd.values():
+            fds.tcp_fds = 0
+            for name, inode in fds.inode_by_fd.items():
                 if inode in present:
+                    fds.tcp_fds += 1
                     holders = pids_by_inode.setdefault(inode, [])
                     if pid not in holders:
                         holders.append(pid)
+                elif inode != NOT_A_SOCKET:
+                    fds.tcp_fds += self._is_unlisted_tcp(pid, name, inode, unlisted)
+        self._unlisted_tcp = unlisted
         self._refresh_processes({pid for holders in pids_by_inode.values() for pid in holders})
         # a holder whose /proc entry is gone by now exited: its descriptors are closed, and a
         # process entry with no name, user or start time would be a half-null record
@@ -308,6 +318,18 @@ class OwnerScanner:
                     del pids_by_inode[inode]
         self.pids_by_inode = _shared_holders(pids_by_inode)
 
+    def _is_unlisted_tcp(self, pid: int, fd: str, inode: int, seen: dict[int, bool]) -> bool:
+        """Whether a socket no TCP table lists is TCP all the same (bound only, or closed by the kernel
+        under the descriptor): its protocol name, from the socket's xattr, once per inode."""
+        known = seen.get(inode, self._unlisted_tcp.get(inode))
+        if known is None:
+            try:
+                known = os.getxattr(f"{self._proc}/{pid}/fd/{fd}", "system.sockprotoname").startswith(b"TCP")
+            except (OSError, AttributeError):  # closed meanwhile, or no xattr support
+                known = False
+        seen[inode] = known
+        return known
+
     def _list_pids(self) -> set[int]:
         try:
             names = os.listdir(self._proc)
@@ -318,6 +340,7 @@ class OwnerScanner:
     def _read_fds(self, pid: int, present: set[int], full: bool, denied: set[int]) -> _ProcessFds | None:
         """This pid's fd → inode table, re-reading only what may have changed."""
         fd_dir = f"{self._proc}/{pid}/fd"
+        self.stats.fd_dirs_read += 1
         try:
             names = os.listdir(fd_dir)
         except PermissionError:
@@ -369,7 +392,8 @@ class OwnerScanner:
         processes: dict[int, ProcessInfo] = {}
         for pid in owner_pids:
             fds = self._fds_by_pid.get(pid)
-            info = read_process(pid, len(fds.inode_by_fd) if fds else None, self._processes.get(pid))
+            info = read_process(pid, len(fds.inode_by_fd) if fds else None, self._processes.get(pid),
+                                fds.tcp_fds if fds else None)
             if info is not None:
                 processes[pid] = info
         self._processes = processes

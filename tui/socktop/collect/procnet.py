@@ -25,7 +25,8 @@ import socket
 import struct
 from collections.abc import Callable
 
-from .netlink import AddressText, drop_duplicates
+from .columns import AddressText, SocketColumns, SocketTable, address_text
+from .netlink import drop_duplicates
 from .records import CANONICAL_STATE, BackendUnavailable, CollectError, SocketRecord, TimerKind
 
 PROC_NET = "/proc/net"
@@ -50,11 +51,15 @@ def address_bytes(hex_address: str, family: int) -> bytes:
     return struct.pack(f"={len(words)}I", *words)
 
 
+def _v4_text(raw: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET, raw)
+
+
 class AddressCache:
     """Address text keyed by however a source spells the address, each converted once.
 
-    The conversion itself (IPv4-mapped IPv6 shown as IPv4) is netlink's
-    `AddressText`, so every backend prints an address the same way.
+    The conversion itself (IPv4-mapped IPv6 shown as IPv4) is the columns'
+    `address_text`, so every backend prints an address the same way.
     """
 
     __slots__ = ("known", "_to_bytes", "_to_text")
@@ -65,9 +70,8 @@ class AddressCache:
         self._to_text = to_text
 
     @classmethod
-    def for_family(cls, family: int, to_bytes: Callable[[str, int], bytes],
-                   addresses: AddressText) -> AddressCache:
-        to_text = addresses.v4 if family == socket.AF_INET else addresses.v6
+    def for_family(cls, family: int, to_bytes: Callable[[str, int], bytes]) -> AddressCache:
+        to_text = _v4_text if family == socket.AF_INET else address_text
         return cls(lambda spelled: to_bytes(spelled, family), to_text)
 
     def convert(self, spelled: str) -> str:
@@ -94,7 +98,7 @@ def parse_proc_net_tcp(text: str, family: int, addresses: AddressCache | None = 
     if family not in _HEX_DIGITS:
         raise ValueError(f"/proc/net/tcp lists AF_INET or AF_INET6 sockets, not family {family}")
     if addresses is None:
-        addresses = AddressCache.for_family(family, address_bytes, AddressText())
+        addresses = AddressCache.for_family(family, address_bytes)
     cached = addresses.known.get
     convert = addresses.convert
     states = CANONICAL_STATE
@@ -171,15 +175,14 @@ class ProcNetBackend:
         self.paths = {socket.AF_INET: os.path.join(proc_net, "tcp"), socket.AF_INET6: os.path.join(proc_net, "tcp6")}
         self.malformed_lines = 0
         self.duplicates_dropped = 0
-        addresses = AddressText()
-        self._caches = {family: AddressCache.for_family(family, address_bytes, addresses) for family in self.paths}
+        self._caches = {family: AddressCache.for_family(family, address_bytes) for family in self.paths}
         try:
             read_proc_file(self.paths[socket.AF_INET])
         except OSError as exc:
             raise BackendUnavailable(f"cannot read {self.paths[socket.AF_INET]}: {exc.strerror or exc}") from exc
 
-    def sockets(self) -> list[SocketRecord]:
-        records: list[SocketRecord] = []
+    def sockets(self) -> SocketTable:
+        parts: list[SocketColumns] = []
         for family, path in self.paths.items():
             try:
                 text = read_proc_file(path)
@@ -193,7 +196,7 @@ class ProcNetBackend:
             cache.trim()
             parsed, malformed = parse_proc_net_tcp(text, family, cache)
             self.malformed_lines += malformed
-            kept, dropped = drop_duplicates(parsed)
+            kept, dropped = drop_duplicates(SocketColumns.from_records(parsed))
             self.duplicates_dropped += dropped
-            records.extend(kept)
-        return records
+            parts.append(kept)
+        return SocketTable(SocketColumns.concat(parts))

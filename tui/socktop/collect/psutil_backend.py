@@ -27,7 +27,7 @@ from typing import NamedTuple, Protocol, TypeVar
 
 import psutil
 
-from .netlink import AddressText
+from .columns import SocketColumns, SocketTable
 from .owners import UNKNOWN_UID, user_name
 from .procnet import AddressCache
 from .records import BackendUnavailable, CollectError, ProcessInfo, SocketRecord, TcpState, TimerKind
@@ -120,8 +120,7 @@ class PsutilBackend:
     def __init__(self) -> None:
         self.system_wide = True
         self.skipped_entries = 0
-        addresses = AddressText()
-        self._caches = {family: AddressCache.for_family(family, address_bytes, addresses) for family in _UNSPECIFIED}
+        self._caches = {family: AddressCache.for_family(family, address_bytes) for family in _UNSPECIFIED}
         self._fresh_inodes = count(SYNTHETIC_INODE_BASE)
         self._inodes: dict[SocketKey, int] = {}
         self._owners: dict[int, tuple[int, ...]] = {}
@@ -149,7 +148,7 @@ class PsutilBackend:
         """
         return {pid: self._processes[pid] for pid in pids if pid in self._processes}
 
-    def sockets(self) -> list[SocketRecord]:
+    def sockets(self) -> SocketTable:
         try:
             entries = self._entries()
         except _LISTING_FAILURES as exc:
@@ -165,7 +164,7 @@ class PsutilBackend:
             pids = pids_by_socket.setdefault(key, [])
             if pid is not None and pid not in pids:
                 pids.append(pid)
-        return self._records(pids_by_socket)
+        return SocketTable(SocketColumns.from_records(self._records(pids_by_socket)))
 
     def _entries(self) -> list[tuple[int | None, Connection]]:
         """(owning pid or None, connection) for every TCP socket psutil lets us see."""

@@ -43,8 +43,8 @@ class TcpState(IntEnum):
     def parse(cls, text: str) -> TcpState:
         """Accept ``close-wait``, ``CLOSE_WAIT``, ``closewait`` or ``8``."""
         key = text.strip().upper().replace("-", "_").replace(" ", "_")
-        if key.isdigit() and int(key) in _BY_VALUE:
-            return _BY_VALUE[int(key)]
+        if key.isdigit() and int(key) in STATE_BY_CODE:
+            return STATE_BY_CODE[int(key)]
         compact = key.replace("_", "")
         for state in cls:
             if compact in (state.name.replace("_", ""), _SS_LABELS[state].replace("-", "")):
@@ -66,7 +66,6 @@ _SS_LABELS = {
     TcpState.CLOSING: "CLOSING",
     TcpState.NEW_SYN_RECV: "SYN-RECV",
 }
-_BY_VALUE = {int(s): s for s in TcpState}
 
 #: States in the order a user reads them (NEW_SYN_RECV is folded into SYN_RECV).
 DISPLAY_STATES: tuple[TcpState, ...] = (
@@ -82,6 +81,8 @@ DISPLAY_STATES: tuple[TcpState, ...] = (
     TcpState.LISTEN,
     TcpState.CLOSING,
 )
+
+STATE_BY_CODE: dict[int, TcpState] = {int(s): s for s in TcpState}
 
 #: The kernel reports request sockets as NEW_SYN_RECV; users know them as SYN_RECV.
 CANONICAL_STATE: dict[int, TcpState] = {int(s): s for s in TcpState}
@@ -160,6 +161,7 @@ class ProcessInfo:
     user: str
     fd_count: int | None = None
     fd_limit: int | None = None
+    tcp_fds: int | None = None  # its TCP socket descriptors, listed in the socket table or not (closed under it)
 
     @property
     def key(self) -> tuple[int, int]:

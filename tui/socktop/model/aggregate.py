@@ -1,36 +1,36 @@
-"""Fold a socket table into the panes' groups: by state, service port, process, remote host.
+"""Fold a socket table into the panes' groups: by state, service port, process, remote host, user.
 
-Runs once per refresh over up to 50,000 records, so the per-socket work is
-done by C iterators (``map``, ``zip``, ``compress``, ``Counter``) and the
-Python loops only walk the distinct groups, which are few.
+Runs once per refresh over up to 200,000 sockets, so every per-socket step
+is a numpy operation over the table's columns (`SocketColumns`): group-bys
+are `np.unique` over packed integer keys, owners are joined by inode and
+by connection with `searchsorted`. Python loops walk only the distinct
+groups, which are few.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from functools import lru_cache, partial
-from itertools import compress, repeat
-from operator import and_, getitem, is_, itemgetter, not_
+from operator import itemgetter
 from typing import TypeVar
 
-from ..collect.records import ProcessInfo, SocketRecord, TcpState
+import numpy as np
+
+from ..collect.columns import ADDRESSES, CONNECTION_KEY, SocketColumns, connection_key, connection_keys, table_of
+from ..collect.records import STATE_BY_CODE, ProcessInfo, SocketRecord, TcpState
 
 STATE = itemgetter(1)
 LOCAL_PORT = itemgetter(3)
-REMOTE_ADDR = itemgetter(4)
 REMOTE_PORT = itemgetter(5)
-INODE = itemgetter(12)
 CONNECTION = itemgetter(2, 3, 4, 5)
-REMOTE_PORT_OF_CONNECTION = itemgetter(3)
-UID_AND_STATE = itemgetter(11, 1)
 
 Pids = tuple[int, ...]
 K = TypeVar("K")
 V = TypeVar("V")
 StateCounts = dict[TcpState, int]
+_STATES: list[TcpState | None] = [STATE_BY_CODE.get(code) for code in range(256)]  # codes as stored
 
 
 class Direction(str, Enum):
@@ -177,18 +177,22 @@ class Aggregates:
     with_inode: int
     owned: int
     ephemeral_ports: tuple[int, int] = DEFAULT_EPHEMERAL_PORTS  # the ip_local_port_range these were grouped by
+    connection_owners: ConnectionOwners | None = field(default=None, compare=False)  # ``last_owners`` as arrays
+    rows: RowOwners | None = field(default=None, compare=False)  # per socket of the table: who it is counted for
 
     def direction(self, local_port: int, remote_port: int) -> Direction:
         """The rule the port groups were made by, for one socket: the view's drill-down
         and the findings must not keep copies of it that could disagree."""
-        if local_port in self.listening_ports:
-            return Direction.IN
-        return Direction.IN if _direction_rows(self.ephemeral_ports)[local_port][remote_port] else Direction.OUT
+        low, high = self.ephemeral_ports
+        serves = local_port in self.listening_ports or (
+            not low <= local_port <= high and low <= remote_port <= high)
+        return Direction.IN if serves else Direction.OUT
 
     def inbound_flags(self, records: Sequence[SocketRecord]) -> bytes:
-        """`direction` for many sockets at once, in C: 1 for "in", 0 for "out"."""
-        return inbound_flags(list(map(LOCAL_PORT, records)), list(map(REMOTE_PORT, records)),
-                             self.listening_ports, self.ephemeral_ports)
+        """`direction` for many sockets at once: 1 for "in", 0 for "out"."""
+        columns = table_of(records).columns
+        return inbound_flags(columns.local_port, columns.remote_port, self.listening_ports,
+                            self.ephemeral_ports).tobytes()
 
     def port_key(self, record: SocketRecord) -> str:
         """The ``by_port`` key of the group this socket is counted in."""
@@ -202,12 +206,6 @@ class Aggregates:
         return self.owned / self.with_inode if self.with_inode else 1.0
 
 
-@dataclass(slots=True)
-class _ProcessTally:
-    counts: Counter[TcpState] = field(default_factory=Counter)
-    inferred: Counter[TcpState] = field(default_factory=Counter)
-
-
 def process_key(pid: int) -> str:
     return f"pid:{pid}"
 
@@ -216,222 +214,331 @@ def uid_key(uid: int) -> str:
     return f"uid:{uid}"
 
 
-_ALWAYS_IN = b"\x01" * 65536  # a direction row: 1 ("in") whatever the remote port
-_ALWAYS_OUT = bytes(65536)
-_FLIP = b"\x01" + bytes(255)  # bytes.translate table: 0 ↔ 1, in C
+def inbound_flags(local_ports: np.ndarray | Sequence[int], remote_ports: np.ndarray | Sequence[int],
+                  listening_ports: frozenset[int] | Sequence[int], ephemeral_ports: tuple[int, int]) -> np.ndarray:
+    """Per socket True ("in") or False ("out"): a listening local port serves; an ephemeral
+    local port calls out; a fixed one serves when the remote port is ephemeral."""
+    local_ports, remote_ports = np.asarray(local_ports, np.int64), np.asarray(remote_ports, np.int64)
+    low, high = ephemeral_ports
+    listening = np.zeros(65536, bool)
+    listening[list(listening_ports)] = True
+    local_fixed = (local_ports < low) | (local_ports > high)
+    remote_ephemeral = (remote_ports >= low) & (remote_ports <= high)
+    return listening[local_ports] | (local_fixed & remote_ephemeral)
 
 
-_NO_HOLDER: tuple[None, Pids] = (None, ())  # by bool(inode): what owner_pids holds for a socket nobody holds
+@dataclass(frozen=True, slots=True, eq=False)
+class OwnerIndex:
+    """``pids_by_inode`` as arrays, for a join by inode: sorted inodes and, per inode,
+    its holders as an index into ``pid_sets`` (``pid_sets[0]`` is the empty set)."""
+
+    inodes: np.ndarray
+    codes: np.ndarray
+    pid_sets: tuple[Pids, ...]
+
+    @classmethod
+    def of(cls, pids_by_inode: Mapping[int, Pids]) -> OwnerIndex:
+        """The index of a map, remembered for the next call: the owner scanner replaces its map
+        only when owners change, so most refreshes reuse the last index."""
+        cached = _OWNER_INDEX[0]
+        if cached is not None and cached[0] is pids_by_inode:
+            return cached[1]
+        distinct = [pids for pids in set(pids_by_inode.values()) if pids]
+        number = {pids: index for index, pids in enumerate(distinct, 1)}
+        number[()] = 0
+        size = len(pids_by_inode)
+        inodes = np.fromiter(pids_by_inode.keys(), np.uint64, size)
+        codes = np.fromiter(map(number.__getitem__, pids_by_inode.values()), np.int64, size)
+        order = np.argsort(inodes)
+        index = cls(inodes[order], codes[order], ((), *distinct))
+        _OWNER_INDEX[0] = (pids_by_inode, index)
+        return index
+
+    def lookup(self, inodes: np.ndarray) -> np.ndarray:
+        """Per socket its holders' code: -1 for an inode 0 no process can hold (unless the map
+        names one), 0 for an inode the scan could not place."""
+        codes = np.where(inodes == 0, -1, 0)
+        if len(self.inodes):
+            slot = np.minimum(np.searchsorted(self.inodes, inodes), len(self.inodes) - 1)
+            found = self.inodes[slot] == inodes
+            codes[found] = self.codes[slot[found]]
+        return codes
 
 
-@lru_cache(maxsize=4)
-def _direction_rows(ephemeral: tuple[int, int]) -> tuple[bytes, ...]:
-    """Per local port, the row that tells the direction by remote port, listeners aside.
-
-    An ephemeral local port calls out; a fixed one serves ("in") when the
-    remote port is ephemeral. Built with slices: a Python loop would cost
-    28k steps. Cached: the range rarely changes.
-    """
-    low, high = ephemeral
-    remote_ephemeral = bytes(low) + b"\x01" * (high + 1 - low) + bytes(65535 - high)
-    rows = [remote_ephemeral] * 65536
-    rows[low:high + 1] = [_ALWAYS_OUT] * (high + 1 - low)
-    return tuple(rows)
+_OWNER_INDEX: list[tuple[Mapping[int, Pids], OwnerIndex] | None] = [None]
 
 
-def inbound_flags(local_ports: Sequence[int], remote_ports: Sequence[int], listening_ports: Iterable[int],
-                  ephemeral_ports: tuple[int, int]) -> bytes:
-    """Per socket 1 ("in") or 0 ("out"): a listening local port serves; otherwise the
-    local port's row says, by the remote port (see `_direction_rows`). Two lookups each, in C."""
-    rows = list(_direction_rows(ephemeral_ports))
-    for port in listening_ports:
-        rows[port] = _ALWAYS_IN
-    return bytes(map(getitem, map(rows.__getitem__, local_ports), remote_ports))
+@dataclass(frozen=True, slots=True, eq=False)
+class ConnectionOwners:
+    """Outgoing connection → holders, as arrays: the 36-byte connection keys (held ones first,
+    in table order, then inferred ones) and each one's holders as an index into ``pid_sets``."""
+
+    keys: np.ndarray
+    codes: np.ndarray
+    pid_sets: tuple[Pids, ...]
+    _sorted: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list, repr=False, compare=False)
+
+    @classmethod
+    def of_mapping(cls, table: Mapping[Connection, Pids]) -> ConnectionOwners:
+        """From a text-keyed map (a caller's own, or a snapshot's ``last_owners``)."""
+        kept = [(connection, pids) for connection, pids in table.items() if pids]
+        distinct = list(dict.fromkeys(pids for _, pids in kept))
+        number = {pids: index for index, pids in enumerate(distinct, 1)}
+        keys = np.array([connection_key(connection) for connection, _ in kept], CONNECTION_KEY)
+        return cls(keys, np.array([number[pids] for _, pids in kept], np.int64), ((), *distinct))
+
+    def lookup(self, keys: np.ndarray) -> np.ndarray:
+        """Per key its holders' code, 0 when unknown; a key listed twice takes its later entry."""
+        if not len(self.keys) or not len(keys):
+            return np.zeros(len(keys), np.int64)
+        if not self._sorted:
+            order = np.argsort(_hashes(self.keys), kind="stable")
+            self._sorted.append((_hashes(self.keys)[order], order))
+        hashes, order = self._sorted[0]
+        slot = np.maximum(np.searchsorted(hashes, _hashes(keys), side="right") - 1, 0)
+        row = order[slot]
+        found = self.keys[row] == keys  # a hash collision is not a match
+        return np.where(found, self.codes[row], 0)
+
+    def table(self) -> dict[Connection, Pids]:
+        """The text-keyed map (`Aggregates.last_owners`)."""
+        if not len(self.keys):
+            return {}
+        raw = self.keys.view(np.uint8).reshape(-1, 36)
+        local = ADDRESSES.texts(np.ascontiguousarray(raw[:, :16]).view("V16").reshape(-1).tolist())
+        remote = ADDRESSES.texts(np.ascontiguousarray(raw[:, 18:34]).view("V16").reshape(-1).tolist())
+        local_ports = np.ascontiguousarray(raw[:, 16:18]).view(np.uint16).reshape(-1).tolist()
+        remote_ports = np.ascontiguousarray(raw[:, 34:]).view(np.uint16).reshape(-1).tolist()
+        return dict(zip(zip(local, local_ports, remote, remote_ports),
+                        map(self.pid_sets.__getitem__, self.codes.tolist())))
+
+
+_HASH_MULTIPLIERS = np.array([0x9E3779B97F4A7C15 + 2 * i for i in range(9)], np.uint64)
+
+
+def _hashes(keys: np.ndarray) -> np.ndarray:
+    """A 64-bit hash per 36-byte key: sorting these is several times faster than sorting the keys."""
+    words = np.ascontiguousarray(keys).view(np.uint32).reshape(-1, 9).astype(np.uint64)
+    return (words * _HASH_MULTIPLIERS).sum(axis=1, dtype=np.uint64)
+
+
+class RowKind:
+    """`RowOwners.kinds` values: how each socket is tied to ``pid_sets[codes[i]]`` (see `OwnerKind`)."""
+
+    NONE, DIRECT, INFERRED, UNKNOWN, COOKIE = 0, 1, 2, 3, 4
+    OWNER_KINDS = (OwnerKind.NONE, OwnerKind.DIRECT, OwnerKind.INFERRED, OwnerKind.UNKNOWN, OwnerKind.COOKIE)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class RowOwners:
+    """Per socket of a grouped table, the attribution `Snapshot.owners_of` gives it, as arrays."""
+
+    kinds: np.ndarray  # RowKind values
+    codes: np.ndarray  # index into pid_sets; 0 (no pid) unless DIRECT or INFERRED
+    pid_sets: tuple[Pids, ...]
+
+    def holding(self, pid: int) -> np.ndarray:
+        """True for the sockets held by ``pid`` or tied to it by inference."""
+        return np.array([pid in pids for pids in self.pid_sets], bool)[self.codes]
 
 
 def aggregate(
     records: Sequence[SocketRecord],
     ownership: Ownership,
     user_of: Callable[[int], str],
-    last_owners: Mapping[Connection, Pids],
+    last_owners: Mapping[Connection, Pids] | ConnectionOwners,
     listeners: Mapping[int, Pids] | None = None,
     ephemeral_ports: tuple[int, int] = DEFAULT_EPHEMERAL_PORTS,
-    inodes: list[int] | None = None,
 ) -> Aggregates:
-    """All the panes' groups in one sweep of C-level passes over ``records``.
+    """All the panes' groups of a table (a `SocketTable`, or records, turned into columns).
 
     ``user_of`` names a uid, for the rows of owners we may not see.
-    ``last_owners`` is the previous snapshot's ``last_owners``: a client
-    socket that closed first turns into an inode-0 TIME_WAIT, and this is
-    how it stays tied (as inferred) to the process that held it.
-    ``listeners`` (port → pids) replaces the listeners found in ``records``
-    when those are a filtered subset of the table.
+    ``last_owners`` is the previous snapshot's (its ``connection_owners``
+    joins fastest): a client socket that closed first turns into an
+    inode-0 TIME_WAIT, and this is how it stays tied (as inferred) to the
+    process that held it. ``listeners`` (port → pids) replaces the
+    listeners found in ``records`` when those are a filtered subset.
 
     A socket is "in" under its local port when that port listens, or when
     it is a fixed port talking to an ephemeral one (``ephemeral_ports``,
     the kernel's ip_local_port_range): the server-side TIME_WAIT of a
     service that has just been restarted must not scatter into one "out"
-    row per client port. ``inodes`` is the records' inode column when the
-    caller has it already (the engine does, for the owner scan).
+    row per client port.
     """
-    states = list(map(STATE, records))
-    by_state: StateCounts = dict.fromkeys(states, 0)  # in order of first appearance, counted from the groups
-    local_ports = list(map(LOCAL_PORT, records))
-    remote_ports = list(map(REMOTE_PORT, records))
-    if inodes is None:
-        inodes = list(map(INODE, records))
+    columns = table_of(records).columns
+    size = len(columns)
+    states, local_ports, remote_ports = columns.state, columns.local_port, columns.remote_port
+    inodes = columns.inode
     if ownership.closed:  # they are the orphans or TIME_WAIT (inode 0) they became: never "unknown owner"
-        inodes = [0 if inode in ownership.closed else inode for inode in inodes]
-    zero_inodes = inodes.count(0)
-    # pids, None for an inode-0 socket (no process can hold it), () for an inode the scan could not place
-    owner_pids = list(map(ownership.pids_by_inode.get, inodes, map(_NO_HOLDER.__getitem__, map(bool, inodes))))
-    listener_pids = _listener_pids(local_ports, states, owner_pids) if listeners is None else listeners
-    listening_ports = frozenset(listener_pids)
-
+        inodes = np.where(np.isin(inodes, np.fromiter(ownership.closed, np.uint64, len(ownership.closed))), 0, inodes)
+    owners = OwnerIndex.of(ownership.pids_by_inode)
+    held = owners.lookup(inodes)  # -1 inode 0 (nobody can hold it), 0 unplaced, else owners.pid_sets
+    if listeners is None:
+        listeners = _listener_pids(local_ports, states, held, owners.pid_sets)
+    listening_ports = frozenset(listeners)
     inbound = inbound_flags(local_ports, remote_ports, listening_ports, ephemeral_ports)
-    outbound = inbound.translate(_FLIP)
 
-    # outgoing sockets: who holds each connection now, or held it before it turned inode-0
-    out_pids = list(compress(owner_pids, outbound))
-    out_records = list(compress(records, outbound))
-    unheld = list(map(CONNECTION, compress(out_records, map(is_, out_pids, repeat(None)))))
-    found = list(map(last_owners.get, unheld))
-    owners_now = Deferred(partial(_connection_table, out_records, out_pids, dict(compress(zip(unheld, found), found))))
+    # one code space for every set of pids a socket can be counted for: held, a listener's, a last owner's
+    previous = last_owners if isinstance(last_owners, ConnectionOwners) else ConnectionOwners.of_mapping(last_owners)
+    listener_sets = tuple(listeners.values())
+    listener_base, previous_base = len(owners.pid_sets), len(owners.pid_sets) + len(listener_sets)
+    processes = ownership.processes
+    pid_sets = (owners.pid_sets + tuple(credited(pids, processes) for pids in listener_sets)
+                + tuple(credited(pids, processes) for pids in previous.pid_sets))
+    codes = np.maximum(held, 0)
+    kinds = np.where(held > 0, RowKind.DIRECT, np.where(held == 0, RowKind.UNKNOWN, RowKind.NONE)).astype(np.uint8)
+    kinds[(held == 0) & (inodes == 0)] = RowKind.NONE  # an inode 0 the map names with no pid
 
-    # (port, state, pids or None) per direction: a few thousand distinct keys at most
-    inbound_keys = Counter(zip(compress(local_ports, inbound), compress(states, inbound), compress(owner_pids, inbound)))
-    outbound_keys = Counter(zip(compress(remote_ports, outbound), compress(states, outbound), out_pids))
-    unheld_states = compress(compress(states, outbound), map(is_, out_pids, repeat(None)))
-    inferred_out = Counter(compress(zip(map(REMOTE_PORT_OF_CONNECTION, unheld), unheld_states, found), found))
+    unheld = held == -1
+    # inode-0 sockets of a listening port (queued, closing): its listeners
+    port_listener = np.zeros(65536, np.int64)
+    port_listener[list(listeners)] = np.arange(listener_base, previous_base)
+    queued = np.flatnonzero(unheld & inbound & (states != TcpState.LISTEN))
+    if len(queued):
+        codes[queued] = port_listener[local_ports[queued]]
+    # inode-0 outgoing sockets: the connection's holder, now or when last held
+    outbound = ~inbound
+    closed = np.flatnonzero(unheld & outbound)
+    found = previous.lookup(connection_keys(columns, closed)) if len(closed) else np.zeros(0, np.int64)
+    codes[closed] = np.where(found > 0, found + previous_base, 0)
+    kinds[unheld & np.array(list(map(bool, pid_sets)), bool)[codes]] = RowKind.INFERRED
+    codes[kinds == RowKind.NONE] = 0
 
-    tallies: dict[str, _ProcessTally] = {}
-    port_counts: dict[tuple[int, Direction], Counter[TcpState]] = {}
-    port_pids: dict[tuple[int, Direction], set[int]] = {}
-    owned = unplaced = 0  # sockets with a pids entry; those without one or with an empty one
-    for direction, keys in ((Direction.IN, inbound_keys), (Direction.OUT, outbound_keys)):
-        for (port, state, pids), count in keys.items():
-            by_state[state] += count
-            group = (port, direction)
-            port_counts.setdefault(group, Counter())[state] += count
-            if not pids:
-                unplaced += count
-            if pids is None:
-                if direction is Direction.IN and state is not TcpState.LISTEN:
-                    listeners = listener_pids.get(port, ())
-                    port_pids.setdefault(group, set()).update(listeners)
-                    for pid in listeners:
-                        _tally(tallies, pid).inferred[state] += count
-                continue
-            if not pids:  # an inode nobody we can see holds: counted under its uid, never inferred
-                continue
-            owned += count
-            port_pids.setdefault(group, set()).update(pids)
-            for pid in pids:
-                _tally(tallies, pid).counts[state] += count
-    for (port, state, pids), count in inferred_out.items():
-        port_pids.setdefault((port, Direction.OUT), set()).update(pids)
-        for pid in pids:
-            _tally(tallies, pid).inferred[state] += count
+    held_out = np.flatnonzero(outbound & (held > 0))
+    inferred_out = closed[kinds[closed] == RowKind.INFERRED]  # a last owner that exited is forgotten
+    connection_owners = _compact(
+        np.concatenate([connection_keys(columns, held_out), connection_keys(columns, inferred_out)]),
+        np.concatenate([codes[held_out], codes[inferred_out]]), pid_sets)
 
-    by_port = {
-        group.key: group
-        for group in (
-            PortGroup(port, direction, dict(counts), sum(counts.values()),
-                      tuple(sorted(port_pids.get((port, direction), ()))))
-            for (port, direction), counts in port_counts.items()
-        )
-    }
+    by_state = _state_counts(states)
+    by_port = _port_groups(inbound, local_ports, remote_ports, states, kinds, codes, pid_sets)
     return Aggregates(
-        total=len(records),
+        total=size,
         by_state=by_state,
         by_port=by_port,
-        by_process=_process_groups(
-            tallies, ownership.processes,
-            _unknown_uid_counts(records, owner_pids, inodes, unplaced == zero_inodes, ownership.pids_by_inode),
-            user_of),
-        by_remote=Deferred(partial(_remote_groups, records)),
+        by_process=_process_groups(kinds, codes, states, columns.uid, pid_sets, ownership.processes, user_of),
+        by_remote=Deferred(lambda: _remote_groups(columns)),
         listening_ports=listening_ports,
-        listener_pids=listener_pids,
+        listener_pids=listeners,
         ephemeral_ports=ephemeral_ports,
-        last_owners=owners_now,
-        with_inode=len(records) - zero_inodes,
-        owned=owned,
+        last_owners=Deferred(connection_owners.table),
+        with_inode=int(np.count_nonzero(inodes)),
+        owned=int(np.count_nonzero(kinds == RowKind.DIRECT)),
+        connection_owners=connection_owners,
+        rows=RowOwners(kinds, codes, pid_sets),
     )
 
 
-def _listener_pids(local_ports: list[int], states: list[TcpState], owner_pids: list[Pids | None]) -> dict[int, Pids]:
-    is_listener = list(map(is_, states, repeat(TcpState.LISTEN)))
+def credited(pids: Pids, processes: Mapping[int, ProcessInfo]) -> Pids:
+    """The one process an inferred socket counts for: the lowest visible pid of those it is tied to.
+
+    Workers that inherited one listener all hold it, but each TIME_WAIT or
+    queued connection on it is one socket: crediting every worker would
+    count it once per worker, beyond the table. The lowest pid is, as a
+    rule, the parent that opened the listener (a prefork server's master).
+    A process that has exited is credited nothing.
+    """
+    visible = [pid for pid in pids if pid in processes]
+    return (min(visible),) if visible else ()
+
+
+def _listener_pids(local_ports: np.ndarray, states: np.ndarray, held: np.ndarray,
+                   pid_sets: tuple[Pids, ...]) -> dict[int, Pids]:
+    """Listening port → the processes holding a listener on it (empty when none is visible)."""
+    rows = np.flatnonzero(states == TcpState.LISTEN)
     found: dict[int, set[int]] = {}
-    for port, pids in zip(compress(local_ports, is_listener), compress(owner_pids, is_listener)):
-        found.setdefault(port, set()).update(pids or ())
+    pairs = np.unique(local_ports[rows].astype(np.int64) << 32 | np.maximum(held[rows], 0))
+    for pair in pairs.tolist():
+        found.setdefault(pair >> 32, set()).update(pid_sets[pair & 0xFFFFFFFF])
     return {port: tuple(sorted(pids)) for port, pids in found.items()}
 
 
-def _tally(tallies: dict[str, _ProcessTally], pid: int) -> _ProcessTally:
-    key = process_key(pid)
-    tally = tallies.get(key)
-    if tally is None:
-        tally = tallies[key] = _ProcessTally()
-    return tally
+def _compact(keys: np.ndarray, codes: np.ndarray, pid_sets: tuple[Pids, ...]) -> ConnectionOwners:
+    """Connection owners that keep only the pid sets they use (so they do not grow refresh after refresh)."""
+    used, renumbered = np.unique(codes, return_inverse=True)
+    return ConnectionOwners(keys, renumbered.reshape(-1).astype(np.int64) + 1,
+                            ((), *(pid_sets[code] for code in used.tolist())))
 
 
-def _unknown_uid_counts(records: Sequence[SocketRecord], owner_pids: list[Pids | None], inodes: list[int],
-                        only_zero_unplaced: bool, pids_by_inode: Mapping[int, Pids]) -> Counter[tuple[int, TcpState]]:
-    """(uid, state) counts of sockets that have an inode but no owner we could find.
-
-    ``only_zero_unplaced``: as many sockets lack an owner as have inode 0.
-    """
-    if only_zero_unplaced and 0 not in pids_by_inode:
-        return Counter()  # only inode-0 sockets lack an owner: no pass over the records
-    unplaced = map(and_, map(not_, owner_pids), map(bool, inodes))
-    return Counter(map(UID_AND_STATE, compress(records, unplaced)))
+def _state_counts(states: np.ndarray) -> StateCounts:
+    """Sockets per state, in order of first appearance."""
+    present, first, counts = np.unique(states, return_index=True, return_counts=True)
+    order = np.argsort(first)
+    return {_STATES[state]: count for state, count in zip(present[order].tolist(), counts[order].tolist())}
 
 
-def _process_groups(
-    tallies: dict[str, _ProcessTally],
-    processes: Mapping[int, ProcessInfo],
-    unknown_uids: Counter[tuple[int, TcpState]],
-    user_of: Callable[[int], str],
-) -> dict[str, ProcessGroup]:
+def _port_groups(inbound: np.ndarray, local_ports: np.ndarray, remote_ports: np.ndarray, states: np.ndarray,
+                 kinds: np.ndarray, codes: np.ndarray, pid_sets: tuple[Pids, ...]
+                 ) -> dict[str, PortGroup]:
+    """Service port groups: "in" under the local port, "out" under the remote one."""
+    group = np.where(inbound, local_ports, remote_ports).astype(np.int64) | inbound.astype(np.int64) << 16
+    keys, first, counts = np.unique(group << 8 | states, return_index=True, return_counts=True)
+    counted = kinds == RowKind.DIRECT
+    counted |= kinds == RowKind.INFERRED
+    holders = np.unique(group[counted] << 32 | codes[counted])
+    pids: dict[int, set[int]] = {}
+    for pair in holders.tolist():
+        pids.setdefault(pair >> 32, set()).update(pid_sets[pair & 0xFFFFFFFF])
+    groups: dict[int, dict[TcpState, int]] = {}
+    for key in keys[np.argsort(first)].tolist():
+        groups.setdefault(key >> 8, {})
+    for key, count in zip(keys.tolist(), counts.tolist()):
+        groups[key >> 8][_STATES[key & 0xFF]] = count
+    by_port: dict[str, PortGroup] = {}
+    for key, state_counts in groups.items():
+        port, direction = key & 0xFFFF, Direction.IN if key >> 16 else Direction.OUT
+        port_group = PortGroup(port, direction, state_counts, sum(state_counts.values()),
+                               tuple(sorted(pids.get(key, ()))))
+        by_port[port_group.key] = port_group
+    return by_port
+
+
+def _process_groups(kinds: np.ndarray, codes: np.ndarray, states: np.ndarray, uids: np.ndarray,
+                    pid_sets: tuple[Pids, ...], processes: Mapping[int, ProcessInfo],
+                    user_of: Callable[[int], str]) -> dict[str, ProcessGroup]:
+    """A group per process with sockets held or inferred, then one per uid of sockets nobody we see holds."""
+    counted = (kinds == RowKind.DIRECT) | (kinds == RowKind.INFERRED)
+    keys, counts = np.unique((kinds[counted].astype(np.int64) << 40) | (codes[counted] << 8) | states[counted],
+                             return_counts=True)
+    tallies: dict[int, tuple[Counter[TcpState], Counter[TcpState]]] = {}
+    for key, count in zip(keys.tolist(), counts.tolist()):
+        state, inferred = _STATES[key & 0xFF], key >> 40 == RowKind.INFERRED
+        for pid in pid_sets[(key >> 8) & 0xFFFFFFFF]:
+            tally = tallies.get(pid)
+            if tally is None:
+                tally = tallies[pid] = (Counter(), Counter())
+            tally[inferred][state] += count
     groups: dict[str, ProcessGroup] = {}
-    for key, tally in tallies.items():
-        pid = int(key.partition(":")[2])
-        process = processes.get(pid)
-        if process is None:  # inferred for a process that has exited since: no row with nothing known about it
+    for pid, (held, inferred) in tallies.items():
+        key, process = process_key(pid), processes.get(pid)
+        if process is None:  # a process that has exited since: no row with nothing known about it
             continue
         groups[key] = ProcessGroup(
-            key=key, process=process, uid=process.uid, user=process.user, counts=dict(tally.counts),
-            inferred=dict(tally.inferred),
-            total=tally.counts.total() + tally.inferred.total(),
+            key=key, process=process, uid=process.uid, user=process.user, counts=dict(held),
+            inferred=dict(inferred), total=held.total() + inferred.total(),
         )
-    per_uid: dict[int, Counter[TcpState]] = {}
-    for (uid, state), count in unknown_uids.items():
-        per_uid.setdefault(uid, Counter())[state] += count
-    for uid, counts in per_uid.items():
+    unknown = kinds == RowKind.UNKNOWN
+    per_uid: dict[int, dict[TcpState, int]] = {}
+    keys, counts = np.unique(uids[unknown].astype(np.int64) << 8 | states[unknown], return_counts=True)
+    for key, count in zip(keys.tolist(), counts.tolist()):
+        per_uid.setdefault(key >> 8, {})[_STATES[key & 0xFF]] = count
+    for uid, state_counts in per_uid.items():
         key = uid_key(uid)
-        groups[key] = ProcessGroup(
-            key=key, process=None, uid=uid, user=user_of(uid), counts=dict(counts),
-            inferred={}, total=sum(counts.values()),
-        )
+        groups[key] = ProcessGroup(key=key, process=None, uid=uid, user=user_of(uid), counts=state_counts,
+                                   inferred={}, total=sum(state_counts.values()))
     return groups
 
 
-def _connection_table(outgoing: list[SocketRecord], pids: list[Pids | None], inferred: dict[Connection, Pids]
-                      ) -> dict[Connection, Pids]:
-    """Connection → holder for the ``outgoing`` sockets held now, then those ``inferred`` from before."""
-    table = dict(zip(map(CONNECTION, compress(outgoing, pids)), compress(pids, pids)))
-    table.update(inferred)
-    return table
-
-
-def _remote_groups(records: Sequence[SocketRecord]) -> dict[str, RemoteGroup]:
-    """Connected sockets (a remote port, not 0) by peer address."""
-    connected = list(map(REMOTE_PORT, records))
-    pairs = Counter(zip(map(REMOTE_ADDR, compress(records, connected)), map(STATE, compress(records, connected))))
-    counts_by_address: dict[str, dict[TcpState, int]] = {}
-    for (address, state), count in pairs.items():
-        counts_by_address.setdefault(address, {})[state] = count
+def _remote_groups(columns: SocketColumns) -> dict[str, RemoteGroup]:
+    """Connected sockets (a remote port, not 0) by peer address, in order of first appearance."""
+    connected = np.flatnonzero(columns.remote_port)
+    addresses, first, inverse = np.unique(columns.remote_addr[connected], return_index=True, return_inverse=True)
+    keys, counts = np.unique(inverse.reshape(-1).astype(np.int64) << 8 | columns.state[connected], return_counts=True)
+    texts = ADDRESSES.texts(addresses.tolist())
+    counts_by_address: dict[int, dict[TcpState, int]] = {index: {} for index in np.argsort(first).tolist()}
+    for key, count in zip(keys.tolist(), counts.tolist()):
+        counts_by_address[key >> 8][_STATES[key & 0xFF]] = count
     return {
-        address: RemoteGroup(address, counts, sum(counts.values()))
-        for address, counts in counts_by_address.items()
+        texts[index]: RemoteGroup(texts[index], counts, sum(counts.values()))
+        for index, counts in counts_by_address.items()
     }

@@ -14,14 +14,17 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import compress
 from operator import itemgetter, not_
 
 from typing import TYPE_CHECKING
 
+import numpy as np
+
+from ..collect.columns import SocketTable, table_of
 from ..collect.records import ProcessInfo, SocketRecord, TcpState
-from .aggregate import CONNECTION, INODE, Aggregates, Connection, Direction, Ownership, Pids, inbound_flags, process_key
+from .aggregate import CONNECTION, Aggregates, Connection, Direction, Ownership, Pids, RowKind, inbound_flags, process_key
 
 COOKIE = itemgetter(13)
 CLOSED_LOCAL_PORT, CLOSED_REMOTE_ADDR, CLOSED_REMOTE_PORT, CLOSED_COOKIE = (itemgetter(i) for i in (2, 3, 4, 5))
@@ -30,6 +33,7 @@ Owners = tuple[ProcessInfo, ...]
 
 if TYPE_CHECKING:
     from ..collect.destroy import ClosedSocket
+    from .snapshot import Snapshot
 
 LEDGER_MAX = 262_144  # cookies remembered after their socket left the table (about 100 bytes each)
 LEDGER_AGE = 130.0  # seconds: a cookie matters while its TIME_WAIT (60 s) or orphan (tcp_fin_timeout) lives
@@ -147,6 +151,7 @@ class Churn:
     lost: bool  # the queue overflowed since the previous refresh
     time_wait_owners: Mapping[int, Owners]  # cookie → processes, for inode-0 sockets a dump saw held
     closed_by_port: Mapping[str, int]  # since the previous refresh
+    closed_by_process: Mapping[str, int] = field(default_factory=dict)  # since the previous refresh, exact or inferred
 
     def closes_on(self, port_key: str) -> int:
         """Closes since the previous refresh in one port group ("in:80", "out:443")."""
@@ -183,17 +188,17 @@ class ChurnTracker:
         a connection no dump saw alive: its close already counted it).
         """
         seconds = 0.0 if self._last is None else max(now - self._last, 1e-6)
-        cookies = list(map(COOKIE, records))
-        inodes = list(map(INODE, records))
+        table = table_of(records)
+        cookies, inodes = table.columns.cookie.tolist(), table.columns.inode.tolist()
         current = set(cookies)
         self.ledger.update(cookies, list(map(ownership.pids_by_inode.get, inodes)), ownership.processes, now)
         closed_cookies = set(map(CLOSED_COOKIE, closed))
         by_port, by_remote, by_process, exact, by_destination, unseen = self._closes(
-            closed, aggregates, self._previous | current)
+            closed, aggregates, (self._previous, current))
         closed_connections = set(map(CLOSED_CONNECTION, closed))
         opens = unseen
         if self._last is not None:
-            opens += self._opened(records, cookies, current, closed_cookies, closed_connections)
+            opens += self._opened(table, cookies, current, closed_cookies, closed_connections)
         tally = _Tally(seconds, len(closed), opens, unseen, by_port, by_remote, by_process, exact, by_destination)
         time_wait_owners = self.ledger.gone_owners(compress(cookies, map(not_, inodes)))
         self._previous = current
@@ -203,7 +208,7 @@ class ChurnTracker:
         self._last = now
         return self._churn(tally, overruns, lost, time_wait_owners)
 
-    def _opened(self, records: Sequence[SocketRecord], cookies: list[int], current: set[int],
+    def _opened(self, table: SocketTable, cookies: list[int], current: set[int],
                 closed_cookies: set[int], closed_connections: set[Connection]) -> int:
         """Connections new to this dump. Not new: request sockets (the connection gets another
         cookie), and the TIME_WAIT or orphan of a socket whose close was counted lately: by
@@ -214,18 +219,22 @@ class ChurnTracker:
         if not new:
             return 0
         closed_lately = closed_connections | connections_before
-        return sum(1 for record in compress(records, map(new.__contains__, cookies))
+        rows = np.fromiter(map(new.__contains__, cookies), bool, len(cookies))
+        return sum(1 for record in table.take(rows)
                    if record.state not in _NOT_NEW
                    and not (record.inode == 0 and CONNECTION(record) in closed_lately))
 
-    def _closes(self, closed: Sequence[ClosedSocket], aggregates: Aggregates, seen: set[int]
+    def _closes(self, closed: Sequence[ClosedSocket], aggregates: Aggregates, seen: tuple[set[int], set[int]]
                 ) -> tuple[Counter[str], Counter[str], Counter[str], Counter[str], Counter[str], int]:
         """Closes by port, remote host and process (exact where the ledger knows the cookie, and
         of those), and how many closed sockets no dump saw (``seen``: cookies of the last two)."""
+        seen_before, seen_now = seen
         local_ports = list(map(CLOSED_LOCAL_PORT, closed))
         remote_ports = list(map(CLOSED_REMOTE_PORT, closed))
         inbound = inbound_flags(local_ports, remote_ports, aggregates.listening_ports, aggregates.ephemeral_ports)
-        port_keys = [f"{Direction.IN.value}:{local}" if flag else f"{Direction.OUT.value}:{remote}"
+        # a socket this host aborts (RST: SO_LINGER 0, ss -K) is reported after tcp_disconnect() has
+        # cleared its remote port: no port group (key None), only its totals, remote host and cookie
+        port_keys = [f"{Direction.IN.value}:{local}" if flag else f"{Direction.OUT.value}:{remote}" if remote else None
                      for flag, local, remote in zip(inbound, local_ports, remote_ports)]
         by_process: Counter[str] = Counter()
         exact: Counter[str] = Counter()
@@ -237,15 +246,16 @@ class ChurnTracker:
                 for process in found:
                     exact[process_key(process.pid)] += 1
                 continue
-            if event.cookie not in seen:
+            if event.cookie not in seen_before and event.cookie not in seen_now:
                 unseen += 1
-            group = aggregates.by_port.get(key)
+            group = aggregates.by_port.get(key) if key else None
             for pid in group.pids if group else ():
                 by_process[process_key(pid)] += 1
         by_process.update(exact)
-        destinations = Counter(map(destination_key, map(CLOSED_REMOTE_ADDR, compress(closed, map(not_, inbound))),
-                                   compress(remote_ports, map(not_, inbound))))
-        return (_bounded(Counter(port_keys)), _bounded(Counter(map(CLOSED_REMOTE_ADDR, closed))),
+        outbound = [bool(key) and not flag for key, flag in zip(port_keys, inbound)]
+        destinations = Counter(map(destination_key, map(CLOSED_REMOTE_ADDR, compress(closed, outbound)),
+                                   compress(remote_ports, outbound)))
+        return (_bounded(Counter(filter(None, port_keys))), _bounded(Counter(map(CLOSED_REMOTE_ADDR, closed))),
                 _bounded(by_process), exact, _bounded(destinations), unseen)
 
     def _churn(self, tally: _Tally, overruns: int, lost: bool, time_wait_owners: dict[int, Owners]) -> Churn:
@@ -272,7 +282,47 @@ class ChurnTracker:
             by_port=groups(ports, {}), by_remote=groups(remotes, {}), by_process=groups(processes, exact),
             by_destination=groups(destinations, {}),
             overruns=overruns, lost=lost, time_wait_owners=time_wait_owners, closed_by_port=tally.by_port,
+            closed_by_process=tally.by_process,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class TimeWaitMakers:
+    """Who made a set of descriptor-less sockets (TIME_WAIT, orphans), and how sure that is."""
+
+    exact: tuple[tuple[ProcessInfo, int], ...]  # by cookie: a refresh saw the socket held; most first
+    inferred: tuple[tuple[ProcessInfo, int], ...]  # the port's listener, or the connection's last holder
+    unattributed: int  # opened and closed between refreshes: no pid can be known without eBPF
+    total: int
+
+
+def time_wait_makers(snapshot: Snapshot, rows: np.ndarray) -> TimeWaitMakers:
+    """`Snapshot.owners_of` for the descriptor-less sockets among ``rows`` (a mask over the
+    snapshot's sockets), counted per process and per kind of tie: from `Snapshot.row_owners`,
+    in array passes, so that a drawer over 30,000 TIME_WAIT stays cheap."""
+    owners = snapshot.row_owners()
+    zero = rows & (snapshot.columns.inode == 0)
+    kinds, codes = owners.kinds[zero], owners.codes[zero]
+    churn = snapshot.churn
+    gone = {process.pid: process for found in set(churn.time_wait_owners.values()) for process in found} if churn else {}
+    known = {**gone, **snapshot.ownership.processes}  # a process that held a TIME_WAIT may have exited since
+
+    def tally(kind: int) -> tuple[tuple[tuple[ProcessInfo, int], ...], int]:
+        """Processes and counts for one kind of tie, and how many of its sockets name no visible process."""
+        counted: Counter[ProcessInfo] = Counter()
+        nameless = 0
+        values, counts = np.unique(codes[kinds == kind], return_counts=True)
+        for code, count in zip(values.tolist(), counts.tolist()):
+            found = [known[pid] for pid in owners.pid_sets[code] if pid in known]
+            nameless += 0 if found else count
+            for process in found:
+                counted[process] += count
+        return tuple(counted.most_common()), nameless
+
+    exact, _ = tally(RowKind.COOKIE)
+    inferred, nameless = tally(RowKind.INFERRED)
+    unattributed = int(np.count_nonzero(kinds == RowKind.NONE)) + nameless
+    return TimeWaitMakers(exact, inferred, unattributed, int(np.count_nonzero(zero)))
 
 
 def destination_key(address: str, port: int) -> str:

@@ -10,15 +10,18 @@ import gc
 import os
 import socket
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
-from operator import itemgetter
 
+import numpy as np
+
+from ..collect.columns import SocketTable, table_of
 from ..collect.kernelstate import read_kernel_state
-from ..collect.destroy import DestroyFeed
+from ..collect.destroy import DestroyFeed, FeedReader
 from ..collect.owners import OwnerScanner, owner_note_for, user_name
-from ..collect.records import Backend, BackendUnavailable, OwnerAwareBackend, SocketRecord
-from .aggregate import DEFAULT_EPHEMERAL_PORTS, INODE, Aggregates, Ownership, aggregate
+from ..collect.records import Backend, BackendUnavailable, OwnerAwareBackend
+from .aggregate import DEFAULT_EPHEMERAL_PORTS, Aggregates, ConnectionOwners, Ownership, aggregate
 from .churn import Churn, ChurnTracker
 from .history import DEFAULT_WINDOW_SECONDS, History, history_capacity
 from .snapshot import Snapshot, SourceInfo
@@ -90,12 +93,13 @@ class Engine:
         self.history_seconds = history_seconds
         self.history = History(history_capacity(history_seconds, interval))
         self._seq = 0
-        self._last_owners: dict = {}
+        self._last_owners: ConnectionOwners | dict = {}
         self._host = socket.gethostname()
         self._kernel = f"{os.uname().sysname} {os.uname().release}"
         self._is_root = os.geteuid() == 0
         self.churn = ChurnTracker()
         self.destroy_feed, self.churn_note = self._open_destroy_feed()
+        self._reader: FeedReader | None = None
 
     def set_interval(self, interval: float) -> None:
         self.history.resize(history_capacity(self.history_seconds, interval))
@@ -104,21 +108,20 @@ class Engine:
         """Take one snapshot. Raises CollectError/OSError when the table cannot be read."""
         started = time.perf_counter()
         with gc_paused():
-            records = self.backend.sockets()
-            inodes = list(map(INODE, records))  # read once, for the owner scan and the aggregates
-            ownership = self._ownership(inodes)
+            table = table_of(self.backend.sockets())
+            ownership = self._ownership(table.columns.inode)
             kernel = read_kernel_state()
-            aggregates = aggregate(records, ownership, user_name, self._last_owners,
-                                   ephemeral_ports=kernel.port_range() or DEFAULT_EPHEMERAL_PORTS, inodes=inodes)
+            aggregates = aggregate(table, ownership, user_name, self._last_owners,
+                                   ephemeral_ports=kernel.port_range() or DEFAULT_EPHEMERAL_PORTS)
             taken_at, monotonic = time.time(), time.monotonic()
-            churn = self._churn(records, ownership, aggregates, monotonic)
-        self._last_owners = aggregates.last_owners
+            churn = self._churn(table, ownership, aggregates, monotonic)
+        self._last_owners = aggregates.connection_owners or {}
         self._seq += 1
         history = self.history.record(self._seq, taken_at, monotonic, aggregates, kernel.counters)
         return Snapshot(
             seq=self._seq, taken_at=taken_at, monotonic=monotonic,
             collect_seconds=time.perf_counter() - started,
-            source=self._source(aggregates), sockets=records, ownership=ownership,
+            source=self._source(aggregates), sockets=table, ownership=ownership,
             aggregates=aggregates, history=history, user_of=user_name, kernel=kernel, churn=churn,
         )
 
@@ -131,33 +134,47 @@ class Engine:
         except OSError as exc:
             return None, f"no close events: the kernel refused the sock_diag destroy groups ({exc.strerror or exc})"
 
-    def _churn(self, records: list[SocketRecord], ownership: Ownership, aggregates: Aggregates,
+    def _churn(self, table: SocketTable, ownership: Ownership, aggregates: Aggregates,
                now: float) -> Churn | None:
+        """The churn since the previous refresh. From the second refresh on, a reader thread
+        drains the feed between refreshes (a one-shot `--json` starts none)."""
         feed = self.destroy_feed
         if feed is None:
             return None
-        overruns = feed.overruns
-        closed = feed.drain()
-        return self.churn.update(records, ownership, aggregates, closed, now, feed.overruns, feed.overruns > overruns)
+        lost_before = feed.overruns + (self._reader.dropped if self._reader else 0)
+        try:
+            closed = self._reader.take() if self._reader else feed.drain()
+        except OSError as exc:  # the table is still worth showing: churn stops, and says why
+            self.close()
+            self.churn_note = f"close events stopped: {exc.strerror or exc}"
+            return None
+        lost = feed.overruns + (self._reader.dropped if self._reader else 0)
+        if self._reader is None:
+            self._reader = FeedReader(feed)
+            weakref.finalize(self, self._reader.stop, False)  # an engine dropped without close() stops it too
+        return self.churn.update(table, ownership, aggregates, closed, now, lost, lost > lost_before)
 
     def close(self) -> None:
-        """Let go of the destroy feed's socket (the backend opens one per dump)."""
+        """Stop the destroy feed's reader and let go of its socket (the backend opens one per dump)."""
+        if self._reader is not None:
+            self._reader.stop()
+            self._reader = None
         if self.destroy_feed is not None:
             self.destroy_feed.close()
             self.destroy_feed = None
 
-    def _ownership(self, inodes: list[int]) -> Ownership:
+    def _ownership(self, inodes: np.ndarray) -> Ownership:
         if isinstance(self.backend, OwnerAwareBackend):
             pids_by_inode = self.backend.owner_hint()
             return Ownership(pids_by_inode, self.backend.processes(
                 {pid for pids in pids_by_inode.values() for pid in pids}))
-        self.scanner.update(set(inodes), self._still_listed)
+        self.scanner.update(set(inodes.tolist()), self._still_listed)
         return Ownership(self.scanner.pids_by_inode, self.scanner.processes, self.scanner.closed)
 
     def _still_listed(self, inodes: set[int]) -> set[int]:
         """Those of ``inodes`` the socket table lists now: a second read, only when the owner scan
         could not place a socket (one that closed meanwhile is no longer listed)."""
-        return inodes.intersection(map(INODE, self.backend.sockets()))
+        return inodes.intersection(table_of(self.backend.sockets()).columns.inode.tolist())
 
     def _source(self, aggregates: Aggregates) -> SourceInfo:
         if isinstance(self.backend, OwnerAwareBackend):  # psutil leaves out, unsaid, the processes it may not read

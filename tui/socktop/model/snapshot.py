@@ -6,11 +6,16 @@ import math
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import compress
 from typing import TYPE_CHECKING
 
+import numpy as np
+
+from ..collect.columns import SocketColumns, SocketTable, table_of
 from ..collect.kernelstate import KernelState
 from ..collect.records import ProcessInfo, SocketRecord, TcpState
-from .aggregate import CONNECTION, Aggregates, Ownership, OwnerKind, Pids, StateCounts, aggregate
+from .aggregate import (CONNECTION, Aggregates, Ownership, OwnerKind, Pids, RowKind, RowOwners, StateCounts, aggregate,
+                        credited)
 
 if TYPE_CHECKING:
     from .churn import Churn
@@ -28,6 +33,11 @@ class SourceInfo:
     owner_note: str  # why some owners are missing ("run as root for all"), or "" when every owner is visible
     churn_note: str = ""  # why closes and opens are not counted (no destroy feed), or ""
     unavailable: frozenset[str] = frozenset()  # what this backend cannot know, e.g. "listen_backlog" (proc)
+
+
+def plural(count: int, noun: str) -> str:
+    """"1 socket", "1,500 sockets": for every face (CLI, UI, JSON notes)."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
 
 def coverage_text(fraction: float) -> str:
@@ -67,7 +77,7 @@ class Snapshot:
     monotonic: float
     collect_seconds: float  # how long the refresh took
     source: SourceInfo
-    sockets: Sequence[SocketRecord]
+    sockets: Sequence[SocketRecord]  # a SocketTable from the engine: records are built for the rows read
     ownership: Ownership
     aggregates: Aggregates
     history: tuple[HistoryPoint, ...] = ()
@@ -75,6 +85,15 @@ class Snapshot:
     user_of: Callable[[int], str] = field(default=str, repr=False, compare=False)
     kernel: KernelState | None = None  # sysctls and counters at this refresh; None when not read
     churn: Churn | None = None  # closes and opens since the previous refresh; None without the destroy feed
+
+    @property
+    def columns(self) -> SocketColumns:
+        """The sockets as arrays, for code that groups, filters or sorts all of them."""
+        return table_of(self.sockets).columns
+
+    def select(self, rows: np.ndarray) -> SocketTable:
+        """The sockets picked by a boolean mask (or indices) over `columns`; records are built as they are read."""
+        return table_of(self.sockets).take(rows)
 
     @property
     def coverage(self) -> float:
@@ -97,9 +116,40 @@ class Snapshot:
             inferred: Pids = self.aggregates.listener_pids.get(record.local_port, ())
         else:
             inferred = self.aggregates.last_owners.get(CONNECTION(record), ())
+        inferred = credited(inferred, self.ownership.processes)  # once, as the aggregates count it
         if inferred:
             return Attribution(self._processes(inferred), OwnerKind.INFERRED)
         return Attribution((), OwnerKind.NONE)
+
+    def row_owners(self) -> RowOwners:
+        """`owners_of` for every socket at once, as arrays: the aggregates' attribution, with the
+        inode-0 sockets the churn ledger ties to a process by cookie."""
+        rows = self.aggregates.rows
+        if rows is None or len(rows.codes) != len(self.sockets):  # aggregates made elsewhere than `aggregate`
+            rows = self.regroup(self.sockets).rows
+            assert rows is not None
+        by_cookie = self.churn.time_wait_owners if self.churn is not None else {}
+        if not by_cookie:
+            return rows
+        candidates = np.flatnonzero((rows.kinds == RowKind.NONE) | (rows.kinds == RowKind.INFERRED))
+        owners = list(map(by_cookie.get, self.columns.cookie[candidates].tolist()))
+        hits = np.fromiter(map(bool, owners), bool, len(owners))
+        if not hits.any():
+            return rows
+        found = [tuple(process.pid for process in found) for found in compress(owners, hits)]
+        distinct = list(dict.fromkeys(found))
+        number = {pids: index for index, pids in enumerate(distinct, len(rows.pid_sets))}
+        kinds, codes = rows.kinds.copy(), rows.codes.copy()
+        kinds[candidates[hits]] = RowKind.COOKIE
+        codes[candidates[hits]] = np.fromiter(map(number.__getitem__, found), np.int64, len(found))
+        return RowOwners(kinds, codes, rows.pid_sets + tuple(distinct))
+
+    def holding(self, pid: int) -> np.ndarray:
+        """Per socket True when ``pid`` holds it or it is tied to ``pid`` (as `owners_of` says)."""
+        rows = self.row_owners()
+        if pid not in self.ownership.processes:
+            return np.zeros(len(rows.codes), bool)
+        return rows.holding(pid)
 
     def _processes(self, pids: Pids) -> tuple[ProcessInfo, ...]:
         found = self.ownership.processes
@@ -108,8 +158,10 @@ class Snapshot:
     def regroup(self, records: Sequence[SocketRecord]) -> Aggregates:
         """Aggregates of a subset of this snapshot's sockets, grouped by the same rules:
         the whole table's listeners, owners and port range, not the subset's."""
-        return aggregate(records, self.ownership, self.user_of, self.aggregates.last_owners,
-                         listeners=self.aggregates.listener_pids, ephemeral_ports=self.aggregates.ephemeral_ports)
+        aggregates = self.aggregates
+        last_owners = aggregates.connection_owners if aggregates.connection_owners is not None else aggregates.last_owners
+        return aggregate(records, self.ownership, self.user_of, last_owners,
+                         listeners=aggregates.listener_pids, ephemeral_ports=aggregates.ephemeral_ports)
 
     def filtered(self, state: TcpState | None = None, port: int | None = None, pid: int | None = None) -> Snapshot:
         """The same snapshot narrowed to matching sockets, with its aggregates recomputed.
@@ -118,12 +170,16 @@ class Snapshot:
         """
         if state is None and port is None and pid is None:
             return self
-        kept = [
-            record for record in self.sockets
-            if (state is None or record.state is state)
-            and (port is None or port in (record.local_port, record.remote_port))
-            and (pid is None or any(p.pid == pid for p in self.owners_of(record).processes))
-        ]
+        table = table_of(self.sockets)
+        columns = table.columns
+        keep = np.ones(len(columns), bool)
+        if state is not None:
+            keep &= columns.state == state
+        if port is not None:
+            keep &= (columns.local_port == port) | (columns.remote_port == port)
+        if pid is not None:
+            keep &= self.holding(pid)
+        kept = table.take(keep)
         aggregates = self.regroup(kept)
         return Snapshot(
             seq=self.seq, taken_at=self.taken_at, monotonic=self.monotonic, collect_seconds=self.collect_seconds,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -32,7 +33,7 @@ from ..collect.records import BackendUnavailable, CollectError
 from ..model.engine import Engine
 from ..model.snapshot import Snapshot
 from ..report import snapshot_document
-from .metrics import DEFAULT_TOP, build_families
+from .metrics import DEFAULT_TOP, CloseCounters, build_families
 
 DEFAULT_LISTEN = "127.0.0.1:9877"
 DEFAULT_INTERVAL = 15.0
@@ -73,6 +74,7 @@ class Exporter(Collector):
         self.interval = interval
         self.top = top
         self.thresholds = thresholds or Thresholds()
+        self.closes = CloseCounters(top)  # carries the close counts across collections (this thread only)
         self.published: Published | None = None
         self.collections = 0
         self.errors = 0
@@ -81,16 +83,22 @@ class Exporter(Collector):
         self.first = threading.Event()  # set after the first collection, good or bad
 
     def collect_once(self) -> None:
-        """One refresh, analysis and family build; a failure is counted and reported, never raised."""
+        """One refresh, analysis and family build; a failure is counted and reported (socktop_collection_errors,
+        /healthz), never raised: the next interval tries again."""
         try:
             snapshot = self.engine.refresh()
             analysis = analyze(snapshot, self.thresholds)
-            self.published = Published(snapshot, analysis, tuple(build_families(snapshot, analysis, self.top)))
+            self.closes.update(snapshot)
+            self.published = Published(snapshot, analysis,
+                                       tuple(build_families(snapshot, analysis, self.top, self.closes)))
             self.last_success = time.monotonic()
             self.last_error = ""
         except (CollectError, OSError) as exc:
             self.errors += 1
             self.last_error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - a bug must not end the collector thread for good:
+            self.errors += 1  # it is counted, /healthz turns 503 with it once the last good one is stale
+            self.last_error = f"internal error: {type(exc).__name__}: {exc}"
         self.collections += 1
         self.first.set()
 
@@ -121,14 +129,16 @@ class Exporter(Collector):
         return True, f"ok: collection {self.published.snapshot.seq}, {self.published.snapshot.aggregates.total} sockets"
 
     def snapshot_json(self) -> bytes | None:
-        """The `--json` document of the last collection (made once per collection)."""
+        """The `--json` document of the last collection (made once per collection), without command lines."""
         published = self.published
         if published is None:
             return None
         body = published.json_cache.get("body")
         if body is None:
-            document = snapshot_document(published.snapshot, {"state": None, "port": None, "pid": None}, False,
+            document = snapshot_document(published.snapshot, {"state": None, "port": None, "pid": None},
                                          published.analysis)
+            for process in document["processes"]:
+                process["cmdline"] = None  # over HTTP never: command lines can carry passwords and tokens
             body = json.dumps(document, indent=1, ensure_ascii=False).encode("utf-8", "backslashreplace") + b"\n"
             published.json_cache["body"] = body
         return body
@@ -188,11 +198,34 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
         pass  # a client that hung up mid-reply: nothing to report, nothing to stop
 
 
-def bind(host: str, port: int, exporter: Exporter) -> WSGIServer:
-    """The HTTP server bound to (host, port), IPv6 when the host is; raises OSError when it cannot bind."""
+@dataclass(frozen=True, slots=True)
+class Tls:
+    """Serve HTTPS: a certificate and its key; with ``client_ca``, only clients holding a certificate it signed."""
+
+    cert: str
+    key: str
+    client_ca: str | None = None
+
+    def context(self) -> ssl.SSLContext:
+        """Raises OSError or ssl.SSLError when a file cannot be read or does not match."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(self.cert, self.key)
+        if self.client_ca:
+            context.load_verify_locations(self.client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
+
+def bind(host: str, port: int, exporter: Exporter, context: ssl.SSLContext | None = None) -> WSGIServer:
+    """The HTTP server (HTTPS with ``context``) bound to (host, port), IPv6 when the host is;
+    raises OSError when it cannot bind."""
     family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
     server_class = type("Server", (_ThreadingServer,), {"address_family": family})
-    return make_server(host, port, make_app(exporter), server_class=server_class, handler_class=_Quiet)
+    server = make_server(host, port, make_app(exporter), server_class=server_class, handler_class=_Quiet)
+    if context is not None:  # the handshake happens in the request's thread: a slow client holds up no one
+        server.socket = context.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
+    return server
 
 
 def stop_on_signals() -> threading.Event:
@@ -218,7 +251,7 @@ def serve(exporter: Exporter, server: WSGIServer, stop: threading.Event) -> None
 
 
 def run_serve(listen: str, interval: float, top: int, backend: str, thresholds: Thresholds,
-              warn: Callable[[str], None]) -> int:
+              warn: Callable[[str], None], tls: Tls | None = None) -> int:
     """`socktop serve`: 0 after SIGTERM, 1 when the table cannot be read, 2 for a bad or busy --listen."""
     host, port = parse_listen(listen)
     stop = stop_on_signals()
@@ -229,12 +262,20 @@ def run_serve(listen: str, interval: float, top: int, backend: str, thresholds: 
         return 1
     exporter = Exporter(engine, interval, top, thresholds)
     try:
-        server = bind(host, port, exporter)
+        context = tls.context() if tls else None
+    except (OSError, ssl.SSLError) as exc:  # ssl.SSLError is an OSError: its reason says more
+        warn(f"error: cannot use the TLS files {tls.cert if tls else ''}, {tls.key if tls else ''}: "
+             f"{getattr(exc, 'reason', None) or exc.strerror or exc}")
+        return 2
+    try:
+        server = bind(host, port, exporter, context)
     except (OSError, UnicodeError) as exc:
         warn(f"error: cannot listen on {listen}: {getattr(exc, 'strerror', None) or exc}")
         return 2
     bound = server.server_address
-    warn(f"serving http://{listen.rpartition(':')[0]}:{bound[1]}/metrics every {interval:g} s (Ctrl-C or SIGTERM stops)")
+    scheme = "https" if tls else "http"
+    warn(f"serving {scheme}://{listen.rpartition(':')[0]}:{bound[1]}/metrics every {interval:g} s "
+         "(Ctrl-C or SIGTERM stops)")
     sys.stderr.flush()
     serve(exporter, server, stop)
     return 0

@@ -14,6 +14,9 @@ None of them touches a widget: they post messages.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
@@ -21,17 +24,16 @@ from functools import partial
 from typing import Any, Protocol
 
 from rich.console import RenderableType
-from textual import on, work
+from textual import on
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.css.query import NoMatches
 from textual.events import Resize
+from textual.filter import LineFilter, Monochrome, NoColor
 from textual.message import Message
 from textual.screen import Screen
-from textual.widget import Widget
 from textual.widgets import Input, Static
-from textual.worker import get_current_worker
 
 from ..analyze.config import DEFAULT_THRESHOLDS, Config, Thresholds
 from ..collect.records import TcpState
@@ -41,6 +43,7 @@ from . import analysis as analysis_api
 from . import clipboard, keys, style
 from .bars import FilterLine, FindingsStrip, KeyBar, TabLine, TopBar, TrendStrip
 from .details import COPY_ACTIONS, Copyable, Selection, Styles, commands_for, describe
+from .fleet import FleetScreen, FleetWatch
 from .panes import FindingsPane, Pane, PortsPane, ProcessesPane, StatesPane
 from .screens import CommandDialog, HelpScreen
 from .sockets import SocketList
@@ -136,7 +139,9 @@ class SocktopApp(App[int]):
     """socktop's terminal UI over a snapshot source."""
 
     TITLE = "socktop"
-    CSS = style.CSS
+    CSS = style.CSS + """
+    App:nocolor LineTable > .table--cursor { text-style: reverse; }
+    """  # under NO_COLOR the highlighted row is reversed, not coloured
     BINDINGS = keys.bindings() + [Binding("ctrl+c", "interrupt", "Quit", show=False, priority=True)]
     ENABLE_COMMAND_PALETTE = True
 
@@ -144,8 +149,11 @@ class SocktopApp(App[int]):
                  clipboard_mode: str = "auto", keymap: dict[str, str] | None = None,
                  config_notes: Sequence[str] = (), analyze: bool = True,
                  thresholds: Thresholds = DEFAULT_THRESHOLDS,
-                 initial_filter: str = "", health: Callable[[], None] | None = None) -> None:
+                 initial_filter: str = "", health: Callable[[], None] | None = None,
+                 fleet: FleetWatch | None = None, handle_signals: bool = False) -> None:
         super().__init__()
+        self.fleet = fleet  # `--prometheus URL`: polls the fleet; its error shows in the top bar
+        self.handle_signals = handle_signals  # the real terminal only: a test's event loop keeps its own
         self._source_or_factory = source
         self.source: SnapshotSource | None = None
         self.interval = interval
@@ -173,7 +181,12 @@ class SocktopApp(App[int]):
         self._filter_timer: Any = None
         self._query_before_edit = Query()
         self._refreshing = False
+        self._jobs_lock = threading.Lock()
+        self.background_jobs = 0  # threads running (poller, view builder, clipboard): tests wait for none
+        self._view_generation = 0
         self.refresh_count = 0
+        self.collect_failed = False
+        self.snapshot_at = 0.0  # time.monotonic() of the snapshot shown: its age shows while collection fails
         self.last_apply_seconds = 0.0
         self.first_frame_at: float | None = None
 
@@ -200,7 +213,14 @@ class SocktopApp(App[int]):
         yield KeyBar(id="keybar")
         yield Static("socktop needs at least 60x15: please enlarge the terminal.", id="too-small")
 
+    def get_css_variables(self) -> dict[str, str]:
+        """The theme's variables, and socktop's readable tones for it (`style.readable_variables`)."""
+        variables = super().get_css_variables()
+        return {**variables, **style.readable_variables(variables)}
+
     def on_mount(self) -> None:
+        if self.handle_signals:
+            self._quit_on_signals()
         if self.keymap_overrides:
             self.set_keymap(self.keymap_overrides)
         self.theme = "textual-dark"
@@ -211,6 +231,10 @@ class SocktopApp(App[int]):
         for note in self.config_notes:
             self.notify(printable(note), title="config", severity="warning", markup=False, timeout=8)
         self._start_poll()
+        if self.fleet is not None:
+            self.fleet.listeners.append(lambda _view: self._show_top())
+            self.fleet.start(self)
+            self.action_fleet()
 
     def _first_frame(self) -> None:
         self.first_frame_at = time.perf_counter()
@@ -327,13 +351,28 @@ class SocktopApp(App[int]):
         self._poll(self.spec, self._pending_interval)
         self._pending_interval = None
 
-    # every @work gets a description: without one Textual repr()s the arguments, here 50,000 records
-    @work(thread=True, exclusive=True, group="poll", exit_on_error=False, description="refresh")
+    def _background(self, target: Callable[..., None], *args: Any) -> None:
+        """Run ``target`` in a daemon thread, counted in `background_jobs`. Not a Textual thread worker:
+        those run in the event loop's executor, which asyncio.run joins on exit, so `q` waited for the
+        refresh in progress (seconds at 50,000 sockets). A daemon thread is left behind; it only reads."""
+
+        def run() -> None:
+            try:
+                target(*args)
+            finally:
+                with self._jobs_lock:
+                    self.background_jobs -= 1
+
+        with self._jobs_lock:
+            self.background_jobs += 1
+        threading.Thread(target=run, name=f"socktop-{target.__name__.strip('_')}", daemon=True).start()
+
     def _poll(self, spec: ViewSpec, new_interval: float | None) -> None:
-        # the last view is read here, not passed in: a worker's arguments live as long as the worker
-        # object, which sits in reference cycles until a full collection (tens of MB at 50k sockets)
+        self._background(self._poll_thread, spec, new_interval)
+
+    def _poll_thread(self, spec: ViewSpec, new_interval: float | None) -> None:
+        """One refresh, analysed and viewed, posted as `Refreshed` (in the poller thread)."""
         started = time.perf_counter()
-        worker = get_current_worker()
         prior = self.view
         try:
             source = self._source()
@@ -359,8 +398,7 @@ class SocktopApp(App[int]):
         error = "; ".join(errors)
         view = build_view(snapshot, spec, prior if prior is not None and prior.seq < snapshot.seq else None)
         connections = frozenset(map(CONNECTION, snapshot.sockets))
-        if not worker.is_cancelled:
-            self.post_message(Refreshed(snapshot, analysis, view, connections, error, started))
+        self.post_message(Refreshed(snapshot, analysis, view, connections, error, started))
 
     def on_refreshed(self, message: Refreshed) -> None:
         try:
@@ -371,6 +409,7 @@ class SocktopApp(App[int]):
     def _on_refreshed(self, message: Refreshed) -> None:
         self._refreshing = False
         self.refresh_count += 1
+        self.collect_failed = message.snapshot is None
         if message.snapshot is None:
             self.error = message.error
             self._show_top()
@@ -378,6 +417,7 @@ class SocktopApp(App[int]):
             return
         began = time.perf_counter()
         self.error = message.error
+        self.snapshot_at = time.monotonic()
         self.snapshot = message.snapshot
         self.analysis = message.analysis
         self.previous_connections = self.connections
@@ -411,11 +451,16 @@ class SocktopApp(App[int]):
         if self.snapshot is not None:
             self._build_view()
 
-    @work(thread=True, exclusive=True, group="view", exit_on_error=False, description="build view")
     def _build_view(self) -> None:
-        snapshot, spec, prior = self.snapshot, self.spec, self.view  # immutable; read, not passed (see _poll)
+        self._view_generation += 1
+        self._background(self._build_view_thread, self._view_generation)
+
+    def _build_view_thread(self, generation: int) -> None:
+        """The panes' rows for the current drill-down, filter and sort (in the view thread); a build that a
+        newer one has overtaken posts nothing."""
+        snapshot, spec, prior = self.snapshot, self.spec, self.view  # immutable
         view = build_view(snapshot, spec, prior if prior is not None and prior.seq < snapshot.seq else None)
-        if not get_current_worker().is_cancelled:
+        if generation == self._view_generation:
             self.post_message(ViewBuilt(view))
 
     def on_view_built(self, message: ViewBuilt) -> None:
@@ -436,7 +481,7 @@ class SocktopApp(App[int]):
         changed = False
         dropped: list[Level] = []
         for pane, rows in zip(self.aggregate_panes, (view.states, view.ports, view.processes)):
-            key = pane.apply(pane.cells(row) for row in rows)
+            key = pane.apply(rows)
             level = next((lvl for lvl in levels if lvl.kind == pane.LEVEL), None)
             if level is None or key == level.key or pane.select_key(level.key):
                 continue
@@ -472,7 +517,7 @@ class SocktopApp(App[int]):
     def _apply_findings(self) -> None:
         findings = analysis_api.findings_of(self.analysis)
         pane: FindingsPane = self.pane("findings")
-        pane.apply(pane.cells(finding, rank) for rank, finding in enumerate(findings))
+        pane.apply(enumerate(findings))
         pane.border_subtitle = f"{len(findings)}" if findings else "none"
         self.query_one(FindingsStrip).show([(f.id, f.severity.value, f.title) for f in findings])
 
@@ -489,16 +534,24 @@ class SocktopApp(App[int]):
 
     def _show_top(self) -> None:
         self._show_keys()
-        self.query_one(TopBar).show(self.snapshot, interval=self.interval, paused=self.paused, error=self.error,
-                                    findings=analysis_api.severity_counts(self.analysis))
+        error = " · ".join(filter(None, (self.error, self.fleet.error if self.fleet else "")))
+        age = time.monotonic() - self.snapshot_at if self.collect_failed and self.snapshot is not None else None
+        self.query_one(TopBar).show(self.snapshot, interval=self.interval, paused=self.paused, error=error,
+                                    findings=analysis_api.severity_counts(self.analysis), data_age=age)
 
     def _show_filter(self) -> None:
         total = self.snapshot.aggregates.total if self.snapshot else 0
         in_view = len(self.view.sockets) if self.view else total
         focused = self.pane(self.active_pane)
         sort = f"{PANE_TITLES[self.active_pane][2:]} by {focused.sort_text}" if hasattr(focused, "sort_text") else ""
+        finding = self.picked_finding() if self.spec.levels else None
         self.query_one(FilterLine).show([level.label for level in self.spec.levels], self.spec.query.text,
-                                        self.spec.query.error, in_view, total, sort)
+                                        self.spec.query.error, in_view, total, sort,
+                                        finding=finding.title if finding is not None else "")
+        narrowed = bool(self.spec.levels or self.spec.query.terms)
+        for name in PANE_ORDER:  # what an empty pane says
+            self.pane(name).empty_text = "no match: Esc clears one level" if narrowed else (
+                "no findings" if name == "findings" else "none")
 
     # --- selection ----------------------------------------------------------------------------------
 
@@ -544,15 +597,17 @@ class SocktopApp(App[int]):
         return finding
 
     def selection(self) -> Selection:
-        """What is picked, for the drawer and the copy keys: the drill-down the filter line shows (never a
-        cursor row that is not picked), the picked finding, or the socket under the Sockets cursor."""
+        """What the drawer and the copy keys act on (htop's model): the highlighted row of the focused pane,
+        in the context of the drill-down the filter line shows; in Sockets, the socket under the cursor."""
         snapshot, analysis, focus = self.snapshot, self.analysis, self.active_pane
         keys_by_kind: dict[str, str | None] = {kind: None for kind in (STATE, PORT, PROCESS)}
         keys_by_kind.update({level.kind: level.key for level in self.spec.levels})
         pane_kind = {"states": STATE, "ports": PORT, "processes": PROCESS}.get(focus)
+        if pane_kind is not None and self.pane(focus).selected_key is not None:
+            keys_by_kind[pane_kind] = self.pane(focus).selected_key
         finding = socket = None
         if focus == "findings":
-            finding = self.picked_finding()
+            finding = analysis_api.finding_by_id(analysis, self.pane("findings").selected_key)
         elif focus == "sockets":
             socket = self.query_one(SocketList).selected
             if socket is not None and snapshot is not None:
@@ -613,10 +668,18 @@ class SocktopApp(App[int]):
         elif pane.KIND == "findings" and self.picked_finding() is None:
             self._select_finding(key)
 
+    def action_fleet(self) -> None:
+        if self.fleet is None:
+            self.notify("start socktop with --prometheus URL to see the fleet", title="Fleet", timeout=6)
+            return
+        self.push_screen(FleetScreen(self.fleet))
+
     def action_toggle_drawer(self) -> None:
         if not self.drawer_open:
             self._pick_cursor_row()
         self.drawer_open = not self.drawer_open
+        if self.layout_mode == "small":  # the drawer takes the body: it has the keys while open, the pane after
+            self.set_focus(self.query_one(Drawer) if self.drawer_open else self.pane(self.active_pane))
         self.set_class(self.drawer_open, "-drawer")
         if self.drawer_open:
             self._refresh_drawer()
@@ -683,10 +746,7 @@ class SocktopApp(App[int]):
 
     def _restyle(self) -> None:
         for pane in (*self.aggregate_panes, self.pane("findings")):
-            pane.apply(())  # drop every cached signature, then redraw with the new styles
-        if self.view is not None:
-            self._apply_view(self.view)
-        self._apply_findings()
+            pane.restyle()
         self._show_top()
         self._show_filter()
 
@@ -729,21 +789,21 @@ class SocktopApp(App[int]):
         self.set_focus(self.pane(self.active_pane))
 
     def action_back(self) -> None:
-        """Esc: leave the filter field, else close a full-screen drawer, else undo one level, else the filter."""
+        """Esc closes the innermost thing first: the filter field (as it was before), the drawer (the row
+        under it stays picked), one drill-down level, then the text filter (also one that only holds an
+        unknown term)."""
         if self.has_class("-filtering"):
             if self._filter_timer is not None:
                 self._filter_timer.stop()
                 self._filter_timer = None
             self._set_spec(replace(self.spec, query=self._query_before_edit))
             self._close_filter()
-        elif self.drawer_open and self.layout_mode == "small":
+        elif self.drawer_open:
             self.action_toggle_drawer()
         elif self.spec.levels:
             self._set_spec(replace(self.spec, levels=self.spec.levels[:-1]))
-        elif self.spec.query:
+        elif self.spec.query.text:
             self._set_spec(replace(self.spec, query=Query()))
-        elif self.drawer_open:
-            self.action_toggle_drawer()
 
     # --- copy actions --------------------------------------------------------------------------------
 
@@ -776,9 +836,8 @@ class SocktopApp(App[int]):
                                        "most terminals. --clipboard osc52 trusts the terminal and skips this "
                                        "dialog."))
 
-    @work(thread=True, group="clipboard", exit_on_error=False, description="system clipboard")
     def _system_copy(self, text: str, what: str) -> None:
-        self.post_message(ClipboardDone(text, what, clipboard.system_copy(text)))
+        self._background(lambda: self.post_message(ClipboardDone(text, what, clipboard.system_copy(text))))
 
     def on_clipboard_done(self, message: ClipboardDone) -> None:
         if not message.error:
@@ -793,7 +852,10 @@ class SocktopApp(App[int]):
     # --- palette ------------------------------------------------------------------------------------
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
-        yield from super().get_system_commands(screen)
+        """socktop's actions, and Textual's own where socktop has none of that name (its Quit, Theme and
+        Keys would list Quit, Theme and Help twice)."""
+        ours = {key.description for key in keys.KEYS} | {"Keys"}
+        yield from (command for command in super().get_system_commands(screen) if command.title not in ours)
         for key in keys.KEYS:
             keys_text = self.keymap_overrides.get(key.id, key.keys)
             shown = " ".join(self.get_key_display(Binding(name.strip(), "")) for name in keys_text.split(","))
@@ -811,6 +873,18 @@ class SocktopApp(App[int]):
 
     def action_quit(self) -> None:
         self.exit(0)
+
+    def _quit_on_signals(self) -> None:
+        """SIGTERM and SIGHUP end socktop as q does, so that the terminal is restored (alternate screen,
+        mouse reporting, cursor); without this the default action kills the process with them still on."""
+        loop = asyncio.get_running_loop()
+        for number in (signal.SIGTERM, signal.SIGHUP):
+            loop.add_signal_handler(number, self.exit, 0)
+
+    def get_line_filters(self) -> Sequence[LineFilter]:
+        """Under NO_COLOR no colour at all: Textual's own choice there is 256-colour greys (Monochrome)."""
+        return [NoColor() if isinstance(line_filter, Monochrome) else line_filter
+                for line_filter in super().get_line_filters()]
 
     def action_interrupt(self) -> None:
         """Ctrl+C quits, as in top (in a dialog it copies the selected text instead)."""
@@ -851,7 +925,9 @@ def run(options: argparse.Namespace, config: Config) -> int:
         notes.insert(0, engine.backend_note)
     app = SocktopApp(engine, interval=interval, clipboard_mode=getattr(options, "clipboard", "auto"),
                      keymap=keymap, config_notes=notes, thresholds=config.thresholds,
-                     initial_filter=filter_from_options(options), health=scenario.check if scenario else None)
+                     initial_filter=filter_from_options(options), health=scenario.check if scenario else None,
+                     fleet=FleetWatch(options.prometheus) if getattr(options, "prometheus", None) else None,
+                     handle_signals=True)
     try:
         result = app.run()
     finally:

@@ -15,17 +15,19 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from rich.console import Group, RenderableType
 from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
 from ..analyze import commands as cmd
-from ..analyze.findings import Analysis, Finding
+from ..analyze.findings import Analysis, Finding, close_wait_forensics, lastack_text, recv_q_meaning
 from ..analyze.knowledge import knowledge_for, on_this_kernel
 from ..collect.records import DISPLAY_STATES, SocketRecord, TcpState
-from ..model.aggregate import OwnerKind, PortGroup, ProcessGroup
-from ..model.snapshot import Snapshot
+from ..model.aggregate import Direction, OwnerKind, PortGroup, ProcessGroup, inbound_flags
+from ..model.churn import time_wait_makers
+from ..model.snapshot import Snapshot, plural
 from ..safetext import printable
 from . import analysis as glue
 from . import format as fmt
@@ -74,7 +76,14 @@ def level_value(levels: Sequence[Level], kind: str) -> str | None:
 
 
 def _process_label(group: ProcessGroup) -> str:
-    return f"pid {group.pid} {printable(group.name)}" if group.pid is not None else f"uid {group.uid}"
+    """``pid 4242 leaky-api (320 CLOSE-WAIT of 391 sockets)``: who, and the count that makes it stand out
+    (its largest state other than ESTABLISHED and LISTEN), so a copy names its target beyond doubt."""
+    who = f"pid {group.pid} {printable(group.name)}" if group.pid is not None else f"uid {group.uid}"
+    counts = {state: group.counts.get(state, 0) + group.inferred.get(state, 0)
+              for state in {*group.counts, *group.inferred} if state not in (TcpState.ESTABLISHED, TcpState.LISTEN)}
+    state = max(counts, key=lambda state: (counts[state], -state.value), default=None)
+    total = f"{group.total:,} socket{'s' if group.total != 1 else ''}"
+    return f"{who} ({counts[state]:,} {state.label} of {total})" if state and counts[state] else f"{who} ({total})"
 
 
 def _no_process(selection: Selection, action: str) -> Copyable | None:
@@ -102,7 +111,7 @@ def kill_command(selection: Selection) -> Copyable:
     group = selection.process
     if group is None or group.process is None:
         return _no_process(selection, "kill")  # type: ignore[return-value]
-    term, kill = cmd.kill_commands(group.process.pid, group.process.name)
+    term, kill = cmd.kill_commands(group.process.pid, group.process.name, group.process.start_ticks)
     return Copyable(term, f"kill for {_process_label(group)}", extra=(kill,))
 
 
@@ -158,7 +167,7 @@ def ss_command(selection: Selection) -> Copyable:
     elif dropped:
         what = f"ss: lists fewer than the {in_view} in view: {dropped}"
     else:
-        what = f"ss for the {in_view} sockets in view"
+        what = f"ss for the {plural(selection.in_view, 'socket')} in view"
     if cannot or dropped:
         command = cmd.Command(command.line, f"{command.note}; " + "; ".join(filter(None, (cannot, dropped))))
     return Copyable(command, what)
@@ -378,8 +387,11 @@ def describe(selection: Selection, snapshot: Snapshot | None, copyables: dict[st
         count = snapshot.aggregates.by_state.get(state, 0)
         total = snapshot.aggregates.total or 1
         tone = fmt.tone_of_state(state)
-        doc.title(f"{state.label}  ·  {count:,} sockets ({fmt.share(count / total)})",
+        doc.title(f"{state.label}  ·  {plural(count, 'socket')} ({fmt.share(count / total)})",
                   styles.warning if tone == "warning" else styles.danger if tone == "danger" else None)
+        if state is TcpState.TIME_WAIT:
+            _made_by(doc, snapshot, snapshot.columns.state == TcpState.TIME_WAIT)
+            _closes(doc, snapshot)
         _findings_list(doc, selection.findings)
         _suggestions(doc, selection.findings)
         _knowledge(doc, state, snapshot)
@@ -417,31 +429,52 @@ def _process(doc: Doc, group: ProcessGroup, snapshot: Snapshot) -> None:
         limit = f" of {process.fd_limit:,}" if process.fd_limit else ""
         near = bool(process.fd_limit) and process.fd_count >= 0.8 * process.fd_limit
         doc.field("FDs", f"{process.fd_count:,}{limit} open", doc.styles.danger if near else "")
+    if process.tcp_fds is not None:
+        held = sum(group.counts.values())
+        gone = max(0, process.tcp_fds - held)
+        doc.field("TCP FDs", f"{process.tcp_fds:,} TCP descriptors, {held:,} in the socket table"
+                  + (f": {gone:,} no longer listed (aborted under the descriptor, or bound only)" if gone else ""),
+                  doc.styles.warning if gone else "")
     _counts(doc, group.counts, group.inferred)
     if any(group.inferred.values()):
         doc.line("Inferred sockets have no descriptor, so no owner in the kernel (TIME-WAIT, connections "
                  "still in the accept queue, orphans): they are tied to this process by their port (its "
                  "listener) or their 4-tuple (it held the connection).", doc.styles.muted)
+    _closes(doc, snapshot, group.key)
     if group.counts.get(TcpState.CLOSE_WAIT):
+        doc.bullets("CLOSE-WAIT forensics", close_wait_forensics(snapshot, group))
         doc.heading("Where is the missing close()?")
         doc.command(cmd.stack_dump(process))
 
 
 def _port(doc: Doc, group: PortGroup, snapshot: Snapshot) -> None:
     where = "served here (local port)" if group.direction.value == "in" else "called out to (remote port)"
-    doc.title(f":{group.port} {group.direction.value}  ·  {group.total:,} sockets")
+    doc.title(f":{group.port} {group.direction.value}  ·  {plural(group.total, 'socket')}")
     doc.field("Port", f"{group.port}, {where}")
     _counts(doc, group.counts)
     processes = snapshot.ownership.processes
     owners = [f"{pid} {printable(processes[pid].name)}" for pid in group.pids if pid in processes]
     doc.field("Owners", ", ".join(owners) or "none visible")
+    _closes(doc, snapshot, group.key)
+    if group.counts.get(TcpState.TIME_WAIT):
+        columns, aggregates = snapshot.columns, snapshot.aggregates
+        inbound = inbound_flags(columns.local_port, columns.remote_port, aggregates.listening_ports,
+                                aggregates.ephemeral_ports)
+        if group.direction is Direction.IN:
+            in_group = inbound & (columns.local_port == group.port)
+        else:
+            in_group = ~inbound & (columns.remote_port == group.port)
+        _made_by(doc, snapshot, in_group & (columns.state == TcpState.TIME_WAIT))
 
 
 def _socket(doc: Doc, record: SocketRecord, snapshot: Snapshot) -> None:
     doc.title(f"{fmt.endpoint(record.local_addr, record.local_port)} → "
               f"{fmt.endpoint(record.remote_addr, record.remote_port)}")
     doc.field("State", record.state.label)
-    doc.field("Queues", f"Recv-Q {record.recv_q}, Send-Q {record.send_q}")
+    meaning = recv_q_meaning(record)
+    doc.field("Queues", f"Recv-Q {record.recv_q}, Send-Q {record.send_q}" + (f": {meaning}" if meaning else ""))
+    if lastack_text(record):
+        doc.field("Age", lastack_text(record))
     if record.timer.label:
         doc.field("Timer", f"{record.timer.label} {fmt.timer(record.timer_ms)}".strip())
     if record.retransmits:
@@ -455,6 +488,48 @@ def _socket(doc: Doc, record: SocketRecord, snapshot: Snapshot) -> None:
         doc.line(cmd.ss_kill_refusal(record), doc.styles.muted)
     else:
         doc.command(abort)
+
+
+def _made_by(doc: Doc, snapshot: Snapshot, rows: np.ndarray) -> None:
+    """Who makes the TIME_WAIT among ``rows``: exactly by socket cookie, inferred, or nobody can say."""
+    makers = time_wait_makers(snapshot, rows)
+    if not makers.total:
+        return
+    parts = [f"{printable(p.name)} (pid {p.pid}) {n:,} exactly (it held them: same socket cookie)"
+             for p, n in makers.exact[:3]]
+    parts += [f"~{printable(p.name)} (pid {p.pid}) {n:,} inferred" for p, n in makers.inferred[:3]]
+    if makers.unattributed:
+        parts.append(f"{makers.unattributed:,} opened and closed between refreshes: no process can be named "
+                     "(only their destination is known: see Ports)")
+    doc.field("Made by", " · ".join(parts))
+
+
+def _per_second(rate: float) -> str:
+    return f"{rate:,.1f}/s" if rate < 100 else f"{rate:,.0f}/s"
+
+
+def _closes(doc: Doc, snapshot: Snapshot, key: str | None = None) -> None:
+    """Connections closed per second: the whole table's, or those of one port or process group (``key``)."""
+    churn = snapshot.churn
+    if churn is None:
+        if snapshot.source.churn_note:
+            doc.field("Closes", snapshot.source.churn_note, doc.styles.muted)
+        return
+    if not churn.seconds:
+        doc.field("Closes", "counted from the next refresh on", doc.styles.muted)
+        return
+    lost = f"; events were lost {churn.overruns:,} times (rates are lower bounds)" if churn.overruns else ""
+    over = f"over the last {churn.seconds:.0f} s{lost}"
+    if key is None:
+        doc.field("Closes", f"{_per_second(churn.closes_per_second or 0.0)} closes, "
+                  f"{_per_second(churn.opens_per_second or 0.0)} opens {over}")
+        return
+    group = (churn.by_process if key.startswith("pid:") else churn.by_port).get(key)
+    if group is None:
+        doc.field("Closes", f"none {over}")
+        return
+    exact = f" ({group.exact:,} exactly by socket cookie, the rest inferred)" if group.exact else ""
+    doc.field("Closes", f"{_per_second(group.per_second)} {over}{exact}")
 
 
 def owner_text(record: SocketRecord, snapshot: Snapshot) -> str:

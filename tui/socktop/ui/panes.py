@@ -1,11 +1,10 @@
-"""The small aggregate panes: States, Ports, Processes and Findings, as DataTables updated in place.
+"""The aggregate panes: States, Ports, Processes and Findings, keyed tables updated in place.
 
-A refresh never clears a table: rows are matched by their stable keys
-(``CLOSE_WAIT``, ``in:8080``, ``pid:4242``, a finding id), changed cells are
-updated, vanished rows removed, new ones added, then the pane's own sort
-is applied again and the cursor put back on the row it was on (or, when
-that row is gone, on its neighbour). So the cursor, the sort and the
-scroll position survive every refresh.
+Each is a `LineTable` (ui/table.py) whose rows are matched by stable keys (``CLOSE_WAIT``, ``in:8080``,
+``pid:4242``, a finding id). A refresh compares each row's data with what the pane holds and builds
+cells only for the rows that changed; it re-sorts only when something changed, and draws only the lines
+on screen. The cursor follows its row's key across re-sorts (htop's model), onto a neighbour when its
+row is gone; the sort and the scroll position are kept.
 
 Untrusted strings (process names, users) only ever become `Cell` text,
 never markup, after `printable` has escaped their control characters.
@@ -14,37 +13,25 @@ never markup, after `printable` has escaped their control characters.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from operator import attrgetter
 from typing import Any, ClassVar
 
 from rich.cells import cell_len, set_cell_size
-from rich.console import Console, ConsoleOptions, RenderResult
-from rich.measure import Measurement
 from rich.segment import Segment
 from rich.style import Style
-from rich.text import Text
-from textual import events
-from textual.binding import Binding
 from textual.message import Message
-from textual.widgets import DataTable
-from textual.widgets.data_table import ColumnKey, RowKey
+from textual.strip import Strip
 
 from ..collect.records import TcpState
 from ..safetext import printable
 from . import format as fmt
-from .view import PORT, PROCESS, STATE, TREND_CELLS, PortRow, ProcessRow, StateRow
+from .table import SORT_MARK, ColumnSpec, LineTable
+from .view import PORT, PROCESS, STATE, STATE_RANK, TREND_CELLS, PortRow, ProcessRow, StateRow
 
-SORT_MARK = {False: " ▲", True: " ▼"}
+_MISSING = object()
 
 
 class Cell:
-    """A table cell: one line of plain text (never markup), its style, and the value it sorts by.
-
-    It renders itself as one segment cut or padded to the column: no wrapping, no justification
-    pass. DataTable re-renders every cell of a table whenever any cell changes, and with Rich
-    `Text` cells that was most of the cost of painting a refresh.
-    """
+    """A table cell: one line of plain text (never markup), its style, and the value it sorts by."""
 
     __slots__ = ("plain", "style", "right", "sort")
 
@@ -56,10 +43,6 @@ class Cell:
         self.right = right
         self.sort = (text.lower(),) if sort is None else sort
 
-    @property
-    def signature(self) -> tuple[str, str, bool, Any]:
-        return (self.plain, str(self.style), self.right, self.sort)
-
     def fitted(self, width: int) -> str:
         """The text cut (with an ellipsis) or padded to ``width`` cells, on its side."""
         text = self.plain
@@ -69,40 +52,17 @@ class Cell:
         padding = " " * (width - length)
         return padding + text if self.right else text + padding
 
-    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        yield Segment(self.fitted(options.max_width), self.style)
 
-    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
-        length = cell_len(self.plain)
-        return Measurement(length, length)
-
-
-@dataclass(frozen=True, slots=True)
-class ColumnSpec:
-    key: str
-    label: str
-    width: int
-    numeric: bool = False  # right-aligned, largest first when sorted
-
-
-class Pane(DataTable):
-    """A DataTable whose rows come from `apply`, with a sort the user picks and keeps."""
+class Pane(LineTable):
+    """A keyed table whose rows come from `apply`, with a sort the user picks and keeps."""
 
     KIND: ClassVar[str] = ""  # the pane's name: "states", "ports", ...
     LEVEL: ClassVar[str | None] = None  # the drill-down kind its selection sets
     TITLE: ClassVar[str] = ""
     SUBTITLE: ClassVar[str] = ""
-    COLUMNS: ClassVar[tuple[ColumnSpec, ...]] = ()
     DEFAULT_SORT: ClassVar[tuple[str, bool]] = ("", False)
 
-    BINDINGS: ClassVar[list[Any]] = [
-        Binding("enter", "details", "Details", show=False),
-        *(Binding(key, f"move('{action}')", description, show=False) for key, action, description in (
-            ("up", "cursor_up", "Up"), ("down", "cursor_down", "Down"), ("pageup", "page_up", "Page up"),
-            ("pagedown", "page_down", "Page down"), ("home,ctrl+home", "scroll_top", "First"),
-            ("end,ctrl+end", "scroll_bottom", "Last"))),
-    ]
-    COMPONENT_CLASSES: ClassVar[set[str]] = {
+    COMPONENT_CLASSES: ClassVar[set[str]] = LineTable.COMPONENT_CLASSES | {
         "pane--warning", "pane--danger", "pane--muted", "pane--good", "pane--accent",
     }
 
@@ -123,76 +83,119 @@ class Pane(DataTable):
             self.key = key
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(cursor_type="row", cell_padding=0, **kwargs)
+        super().__init__(**kwargs)
         self.sort_column, self.sort_reverse = self.DEFAULT_SORT
-        self._signatures: dict[str, tuple] = {}
+        self._data: dict[str, Any] = {}  # key → the row's data, as last applied
+        self._cells: dict[str, Sequence[Cell]] = {}
+        self._order: list[str] = []
+        self._index: dict[str, int] = {}
+        self._strips: dict[str, Strip] = {}
         self.border_title = self.TITLE
         self.border_subtitle = self.SUBTITLE
 
-    def on_mount(self) -> None:
-        for spec in self.COLUMNS:
-            self.add_column(self._label(spec), width=spec.width, key=spec.key)
+    # --- rows ---------------------------------------------------------------------------------
+
+    def row_of(self, item: Any) -> tuple[str, Any]:
+        """An item handed to `apply` as (key, data); `cells` turns the data into the row's cells."""
+        return item.key, item
+
+    def cells(self, data: Any) -> Sequence[Cell]:
+        raise NotImplementedError
+
+    @property
+    def row_total(self) -> int:
+        return len(self._order)
+
+    @property
+    def row_count(self) -> int:
+        return len(self._order)
+
+    @property
+    def keys(self) -> list[str]:
+        """The row keys, in the order shown."""
+        return list(self._order)
+
+    def cells_of(self, key: str) -> Sequence[Cell]:
+        return self._cells[key]
+
+    def apply(self, items: Iterable[Any], rebuild: bool = False) -> str | None:
+        """Show exactly ``items``, in place; return the key under the cursor afterwards. Cells are built
+        only for rows whose data changed (all of them with ``rebuild``: the theme changed)."""
+        before, on_screen, old_order = self.selected_key, self.cursor_on_screen(), self._order
+        new: dict[str, Any] = {}
+        changed = rebuild or len(self._data) == 0
+        for item in items:
+            key, data = self.row_of(item)
+            new[key] = data
+            if rebuild or self._data.get(key, _MISSING) != data:
+                self._cells[key] = self.cells(data)
+                self._strips.pop(key, None)
+                changed = True
+        for key in [key for key in self._data if key not in new]:
+            del self._cells[key]
+            self._strips.pop(key, None)
+            changed = True
+        self._data = new
+        if changed:
+            self._resort([key for key in dict.fromkeys([*old_order, *new]) if key in new])
+        target = before if before in self._index else self._neighbour(before, old_order)
+        self.cursor = self._index.get(target, 0) if target is not None else min(self.cursor, max(0, self.row_total - 1))
+        self.update_size()
+        if on_screen:
+            self.scroll_to_cursor()
+        if changed:
+            self.refresh()
+        return self.selected_key
+
+    def restyle(self) -> None:
+        """The theme changed: every row's cells again, with the new colours."""
+        self.apply(list(self._data.values()), rebuild=True)
+
+    def _neighbour(self, key: str | None, order: list[str]) -> str | None:
+        """The row after ``key`` in ``order`` that is still shown, else the one before it."""
+        if key is None or key not in order:
+            return None
+        index = order.index(key)
+        return next((other for other in order[index + 1:] if other in self._index), None) or next(
+            (other for other in reversed(order[:index]) if other in self._index), None)
 
     # --- selection --------------------------------------------------------------------------
 
     @property
     def selected_key(self) -> str | None:
-        if not self.row_count:
-            return None
-        try:
-            return self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value
-        except Exception:  # the cursor is past the rows for a moment
-            return None
+        return self._order[self.cursor] if 0 <= self.cursor < len(self._order) else None
 
     def select_key(self, key: str) -> bool:
         """Put the cursor on ``key`` (no Picked message); False when there is no such row."""
-        if key not in self._signatures:
+        index = self._index.get(key)
+        if index is None:
             return False
-        index = self.get_row_index(key)
-        if index != self.cursor_row:
-            self.move_cursor(row=index)
+        if index != self.cursor:
+            self.cursor = index
+            self.scroll_to_cursor()
+            self.refresh()
         return True
 
-    def _picked_if_moved(self, before: str | None) -> None:
+    def moved(self) -> None:
+        """A cursor key or a click: the row under the cursor is the user's pick, even when the cursor
+        could not move (a one-row pane, the first row and Up, a row Esc unpicked)."""
         key = self.selected_key
-        if key is not None and key != before:
+        if key is not None:
             self.post_message(self.Picked(self, key))
-
-    def action_move(self, action: str) -> None:
-        """A cursor key: DataTable's own action, then Picked, even when the cursor could not move (a
-        one-row pane, the first row and Up, a row Esc unpicked): the row under it is the user's pick."""
-        getattr(super(), f"action_{action}")()
-        self._picked_if_moved(None)
 
     def action_details(self) -> None:
         self.post_message(self.DetailsRequested(self, self.selected_key))
-
-    def on_click(self, event: events.Click) -> None:
-        """A click on a row picks it, even the row the cursor is already on (a header click sorts)."""
-        offset = event.get_content_offset(self)
-        if offset is not None and offset.y >= (self.header_height if self.show_header else 0):
-            self.call_later(self._picked_if_moved, None)
-
-    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
-        event.stop()  # a second click on the same row: it is already the selection
-        self.post_message(self.Picked(self, event.row_key.value))
-
-    def on_data_table_header_selected(self, event: DataTable.HeaderSelected) -> None:
-        event.stop()
-        key = event.column_key.value
-        if key == self.sort_column:
-            self.set_sort(key, not self.sort_reverse)
-        else:
-            self.set_sort(key, self._spec(key).numeric)
 
     # --- sorting ------------------------------------------------------------------------------
 
     def _spec(self, key: str) -> ColumnSpec:
         return next(spec for spec in self.COLUMNS if spec.key == key)
 
-    def _label(self, spec: ColumnSpec) -> Text:
-        mark = SORT_MARK[self.sort_reverse] if spec.key == self.sort_column else "  "
-        return Text(" " + spec.label + mark, justify="right" if spec.numeric else "left", no_wrap=True)
+    def sort_mark(self, spec: ColumnSpec) -> str:
+        return SORT_MARK[self.sort_reverse] if spec.key == self.sort_column else ""
+
+    def header_clicked(self, spec: ColumnSpec) -> None:
+        self.set_sort(spec.key, not self.sort_reverse if spec.key == self.sort_column else spec.numeric)
 
     def cycle_sort(self, reverse_only: bool = False) -> None:
         """``s``: sort by the next column (its natural direction); ``S``: reverse the order."""
@@ -204,96 +207,41 @@ class Pane(DataTable):
         self.set_sort(key, self._spec(key).numeric)
 
     def set_sort(self, key: str, reverse: bool) -> None:
+        """Sort anew: the cursor stays on its row, and the view shows the top of the new order."""
         self.sort_column, self.sort_reverse = key, reverse
-        for spec in self.COLUMNS:
-            self.columns[ColumnKey(spec.key)].label = self._label(spec)
         selected = self.selected_key
-        self._resort()
+        self._resort(self._order)
         if selected is not None:
-            self.select_key(selected)
+            self.cursor = self._index[selected]
+        self.scroll_to(y=0, animate=False, immediate=True)
         self.refresh()
 
-    def _resort(self) -> None:
-        if self.row_count and self.sort_column:
-            self.sort(self.sort_column, key=attrgetter("sort"), reverse=self.sort_reverse)
+    def _resort(self, order: list[str]) -> None:
+        column = next((index for index, spec in enumerate(self.COLUMNS) if spec.key == self.sort_column), None)
+        if column is not None:
+            cells = self._cells
+            order = sorted(order, key=lambda key: cells[key][column].sort, reverse=self.sort_reverse)
+        self._order = order
+        self._index = {key: index for index, key in enumerate(order)}
 
     @property
     def sort_text(self) -> str:
         spec = self._spec(self.sort_column)
         return f"{spec.label.strip()} {'▼' if self.sort_reverse else '▲'}"
 
-    # --- rows ---------------------------------------------------------------------------------
+    # --- drawing ------------------------------------------------------------------------------
 
-    def apply(self, rows: Iterable[tuple[str, Sequence[Cell]]]) -> str | None:
-        """Show exactly ``rows`` (key, cells), in place; return the key under the cursor afterwards."""
-        before = self.selected_key
-        new = dict(rows)
-        neighbour = None
-        if before is not None and before not in new:
-            order = [row.key.value for row in self.ordered_rows]
-            index = order.index(before) if before in order else self.cursor_row
-            neighbour = next((key for key in order[index + 1:] if key in new), None) or next(
-                (key for key in reversed(order[:index]) if key in new), None)
-        changed = False
-        for key in [key for key in self._signatures if key not in new]:
-            self.remove_row(key)
-            del self._signatures[key]
-            changed = True
-        column_keys = [spec.key for spec in self.COLUMNS]
-        for key, cells in new.items():
-            signature = tuple(cell.signature for cell in cells)
-            old = self._signatures.get(key)
-            if old == signature:
-                continue
-            changed = True
-            if old is None:
-                self.add_row(*cells, key=key)
-            else:
-                for column, cell, was in zip(column_keys, cells, old):
-                    if cell.signature != was:
-                        self.update_cell(RowKey(key), ColumnKey(column), cell)
-            self._signatures[key] = signature
-        if changed:
-            self._resort()
-        target = before if before in new else neighbour
-        if target is not None:
-            self.select_key(target)
-        return self.selected_key
+    def forget_lines(self) -> None:
+        self._strips.clear()
 
-    # --- rendering ------------------------------------------------------------------------------
-
-    def _render_cell(self, row_index: int, column_index: int, base_style: Style, width: int,
-                     cursor: bool = False, hover: bool = False) -> list[list[Segment]]:
-        """DataTable's cell rendering, short-cut for our one-line `Cell`s.
-
-        DataTable renders each cell through Rich (padding, styling, line splitting) and re-renders
-        every cell of a table when any one changes; at 50,000 sockets that was most of the time spent
-        painting a refresh. This produces the same segment (tests/test_ui.py compares the two) and
-        hands anything else (headers, other cells, a DataTable whose internals moved) to DataTable.
-        """
-        try:
-            if row_index < 0 or column_index < 0 or self.cell_padding or self.fixed_rows or self.fixed_columns:
-                raise LookupError
-            row_key = self._row_locations.get_key(row_index)
-            column_key = self._column_locations.get_key(column_index)
-            cell = self._data[row_key][column_key]
-            if not isinstance(cell, Cell) or self.rows[row_key].height != 1:
-                raise LookupError
-            cache_key = (row_key, column_key, base_style, cursor, hover, self._show_hover_cursor,
-                         self._update_count, self._pseudo_class_state)
-            lines = self._cell_render_cache.get(cache_key)
-            if lines is None:
-                component, post = self._get_styles_to_render_cell(
-                    False, False, False, hover, cursor, self.show_cursor, self._show_hover_cursor,
-                    self.cursor_foreground_priority == "css", self.cursor_background_priority == "css")
-                style = (base_style + Style.from_meta({"row": row_index, "column": column_index}) + component
-                         + cell.style + post)
-                lines = self._cell_render_cache[cache_key] = [[Segment(cell.fitted(width), style)]]
-            return lines
-        except (LookupError, AttributeError, TypeError):
-            return super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
-
-    # --- styles ---------------------------------------------------------------------------------
+    def row_strip(self, index: int) -> Strip:
+        key = self._order[index]
+        strip = self._strips.get(key)
+        if strip is None:
+            base, cells = self.rich_style, self._cells[key]
+            strip = self._strips[key] = Strip([Segment(cells[column].fitted(width), base + cells[column].style)
+                                              for column, width in self.shown_columns])
+        return strip
 
     def tone(self, name: str) -> Style:
         """A cell's colour and weight, blended for this theme (a partial style would drop the alpha of
@@ -322,43 +270,45 @@ class StatesPane(Pane):
     COLUMNS = (
         ColumnSpec("state", "State", 11),
         ColumnSpec("count", "Count", 8, numeric=True),
-        ColumnSpec("delta", "Δ", 6, numeric=True),
-        ColumnSpec("share", "Share", 8, numeric=True),
-        ColumnSpec("trend", "Trend", 9),
+        ColumnSpec("delta", "Δ", 6, numeric=True, drop=2),
+        ColumnSpec("share", "Share", 8, numeric=True, drop=1),
+        ColumnSpec("trend", "Trend", 9, drop=3, flex=True),
     )
     DEFAULT_SORT = ("count", True)
 
-    def cells(self, row: StateRow) -> tuple[str, list[Cell]]:
+    def cells(self, row: StateRow) -> list[Cell]:
         tone = self.tone(fmt.tone_of_state(row.state))
         delta_tone = self.tone("warning" if (row.delta or 0) > 0 and fmt.tone_of_state(row.state) else "muted")
-        return row.key, [
+        return [
             Cell(row.state.label, (_STATE_ORDER[row.state],), tone),
             _num(row.count, tone),
             Cell(fmt.delta(row.delta), (row.delta if row.delta is not None else 0,), delta_tone, right=True),
             Cell(fmt.share(row.share), (row.share,), right=True),
-            Cell(fmt.sparkline(row.trend, TREND_CELLS), (row.trend[-1] - row.trend[0] if row.trend else 0,), self.tone("accent")),
+            Cell(fmt.sparkline(row.trend, TREND_CELLS), (row.trend[-1] - row.trend[0] if row.trend else 0,),
+                 self.tone("accent")),
         ]
 
 
-_STATE_ORDER = {state: index for index, state in enumerate(TcpState)}
+#: "State ▲" sorts the states in the same order in States and in Sockets (view.STATE_RANK: the troubled first)
+_STATE_ORDER = STATE_RANK
 
 
 class PortsPane(Pane):
     KIND, LEVEL, TITLE = "ports", PORT, "2 Ports"
     COLUMNS = (
         ColumnSpec("port", "Port", 8),
-        ColumnSpec("dir", "Dir", 6),
+        ColumnSpec("dir", "Dir", 5),
         ColumnSpec("total", "Total", 8, numeric=True),
-        ColumnSpec("cw", "CL-W", 7, numeric=True),
-        ColumnSpec("tw", "TI-W", 7, numeric=True),
-        ColumnSpec("est", "EST", 7, numeric=True),
-        ColumnSpec("owner", "Process", 18),
+        ColumnSpec("cw", "CL-W", 7, numeric=True, drop=2),
+        ColumnSpec("tw", "TI-W", 7, numeric=True, drop=2),
+        ColumnSpec("est", "EST", 7, numeric=True, drop=3),
+        ColumnSpec("owner", "Process", 18, flex=True),
     )
     DEFAULT_SORT = ("total", True)
 
-    def cells(self, row: PortRow) -> tuple[str, list[Cell]]:
+    def cells(self, row: PortRow) -> list[Cell]:
         owners = ", ".join(printable(name) for name in row.owners) or "-"
-        return row.key, [
+        return [
             Cell(f":{row.port}", (row.port,)),
             Cell(row.direction.value, (row.direction.value, row.port), self.tone("muted")),
             _num(row.total),
@@ -369,23 +319,33 @@ class PortsPane(Pane):
         ]
 
 
+INFERRED_LEGEND = "9*: 9 inferred for it (no descriptor)"
+
+
 class ProcessesPane(Pane):
     KIND, LEVEL, TITLE = "processes", PROCESS, "3 Processes"
     COLUMNS = (
         ColumnSpec("pid", "PID", 9, numeric=True),
-        ColumnSpec("name", "Name", 16),
+        ColumnSpec("name", "Name", 16, flex=True),
         ColumnSpec("total", "Total", 8, numeric=True),
-        ColumnSpec("cw", "CL-W", 7, numeric=True),
-        ColumnSpec("tw", "TI-W*", 8, numeric=True),
-        ColumnSpec("est", "EST", 7, numeric=True),
-        ColumnSpec("user", "User", 10),
-        ColumnSpec("fds", "FDs/limit", 12, numeric=True),
-        ColumnSpec("trend", "Trend", 10),
+        ColumnSpec("cw", "CL-W", 7, numeric=True, drop=2),
+        ColumnSpec("tw", "TI-W", 8, numeric=True, drop=3),
+        ColumnSpec("est", "EST", 7, numeric=True, drop=4),
+        ColumnSpec("user", "User", 10, drop=5),
+        ColumnSpec("fds", "FDs/limit", 12, numeric=True, drop=6),
+        ColumnSpec("trend", "Trend", 10, drop=7),
     )
     DEFAULT_SORT = ("total", True)
-    SUBTITLE = "9*: 9 inferred for it (no descriptor) · trend: its total"
 
-    def cells(self, row: ProcessRow) -> tuple[str, list[Cell]]:
+    def apply(self, items: Iterable[Any], rebuild: bool = False) -> str | None:
+        """As `Pane.apply`; the legend of the inferred mark shows only while a row carries one."""
+        items = list(items)
+        key = super().apply(items, rebuild)
+        inferred = any(row.group.inferred for row in items)
+        self.border_subtitle = f"{INFERRED_LEGEND} · trend: its total" if inferred else "trend: its total"
+        return key
+
+    def cells(self, row: ProcessRow) -> list[Cell]:
         group = row.group
         process = group.process
         kind, _, number = row.key.partition(":")
@@ -394,7 +354,7 @@ class ProcessesPane(Pane):
         fds, limit = (process.fd_count, process.fd_limit) if process else (None, None)
         fd_text = f"{fds}/{limit}" if fds is not None and limit else ("-" if fds is None else str(fds))
         fd_ratio = fds / limit if fds is not None and limit else 0.0
-        return row.key, [
+        return [
             Cell(pid, (int(number) if kind == "pid" else -1,), right=True),
             Cell(name, None, "" if process else self.tone("muted")),
             _num(row.total),
@@ -404,7 +364,8 @@ class ProcessesPane(Pane):
             _held_inferred(row.established, row.inferred(TcpState.ESTABLISHED)),
             Cell(printable(group.user), None),
             Cell(fd_text, (fd_ratio, fds or 0), self.tone("danger") if fd_ratio >= 0.8 else "", right=True),
-            Cell(fmt.sparkline(row.trend, TREND_CELLS), (row.trend[-1] - row.trend[0] if row.trend else 0,), self.tone("accent")),
+            Cell(fmt.sparkline(row.trend, TREND_CELLS), (row.trend[-1] - row.trend[0] if row.trend else 0,),
+                 self.tone("accent")),
         ]
 
 
@@ -413,40 +374,35 @@ SEVERITY_TONE = {"critical": "danger", "warning": "warning", "info": "muted"}
 
 
 class ProseCell(Cell):
-    """A cell of prose (a finding's title): cut at a word boundary, the cut marked with "…"."""
+    """A cell of prose (a finding's title): cut between words, the cut marked with "…" (`fmt.fit_tokens`)."""
 
     __slots__ = ()
 
     def fitted(self, width: int) -> str:
-        return super().fitted(width) if width < 2 else " " + fmt.ellipsize_words(self.plain[1:], width - 1).ljust(
+        return super().fitted(width) if width < 2 else " " + fmt.fit_tokens(self.plain[1:], width - 1).ljust(
             width - 1)
 
 
 class FindingsPane(Pane):
+    """Items are (rank, finding): the rank is the finding's place in the analysis's order (most urgent
+    first), kept within a severity."""
+
     KIND, LEVEL, TITLE = "findings", None, "5 Findings"
     COLUMNS = (
         ColumnSpec("severity", "Severity", 10),
-        ColumnSpec("title", "Finding", 72),
+        ColumnSpec("title", "Finding", 24, flex=True),
     )
     DEFAULT_SORT = ("severity", False)
-    MIN_TITLE_WIDTH = 24
 
-    def on_resize(self) -> None:
-        """The title column takes the pane's width (less a scrollbar's), so that a long title is cut,
-        visibly, where the pane ends rather than scrolled out of sight past its border."""
-        column = self.columns.get(ColumnKey("title"))
-        width = max(self.MIN_TITLE_WIDTH, self.content_region.width - self.COLUMNS[0].width - 1)
-        if column is not None and column.width != width:
-            column.width = width
-            self._require_update_dimensions = True
-            self._clear_caches()
-            self.refresh()
+    def row_of(self, item: tuple[int, Any]) -> tuple[str, Any]:
+        return item[1].id, item
 
-    def cells(self, finding: Any, rank: int = 0) -> tuple[str, list[Cell]]:
-        """``rank``: the finding's place in the analysis's order (most urgent first), kept within a severity."""
+    def cells(self, item: tuple[int, Any]) -> list[Cell]:
+        rank, finding = item
         severity = finding.severity.value
-        return finding.id, [
-            Cell(severity.upper(), (SEVERITY_RANK.get(severity, 9), rank), self.tone(SEVERITY_TONE.get(severity, ""))),
+        return [
+            Cell(severity.upper(), (SEVERITY_RANK.get(severity, 9), rank),
+                 self.tone(SEVERITY_TONE.get(severity, ""))),
             ProseCell(printable(finding.title), None),
         ]
 

@@ -14,6 +14,7 @@ Processes while States keeps every state. The free-text `Query` narrows all.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import math
 import threading
@@ -23,7 +24,10 @@ from dataclasses import dataclass, field
 from itertools import compress
 from operator import indexOf, itemgetter
 
-from ..collect.records import DISPLAY_STATES, SocketRecord, TcpState
+import numpy as np
+
+from ..collect.columns import SocketColumns, SocketTable, address_order
+from ..collect.records import DISPLAY_STATES, STATE_BY_CODE, SocketRecord, TcpState
 from ..model.aggregate import Aggregates, Direction, ProcessGroup
 from ..model.snapshot import HistoryPoint, Snapshot
 
@@ -68,6 +72,22 @@ def with_level(levels: tuple[Level, ...], level: Level) -> tuple[Level, ...]:
 QUERY_PREFIXES = ("state", "port", "pid", "proc", "user", "addr")
 
 
+def suggest_state(text: str) -> str | None:
+    """The state a mistyped name most likely means: its initials (``tw`` → time-wait, ``fw2`` →
+    fin-wait-2), the start of its name (``est``), else the closest spelling; None when nothing is close."""
+    text = text.lower()
+    slugs = [state.slug for state in DISPLAY_STATES]
+    for slug in slugs:
+        parts = slug.split("-")
+        if text == "".join(part[0] if part.isalpha() else part for part in parts):
+            return slug
+    starts = [slug for slug in slugs if slug.startswith(text)]
+    if len(starts) == 1:
+        return starts[0]
+    close = difflib.get_close_matches(text, slugs, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
 @dataclass(frozen=True, slots=True)
 class Query:
     """The `/` filter: ``state:close-wait port:8080 pid:42 proc:java user:app addr:10.0`` and free words.
@@ -94,7 +114,8 @@ class Query:
                     try:
                         TcpState.parse(value)
                     except ValueError:
-                        errors.append(f"unknown state {value!r}")
+                        guess = suggest_state(value)
+                        errors.append(f"unknown state {value!r}" + (f": did you mean {guess}?" if guess else ""))
                         continue
                 elif prefix in ("port", "pid") and not value.isdigit():
                     errors.append(f"{prefix}: wants a number, not {value!r}")
@@ -293,7 +314,10 @@ def select_records(snapshot: Snapshot, levels: Iterable[Level], query: Query) ->
     predicates += [term_predicate(snapshot, prefix, value) for prefix, value in query.terms]
     records: Sequence[SocketRecord] = snapshot.sockets
     for predicate in predicates:
-        records = list(compress(records, map(predicate, records)))
+        if isinstance(records, SocketTable):  # stays columnar: regrouping and sorting it need no records
+            records = records.take(np.fromiter(map(predicate, records), bool, len(records)))
+        else:
+            records = list(compress(records, map(predicate, records)))
     return records
 
 
@@ -323,11 +347,8 @@ class Scopes:
 
 # --- sorting sockets ------------------------------------------------------------------------------
 
-def _state_order(record: SocketRecord) -> int:
-    return _STATE_RANK[record[1]]
-
-
-_STATE_RANK = {state: rank for rank, state in enumerate(
+#: the order of "State ▲", in the Sockets list and in the States pane alike: the troubled states first
+STATE_RANK = {state: rank for rank, state in enumerate(
     (TcpState.SYN_RECV, TcpState.CLOSE_WAIT, TcpState.TIME_WAIT, TcpState.FIN_WAIT1, TcpState.FIN_WAIT2,
      TcpState.LAST_ACK, TcpState.CLOSING, TcpState.SYN_SENT, TcpState.ESTABLISHED, TcpState.LISTEN,
      TcpState.CLOSE, TcpState.NEW_SYN_RECV))}
@@ -335,7 +356,7 @@ _STATE_RANK = {state: rank for rank, state in enumerate(
 SOCKET_SORTS: dict[str, Callable[[SocketRecord], object]] = {
     "local": itemgetter(2, 3),
     "remote": itemgetter(4, 5),
-    "state": lambda r: (_STATE_RANK[r[1]], r[3], r[4], r[5]),
+    "state": lambda r: (STATE_RANK[r[1]], r[3], r[4], r[5]),
     "recv_q": itemgetter(6),
     "send_q": itemgetter(7),
     "timer": itemgetter(9),
@@ -367,9 +388,28 @@ def owner_name_key(snapshot: Snapshot) -> Callable[[SocketRecord], str]:
     return key
 
 
-def sort_sockets(snapshot: Snapshot, records: Sequence[SocketRecord], column: str, reverse: bool) -> list[SocketRecord]:
+def sort_sockets(snapshot: Snapshot, records: Sequence[SocketRecord], column: str, reverse: bool
+                 ) -> Sequence[SocketRecord]:
+    if isinstance(records, SocketTable) and column != "owner":  # an argsort over the columns, as SOCKET_SORTS sorts
+        return records.sorted_by(_sort_columns(records.columns, column if column in SOCKET_SORTS else "state"),
+                                 reverse)
     key = owner_name_key(snapshot) if column == "owner" else SOCKET_SORTS.get(column, SOCKET_SORTS["state"])
     return sorted(records, key=key, reverse=reverse)
+
+
+_STATE_RANK_BY_CODE = np.array([STATE_RANK.get(STATE_BY_CODE.get(code), 0) for code in range(256)], np.int64)
+
+
+def _sort_columns(columns: SocketColumns, column: str) -> list[np.ndarray]:
+    """The keys of SOCKET_SORTS[column], as columns."""
+    if column == "local":
+        return [address_order(columns.local_addr), columns.local_port]
+    if column == "remote":
+        return [address_order(columns.remote_addr), columns.remote_port]
+    if column == "state":
+        return [_STATE_RANK_BY_CODE[columns.state], columns.local_port, address_order(columns.remote_addr),
+                columns.remote_port]
+    return [{"recv_q": columns.recv_q, "send_q": columns.send_q, "timer": columns.timer_ms}[column]]
 
 
 def index_of(records: Sequence[SocketRecord], connection: tuple, hint: int = 0) -> int | None:

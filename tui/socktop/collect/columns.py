@@ -1,0 +1,298 @@
+"""The socket table as columns: one numpy array per `SocketRecord` field.
+
+A refresh reads up to 200,000 sockets; a Python object per socket costs
+more than the kernel takes to list them. Backends fill these arrays, the
+aggregates group over them, and `SocketRecord`s are made only for the rows
+something shows (`SocketTable`).
+
+Addresses are kept as their 16 raw bytes, IPv4 as IPv4-mapped IPv6
+(``::ffff:a.b.c.d``), so that a peer reached over both families is one key
+and is shown as IPv4 either way; text is made only when a record is built.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, fields
+from itertools import repeat
+from typing import Any, overload
+
+import numpy as np
+
+from .records import STATE_BY_CODE, SocketRecord, TcpState, TimerKind
+
+ADDRESS = np.dtype("V16")
+V4_MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"
+
+#: The dtype of each column, in `SocketRecord` field order.
+DTYPES: dict[str, np.dtype] = {
+    "family": np.dtype(np.uint8), "state": np.dtype(np.uint8),
+    "local_addr": ADDRESS, "local_port": np.dtype(np.uint16),
+    "remote_addr": ADDRESS, "remote_port": np.dtype(np.uint16),
+    "recv_q": np.dtype(np.uint32), "send_q": np.dtype(np.uint32),
+    "timer": np.dtype(np.uint8), "timer_ms": np.dtype(np.uint32), "retransmits": np.dtype(np.uint8),
+    "uid": np.dtype(np.int64), "inode": np.dtype(np.uint64), "cookie": np.dtype(np.uint64),
+    "lastack_ms": np.dtype(np.int64), "cgroup_id": np.dtype(np.uint64), "netns": np.dtype(np.uint64),
+}
+assert tuple(DTYPES) == SocketRecord._fields
+
+_STATES: list[TcpState | None] = [STATE_BY_CODE.get(code) for code in range(256)]  # codes as stored
+_TIMERS: list[TimerKind] = [TimerKind(code) if code <= 4 else TimerKind.NONE for code in range(256)]
+_FAMILIES: list[int] = [socket.AF_INET if code == socket.AF_INET else socket.AF_INET6 if code == socket.AF_INET6
+                        else code for code in range(256)]  # records carry socket.AddressFamily members
+
+
+class AddressText:
+    """Raw 16-byte addresses → text, cached: a busy host talks to a few thousand peers,
+    and converting 50,000 addresses anew would cost more than the whole parse."""
+
+    __slots__ = ("cache", "raw_cache")
+
+    MAX_ENTRIES = 200_000  # bounds memory on a host that talks to every address
+
+    def __init__(self) -> None:
+        self.cache: dict[bytes, str] = {}
+        self.raw_cache: dict[str, bytes] = {}
+
+    def raws(self, texts: Sequence[str]) -> list[bytes]:
+        """The 16-byte keys of addresses given as text (the backends that read text)."""
+        return _converted(self.raw_cache, texts, address_raw, self.MAX_ENTRIES)
+
+    def text(self, raw: bytes) -> str:
+        """The text of one 16-byte address."""
+        found = self.cache.get(raw)
+        return found if found is not None else self.texts([raw])[0]
+
+    def texts(self, raw: Sequence[bytes]) -> list[str]:
+        """The text of each 16-byte address."""
+        return _converted(self.cache, raw, address_text, self.MAX_ENTRIES)
+
+
+def _converted(cache: dict[Any, Any], keys: Sequence[Any], convert: Callable[[Any], Any], bound: int) -> list[Any]:
+    """``convert`` of each key, through ``cache``: only keys not seen yet cost a Python step each."""
+    found = list(map(cache.get, keys))
+    if None in found:
+        if len(cache) > bound:
+            cache.clear()
+        for index, value in enumerate(found):
+            if value is None:
+                found[index] = cache[keys[index]] = convert(keys[index])
+    return found
+
+
+def address_text(raw: bytes) -> str:
+    """An address as `ss` shows it: IPv4-mapped IPv6 as IPv4."""
+    if raw[:12] == V4_MAPPED_PREFIX:
+        return socket.inet_ntop(socket.AF_INET, raw[12:])
+    return socket.inet_ntop(socket.AF_INET6, raw)
+
+
+def address_raw(text: str) -> bytes:
+    """The 16-byte key of an address given as text (IPv4 as IPv4-mapped)."""
+    if ":" in text:
+        return socket.inet_pton(socket.AF_INET6, text)
+    return V4_MAPPED_PREFIX + socket.inet_pton(socket.AF_INET, text)
+
+
+ADDRESSES = AddressText()  # shared by every table: addresses repeat across refreshes
+
+
+@dataclass(frozen=True, slots=True)
+class SocketColumns:
+    """One array per `SocketRecord` field, all of one length (see `DTYPES`)."""
+
+    family: np.ndarray
+    state: np.ndarray
+    local_addr: np.ndarray
+    local_port: np.ndarray
+    remote_addr: np.ndarray
+    remote_port: np.ndarray
+    recv_q: np.ndarray
+    send_q: np.ndarray
+    timer: np.ndarray
+    timer_ms: np.ndarray
+    retransmits: np.ndarray
+    uid: np.ndarray
+    inode: np.ndarray
+    cookie: np.ndarray
+    lastack_ms: np.ndarray
+    cgroup_id: np.ndarray
+    netns: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.state)
+
+    @classmethod
+    def empty(cls, size: int = 0) -> SocketColumns:
+        """Zeroed columns (``lastack_ms`` -1, unknown) for a backend to fill."""
+        columns = cls(**{name: np.zeros(size, dtype) for name, dtype in DTYPES.items()})
+        columns.lastack_ms.fill(-1)
+        return columns
+
+    @classmethod
+    def concat(cls, parts: Sequence[SocketColumns]) -> SocketColumns:
+        if len(parts) == 1:
+            return parts[0]
+        if not parts:
+            return cls.empty()
+        return cls(**{name: np.concatenate([getattr(part, name) for part in parts]) for name in DTYPES})
+
+    @classmethod
+    def from_records(cls, records: Sequence[SocketRecord]) -> SocketColumns:
+        """The columns of records a backend built one by one (/proc, psutil), or a test."""
+        if isinstance(records, SocketTable):
+            return records.columns
+        columns = cls.empty(len(records))
+        for (name, dtype), column in zip(DTYPES.items(), zip(*records)):  # a tuple built short keeps the defaults
+            if dtype == ADDRESS:
+                getattr(columns, name)[:] = ADDRESSES.raws(column)
+            else:
+                getattr(columns, name)[:] = np.fromiter(column, dtype, len(column))
+        return columns
+
+    def take(self, rows: np.ndarray | slice) -> SocketColumns:
+        """The rows picked by an index array, a boolean mask or a slice."""
+        return SocketColumns(**{name: getattr(self, name)[rows] for name in DTYPES})
+
+    def records(self, rows: np.ndarray | slice | None = None) -> list[SocketRecord]:
+        """`SocketRecord`s for the rows asked (all by default), made column by column in C."""
+        picked = self if rows is None else self.take(rows)
+        if not len(picked):
+            return []
+        columns = [getattr(picked, field.name) for field in fields(SocketColumns)]
+        lists: list[Iterable[Any]] = []
+        for name, column in zip(DTYPES, columns):
+            if name in ("local_addr", "remote_addr"):
+                lists.append(ADDRESSES.texts(column.tolist()))
+            elif name == "state":
+                lists.append(map(_STATES.__getitem__, column.tolist()))
+            elif name == "timer":
+                lists.append(map(_TIMERS.__getitem__, column.tolist()))
+            elif name == "family":
+                lists.append(map(_FAMILIES.__getitem__, column.tolist()))
+            else:
+                lists.append(column.tolist())
+        return list(map(tuple.__new__, repeat(SocketRecord), zip(*lists)))
+
+
+def v4_mapped(words: np.ndarray) -> np.ndarray:
+    """IPv4 addresses (one native uint32 of network-order bytes each) as 16-byte IPv4-mapped keys."""
+    out = np.zeros((len(words), 4), np.uint32)
+    out[:, 2] = np.frombuffer(b"\x00\x00\xff\xff", np.uint32)[0]
+    out[:, 3] = words
+    return out.view(ADDRESS).reshape(-1)
+
+
+CONNECTION_KEY = np.dtype("V36")
+
+
+def connection_keys(columns: SocketColumns, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
+    """The 4-tuple (local address and port, remote address and port) of each row as one
+    36-byte value, for sorting, `np.unique` and joins."""
+    local_addr, remote_addr = columns.local_addr[rows], columns.remote_addr[rows]
+    keys = np.empty((len(local_addr), 36), np.uint8)
+    keys[:, :16] = local_addr.view(np.uint8).reshape(-1, 16)
+    keys[:, 16:18] = columns.local_port[rows].view(np.uint8).reshape(-1, 2)
+    keys[:, 18:34] = remote_addr.view(np.uint8).reshape(-1, 16)
+    keys[:, 34:] = columns.remote_port[rows].view(np.uint8).reshape(-1, 2)
+    return keys.view(CONNECTION_KEY).reshape(-1)
+
+
+def connection_key(connection: tuple[str, int, str, int]) -> bytes:
+    """`connection_keys` of one 4-tuple given as text."""
+    local, local_port, remote, remote_port = connection
+    return (address_raw(local) + np.array(local_port, np.uint16).tobytes()
+            + address_raw(remote) + np.array(remote_port, np.uint16).tobytes())
+
+
+class SocketTable(Sequence[SocketRecord]):
+    """A snapshot's sockets: a `Sequence[SocketRecord]` over columns.
+
+    Indexing or slicing builds only the records asked for; iterating builds
+    them all once and keeps them (the code that walks every socket, old UI
+    paths, pays once per snapshot). Code that can use arrays reads
+    ``columns``.
+    """
+
+    __slots__ = ("columns", "_records")
+
+    def __init__(self, columns: SocketColumns) -> None:
+        self.columns = columns
+        self._records: list[SocketRecord] | None = None
+
+    def __len__(self) -> int:
+        return len(self.columns)
+
+    @overload
+    def __getitem__(self, index: int) -> SocketRecord: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[SocketRecord]: ...
+
+    def __getitem__(self, index: int | slice) -> SocketRecord | list[SocketRecord]:
+        if self._records is not None:
+            return self._records[index]
+        if isinstance(index, slice):
+            return self.columns.records(index)
+        size = len(self)
+        if not -size <= index < size:
+            raise IndexError("socket index out of range")
+        return self.columns.records(np.array([index % size]))[0]
+
+    def __iter__(self) -> Iterator[SocketRecord]:
+        return iter(self.all())
+
+    def all(self) -> list[SocketRecord]:
+        """Every record, built once per table."""
+        records = self._records
+        if records is None:
+            records = self._records = self.columns.records()
+        return records
+
+    def take(self, rows: np.ndarray) -> SocketTable:
+        """The table of the rows picked (indices or a boolean mask), in that order; records
+        already built are shared, not built again."""
+        picked = SocketTable(self.columns.take(rows))
+        if self._records is not None:
+            indices = np.flatnonzero(rows) if rows.dtype == bool else rows
+            picked._records = list(map(self._records.__getitem__, indices.tolist()))
+        return picked
+
+    def sorted_by(self, keys: Sequence[np.ndarray], reverse: bool = False) -> SocketTable:
+        """The table sorted on ``keys`` (most significant first), stably, as `sorted` would sort
+        records on the tuple of those keys: an argsort over columns, no record built."""
+        size = len(self)
+        if reverse:  # descending, equal rows kept in table order: sort the reversed table ascending
+            order = size - 1 - np.lexsort([key[::-1] for key in reversed(keys)])[::-1]
+        else:
+            order = np.lexsort(list(reversed(keys)))
+        return self.take(order)
+
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence) and not isinstance(other, (str, bytes)):
+            return len(self) == len(other) and list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"SocketTable({len(self)} sockets)"
+
+
+def address_order(column: np.ndarray) -> np.ndarray:
+    """Per row, the rank of its address's text among the column's addresses: sorting on it
+    sorts as the text does ("10.0.0.10" before "10.0.0.9"), converting each address once."""
+    if not len(column):
+        return np.zeros(0, np.int64)
+    addresses, inverse = np.unique(column, return_inverse=True)
+    texts = ADDRESSES.texts(addresses.tolist())
+    rank = np.empty(len(texts), np.int64)
+    rank[sorted(range(len(texts)), key=texts.__getitem__)] = np.arange(len(texts))
+    return rank[inverse.reshape(-1)]
+
+
+def table_of(records: Sequence[SocketRecord]) -> SocketTable:
+    """``records`` as a table (itself when it is one)."""
+    return records if isinstance(records, SocketTable) else SocketTable(SocketColumns.from_records(records))
