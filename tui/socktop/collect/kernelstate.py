@@ -65,6 +65,7 @@ class KernelState:
     sysctls: dict[str, str | None] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
     sockstat: dict[str, int] = field(default_factory=dict)
+    host_wide: frozenset[str] = frozenset()  # sysctls a namespace does not have, shown as the host's (collect.netns)
 
     def sysctl_int(self, key: str) -> int | None:
         """A single-number sysctl as an int; None when absent or not one number."""
@@ -121,13 +122,22 @@ def parse_sockstat(text: str) -> dict[str, int]:
     return {}
 
 
-def read_kernel_state(proc: str = PROC) -> KernelState:
-    """Everything above, read now; never raises (what cannot be read is left out)."""
+def read_sysctls(proc: str = PROC) -> dict[str, str | None]:
+    """The SYSCTL_KEYS settings. /proc/sys/net shows the reading thread's network namespace
+    (net/sysctl_net.c: ``current->nsproxy->net_ns``), whatever /proc it is read through."""
+    return {key: read_sysctl(key, proc) for key in SYSCTL_KEYS}
+
+
+def read_counters(net: str = f"{PROC}/net") -> tuple[dict[str, int], dict[str, int]]:
+    """The COUNTER_KEYS counters and the sockstat TCP line of the namespace ``net`` belongs to
+    (``/proc/PID/net`` is PID's network namespace)."""
     counters: dict[str, int] = {}
     for table in ("netstat", "snmp"):
-        counters.update(parse_counter_table(read_text(f"{proc}/net/{table}", 1 << 16) or "", COUNTER_KEYS))
-    return KernelState(
-        sysctls={key: read_sysctl(key, proc) for key in SYSCTL_KEYS},
-        counters=counters,
-        sockstat=parse_sockstat(read_text(f"{proc}/net/sockstat") or ""),
-    )
+        counters.update(parse_counter_table(read_text(f"{net}/{table}", 1 << 16) or "", COUNTER_KEYS))
+    return counters, parse_sockstat(read_text(f"{net}/sockstat") or "")
+
+
+def read_kernel_state(proc: str = PROC) -> KernelState:
+    """Everything above, read now; never raises (what cannot be read is left out)."""
+    counters, sockstat = read_counters(f"{proc}/net")
+    return KernelState(sysctls=read_sysctls(proc), counters=counters, sockstat=sockstat)
