@@ -128,6 +128,7 @@ _FARM = """
 import sys
 from socktop.demo.builders import SocketFarm
 established, close_wait = int(sys.argv[1]), int(sys.argv[2])
+sys.stdin.readline()  # placed (namespace, cgroup) before any socket is made
 with SocketFarm() as farm:
     if established:
         farm.established(established)
@@ -142,13 +143,34 @@ with SocketFarm() as farm:
 def farm_in_netns(name: str, established: int = 0, close_wait: int = 0) -> Iterator[subprocess.Popen[str]]:
     """A child inside namespace ``name`` holding ``established`` pairs and ``close_wait`` leaked
     server ends on its loopback (each build adds its listener); stopped on exit."""
-    child = subprocess.Popen(["ip", "netns", "exec", name, sys.executable, "-c", _FARM, str(established),
-                              str(close_wait)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    with _farm(["ip", "netns", "exec", name], established, close_wait) as child:
+        yield child
+
+
+@contextmanager
+def farm_in_new_netns(established: int = 0, close_wait: int = 0,
+                      cgroup: str | None = None) -> Iterator[subprocess.Popen[str]]:
+    """The same in an unnamed namespace of its own (``unshare -n``), moved first into the cgroup
+    directory ``cgroup`` when given (so its sockets carry that cgroup's id)."""
+    prefix = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "farm"]
+    with _farm(prefix, established, close_wait, cgroup) as child:
+        yield child
+
+
+@contextmanager
+def _farm(prefix: list[str], established: int, close_wait: int,
+          cgroup: str | None = None) -> Iterator[subprocess.Popen[str]]:
+    child = subprocess.Popen([*prefix, sys.executable, "-c", _FARM, str(established), str(close_wait)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
-        assert child.stdout is not None
+        assert child.stdin is not None and child.stdout is not None
+        if cgroup is not None:
+            move_to_cgroup(child.pid, cgroup)
+        child.stdin.write("go\n")
+        child.stdin.flush()
         line = child.stdout.readline()
         if line.strip() != "ready":
-            raise RuntimeError(f"the socket farm in {name} did not start (exit {child.poll()})")
+            raise RuntimeError(f"the socket farm {' '.join(prefix)} did not start (exit {child.poll()})")
         yield child
     finally:
         if child.stdin is not None:
@@ -162,11 +184,51 @@ def farm_in_netns(name: str, established: int = 0, close_wait: int = 0) -> Itera
 
 def ss_counts(name: str) -> dict[str, int]:
     """``ip netns exec NAME ss -tan``, counted by state as ss prints it."""
-    output = subprocess.run(["ip", "netns", "exec", name, "ss", "-tan"], capture_output=True, text=True,
-                            check=True).stdout
+    return _counted(subprocess.run(["ip", "netns", "exec", name, "ss", "-tan"], capture_output=True, text=True,
+                                   check=True).stdout)
+
+
+def _counted(output: str) -> dict[str, int]:
     counts: dict[str, int] = {}
     for line in output.splitlines()[1:]:
         state = line.split(None, 1)[0] if line.strip() else ""
         if state:
             counts[state] = counts.get(state, 0) + 1
     return counts
+
+
+def ss_counts_of_pid(pid: int) -> dict[str, int]:
+    """``nsenter -t PID -n ss -tan``, counted by state."""
+    return _counted(subprocess.run(["nsenter", "-t", str(pid), "-n", "ss", "-tan"], capture_output=True, text=True,
+                                   check=True).stdout)
+
+
+_POPULATION = """
+import sys
+from socktop.demo.builders import build_population
+with build_population(int(sys.argv[1])) as population:
+    print("ready", population.sockets, flush=True)
+    sys.stdin.read()
+"""
+
+
+@contextmanager
+def population_in_netns(name: str, total: int) -> Iterator[int]:
+    """About ``total`` idle ESTABLISHED sockets (with their listeners) held by children inside namespace
+    ``name`` (`socktop.demo.builders.build_population`); yields how many; stopped on exit."""
+    child = subprocess.Popen(["ip", "netns", "exec", name, sys.executable, "-c", _POPULATION, str(total)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        words = child.stdout.readline().split()
+        if words[:1] != ["ready"]:
+            raise RuntimeError(f"the population in {name} did not start (exit {child.poll()})")
+        yield int(words[1])
+    finally:
+        if child.stdin is not None:
+            child.stdin.close()
+        try:
+            child.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait(timeout=10)

@@ -20,6 +20,8 @@ from .analyze.findings import Analysis, Finding
 from .analyze.sysctl import Suggestion
 from .collect.records import DISPLAY_STATES, SocketRecord, TcpState
 from .model.aggregate import ProcessGroup, StateCounts
+from .collect.nswatch import NamespaceInfo
+from .model.places import Place
 from .model.snapshot import Snapshot, coverage_text
 from .safetext import printable
 
@@ -65,8 +67,35 @@ def socket_dict(snapshot: Snapshot, record: SocketRecord) -> dict[str, Any]:
         "retransmits": record.retransmits,
         "uid": record.uid,
         "inode": record.inode,
+        "netns": record.netns,
+        "cgroup_id": record.cgroup_id,
         "pids": [p.pid for p in attribution.processes],
         "owner": attribution.kind.value,
+    }
+
+
+def place_dict(place: Place) -> dict[str, Any]:
+    container = place.container
+    return {
+        "key": place.key, "label": place.label, "kind": place.kind, "netns": place.netns,
+        "netns_label": place.namespace.label, "total": place.total, "by_state": state_dict(place.counts),
+        "ports": [{"key": key, "sockets": count} for key, count in place.ports],
+        "processes": [{"key": key, "sockets": count} for key, count in place.processes],
+        "container": None if container is None else {
+            "kind": container.kind, "name": container.name, "runtime": container.runtime or None,
+            "id": container.container_id or None, "pod_uid": container.pod_uid or None,
+            "pod_namespace": container.pod_namespace or None},
+    }
+
+
+def namespace_dict(info: NamespaceInfo) -> dict[str, Any]:
+    namespace = info.namespace
+    kernel = info.kernel
+    return {
+        "inode": namespace.inode, "label": info.label, "own": namespace.own, "pid": namespace.pid,
+        "names": list(namespace.names), "read": not info.note, "note": info.note or None,
+        "settings": dict(kernel.sysctls) if kernel is not None and not namespace.own else None,
+        "host_wide_settings": sorted(kernel.host_wide) if kernel is not None and not namespace.own else None,
     }
 
 
@@ -130,6 +159,7 @@ def snapshot_document(snapshot: Snapshot, filters: dict[str, Any], with_sockets:
         "backend": source.backend,
         "backend_note": source.backend_note or None,
         "root": source.is_root,
+        "netns": source.netns,
         "filters": filters,
         "coverage": {
             "sockets_with_inode": aggregates.with_inode,
@@ -149,11 +179,21 @@ def snapshot_document(snapshot: Snapshot, filters: dict[str, Any], with_sockets:
             for g in sorted(aggregates.by_remote.values(), key=lambda g: (-g.total, g.address))
         ],
     }
+    document["namespaces"] = [namespace_dict(info) for info in snapshot.namespaces]
+    document["containers"] = [place_dict(place) for place in sorted(snapshot.places.values(), key=_place_order)]
     if with_sockets:
         document["sockets"] = [socket_dict(snapshot, record) for record in snapshot.sockets]
+        keys = [slot.key for slot in snapshot.place_slots]
+        codes = snapshot.place_codes.tolist() if snapshot.place_codes is not None else []
+        for entry, code in zip(document["sockets"], codes):
+            entry["container"] = keys[code] if code >= 0 else None
     if analysis is not None:
         document.update(analysis_fields(analysis))
     return document
+
+
+def _place_order(place: Place) -> tuple[bool, int, str]:
+    return (place.kind != "host", -place.total, place.key)
 
 
 def _process_order(group: ProcessGroup) -> tuple[int, str]:
@@ -209,7 +249,7 @@ def render_summary(snapshot: Snapshot, width: int | None = None, analysis: Analy
     aggregates = snapshot.aggregates
     source = snapshot.source
     for line in phrase_lines(("socktop", source.host, source.kernel, f"backend {source.backend}",
-                              plural(aggregates.total, "socket"),
+                              plural(aggregates.total, "socket"), f"netns {source.netns}",
                               f"owners {coverage_text(aggregates.coverage)}, {source.owner_note}"
                               if source.owner_note else "all owners visible"), console.width):
         console.print(Text(line), overflow="fold")
@@ -248,9 +288,28 @@ def render_summary(snapshot: Snapshot, width: int | None = None, analysis: Analy
             str(group.inferred_time_wait or ""), fds,
         )
     console.print(processes)
+    if len(snapshot.places) > 1 or any(place.kind != "host" for place in snapshot.places.values()):
+        console.print(_containers_table(snapshot))
     if analysis is not None:
         _print_analysis(console, analysis)
     return console.export_text()
+
+
+def _containers_table(snapshot: Snapshot) -> Any:
+    """The Containers grouping: one row per namespace, or per container, pod or service in socktop's own."""
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=f"Containers (of {len(snapshot.places)})", title_justify="left")
+    for column, justify in (("container", "left"), ("netns", "right"), ("total", "right"), ("states", "left"),
+                            ("top ports", "left"), ("processes", "left")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for place in sorted(snapshot.places.values(), key=_place_order)[:TOP_ROWS]:
+        names = ", ".join(_process_label(snapshot, int(key[4:])) for key, _ in place.processes[:3]
+                          if key.startswith("pid:"))
+        table.add_row(Text(printable(place.label)), str(place.netns), str(place.total),
+                      Text(_states_text(place.counts)), ", ".join(key for key, _ in place.ports[:3]), Text(names))
+    return table
 
 
 def _print_analysis(console: Any, analysis: Analysis) -> None:

@@ -241,7 +241,13 @@ def runtime_annotations(owner: CgroupOwner, files: RuntimeFiles) -> dict[str, st
 
 
 def hostname_of(pid: int, files: RuntimeFiles) -> str:
-    """The hostname a process's container sees (a pod's is the pod name by default); "" when unreadable."""
+    """The hostname a process's container sees (a pod's is the pod name by default); "" when unreadable,
+    or when the process shares socktop's mount namespace (its /etc/hostname is then the host's own)."""
+    try:
+        if os.readlink(f"{files.proc}/{pid}/ns/mnt") == os.readlink(f"{files.proc}/self/ns/mnt"):
+            return ""
+    except OSError:
+        pass  # no such links (a test tree): the file alone decides
     text = read_text(f"{files.proc}/{pid}/root/etc/hostname", 256) or ""
     return text.strip().splitlines()[0] if text.strip() else ""
 

@@ -128,12 +128,14 @@ def read_sysctls(proc: str = PROC) -> dict[str, str | None]:
     return {key: read_sysctl(key, proc) for key in SYSCTL_KEYS}
 
 
-def read_counters(net: str = f"{PROC}/net") -> tuple[dict[str, int], dict[str, int]]:
-    """The COUNTER_KEYS counters and the sockstat TCP line of the namespace ``net`` belongs to
+def read_counters(net: str = f"{PROC}/net",
+                  keys: Iterable[str] = COUNTER_KEYS) -> tuple[dict[str, int], dict[str, int]]:
+    """The ``keys`` counters and the sockstat TCP line of the namespace ``net`` belongs to
     (``/proc/PID/net`` is PID's network namespace)."""
     counters: dict[str, int] = {}
+    wanted = frozenset(keys)
     for table in ("netstat", "snmp"):
-        counters.update(parse_counter_table(read_text(f"{net}/{table}", 1 << 16) or "", COUNTER_KEYS))
+        counters.update(parse_counter_table(read_text(f"{net}/{table}", 1 << 16) or "", wanted))
     return counters, parse_sockstat(read_text(f"{net}/sockstat") or "")
 
 

@@ -12,6 +12,7 @@ uid and inode).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
@@ -314,19 +315,23 @@ class NetlinkBackend:
     def sockets(self) -> SocketTable:
         return SocketTable(self.columns())
 
-    def columns(self) -> SocketColumns:
-        """Every TCP socket, as columns; CLOSE_WAIT ones with ``lastack_ms``."""
-        columns = SocketColumns.concat([self.dump_family(family) for family in self._families])
+    def columns(self, sock: socket.socket | None = None) -> SocketColumns:
+        """Every TCP socket, as columns; CLOSE_WAIT ones with ``lastack_ms``.
+
+        ``sock``: a sock_diag socket to dump through, reused (one per network
+        namespace: the dump lists the sockets of the namespace it was made in).
+        """
+        columns = SocketColumns.concat([self.dump_family(family, sock=sock) for family in self._families])
         close_wait = np.flatnonzero(columns.state == TcpState.CLOSE_WAIT)
         if len(close_wait):
-            self._fill_lastack(columns, close_wait)
+            self._fill_lastack(columns, close_wait, sock)
         return columns
 
-    def _fill_lastack(self, columns: SocketColumns, rows: np.ndarray) -> None:
+    def _fill_lastack(self, columns: SocketColumns, rows: np.ndarray, sock: socket.socket | None = None) -> None:
         """tcpi_last_ack_recv for the CLOSE_WAIT ``rows``, joined by cookie: a dump of that state alone,
         with tcp_info, costs little because leaks are counted in hundreds, not in tens of thousands."""
         info = SocketColumns.concat([
-            self.dump_family(family, states=1 << TcpState.CLOSE_WAIT, ext=1 << (INET_DIAG_INFO - 1))
+            self.dump_family(family, states=1 << TcpState.CLOSE_WAIT, ext=1 << (INET_DIAG_INFO - 1), sock=sock)
             for family in self._families])
         known = info.lastack_ms >= 0
         cookies, lastack = info.cookie[known], info.lastack_ms[known]
@@ -339,10 +344,11 @@ class NetlinkBackend:
         found = cookies[slot] == wanted
         columns.lastack_ms[rows[found]] = lastack[slot[found]]
 
-    def dump_family(self, family: int, states: int = ALL_STATES, ext: int = 0) -> SocketColumns:
+    def dump_family(self, family: int, states: int = ALL_STATES, ext: int = 0,
+                    sock: socket.socket | None = None) -> SocketColumns:
         """Every TCP socket of one family (of both with AF_UNSPEC) in ``states``; retaken when the dump was interrupted."""
         for _attempt in range(MAX_DUMP_ATTEMPTS):
-            dump = self._dump_once(family, states, ext)
+            dump = self._dump_once(family, states, ext, sock)
             if not dump.interrupted:
                 break
             self.interrupted_dumps += 1
@@ -350,10 +356,13 @@ class NetlinkBackend:
         self.duplicates_dropped += dropped
         return columns
 
-    def _dump_once(self, family: int, states: int = ALL_STATES, ext: int = 0) -> Dump:
+    def _dump_once(self, family: int, states: int = ALL_STATES, ext: int = 0,
+                   reused: socket.socket | None = None) -> Dump:
         dump = Dump(family)
         self._seq += 1
-        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG) as sock:
+        opened = contextlib.nullcontext(reused) if reused is not None else socket.socket(
+            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
+        with opened as sock:
             sock.settimeout(5.0)
             sock.send(build_request(family, self._seq, states, ext))
             done = False

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from .kernelstate import KernelState, read_counters, read_sysctls
+from .kernelstate import COUNTER_KEYS, KernelState, read_counters, read_sysctls
 
 PROC = "/proc"
 CLONE_NEWNET = 0x40000000
@@ -41,6 +41,11 @@ NETLINK_SOCK_DIAG = 4
 ENTER_TIMEOUT = 5.0  # seconds a helper thread may take: it only opens a socket or reads small files
 RETRY_FAILED_AFTER = 10.0  # a namespace that could not be entered is retried this much later
 SETTINGS_EVERY = 5.0  # seconds between reads of a namespace's sysctls (a thread each time)
+#: Counters that move whenever a namespace's TCP sockets can have changed: a segment in or out, a
+#: connection opened, failed or reset (with sockstat's inuse and tw: a socket made, freed or timed out).
+ACTIVITY_KEYS = ("TcpInSegs", "TcpOutSegs", "TcpActiveOpens", "TcpPassiveOpens", "TcpAttemptFails",
+                 "TcpEstabResets")
+_READ_KEYS = COUNTER_KEYS | frozenset(ACTIVITY_KEYS)
 _LINK_PREFIX = "net:["
 
 T = TypeVar("T")
@@ -262,6 +267,13 @@ class NamespaceSockets:
                 self.failures.pop(inode, None)
         return self.sockets
 
+    def discard(self, inode: int) -> None:
+        """Close one namespace's socket (a dump through it failed and may have left messages
+        behind); the next `sync` opens a fresh one."""
+        sock = self.sockets.pop(inode, None)
+        if sock is not None:
+            sock.close()
+
     def close(self) -> None:
         for sock in self.sockets.values():
             sock.close()
@@ -346,10 +358,10 @@ class NamespaceKernel:
         counters, sockstat = {}, {}
         if cached is not None and now - cached[0] < SETTINGS_EVERY and namespace.pid is not None:
             sysctls = cached[1]
-            counters, sockstat = read_counters(f"{PROC}/{namespace.pid}/net")
+            counters, sockstat = read_counters(f"{PROC}/{namespace.pid}/net", _READ_KEYS)
         if not sockstat:  # settings due, no process to read through, or it just left
             sysctls, (counters, sockstat) = in_namespace(
-                namespace, lambda: (read_sysctls(), read_counters(f"{PROC}/thread-self/net")))
+                namespace, lambda: (read_sysctls(), read_counters(f"{PROC}/thread-self/net", _READ_KEYS)))
             self._settings[namespace.inode] = (now, sysctls)
         host_wide = frozenset(key for key, value in sysctls.items() if value is None and host.sysctls.get(key) is not None)
         merged = {**sysctls, **{key: host.sysctls[key] for key in host_wide}}
@@ -360,3 +372,13 @@ class NamespaceKernel:
         keep = set(alive)
         for inode in [inode for inode in self._settings if inode not in keep]:
             del self._settings[inode]
+
+
+def activity(state: KernelState | None) -> tuple[int, ...] | None:
+    """What `ACTIVITY_KEYS` and sockstat's inuse and tw read: equal at two refreshes means no TCP
+    socket of that namespace changed state in between; None when any is unreadable."""
+    if state is None:
+        return None
+    values = [state.counters.get(key) for key in ACTIVITY_KEYS]
+    values += [state.sockstat.get("inuse"), state.sockstat.get("tw")]
+    return None if None in values else tuple(values)  # type: ignore[arg-type]

@@ -16,12 +16,17 @@ from operator import itemgetter
 
 import numpy as np
 
-from ..collect.columns import table_of
+from ..collect.columns import SocketTable, table_of
+from ..collect.containers import ContainerResolver
 from ..collect.kernelstate import read_kernel_state
+from ..collect.netlink import NetlinkBackend
+from ..collect.netns import Selection
+from ..collect.nswatch import NamespaceInfo
 from ..collect.owners import OwnerScanner, user_name
 from ..collect.records import Backend, BackendUnavailable, OwnerAwareBackend
 from .aggregate import DEFAULT_EPHEMERAL_PORTS, ConnectionOwners, Ownership, aggregate
 from .history import DEFAULT_WINDOW_SECONDS, History, history_capacity
+from .places import NamespaceReader, assign_places, group_places
 from .snapshot import Snapshot, SourceInfo
 
 BACKENDS = ("auto", "netlink", "proc", "psutil")
@@ -85,8 +90,13 @@ class Engine:
     """Owns the backend, the owner scanner and the history; makes snapshots."""
 
     def __init__(self, backend: str = "auto", interval: float = 1.0,
-                 history_seconds: float = DEFAULT_WINDOW_SECONDS) -> None:
+                 history_seconds: float = DEFAULT_WINDOW_SECONDS, netns: Selection | None = None) -> None:
         self.backend, self.backend_note = open_backend(backend)
+        self._is_root = os.geteuid() == 0
+        self.netns = netns if netns is not None else Selection("self")  # the CLI defaults to all as root
+        self.containers = ContainerResolver()
+        self.namespaces = (NamespaceReader(self.backend, self.netns, self.containers)
+                           if isinstance(self.backend, NetlinkBackend) else None)
         self.scanner = OwnerScanner()
         self.history_seconds = history_seconds
         self.history = History(history_capacity(history_seconds, interval))
@@ -94,7 +104,6 @@ class Engine:
         self._last_owners: ConnectionOwners | dict = {}
         self._host = socket.gethostname()
         self._kernel = f"{os.uname().sysname} {os.uname().release}"
-        self._is_root = os.geteuid() == 0
 
     def set_interval(self, interval: float) -> None:
         self.history.resize(history_capacity(self.history_seconds, interval))
@@ -103,21 +112,36 @@ class Engine:
         """Take one snapshot. Raises CollectError/OSError when the table cannot be read."""
         started = time.perf_counter()
         with gc_paused():
-            table = table_of(self.backend.sockets())
-            ownership = self._ownership(table.columns.inode)
             kernel = read_kernel_state()
+            if self.namespaces is not None:
+                columns, namespaces = self.namespaces.read(kernel)
+                table = SocketTable(columns)
+            else:
+                table, namespaces = table_of(self.backend.sockets()), ()
+            ownership = self._ownership(table.columns.inode)
             aggregates = aggregate(table, ownership, user_name, self._last_owners,
                                    ephemeral_ports=kernel.port_range() or DEFAULT_EPHEMERAL_PORTS)
+            codes, slots = assign_places(table.columns, namespaces, self.containers.for_cgroup_id)
+            places = group_places(table.columns, codes, slots, aggregates.rows, aggregates.listening_ports,
+                                  aggregates.ephemeral_ports)
         self._last_owners = aggregates.connection_owners or {}
         self._seq += 1
         taken_at, monotonic = time.time(), time.monotonic()
-        history = self.history.record(self._seq, taken_at, monotonic, aggregates, kernel.counters)
+        history = self.history.record(self._seq, taken_at, monotonic, aggregates, kernel.counters,
+                                      {info.key: info.kernel.counters for info in namespaces
+                                       if not info.own and info.kernel is not None})
         return Snapshot(
             seq=self._seq, taken_at=taken_at, monotonic=monotonic,
             collect_seconds=time.perf_counter() - started,
-            source=self._source(aggregates.coverage), sockets=table, ownership=ownership,
+            source=self._source(aggregates.coverage, namespaces), sockets=table, ownership=ownership,
             aggregates=aggregates, history=history, user_of=user_name, kernel=kernel,
+            namespaces=namespaces, places=places, place_slots=tuple(slots), place_codes=codes,
         )
+
+    def close(self) -> None:
+        """Close the sockets held in other namespaces (they keep those namespaces alive)."""
+        if self.namespaces is not None:
+            self.namespaces.close()
 
     def _ownership(self, inodes: np.ndarray) -> Ownership:
         if isinstance(self.backend, OwnerAwareBackend):
@@ -127,12 +151,24 @@ class Engine:
         self.scanner.update(set(inodes.tolist()))
         return Ownership(self.scanner.pids_by_inode, self.scanner.processes)
 
-    def _source(self, coverage: float) -> SourceInfo:
+    def _source(self, coverage: float, namespaces: tuple[NamespaceInfo, ...]) -> SourceInfo:
         owner_note = ""
         if coverage < 1.0:
             owner_note = ("the rest belong to processes outside this PID namespace" if self._is_root
                           else "run as root for all")
         return SourceInfo(
             host=self._host, kernel=self._kernel, backend=self.backend.name, backend_note=self.backend_note,
-            is_root=self._is_root, owner_note=owner_note,
+            is_root=self._is_root, owner_note=owner_note, netns=netns_scope(self.netns, namespaces, self._is_root,
+                                                                             self.namespaces is not None),
         )
+
+
+def netns_scope(selection: Selection, namespaces: tuple[NamespaceInfo, ...], is_root: bool, can_enter: bool) -> str:
+    """What the top bar and --json say about the namespaces read: ``all (4 of 5 read)``, ``self``, or why only self."""
+    if not can_enter:
+        return "self (only the netlink backend reads other namespaces)"
+    read = sum(1 for info in namespaces if not info.note)
+    text = selection.describe()
+    if selection.mode == "self":
+        return text if is_root else f"{text} (not root: other namespaces cannot be entered)"
+    return f"{text} ({read} of {len(namespaces)} read)" if read < len(namespaces) else f"{text} ({read})"

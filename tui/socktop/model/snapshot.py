@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import math
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..collect.columns import SocketColumns, table_of
+from ..collect.columns import SocketColumns, SocketTable, table_of
 from ..collect.kernelstate import KernelState
+from ..collect.nswatch import NamespaceInfo
 from ..collect.records import ProcessInfo, SocketRecord, TcpState
 from .aggregate import CONNECTION, Aggregates, Ownership, OwnerKind, Pids, StateCounts, aggregate
+from .places import Place, PlaceSlot, group_places, matching_codes
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +27,7 @@ class SourceInfo:
     backend_note: str  # why this backend, when it is not the one asked for or the best one
     is_root: bool
     owner_note: str  # why some owners are missing ("run as root for all"), or "" when every owner is visible
+    netns: str = "self"  # the network namespaces read (--netns), and how many, or why only socktop's own
 
 
 def coverage_text(fraction: float) -> str:
@@ -53,6 +56,7 @@ class HistoryPoint:
     by_state: StateCounts
     by_process: dict[str, StateCounts]  # process key → counts, held and inferred
     counters: dict[str, int] = field(default_factory=dict)  # kernel counters (nstat names), for rates
+    netns_counters: Mapping[int, dict[str, int]] = field(default_factory=dict)  # other namespaces' own, by netns key
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +75,10 @@ class Snapshot:
     warnings: tuple[str, ...] = ()
     user_of: Callable[[int], str] = field(default=str, repr=False, compare=False)
     kernel: KernelState | None = None  # sysctls and counters at this refresh; None when not read
+    namespaces: tuple[NamespaceInfo, ...] = ()  # the network namespaces read (socktop's own first)
+    places: Mapping[str, Place] = field(default_factory=dict)  # the Containers grouping, by place key
+    place_slots: tuple[PlaceSlot, ...] = ()  # every place a socket may be in, by code
+    place_codes: np.ndarray | None = field(default=None, repr=False, compare=False)  # per socket: its place_slots index
 
     @property
     def columns(self) -> SocketColumns:
@@ -121,12 +129,22 @@ class Snapshot:
         return aggregate(records, self.ownership, self.user_of, last_owners,
                          listeners=aggregates.listener_pids, ephemeral_ports=aggregates.ephemeral_ports)
 
-    def filtered(self, state: TcpState | None = None, port: int | None = None, pid: int | None = None) -> Snapshot:
+    def in_namespace(self, key: int) -> Snapshot:
+        """Only the sockets of one namespace (`SocketRecord.netns`: 0 for socktop's own), regrouped."""
+        table = table_of(self.sockets)
+        keep = table.columns.netns == key
+        kept = table.take(keep)
+        codes = self.place_codes[keep] if self.place_codes is not None else np.full(len(kept), -1, np.int64)
+        return self._narrowed(kept, codes)
+
+    def filtered(self, state: TcpState | None = None, port: int | None = None, pid: int | None = None,
+                 place: str | None = None) -> Snapshot:
         """The same snapshot narrowed to matching sockets, with its aggregates recomputed.
 
-        ``port`` matches either end; ``pid`` matches held and inferred owners.
+        ``port`` matches either end; ``pid`` matches held and inferred owners;
+        ``place`` the containers, pods and namespaces `matching_codes` names.
         """
-        if state is None and port is None and pid is None:
+        if state is None and port is None and pid is None and place is None:
             return self
         table = table_of(self.sockets)
         columns = table.columns
@@ -137,10 +155,19 @@ class Snapshot:
             keep &= (columns.local_port == port) | (columns.remote_port == port)
         if pid is not None:
             keep &= self.holding(pid)
-        kept = table.take(keep)
+        codes = self.place_codes if self.place_codes is not None else np.full(len(columns), -1, np.int64)
+        if place is not None:
+            keep &= np.isin(codes, matching_codes(self.place_slots, place))
+        return self._narrowed(table.take(keep), codes[keep])
+
+    def _narrowed(self, kept: SocketTable, codes: np.ndarray) -> Snapshot:
+        """This snapshot with only the ``kept`` sockets (whose places are ``codes``), regrouped."""
         aggregates = self.regroup(kept)
+        places = group_places(kept.columns, codes, self.place_slots, aggregates.rows, aggregates.listening_ports,
+                              aggregates.ephemeral_ports)
         return Snapshot(
             seq=self.seq, taken_at=self.taken_at, monotonic=self.monotonic, collect_seconds=self.collect_seconds,
             source=self.source, sockets=kept, ownership=self.ownership, aggregates=aggregates,
             history=self.history, warnings=self.warnings, user_of=self.user_of, kernel=self.kernel,
+            namespaces=self.namespaces, places=places, place_slots=self.place_slots, place_codes=codes,
         )
