@@ -25,7 +25,7 @@ from ..collect.kernelstate import KernelState
 from ..collect.netlink import NetlinkBackend
 from ..collect.netns import Selection, activity
 from ..collect.nswatch import NamespaceInfo, NamespaceWatch
-from ..collect.records import STATE_BY_CODE, CollectError, TcpState
+from ..collect.records import STATE_BY_CODE, CollectError, SocketRecord, TcpState
 from .aggregate import Direction, RowKind, RowOwners, StateCounts, inbound_mask, process_key
 
 TOP = 5  # ports and processes kept per place
@@ -57,13 +57,25 @@ class Place:
 
 @dataclass(frozen=True, slots=True)
 class PlaceSlot:
-    """A place before counting: what `assign_places` gives each code."""
+    """A place before counting: what `assign_places` gives each code, and which sockets it takes."""
 
     key: str
     label: str
     kind: str
     namespace: NamespaceInfo
     container: Container | None
+    cgroup_ids: frozenset[int] = frozenset()  # in socktop's own namespace: the cgroups that name this container
+    claimed: frozenset[int] = frozenset()  # for socktop's own namespace itself: the cgroups containers claim
+
+    def holds(self, record: SocketRecord) -> bool:
+        """Whether ``record`` is counted here (as `assign_places` placed it)."""
+        if record.netns != self.namespace.key:
+            return False
+        if not self.namespace.own:
+            return True
+        if self.kind == "host":
+            return record.cgroup_id not in self.claimed
+        return record.cgroup_id in self.cgroup_ids
 
 
 def assign_places(columns: SocketColumns, namespaces: Sequence[NamespaceInfo],
@@ -71,31 +83,30 @@ def assign_places(columns: SocketColumns, namespaces: Sequence[NamespaceInfo],
     """Per socket, the index of its place in the returned list (-1: a namespace not in ``namespaces``)."""
     codes = np.full(len(columns), -1, np.int64)
     slots: list[PlaceSlot] = []
-    where: dict[str, int] = {}
-
-    def slot(key: str, label: str, kind: str, info: NamespaceInfo, container: Container | None) -> int:
-        found = where.get(key)
-        if found is None:
-            found = where[key] = len(slots)
-            slots.append(PlaceSlot(key, label, kind, info, container))
-        return found
-
     for info in namespaces:
         rows = np.flatnonzero(columns.netns == info.key)
         if not len(rows):
             continue
         if not info.own:
-            codes[rows] = slot(f"netns:{info.inode}", info.label, info.container.kind if info.container else "netns",
-                               info, info.container)
+            codes[rows] = len(slots)
+            slots.append(PlaceSlot(f"netns:{info.inode}", info.label,
+                                   info.container.kind if info.container else "netns", info, info.container))
             continue
-        host = slot(f"netns:{info.inode}", info.label, "host", info, None)
-        codes[rows] = host
         ids, inverse = np.unique(columns.cgroup_id[rows], return_inverse=True)
-        for index, cgroup_id in enumerate(ids.tolist()):
+        by_container: dict[Container, list[int]] = {}
+        for cgroup_id in ids.tolist():
             container = container_of(cgroup_id) if cgroup_id else None
             if container is not None:
-                codes[rows[inverse.reshape(-1) == index]] = slot(container.key, container.title, container.kind,
-                                                                  info, container)
+                by_container.setdefault(container, []).append(cgroup_id)
+        claimed = frozenset(cgroup_id for found in by_container.values() for cgroup_id in found)
+        host = len(slots)
+        slots.append(PlaceSlot(f"netns:{info.inode}", info.label, "host", info, None, claimed=claimed))
+        codes[rows] = host
+        row_ids = columns.cgroup_id[rows]
+        for container, cgroup_ids in by_container.items():
+            codes[rows[np.isin(row_ids, cgroup_ids)]] = len(slots)
+            slots.append(PlaceSlot(container.key, container.title, container.kind, info, container,
+                                   frozenset(cgroup_ids)))
     return codes, slots
 
 
@@ -225,3 +236,15 @@ def aged(columns: SocketColumns, seconds: float) -> SocketColumns:
     timer_ms = np.where(running, np.maximum(columns.timer_ms.astype(np.int64) - elapsed, 0), 0)
     lastack_ms = np.where(columns.lastack_ms >= 0, columns.lastack_ms + elapsed, columns.lastack_ms)
     return replace(columns, timer_ms=timer_ms.astype(columns.timer_ms.dtype), lastack_ms=lastack_ms)
+
+
+def place_predicate(slots: Sequence[PlaceSlot], text: str, by_namespace: bool = False) -> Callable[[SocketRecord], bool]:
+    """The `/` filter's ``container:TEXT`` (or, with ``by_namespace``, ``netns:TEXT``: a namespace's inode,
+    name or label) as a test on one socket."""
+    if by_namespace:
+        wanted = text.casefold()
+        keys = {slot.namespace.key for slot in slots
+                if text == str(slot.namespace.inode) or wanted in slot.namespace.label.casefold()}
+        return lambda record: record.netns in keys
+    chosen = [slots[code] for code in matching_codes(slots, text)]
+    return lambda record: any(slot.holds(record) for slot in chosen)
