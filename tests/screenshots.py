@@ -1,7 +1,7 @@
 """`make screenshots`: the README's SVGs of the TUI, drawn from the frozen snapshot (tests/frozen.py).
 
-Writes screenshots/main.svg, drill-down-close-wait.svg, drawer-time-wait.svg
-and narrow-80x24.svg. The frozen snapshot is deterministic, so the files
+Writes screenshots/main.svg (200x50), drill-down-close-wait.svg, drawer-time-wait.svg,
+medium-120x40.svg and small-80x24.svg. The frozen snapshot is deterministic, so the files
 only change when the UI does.
 """
 
@@ -22,10 +22,11 @@ OUT = HERE.parent / "screenshots"
 
 #: file name → (terminal size, keys pressed after the first refresh, title)
 SHOTS: dict[str, tuple[tuple[int, int], tuple[str, ...], str]] = {
-    "main.svg": ((160, 48), (), "socktop: a leaking API server, a crawler and a full accept queue"),
-    "drill-down-close-wait.svg": ((160, 48), ("down",), "socktop: drill-down into CLOSE_WAIT"),
-    "drawer-time-wait.svg": ((160, 48), ("d",), "socktop: the drawer on TIME_WAIT, with sysctl advice"),
-    "narrow-80x24.svg": ((80, 24), (), "socktop at 80x24: one pane per tab"),
+    "main.svg": ((200, 50), (), "socktop: a leaking API server, a crawler and a full accept queue"),
+    "drill-down-close-wait.svg": ((200, 50), ("down",), "socktop: drill-down into CLOSE_WAIT"),
+    "drawer-time-wait.svg": ((200, 50), ("d",), "socktop: the drawer on TIME_WAIT, with sysctl advice"),
+    "medium-120x40.svg": ((120, 40), (), "socktop at 120x40: the findings strip, States, Processes, Sockets"),
+    "small-80x24.svg": ((80, 24), (), "socktop at 80x24: the findings strip, States above Processes"),
 }
 
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 import random
 import socket
 import threading
+from collections import Counter
+from itertools import compress
 from typing import NamedTuple
 
 import pytest
 
 from socktop.collect.records import ProcessInfo, SocketRecord, TcpState, TimerKind
 from socktop.model.aggregate import (
-    CONNECTION, DEFAULT_EPHEMERAL_PORTS, Aggregates, Deferred, Ownership, Pids, aggregate,
+    CONNECTION, DEFAULT_EPHEMERAL_PORTS, Aggregates, Deferred, Ownership, Pids, RowKind, aggregate,
 )
 
 PID_SETS: tuple[Pids, ...] = ((1,), (2,), (1, 3), (4,), ())
@@ -163,3 +165,80 @@ def test_port_key_names_the_group_each_socket_is_counted_in(seed: int) -> None:
         key = aggregates.port_key(record)
         counted[key] = counted.get(key, 0) + 1
     assert counted == {key: group.total for key, group in aggregates.by_port.items()}
+
+
+def reference_groups(case: Case, aggregates: Aggregates) -> tuple[dict, dict, int]:
+    """Ports (counts, pids), processes (held, inferred) and per-uid counts, one socket at a time,
+    by the rules `Snapshot.owners_of` states; and how many sockets are owned."""
+    listening = aggregates.listening_ports
+    listeners = aggregates.listener_pids
+    ports: dict[str, tuple[dict, set]] = {}
+    processes: dict[str, tuple[dict, dict]] = {}
+    owned = 0
+    for record in case.records:
+        serving = serves(record, listening, case.ephemeral)
+        key = f"in:{record.local_port}" if serving else f"out:{record.remote_port}"
+        counts, pids = ports.setdefault(key, ({}, set()))
+        counts[record.state] = counts.get(record.state, 0) + 1
+        held = case.ownership.pids_by_inode.get(record.inode, None if not record.inode else ())
+        if held:
+            owners, column = held, 0
+            owned += 1
+        elif held is not None:
+            owners, column = (), 0
+            if record.inode:
+                group = processes.setdefault(f"uid:{record.uid}", ({}, {}))[0]
+                group[record.state] = group.get(record.state, 0) + 1
+        elif serving:
+            owners = listeners.get(record.local_port, ()) if record.state is not TcpState.LISTEN else ()
+            column = 1
+        else:
+            owners, column = case.last_owners.get(CONNECTION(record), ()), 1
+        pids.update(owners)
+        for pid in set(owners) & case.ownership.processes.keys():  # no row for a process that exited
+            tally = processes.setdefault(f"pid:{pid}", ({}, {}))[column]
+            tally[record.state] = tally.get(record.state, 0) + 1
+    return ports, processes, owned
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_groups_match_a_loop_over_the_sockets(seed: int) -> None:
+    case = random_case(seed)
+    aggregates = case.aggregate()
+    ports, processes, owned = reference_groups(case, aggregates)
+    assert {key: (group.counts, set(group.pids)) for key, group in aggregates.by_port.items()} == ports
+    assert {key: (group.counts, group.inferred) for key, group in aggregates.by_process.items()} == processes
+    assert all(group.total == sum(group.counts.values()) + sum(group.inferred.values())
+               for group in aggregates.by_process.values())
+    assert aggregates.owned == owned and aggregates.total == len(case.records)
+    assert aggregates.with_inode == sum(1 for record in case.records if record.inode)
+    by_state: dict[TcpState, int] = {}
+    for record in case.records:
+        by_state[record.state] = by_state.get(record.state, 0) + 1
+    assert list(aggregates.by_state.items()) == list(by_state.items())  # in order of first appearance
+
+
+@pytest.mark.parametrize("seed", range(100))
+def test_row_owners_say_what_owners_of_says(seed: int) -> None:
+    """The per-socket arrays (`RowOwners`, used by `--json --sockets` and the pid filter) and
+    `Snapshot.owners_of` (one record at a time) attribute every socket alike."""
+    from socktop.model.snapshot import Snapshot, SourceInfo
+
+    case = random_case(seed)
+    aggregates = case.aggregate()
+    snapshot = Snapshot(1, 0.0, 0.0, 0.0, SourceInfo("h", "k", "netlink", "", True, ""), case.records,
+                        case.ownership, aggregates)
+    rows = aggregates.rows
+    assert rows is not None
+    repeated = {connection for connection, count in Counter(map(CONNECTION, case.records)).items() if count > 1}
+    for index, record in enumerate(case.records):
+        if CONNECTION(record) in repeated:  # owners_of looks a 4-tuple up in this table, held twins included
+            continue
+        attribution = snapshot.owners_of(record)
+        pids = rows.pid_sets[rows.codes[index]]
+        assert RowKind.OWNER_KINDS[rows.kinds[index]] is attribution.kind, record
+        assert tuple(p.pid for p in attribution.processes) == tuple(p for p in pids if p in case.ownership.processes)
+    for pid in (1, 2, 3, 4):
+        expected = [any(p.pid == pid for p in snapshot.owners_of(record).processes) for record in case.records]
+        unique = [CONNECTION(record) not in repeated for record in case.records]
+        assert list(compress(snapshot.holding(pid).tolist(), unique)) == list(compress(expected, unique))

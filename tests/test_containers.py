@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from socktop.collect.containers import (
-    CgroupIndex, CgroupOwner, Container, ContainerResolver, RuntimeFiles, cgroup2_mount, describe, parse_cgroup_path,
-    process_cgroup,
+    CgroupIndex, CgroupOwner, Container, ContainerResolver, RuntimeFiles, cgroup2_mount, describe, hostname_of,
+    parse_cgroup_path, process_cgroup,
 )
 from socktop.collect.netns import list_namespaces
 from namespaces import cgroup_v2_dir, move_to_cgroup, process_in_new_netns, unique_name, writable_cgroup2
@@ -122,6 +122,13 @@ def test_names_fall_back_to_hostname_then_id(tmp_path: Path) -> None:
     (tmp_path / "docker" / DOCKER_ID).mkdir(parents=True)
     (tmp_path / "docker" / DOCKER_ID / "config.v2.json").write_text("{not json")
     assert describe(CgroupOwner("docker", DOCKER_ID), files).name == DOCKER_ID[:12]
+
+
+def test_the_hostname_of_a_process_sharing_our_mount_namespace_is_not_a_container_name() -> None:
+    """Its /etc/hostname is the host's own: naming a pod after it would be a lie."""
+    files = RuntimeFiles()
+    assert hostname_of(os.getpid(), files) == ""
+    assert describe(CgroupOwner("", CTR_ID, POD_UID), files, pid=os.getpid()).name == "pod1a2b3c4d"
 
 
 def test_oversized_runtime_files_are_not_read(tmp_path: Path) -> None:

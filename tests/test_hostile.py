@@ -9,15 +9,26 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from frozen import frozen_snapshot, make_app, press, settle
 
-from socktop.analyze.config import ConfigError, load_config
+from socktop.analyze.config import DEFAULT_THRESHOLDS, ConfigError, load_config
+from socktop.analyze.findings import analyze
+from socktop.collect.owners import OwnerScanner
+from socktop.collect.records import TcpState
 from socktop.demo.builders import SocketFarm
-from socktop.report import finite, phrase_lines, plural
+from socktop.model.aggregate import OwnerKind, ProcessGroup
+from socktop.model.engine import Engine
+from socktop.report import finite, phrase_lines, plural, render_json
+from socktop.ui.details import Selection, commands_for
 from socktop.ui.keys import key_name, validate_keymap
 
 SOCKTOP = [sys.executable, "-m", "socktop"]
@@ -191,3 +202,252 @@ def test_s7_once_header_breaks_between_phrases_and_counts_in_the_singular() -> N
                             text=True, timeout=60, env={**os.environ, "COLUMNS": "80"})
     assert result.returncode == 0 and " 0 sockets" in result.stdout.splitlines()[0]
     assert (plural(1, "socket"), plural(2, "socket")) == ("1 socket", "2 sockets")
+
+
+def test_7_serve_reads_the_config_the_same_way(tmp_path: Path) -> None:
+    one_line_error(run("serve", "--config", "/nonexistent"), 2, "does not exist")
+    one_line_error(run("serve", "--config", "/dev/zero", timeout=20), 2, "not a regular file")
+
+
+# --- 8, issue 10 §6: sockets that close between the dump and the owner scan ------------------------------
+
+class CloseAfterDump:
+    """A real backend that, right after its next dump, runs ``close``: the dump lists those sockets
+    with their inodes, and by the time the owner scan reads /proc no process holds them."""
+
+    def __init__(self, backend, close) -> None:
+        self.backend, self.close, self.name = backend, close, backend.name
+
+    def sockets(self):
+        records = self.backend.sockets()
+        if self.close is not None:
+            self.close()
+            self.close = None
+        return records
+
+
+def close_wait_servers(count: int) -> tuple[socket.socket, list[socket.socket], list[socket.socket]]:
+    """``count`` server ends in CLOSE_WAIT, held by this process (their clients have closed)."""
+    listener = socket.create_server(("127.0.0.1", 0), backlog=count)
+    clients = [socket.create_connection(listener.getsockname()) for _ in range(count)]
+    servers = [listener.accept()[0] for _ in range(count)]
+    for client in clients:
+        client.close()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        states = {TcpState.parse(line.split()[0]) for line in subprocess.run(
+            ["ss", "-tanH", f"sport = :{listener.getsockname()[1]}"], capture_output=True, text=True).stdout.splitlines()}
+        if states == {TcpState.LISTEN, TcpState.CLOSE_WAIT}:
+            break
+        time.sleep(0.02)
+    return listener, clients, servers
+
+
+def unknown_owners(snapshot, port: int) -> list:
+    """The sockets on ``port`` (either end) counted as held by a process we may not see."""
+    return [record for record in snapshot.sockets if port in (record.local_port, record.remote_port)
+            and snapshot.owners_of(record).kind is OwnerKind.UNKNOWN]
+
+
+def test_8_sockets_closed_before_their_owner_was_read_are_no_unknown_owner() -> None:
+    listener, _, servers = close_wait_servers(100)
+    port = listener.getsockname()[1]
+    engine = Engine("netlink")
+    engine.backend = CloseAfterDump(engine.backend, lambda: [server.close() for server in servers])
+    try:
+        snapshot = engine.refresh()
+    finally:
+        listener.close()
+    assert not unknown_owners(snapshot, port)
+    assert not [group for key, group in snapshot.aggregates.by_process.items()
+                if key.startswith("uid:") and group.counts.get(TcpState.CLOSE_WAIT)]
+    assert "100 sockets closed before their owner was read" in snapshot.source.owner_note
+    assert "PID namespace" not in snapshot.source.owner_note and "run as root" not in snapshot.source.owner_note
+    findings = analyze(snapshot, replace(DEFAULT_THRESHOLDS, close_wait_warning=50)).findings
+    assert not [finding for finding in findings if "uid:" in finding.id]
+    closed = [record for record in snapshot.sockets if record.inode in snapshot.ownership.closed]
+    assert len(closed) == 100 and {snapshot.owners_of(record).kind for record in closed} <= {
+        OwnerKind.INFERRED, OwnerKind.NONE}
+
+
+def test_8_a_churning_server_never_forms_an_unknown_owner_group() -> None:
+    """A server that accepts and closes at once, clients that connect in a loop: over 25 refreshes
+    no socket is grouped as an owner we may not see, and the note states no unchecked reason."""
+    listener = socket.create_server(("127.0.0.1", 0), backlog=512)
+    stop = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.05)
+        while not stop.is_set():
+            try:
+                listener.accept()[0].close()
+            except OSError:
+                pass
+
+    def connect() -> None:
+        while not stop.is_set():
+            try:
+                socket.create_connection(listener.getsockname(), timeout=1).close()
+            except OSError:
+                pass
+
+    threads = [threading.Thread(target=serve), *(threading.Thread(target=connect) for _ in range(2))]
+    for thread in threads:
+        thread.start()
+    try:
+        engine = Engine("netlink")
+        for _ in range(25):
+            snapshot = engine.refresh()
+            assert not unknown_owners(snapshot, listener.getsockname()[1])
+            assert "PID namespace" not in snapshot.source.owner_note
+            assert "run as root" not in snapshot.source.owner_note
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(5)
+        listener.close()
+
+
+# --- 9: a holder that exits before its /proc entry is read ---------------------------------------------
+
+HOLDER = ("import socket, sys\ns = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(1)\n"
+          "print(s.getsockname()[1], flush=True); sys.stdin.read()\n")
+
+
+def test_9_no_half_null_process_entries() -> None:
+    child = subprocess.Popen([sys.executable, "-c", HOLDER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True)
+    port = int(child.stdout.readline())
+
+    class ExitingBeforeRead(OwnerScanner):
+        def _refresh_processes(self, owner_pids):
+            child.kill()  # its descriptors were read, then it is gone before its name and user are
+            child.wait()
+            super()._refresh_processes(owner_pids)
+
+    engine = Engine("netlink")
+    engine.scanner = ExitingBeforeRead()
+    snapshot = engine.refresh()
+    assert all(pid in snapshot.ownership.processes for pids in snapshot.ownership.pids_by_inode.values()
+               for pid in pids)
+    document = strict_json(render_json(snapshot, {}, True))
+    for entry in document["processes"]:
+        if entry["key"].startswith("pid:"):
+            assert entry["pid"] is not None and entry["name"] is not None and entry["user"] != "?", entry
+    assert f"pid:{child.pid}" not in snapshot.aggregates.by_process
+    assert not [record for record in snapshot.sockets if record.local_port == port
+                and snapshot.owners_of(record).kind is OwnerKind.UNKNOWN]
+
+
+# --- issue 10 §6 and 17: copy keys on a row with no process say what is true ---------------------------
+
+async def test_s6_k_on_a_hidden_owner_row_as_root_never_says_run_as_root() -> None:
+    snapshot = frozen_snapshot()
+    rooted = replace(snapshot, source=replace(snapshot.source, is_root=True,
+                                              owner_note="12 sockets held by no process visible here"))
+    app = make_app(rooted)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await settle(pilot)
+        await press(pilot, "3")
+        processes = app.pane("processes")
+        for _ in range(20):
+            if processes.selected_key == "uid:998":
+                break
+            await press(pilot, "down")
+        await press(pilot, "k", "l")
+        messages = [notification.message for notification in app._notifications]
+        assert sum("no process visible here holds these sockets of uid 998, even as root" in message
+                   for message in messages) == 2, messages
+        assert not any("run socktop as root" in message for message in messages)
+
+
+def test_17_copy_keys_on_an_exited_process_say_it_exited() -> None:
+    exited = ProcessGroup(key="pid:8181", process=None, uid=None, user="?", counts={TcpState.TIME_WAIT: 3},
+                          inferred={}, total=3)
+    for is_root in (True, False):
+        commands = commands_for(Selection(focus="processes", process=exited, is_root=is_root))
+        assert commands["kill"].why_not == commands["lsof"].why_not == "pid 8181 has exited: there is no process to act on"
+    hidden = replace(exited, key="uid:998", uid=998)
+    assert "run socktop as root" in commands_for(Selection(focus="processes", process=hidden))["kill"].why_not
+
+
+def test_2_a_default_config_that_cannot_be_read_is_a_warning(tmp_path: Path) -> None:
+    (tmp_path / "socktop").mkdir()
+    (tmp_path / "socktop" / "config.toml").write_bytes(b"\xff\xfe")
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path)}
+    result = subprocess.run([*SOCKTOP, "--json"], capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 0 and strict_json(result.stdout)
+    assert result.stderr.count("\n") == 1 and "not UTF-8" in result.stderr and "using the defaults" in result.stderr
+
+
+# --- 10: psutil without root --------------------------------------------------------------------------
+
+def as_nobody(work):
+    """``work()`` in a forked child that has dropped to user nobody; its JSON-able result, or None."""
+    if os.geteuid() != 0:
+        return None
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        status = 1
+        try:
+            devnull = os.open(os.devnull, os.O_RDONLY)
+            for fd in map(int, os.listdir("/proc/self/fd")):  # hold none of the parent's sockets
+                if fd > 2 and fd not in (write_end, devnull):
+                    try:
+                        os.dup2(devnull, fd)
+                    except OSError:
+                        pass
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            os.write(write_end, json.dumps(work()).encode())
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    chunks = []
+    while chunk := os.read(read_end, 65536):
+        chunks.append(chunk)
+    os.close(read_end)
+    _, status = os.waitpid(child, 0)
+    return json.loads(b"".join(chunks)) if status == 0 else None
+
+
+def test_10_psutil_without_root_is_honest_about_coverage_and_finds_the_leak() -> None:
+    with SocketFarm() as sockets:
+        port = sockets.close_wait(60).port
+
+        def look() -> dict:
+            snapshot = Engine("psutil").refresh()
+            mine = snapshot.filtered(port=port)
+            findings = analyze(snapshot, replace(DEFAULT_THRESHOLDS, close_wait_warning=50)).findings
+            return {"coverage": snapshot.coverage, "note": snapshot.source.owner_note,
+                    "groups": {key: group.counts.get(TcpState.CLOSE_WAIT, 0)
+                               for key, group in mine.aggregates.by_process.items()},
+                    "findings": [finding.id for finding in findings if finding.kind == "close-wait-leak"]}
+
+        seen = as_nobody(look)
+    if seen is None:
+        pytest.skip("cannot drop to user nobody here")
+    assert seen["coverage"] < 1.0 and "run as root" in seen["note"]
+    assert seen["groups"] == {"uid:-1": 60}
+    assert seen["findings"] == ["close-wait-leak:uid:-1"]
+
+
+# --- 12: what the proc backend cannot know ------------------------------------------------------------
+
+def test_12_a_queued_listener_is_never_silent_with_the_proc_backend() -> None:
+    with SocketFarm() as sockets:
+        port = sockets.full_accept_queue(backlog=4).port
+        by_backend = {name: Engine(name).refresh() for name in ("netlink", "proc")}
+    (netlink,) = [f for f in analyze(by_backend["netlink"]).findings if f.id == f"accept-queue:in:{port}"]
+    assert "full" in netlink.title and netlink.metrics["backlog"] == 4
+    proc = by_backend["proc"]
+    assert "listen_backlog" in proc.source.unavailable and "listen_backlog" not in by_backend["netlink"].source.unavailable
+    (queued,) = [f for f in analyze(proc).findings if f.id == f"accept-queue:in:{port}"]
+    assert queued.metrics == {"recv_q": 5, "backlog": None}
+    assert "backlog not available with the proc backend" in queued.title and queued.severity.value == "info"
+    capped = replace(proc, kernel=replace(proc.kernel, sysctls={**proc.kernel.sysctls, "net.core.somaxconn": "4"}))
+    (full,) = [f for f in analyze(capped).findings if f.id == f"accept-queue:in:{port}"]
+    assert full.severity.value == "warning" and "full" in full.title

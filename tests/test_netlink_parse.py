@@ -249,7 +249,16 @@ def test_a_run_parses_from_a_larger_receive_buffer(monkeypatch: pytest.MonkeyPat
     buffer = bytearray(chunk + b"\xee" * 300)  # stale bytes past the chunk must not be read
     dump = Dump(socket.AF_INET)
     assert parse_dump_chunk(buffer, len(chunk), dump)
+    buffer[:] = b"\xdd" * len(buffer)  # the next chunk lands in the same buffer
     assert Parsed(dump).records == parse(chunk)[0].records
+
+
+def test_chunks_of_one_dump_are_read_together() -> None:
+    first, second = socket_run(7), socket_run(5, uid=7)
+    dump = Dump(socket.AF_INET)
+    assert not parse_dump_chunk(first, len(first), dump)
+    assert parse_dump_chunk(second + done_message(), len(second) + 20, dump)
+    assert Parsed(dump).records == parse(first)[0].records + parse(second)[0].records
 
 
 CGROUP_ATTRIBUTE = struct.pack("=HHI", 8, 0, 0) + struct.pack("=HHQ", 12, 21, 987654321)  # INET_DIAG_PAD, then the u64
@@ -332,3 +341,19 @@ def test_the_backend_dumps_per_family_when_the_kernel_refuses_both_at_once(monke
         monkeypatch.setattr(netlink, "TCPDIAG_GETSOCK", 99)  # a request type sock_diag does not know: EINVAL
         backend = netlink.NetlinkBackend()
         assert any(record.local_port == port for record in backend.sockets())
+
+
+def test_rows_without_cookies_are_matched_by_connection() -> None:
+    """/proc gives no cookie: a connection listed twice is found by its 4-tuple, the later state kept."""
+    chunk = (
+        diag_message(1, LOOPBACK, 40000, OTHER, 80, cookie=0)
+        + diag_message(10, LOOPBACK, 8080, b"", 0, cookie=0)
+        + diag_message(10, LOOPBACK, 8080, b"", 0, cookie=0)
+        + diag_message(6, LOOPBACK, 40000, OTHER, 80, cookie=0, inode=0)
+        + done_message()
+    )
+    dump, _ = parse(chunk)
+    kept, dropped = deduplicated(dump.records)
+    assert dropped == 1
+    assert [(r.local_port, r.state) for r in kept] == [
+        (40000, TcpState.TIME_WAIT), (8080, TcpState.LISTEN), (8080, TcpState.LISTEN)]

@@ -10,14 +10,15 @@ import fcntl
 import os
 import socket
 import subprocess
+import sys
 import threading
 
 import pytest
 
 from socktop.collect.kernelstate import KernelState, read_kernel_state
 from socktop.collect.netns import (
-    Namespace, NamespaceKernel, NamespaceSockets, Selection, in_namespace, list_namespaces, netns_inode_of_link,
-    own_inode, sock_diag_socket,
+    Namespace, NamespaceKernel, NamespaceSockets, Selection, activity, in_namespace, list_namespaces,
+    netns_inode_of_link, own_inode, sock_diag_socket,
 )
 from namespaces import named_netns, needs_root, netns_inode, process_in_new_netns
 
@@ -191,3 +192,32 @@ def test_own_namespace_label() -> None:
     assert Namespace(4026531840, pids=(1, 2), own=True).label() == "host"
     assert Namespace(4026532316, pids=(30,), own=True).label() == "socktop's netns"
     assert Namespace(4026532316, pids=(30,), names=("blue",), own=True).label() == "blue"
+
+
+@needs_root
+def test_activity_moves_only_when_the_namespace_tcp_does() -> None:
+    with named_netns() as name:
+        target = list_namespaces()[netns_inode(name)]
+        reader = NamespaceKernel()
+        quiet = activity(reader.read(target, KernelState()))
+        assert quiet is not None and activity(reader.read(target, KernelState())) == quiet
+        subprocess.run(["ip", "netns", "exec", name, sys.executable, "-c",
+                        "import socket; l = socket.create_server(('127.0.0.1', 0)); "
+                        "c = socket.create_connection(l.getsockname()); l.accept()[0].close(); c.close()"], check=True)
+        assert activity(reader.read(target, KernelState())) != quiet
+    assert activity(None) is None and activity(KernelState()) is None
+
+
+@needs_root
+def test_a_discarded_socket_is_opened_anew() -> None:
+    registry = NamespaceSockets()
+    try:
+        with named_netns() as name:
+            inode = netns_inode(name)
+            first = registry.sync(list_namespaces())[inode]
+            registry.discard(inode)
+            assert first.fileno() == -1
+            again = registry.sync(list_namespaces())[inode]
+            assert again is not first and socket_namespace(again) == inode
+    finally:
+        registry.close()

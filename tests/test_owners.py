@@ -57,7 +57,7 @@ def test_a_process_that_exits_mid_scan_is_skipped() -> None:
 
     class ExitingDuringScan(OwnerScanner):
         def _list_pids(self):
-            pids = list(super()._list_pids())
+            pids = super()._list_pids()
             child.kill()  # it is listed, then gone before its fds are read
             child.wait()
             return pids

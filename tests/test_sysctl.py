@@ -125,7 +125,7 @@ def test_advisor_never_suggests_a_value_in_force_or_an_absent_key() -> None:
     advisor.propose("net.ipv4.ip_local_port_range", "32768   60999", "why", "risk")  # same value, other spacing
     assert advisor.suggestions == []
     assert advisor.notes == ["net.ipv4.tcp_tw_reuse is already 1",
-                             "net.ipv4.tcp_tw_reuse_delay is absent on this kernel: nothing to set",
+                             "net.ipv4.tcp_tw_reuse_delay is absent on this kernel: nothing to set here",
                              "net.ipv4.ip_local_port_range is already 32768 60999"]
     advisor.propose("net.core.somaxconn", "8192", "why", "risk")
     (suggestion,) = advisor.suggestions

@@ -426,33 +426,99 @@ async def test_help_lists_every_key_and_palette_runs_actions():
         assert app.clipboard == "ss -tanp"
 
 
-async def test_resize_to_tabs_and_back():
+def shown_panes(app) -> list[str]:
+    return [name for name in ("states", "ports", "processes", "sockets", "findings")
+            if app.pane(name).display and app.pane(name).parent.display and app.pane(name).region.height]
+
+
+def strip_text(app) -> list[str]:
+    from socktop.ui.bars import FindingsStrip
+
+    strip = app.query_one(FindingsStrip)
+    return plain(strip).splitlines() if strip.display else []
+
+
+@pytest.mark.parametrize(("size", "mode", "panes", "strip_lines"), [
+    ((80, 24), "small", ["states", "processes"], 2),
+    ((120, 40), "medium", ["states", "processes", "sockets"], 3),
+    ((200, 50), "wide", ["states", "ports", "processes", "sockets", "findings"], 0),
+    ((60, 15), "small", ["states"], 2),
+], ids=["80x24", "120x40", "200x50", "60x15"])
+async def test_each_size_class_shows_what_is_wrong_first(size, mode, panes, strip_lines):
+    """The most severe findings are on the first screen at every size (the strip, or the Findings pane),
+    one line each and cut between words; the panes shown fill the height."""
     app = make_app()
-    async with app.run_test(size=WIDE) as pilot:
+    async with app.run_test(size=size) as pilot:
         await settle(pilot)
-        assert app.has_class("-wide")
-        await pilot.resize_terminal(80, 24)
+        assert app.layout_mode == mode and shown_panes(app) == panes
+        lines = strip_text(app)
+        assert len(lines) == strip_lines
+        titles = [f.title for f in app.analysis.findings]
+        for line in lines:
+            assert len(line) <= size[0]
+            chip, _, title = line.strip().partition("  ")
+            assert chip in ("CRIT", "WARN", "INFO")
+            title = title.split("  +")[0]
+            shown = title.removesuffix("…")
+            assert any(t == shown or (title.endswith("…") and t.startswith(shown) and t[len(shown)] in " ,;:(-")
+                       for t in titles), line
+        if lines:
+            assert "pid 4242 leaky-api holds 320 CLOSE_WAIT" in lines[0]
+        assert "findings" in plain(app.query_one(TopBar))  # the count stays, down to 60 columns
+        states = app.pane("states")
+        if "states" in panes and len(panes) > 1:  # fitted to its rows: no empty half pane
+            assert states.region.height <= states.row_count + 3 or mode != "small"
+        main = app.query_one("#main").region
+        used = sum(app.pane(name).region.height for name in panes if app.pane(name).region.x == main.x)
+        assert used == main.height  # the panes in the first column fill the height
+
+
+async def test_panes_switch_within_their_place_and_tabs_click():
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot)
-        assert app.has_class("-narrow") and app.query_one("#tabs").display
-        visible = [name for name in ("states", "ports", "processes", "sockets", "findings")
-                   if app.pane(name).display and app.pane(name).parent.display]
-        assert visible == ["states"]
         await pilot.press("tab")
         assert app.active_pane == "ports" and app.focused.id == "ports" and app.pane("ports").region.width > 70
+        assert shown_panes(app) == ["states", "ports"]
         await pilot.press("4")
-        assert app.pane("sockets").region.height > 10
+        assert shown_panes(app) == ["states", "sockets"] and app.pane("sockets").region.height >= 7
         await pilot.press("d")  # the drawer takes the whole body
         assert app.query_one("#drawer").region.width >= 76 and not app.query_one("#main").display
         await pilot.press("escape")
         assert not app.has_class("-drawer")
-        await pilot.click("#tab-findings")
-        assert app.active_pane == "findings"
+        await pilot.click("#tabline", offset=(52, 0))  # "5 Findings"
+        assert app.active_pane == "findings" and shown_panes(app) == ["states", "findings"]
+        await pilot.resize_terminal(120, 40)
+        await settle(pilot)
+        assert shown_panes(app) == ["states", "ports", "findings"]  # the last shown in each place
+        await pilot.press("3")
+        assert shown_panes(app) == ["states", "processes", "findings"]
+
+
+async def test_a_click_on_the_findings_strip_picks_that_finding():
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.click("#strip", offset=(10, 0))
+        await settle(pilot)
+        assert app.spec.levels == (Level("process", "pid:4242"), Level("state", "CLOSE_WAIT"))
+
+
+async def test_focus_comes_back_after_the_terminal_was_too_small():
+    app = make_app()
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot)
+        await pilot.press("3")
         await pilot.resize_terminal(50, 12)
         await settle(pilot)
         assert app.has_class("-tiny") and app.query_one("#too-small").display
         await pilot.resize_terminal(*WIDE)
         await settle(pilot)
         assert app.has_class("-wide") and not app.has_class("-tiny")
+        assert app.focused is app.pane("processes")  # the arrows work at once, no 1..5 or Tab needed
+        await pilot.press("down")
+        await settle(pilot)
+        assert app.spec.levels and app.spec.levels[0].kind == "process"
         assert all(app.pane(name).region.width > 0 for name in ("states", "ports", "processes", "sockets"))
 
 

@@ -1,4 +1,5 @@
-"""Snapshot tests (pytest-textual-snapshot) of the main screen, the drawer, help and a finding, at 80x24 and 160x48.
+"""Snapshot tests (pytest-textual-snapshot) of the main screen, the drawer, help and a finding, at 80x24, 120x40
+and 200x50: one per size class (small, medium, wide); the demo's findings are on the first screen of each.
 
 Regenerate the baselines after an intended change with ``pytest tests/test_ui_snapshots.py --snapshot-update``
 and look at the report before committing them.
@@ -9,7 +10,7 @@ from __future__ import annotations
 import pytest
 from frozen import make_app, press, settle
 
-SIZES = {"80x24": (80, 24), "160x48": (160, 48)}
+SIZES = {"80x24": (80, 24), "120x40": (120, 40), "200x50": (200, 50)}
 
 #: scene → keys pressed once the first refresh is on screen
 SCENES = {

@@ -49,7 +49,8 @@ BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for `yes | head`, so `s
 USAGE = """\
 socktop [options]             the live TUI (or --once, --json)
        socktop explain TOPIC         what a state or kernel setting means (socktop explain close-wait)
-       socktop demo [--duration S]   start the loopback demo scenario"""
+       socktop demo [--duration S]   start the loopback demo scenario
+       socktop serve [--listen ...]  Prometheus exporter (socktop serve --help)"""
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -223,15 +224,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         build_parser().error("--sockets needs --json")
     if options.pid is not None and not pid_exists(options.pid):
         return _fail(f"no such process: {options.pid}", USAGE_ERROR)
-    from .analyze.config import ConfigError, load_config
-
-    try:
-        config = load_config(options.config, options.threshold)
-    except ConfigError as exc:
-        return _fail(str(exc), USAGE_ERROR)
+    config = _load_config(options)
+    if config is None:
+        return USAGE_ERROR
     if options.once or options.json:
         return _run_once(options, config)
     return _run_tui(options, config)
+
+
+def _load_config(options: argparse.Namespace) -> Config | None:
+    """The config file and --threshold flags, read once; None (said in one line) when the file cannot be read."""
+    from .analyze.config import ConfigError, load_config
+
+    try:
+        return load_config(options.config, options.threshold)
+    except ConfigError as exc:
+        _fail(str(exc))
+        return None
 
 
 def pid_exists(pid: int) -> bool:
@@ -334,13 +343,11 @@ def _run_tui(options: argparse.Namespace, config: Config) -> int:
 
 
 def _run_serve(options: argparse.Namespace) -> int:
-    from .analyze.config import ConfigError, load_config
     from .serve.server import run_serve
 
-    try:
-        config = load_config(options.config, options.threshold)
-    except ConfigError as exc:
-        return _fail(str(exc), USAGE_ERROR)
+    config = _load_config(options)
+    if config is None:
+        return USAGE_ERROR
     for warning in config.warnings:
         _say(f"warning: {warning}")
     top = options.top
@@ -361,17 +368,43 @@ def _run_demo(options: argparse.Namespace) -> int:
     return run_demo(options.duration, echo=print)
 
 
+EXPLAIN_USAGE = """\
+usage: socktop explain STATE-OR-SETTING
+
+What a TCP state means (who is in it, how long, why it piles up, what to do) or
+what a kernel setting does, with the values this kernel has now.
+
+  STATE     e.g. close-wait, TIME_WAIT, syn-recv, 8 (the kernel's number)
+  SETTING   e.g. tcp_tw_reuse or net.ipv4.tcp_fin_timeout
+
+states:   {states}
+settings: {settings}
+"""
+
+
 def _run_explain(args: list[str]) -> int:
     from .analyze.knowledge import explain_text
-    from .analyze.sysctl import explain_sysctl
+    from .analyze.sysctl import SETTINGS, explain_sysctl
+    from .collect.kernelstate import read_kernel_state
+    from .collect.records import DISPLAY_STATES
 
+    if args and args[0] in ("-h", "--help"):
+        import textwrap
+
+        names = textwrap.fill(", ".join(key.rpartition(".")[2] for key in SETTINGS), 68,
+                              subsequent_indent="          ")
+        sys.stdout.write(EXPLAIN_USAGE.format(states=", ".join(s.name.lower().replace("_", "-") for s in DISPLAY_STATES), settings=names))
+        return 0
     if len(args) != 1:
-        return _fail("explain takes one state or kernel setting, e.g. socktop explain close-wait", USAGE_ERROR)
+        return _fail("explain takes one state or kernel setting, e.g. socktop explain close-wait "
+                     "(see socktop explain --help)", USAGE_ERROR)
+    kernel = read_kernel_state()
     try:
-        text = explain_text(TcpState.parse(args[0]))
-    except ValueError as exc:
-        setting = explain_sysctl(args[0])
+        text = explain_text(TcpState.parse(args[0]), kernel)
+    except ValueError:
+        setting = explain_sysctl(args[0], kernel)
         if setting is None:
-            return _fail(f"{exc}; or a kernel setting such as tcp_tw_reuse", USAGE_ERROR)
+            return _fail(f"unknown state or setting {args[0]!r} (see socktop explain --help for the names)",
+                         USAGE_ERROR)
         text = setting
     return write_output(lambda out: out.write(text + "\n"))

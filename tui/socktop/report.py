@@ -11,7 +11,7 @@ import dataclasses
 import io
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -20,6 +20,7 @@ from .analyze.findings import Analysis, Finding
 from .analyze.sysctl import Suggestion
 from .collect.records import DISPLAY_STATES, SocketRecord, TcpState
 from .model.aggregate import ProcessGroup, StateCounts
+from .model.churn import ChurnGroup
 from .collect.nswatch import NamespaceInfo
 from .model.places import Place
 from .model.snapshot import Snapshot, coverage_text
@@ -75,6 +76,7 @@ def socket_dict(snapshot: Snapshot, record: SocketRecord) -> dict[str, Any]:
 
 
 def place_dict(place: Place) -> dict[str, Any]:
+    """One row of the Containers grouping (names are the containers' own: untrusted text)."""
     container = place.container
     return {
         "key": place.key, "label": place.label, "kind": place.kind, "netns": place.netns,
@@ -89,13 +91,14 @@ def place_dict(place: Place) -> dict[str, Any]:
 
 
 def namespace_dict(info: NamespaceInfo) -> dict[str, Any]:
-    namespace = info.namespace
-    kernel = info.kernel
+    """One network namespace read (or not: ``note`` says why); its own settings when not socktop's."""
+    namespace, kernel = info.namespace, info.kernel
+    own_settings = kernel is not None and not namespace.own
     return {
         "inode": namespace.inode, "label": info.label, "own": namespace.own, "pid": namespace.pid,
         "names": list(namespace.names), "read": not info.note, "note": info.note or None,
-        "settings": dict(kernel.sysctls) if kernel is not None and not namespace.own else None,
-        "host_wide_settings": sorted(kernel.host_wide) if kernel is not None and not namespace.own else None,
+        "settings": dict(kernel.sysctls) if own_settings else None,
+        "host_wide_settings": sorted(kernel.host_wide) if own_settings else None,
     }
 
 
@@ -179,6 +182,7 @@ def snapshot_document(snapshot: Snapshot, filters: dict[str, Any], with_sockets:
             for g in sorted(aggregates.by_remote.values(), key=lambda g: (-g.total, g.address))
         ],
     }
+    document["churn"] = churn_dict(snapshot)
     document["namespaces"] = [namespace_dict(info) for info in snapshot.namespaces]
     document["containers"] = [place_dict(place) for place in sorted(snapshot.places.values(), key=_place_order)]
     if with_sockets:
@@ -190,6 +194,38 @@ def snapshot_document(snapshot: Snapshot, filters: dict[str, Any], with_sockets:
     if analysis is not None:
         document.update(analysis_fields(analysis))
     return document
+
+
+CHURN_ROWS = 50  # per kind of group in `--json`: the busiest
+
+
+def churn_dict(snapshot: Snapshot) -> dict[str, Any]:
+    """The `churn` field: closes and opens from the destroy feed, rates when refreshes were sampled."""
+    churn = snapshot.churn
+    if churn is None:
+        return {"available": False, "note": snapshot.source.churn_note or None}
+
+    def rate(value: float | None) -> float | None:
+        return None if value is None else round(value, 2)
+
+    def rows(groups: Mapping[str, ChurnGroup]) -> list[ChurnGroup]:
+        return sorted(groups.values(), key=lambda g: (-g.closes, g.key))[:CHURN_ROWS]
+
+    return {
+        "available": True,
+        "closes": churn.closes, "opens": churn.opens, "unseen": churn.unseen,
+        "window_s": round(churn.seconds, 2),
+        "closes_per_s": rate(churn.closes_per_second), "opens_per_s": rate(churn.opens_per_second),
+        "overruns": churn.overruns,
+        "ports": [{"port": int(g.key.partition(":")[2]), "direction": g.key.partition(":")[0], "closes": g.closes,
+                   "per_s": rate(g.per_second if churn.seconds else None)} for g in rows(churn.by_port)],
+        "remote_hosts": [{"address": g.key, "closes": g.closes, "per_s": rate(g.per_second if churn.seconds else None)}
+                         for g in rows(churn.by_remote)],
+        "processes": [{"key": g.key, "pid": int(g.key.partition(":")[2]), "closes": g.closes, "exact": g.exact,
+                       "inferred": g.inferred, "per_s": rate(g.per_second if churn.seconds else None)}
+                      for g in rows(churn.by_process)],
+        "time_wait_by_cookie": len(churn.time_wait_owners),
+    }
 
 
 def _place_order(place: Place) -> tuple[bool, int, str]:

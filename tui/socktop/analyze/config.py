@@ -21,7 +21,9 @@ Reading it can fail in two ways. A file that cannot be read as text (a
 ``--config`` that does not exist, not a regular file, larger than
 `MAX_CONFIG_BYTES`, unreadable, not UTF-8) raises `ConfigError`: the
 command says so in one line and exits 2, because the user's settings
-cannot even be seen. A missing default file is normal. Text that is not
+cannot even be seen. A missing default file is normal, and a default file
+that cannot be read is a warning (``sudo -u nobody`` keeps a HOME it may
+not read). Text that is not
 valid TOML, an unknown key or a bad value is a warning: the defaults stay
 for what it concerns and the rest applies.
 
@@ -111,8 +113,15 @@ def load_config(path: Path | None = None, overrides: Iterable[tuple[str, int | f
     then ``overrides``. Raises ConfigError when the file cannot be read as text."""
     explicit = path is not None
     path = config_path() if path is None else path
-    text = read_config_text(path, must_exist=explicit)
     warnings: list[str] = []
+    try:
+        text = read_config_text(path, must_exist=explicit)
+    except ConfigError as exc:
+        if explicit:
+            raise
+        # a file the user did not name (HOME may even be another user's): a warning, not a refusal to run
+        warnings.append(f"{exc}; using the defaults")
+        text = None
     values: dict[str, int | float] = {}
     keys: Mapping[str, object] = {}
     serve: Mapping[str, object] = {}

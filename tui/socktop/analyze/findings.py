@@ -342,7 +342,8 @@ def _time_wait_destinations(scan: _Scan) -> Iterable[Finding]:
     range_size = port_range[1] - port_range[0] + 1
     for (local, remote, port), records in candidates.items():
         count, used = len(records), in_use[(local, remote, port)]
-        rate = _time_wait_rate(records)
+        measured = _close_rate_toward(scan, remote, port)
+        rate = measured[0] if measured else _time_wait_rate(records)
         share = used / range_size
         steady = used - count + rate * TIME_WAIT_SECONDS
         seconds_left = (range_size - used) / rate if rate > 0 and steady >= range_size else None
@@ -370,6 +371,9 @@ def _time_wait_destinations(scan: _Scan) -> Iterable[Finding]:
                 f"{remote}:{port} from {local}",
                 f"ip_local_port_range {port_range[0]}-{port_range[1]}: {range_size} ports per destination; "
                 f"a finding from {limits.port_range_warning:.0%}, critical from {limits.port_range_critical:.0%}",
+                f"connections closed toward it: {_rate_text(rate)} over the last {measured[1]:.0f} s (the kernel's "
+                f"close events), each a TIME_WAIT for {TIME_WAIT_SECONDS} s when this host closes first"
+                if measured else
                 f"new TIME_WAIT: about {_rate_text(rate)} (from the age of the oldest, each lasts {TIME_WAIT_SECONDS} s)",
                 f"opened by {_pids_text(scan, group.pids)}" if group and group.pids else
                 "opened by: unknown, the connections closed between refreshes (TIME_WAIT has no owner); "
@@ -399,6 +403,16 @@ def _groups_of_at_least(records: Sequence[SocketRecord], key: Callable[[SocketRe
             if group is not None:
                 group.append(record)
     return big
+
+
+def _close_rate_toward(scan: _Scan, remote: str, port: int) -> tuple[float, float] | None:
+    """Outgoing closes per second toward a destination, and over how many seconds, from the
+    kernel's destroy events; None without them (no feed, or a single refresh)."""
+    churn = scan.snapshot.churn
+    if churn is None or not churn.seconds:
+        return None
+    group = churn.toward(remote, port)
+    return (group.per_second if group else 0.0), churn.seconds
 
 
 def _time_wait_rate(records: Sequence[SocketRecord]) -> float:
@@ -508,6 +522,9 @@ def _time_wait_table(scan: _Scan) -> Iterable[Finding]:
 
 def _accept_queues(scan: _Scan) -> Iterable[Finding]:
     """A LISTEN socket whose accept queue (Recv-Q) is near its backlog (Send-Q)."""
+    if "listen_backlog" in scan.snapshot.source.unavailable:
+        yield from _accept_queues_without_backlog(scan)
+        return
     limits = scan.thresholds
     worst: dict[int, SocketRecord] = {}
     for record in scan.records(TcpState.LISTEN):
@@ -551,6 +568,42 @@ def _accept_queues(scan: _Scan) -> Iterable[Finding]:
                      *(stack_dump(process) for process in processes[:1])],
             advisor=advisor,
             weight=record.recv_q,
+        )
+
+
+def _accept_queues_without_backlog(scan: _Scan) -> Iterable[Finding]:
+    """Listeners with connections waiting for accept() when the backend cannot say the backlog.
+
+    Never silent: the queue is full for certain once it holds more than
+    net.core.somaxconn (every backlog is capped there), otherwise the
+    finding says the limit is not available with this backend.
+    """
+    backend = scan.snapshot.source.backend
+    if "listen_queue" in scan.snapshot.source.unavailable:
+        return  # psutil knows neither the queue nor its limit: the README says so; nothing to weigh here
+    somaxconn = scan.sysctl_int("net.core.somaxconn")
+    waiting: dict[int, int] = {}
+    for record in scan.records(TcpState.LISTEN):
+        if record.recv_q:
+            waiting[record.local_port] = max(waiting.get(record.local_port, 0), record.recv_q)
+    for port, queued in waiting.items():
+        full = somaxconn is not None and queued > somaxconn
+        pids = scan.snapshot.aggregates.listener_pids.get(port, ())
+        yield _finding(
+            "accept-queue", f"in:{port}", Severity.WARNING if full else Severity.INFO,
+            f"port {port} accept queue {'full' if full else 'in use'}: {queued} waiting, backlog not available "
+            f"with the {backend} backend ({_pids_text(scan, pids)})",
+            Subject("port", f"in:{port}"), TcpState.LISTEN,
+            evidence=[
+                f"Recv-Q {queued} (connections waiting for accept()); the backlog (Send-Q) is not available with "
+                f"the {backend} backend: `ss -ltn` shows it",
+                f"every backlog is capped at net.core.somaxconn {somaxconn}" + (": the queue is past it, so full"
+                                                                               if full else ""),
+            ],
+            metrics={"recv_q": queued, "backlog": None},
+            ss=ss_sockets(TcpState.LISTEN, local_port=port),
+            actions=[nstat_counters(["TcpExtListenOverflows", "TcpExtListenDrops"])],
+            weight=queued,
         )
 
 

@@ -13,7 +13,7 @@ and is shown as IPv4 either way; text is made only when a record is built.
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from itertools import repeat
 from typing import Any, overload
@@ -32,7 +32,7 @@ DTYPES: dict[str, np.dtype] = {
     "remote_addr": ADDRESS, "remote_port": np.dtype(np.uint16),
     "recv_q": np.dtype(np.uint32), "send_q": np.dtype(np.uint32),
     "timer": np.dtype(np.uint8), "timer_ms": np.dtype(np.uint32), "retransmits": np.dtype(np.uint8),
-    "uid": np.dtype(np.uint32), "inode": np.dtype(np.uint64), "cookie": np.dtype(np.uint64),
+    "uid": np.dtype(np.int64), "inode": np.dtype(np.uint64), "cookie": np.dtype(np.uint64),
     "lastack_ms": np.dtype(np.int64), "cgroup_id": np.dtype(np.uint64), "netns": np.dtype(np.uint64),
 }
 assert tuple(DTYPES) == SocketRecord._fields
@@ -57,27 +57,28 @@ class AddressText:
 
     def raws(self, texts: Sequence[str]) -> list[bytes]:
         """The 16-byte keys of addresses given as text (the backends that read text)."""
-        cache = self.raw_cache
-        found = list(map(cache.get, texts))
-        if None in found:
-            if len(cache) > self.MAX_ENTRIES:
-                cache.clear()
-            for index, raw in enumerate(found):
-                if raw is None:
-                    found[index] = cache[texts[index]] = address_raw(texts[index])
-        return found  # type: ignore[return-value]
+        return _converted(self.raw_cache, texts, address_raw, self.MAX_ENTRIES)
 
-    def texts(self, raw: Iterable[bytes]) -> list[str]:
-        cache = self.cache
-        keys = raw if isinstance(raw, list) else list(raw)
-        found = list(map(cache.get, keys))
-        if None in found:
-            if len(cache) > self.MAX_ENTRIES:
-                cache.clear()
-            for index, text in enumerate(found):
-                if text is None:
-                    found[index] = cache[keys[index]] = address_text(keys[index])
-        return found  # type: ignore[return-value]
+    def text(self, raw: bytes) -> str:
+        """The text of one 16-byte address."""
+        found = self.cache.get(raw)
+        return found if found is not None else self.texts([raw])[0]
+
+    def texts(self, raw: Sequence[bytes]) -> list[str]:
+        """The text of each 16-byte address."""
+        return _converted(self.cache, raw, address_text, self.MAX_ENTRIES)
+
+
+def _converted(cache: dict[Any, Any], keys: Sequence[Any], convert: Callable[[Any], Any], bound: int) -> list[Any]:
+    """``convert`` of each key, through ``cache``: only keys not seen yet cost a Python step each."""
+    found = list(map(cache.get, keys))
+    if None in found:
+        if len(cache) > bound:
+            cache.clear()
+        for index, value in enumerate(found):
+            if value is None:
+                found[index] = cache[keys[index]] = convert(keys[index])
+    return found
 
 
 def address_text(raw: bytes) -> str:

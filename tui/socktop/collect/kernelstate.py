@@ -4,14 +4,20 @@ Findings and sysctl advice must follow from snapshots alone (deterministic,
 testable with constructed snapshots), so the few kernel values they weigh
 are read here, in the collect layer, rather than by the analysis itself:
 
-- ``sysctls``: the settings socktop may advise on, keyed by their dotted
-  ``sysctl`` name; ``None`` when this kernel has no such file (e.g.
-  ``net.ipv4.tcp_tw_reuse_delay`` before 6.13, ``tcp_tw_recycle`` since 4.12).
+- ``sysctls``: the settings socktop may advise on or cites, keyed by their
+  dotted ``sysctl`` name; ``None`` when /proc/sys has no such file: this
+  kernel lacks it (``net.ipv4.tcp_tw_reuse_delay`` before 6.14,
+  ``tcp_tw_recycle`` since 4.12), or it is host-wide (``HOST_WIDE_KEYS``)
+  and socktop runs in another network namespace than the host's, whose
+  /proc/sys shows only per-namespace settings (`KernelState.scope_note`).
 - ``counters``: cumulative counters since boot from /proc/net/netstat and
   /proc/net/snmp, keyed by their ``nstat`` names (``TcpExtListenOverflows``)
   so a user can look them up with ``nstat -az NAME``; the analysis turns them
   into rates between snapshots.
-- ``sockstat``: the TCP line of /proc/net/sockstat (inuse, orphan, tw, alloc, mem).
+- ``sockstat``: the TCP line of /proc/net/sockstat: ``inuse`` and ``tw``
+  count this network namespace (``tw`` includes orphaned FIN_WAIT_2 turned
+  timewait); ``orphan``, ``alloc`` and ``mem`` (pages) are host-wide totals
+  in every namespace (net/ipv4/proc.c).
 
 About 20 small reads per refresh; every file may be absent or malformed
 (containers, other kernels) and then simply contributes nothing.
@@ -42,8 +48,21 @@ SYSCTL_KEYS: tuple[str, ...] = (
     "net.ipv4.tcp_syncookies",
     "net.ipv4.tcp_max_syn_backlog",
     "net.core.somaxconn",
+    "net.ipv4.tcp_abort_on_overflow",
+    "net.ipv4.tcp_syn_retries",
+    "net.ipv4.tcp_syn_linear_timeouts",
+    "net.ipv4.tcp_synack_retries",
+    "net.ipv4.tcp_retries2",
+    "net.ipv4.tcp_rfc1337",
+    "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.tcp_mem",
     "net.ipv4.tcp_tw_recycle",
 )
+
+#: Settings the kernel keeps once for the whole host (net/ipv4/sysctl_net_ipv4.c ``ipv4_table``, registered
+#: for the initial network namespace only); every other net.ipv4 and net.core key here is per namespace.
+HOST_WIDE_KEYS: frozenset[str] = frozenset({"net.ipv4.tcp_max_orphans", "net.ipv4.tcp_mem"})
+HOST_WIDE_HIDDEN = "host-wide, not visible from this network namespace"
 
 #: The counters the findings turn into rates, by nstat name.
 COUNTER_KEYS: frozenset[str] = frozenset({
@@ -71,6 +90,27 @@ class KernelState:
         """A single-number sysctl as an int; None when absent or not one number."""
         value = self.sysctls.get(key)
         return int(value) if value is not None and value.lstrip("-").isdigit() else None
+
+    @property
+    def host_wide_hidden(self) -> bool:
+        """True in a network namespace other than the host's: /proc/sys there lacks the host-wide keys
+        while it has the per-namespace ones (a kernel without tcp_max_orphans does not exist)."""
+        return self.sysctls.get("net.ipv4.tcp_max_orphans") is None and \
+            self.sysctls.get("net.ipv4.tcp_syncookies") is not None
+
+    def scope_note(self, key: str) -> str:
+        """Why ``key`` has no value: host-wide and hidden here, or absent on this kernel ('' when it has one)."""
+        if self.sysctls.get(key) is not None:
+            return ""
+        if key in HOST_WIDE_KEYS and self.host_wide_hidden:
+            return HOST_WIDE_HIDDEN
+        return "absent on this kernel" if self.sysctls else "not read"
+
+    def tcp_mem(self) -> tuple[int, int, int] | None:
+        """``tcp_mem`` (min, pressure, max) in pages; None when absent or malformed."""
+        parts = (self.sysctls.get("net.ipv4.tcp_mem") or "").split()
+        return (int(parts[0]), int(parts[1]), int(parts[2])) if len(parts) == 3 and all(
+            part.isdigit() for part in parts) else None
 
     def port_range(self) -> tuple[int, int] | None:
         """``ip_local_port_range`` as (low, high); None when absent or malformed."""

@@ -17,6 +17,7 @@ import errno
 import os
 import socket
 import struct
+import sys
 
 import numpy as np
 
@@ -40,6 +41,8 @@ INET_DIAG_CGROUP_ID = 21  # u64, on full sockets
 NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
 TCPI_LAST_ACK_RECV = 56  # offset of tcpi_last_ack_recv (u32, ms) in struct tcp_info (include/uapi/linux/tcp.h)
 MAX_ATTRIBUTES = 32  # per message: bounds the attribute walk on a corrupt buffer
+EXACT_LOOKUPS_MAX = 2048  # CLOSE_WAIT sockets asked for one by one; beyond, one dump of that state
+LOOKUP_BATCH = 32  # requests per send: their answers (with tcp_info) fit the default receive buffer
 
 _REQUEST = struct.Struct("=IHHII" "BBBxI" "HH16s16sI8s")  # inet_diag_req_v2
 _COMPAT_REQUEST = struct.Struct("=IHHII" "BBBB" "HH16s16sI8s" "II")  # inet_diag_req
@@ -59,7 +62,6 @@ _COOKIE_WORD, _EXPIRES_WORD, _RQUEUE_WORD, _WQUEUE_WORD, _UID_WORD, _INODE_WORD 
 _CANONICAL = np.array([int(CANONICAL_STATE.get(code, 0)) for code in range(256)], np.uint8)
 _KNOWN_STATE = np.array([code in CANONICAL_STATE for code in range(256)])
 _TIMER_CODE = np.array([code & 7 if code & 7 <= 4 else 0 for code in range(256)], np.uint8)
-_EIGHT = np.arange(8)
 
 
 def build_request(family: int, seq: int, states: int = ALL_STATES, ext: int = 0) -> bytes:
@@ -83,19 +85,63 @@ def build_request(family: int, seq: int, states: int = ALL_STATES, ext: int = 0)
     )
 
 
-class Dump:
-    """What one dump (of one family, or of both with AF_UNSPEC) has gathered so far, across its chunks."""
+_EXACT_REQUEST = np.dtype([
+    ("len", "=u4"), ("type", "=u2"), ("flags", "=u2"), ("seq", "=u4"), ("pid", "=u4"),
+    ("family", "u1"), ("protocol", "u1"), ("ext", "u1"), ("pad", "u1"), ("states", "=u4"),
+    ("sport", ">u2"), ("dport", ">u2"), ("src", "V16"), ("dst", "V16"), ("if", "=u4"), ("cookie", "=u4", (2,)),
+])  # inet_diag_req_v2 without NLM_F_DUMP, one per socket
+assert _EXACT_REQUEST.itemsize == _REQUEST.size
 
-    __slots__ = ("family", "message_type", "parts", "interrupted")
+
+def exact_requests(columns: SocketColumns, rows: np.ndarray, ext: int) -> np.ndarray:
+    """One lookup request per row (its family, 4-tuple and cookie), built column by column.
+
+    IPv4 sockets name their addresses in the first 4 of the 16 bytes; the
+    columns keep them IPv4-mapped, in the last 4.
+    """
+    requests = np.zeros(len(rows), _EXACT_REQUEST)
+    requests["len"], requests["type"], requests["flags"] = _EXACT_REQUEST.itemsize, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST
+    requests["seq"] = np.arange(1, len(rows) + 1)
+    family = columns.family[rows]
+    requests["family"], requests["protocol"], requests["ext"] = family, socket.IPPROTO_TCP, ext
+    requests["states"] = ALL_STATES
+    requests["sport"], requests["dport"] = columns.local_port[rows], columns.remote_port[rows]
+    v4 = family == socket.AF_INET
+    for name, column in (("src", columns.local_addr), ("dst", columns.remote_addr)):
+        raw = column[rows].view(np.uint8).reshape(-1, 16).copy()
+        raw[v4, :4] = raw[v4, 12:]
+        raw[v4, 4:] = 0
+        requests[name] = raw.view(ADDRESS).reshape(-1)
+    cookies = columns.cookie[rows]
+    requests["cookie"][:, 0], requests["cookie"][:, 1] = cookies & 0xFFFFFFFF, cookies >> 32
+    return requests
+
+
+class Dump:
+    """What one dump (of one family, or of both with AF_UNSPEC) has gathered so far, across its chunks.
+
+    Each chunk is checked as it arrives (to know when the dump ends), and
+    kept with where its socket messages start; the columns are gathered
+    once, over all chunks joined: numpy's cost per call would otherwise be
+    paid per 32 KiB chunk.
+    """
+
+    __slots__ = ("family", "message_type", "chunks", "starts", "sizes", "received", "interrupted")
 
     def __init__(self, family: int) -> None:
         self.family = family
         self.message_type = TCPDIAG_GETSOCK if family == socket.AF_UNSPEC else SOCK_DIAG_BY_FAMILY
-        self.parts: list[SocketColumns] = []
+        self.chunks: list[bytes] = []
+        self.starts: list[np.ndarray] = []  # socket messages, as offsets into the chunks joined
+        self.sizes: list[np.ndarray] = []
+        self.received = 0
         self.interrupted = False
 
     def columns(self) -> SocketColumns:
-        return SocketColumns.concat(self.parts)
+        if not self.chunks:
+            return SocketColumns.empty()
+        data = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
+        return _columns(data, len(data), np.concatenate(self.starts), np.concatenate(self.sizes))
 
 
 def parse_dump_chunk(data: bytes | bytearray | memoryview, length: int, dump: Dump) -> bool:
@@ -104,7 +150,7 @@ def parse_dump_chunk(data: bytes | bytearray | memoryview, length: int, dump: Du
     Message sizes vary (attributes differ by state, privilege and kernel),
     so messages are found by their ``nlmsg_len``. Raises CollectError on a
     truncated or corrupt buffer and OSError when the kernel answers
-    NLMSG_ERROR. The columns are copies: the buffer can be reused.
+    NLMSG_ERROR. The chunk is copied: the buffer can be reused.
     """
     starts = _message_starts(data, length)
     words = np.frombuffer(data, np.uint32, count=length // 4)
@@ -119,7 +165,10 @@ def parse_dump_chunk(data: bytes | bytearray | memoryview, length: int, dump: Du
     if (kinds[:good + 1] >> 16 & NLM_F_DUMP_INTR).any():
         dump.interrupted = True
     if good:
-        dump.parts.append(_columns(data, length, starts[:good], sizes[:good]))
+        dump.chunks.append(bytes(memoryview(data)[:length]))
+        dump.starts.append(starts[:good] + dump.received)
+        dump.sizes.append(sizes[:good])
+        dump.received += length
     if good == len(starts):
         return False
     offset = int(starts[good])
@@ -196,18 +245,19 @@ def _columns(data: bytes | bytearray | memoryview, length: int, starts: np.ndarr
     columns.retransmits[:] = octets[body + 3]
     columns.uid[:] = words[at + _UID_WORD]
     columns.inode[:] = words[at + _INODE_WORD]
-    columns.cookie[:] = _u64(octets, body + 4 * _COOKIE_WORD)
+    columns.cookie[:] = words[at + _COOKIE_WORD] | words[at + _COOKIE_WORD + 1].astype(np.uint64) << 32
     if (sizes > MIN_MESSAGE).any():
-        _read_attributes(octets, words, starts, sizes, columns)
+        _read_attributes(words, starts, sizes, columns)
     return columns
 
 
-def _u64(octets: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """The native u64 at each byte offset."""
-    return np.ascontiguousarray(octets[offsets[:, None] + _EIGHT]).view(np.uint64).reshape(-1)
+def _native_u64(words: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """The native u64 at each 4-byte-aligned word index (attributes are only 4-byte aligned)."""
+    low, high = (words[at], words[at + 1]) if sys.byteorder == "little" else (words[at + 1], words[at])
+    return low | high.astype(np.uint64) << 32
 
 
-def _read_attributes(octets: np.ndarray, words: np.ndarray, starts: np.ndarray, sizes: np.ndarray,
+def _read_attributes(words: np.ndarray, starts: np.ndarray, sizes: np.ndarray,
                      columns: SocketColumns) -> None:
     """The cgroup id and, when the dump asked for tcp_info, tcpi_last_ack_recv: one step of
     the attribute walk for every message at once (attributes are 4-byte aligned)."""
@@ -227,7 +277,7 @@ def _read_attributes(octets: np.ndarray, words: np.ndarray, starts: np.ndarray, 
         kind = halves[position // 2 + 1] & NLA_TYPE_MASK
         cgroup = (kind == INET_DIAG_CGROUP_ID) & (attr_len >= 12)
         if cgroup.any():
-            columns.cgroup_id[rows[cgroup]] = _u64(octets, position[cgroup] + 4)
+            columns.cgroup_id[rows[cgroup]] = _native_u64(words, (position[cgroup] + 4) // 4)
         info = (kind == INET_DIAG_INFO) & (attr_len >= 4 + TCPI_LAST_ACK_RECV + 4)
         if info.any():
             columns.lastack_ms[rows[info]] = words[(position[info] + 4 + TCPI_LAST_ACK_RECV) // 4]
@@ -248,32 +298,46 @@ def _control_message(data: bytes | bytearray | memoryview, offset: int, msg_len:
 
 
 def drop_duplicates(columns: SocketColumns) -> tuple[SocketColumns, int]:
-    """Keep one row per connected 4-tuple, the later one in the earlier one's place; return it and how many went.
+    """Keep one row per socket, the later one in the earlier one's place; return it and how many went.
 
     A dump is not atomic: a connection that turns from ESTABLISHED into
     TIME_WAIT between two chunks can be listed twice. The kernel keeps a
-    socket's cookie into TIME_WAIT, so distinct cookies prove there is no
-    duplicate; only when they are not are 4-tuples compared. Listeners
-    are never merged: SO_REUSEPORT sockets share a 4-tuple legitimately.
+    socket's cookie into TIME_WAIT, so a cookie seen twice is one socket;
+    rows without a cookie (/proc has none) are matched by connected
+    4-tuple. Listeners are never merged: SO_REUSEPORT sockets share a
+    4-tuple legitimately.
     """
     size = len(columns)
-    if size < 2 or len(np.unique(columns.cookie)) == size:
-        return columns, 0
-    connected = np.flatnonzero(columns.remote_port != 0)
-    unique, first, inverse = np.unique(connection_keys(columns, connected), return_index=True, return_inverse=True)
-    if len(unique) == len(connected):
-        return columns, 0
-    inverse = inverse.reshape(-1)
-    order = np.arange(len(connected))
-    last = np.zeros(len(unique), np.int64)
-    np.maximum.at(last, inverse, order)
-    is_first = first[inverse] == order
     source = np.arange(size)
-    source[connected[is_first]] = connected[last[inverse[is_first]]]
     keep = np.ones(size, bool)
-    keep[connected[~is_first]] = False
+    cookies = columns.cookie
+    with_cookie = np.flatnonzero(cookies)
+    _merge_repeats(with_cookie, cookies[with_cookie], source, keep)
+    unnamed = np.flatnonzero((cookies == 0) & (columns.remote_port != 0))
+    if len(unnamed) > 1:
+        _merge_repeats(unnamed, connection_keys(columns, unnamed), source, keep)
+    if keep.all():
+        return columns, 0
     rows = source[keep]
     return columns.take(rows), size - len(rows)
+
+
+def _merge_repeats(rows: np.ndarray, keys: np.ndarray, source: np.ndarray, keep: np.ndarray) -> None:
+    """Where a key repeats among ``rows``: the first row takes the last one's values, the others go."""
+    if len(rows) < 2:
+        return
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    repeat = ordered[1:] == ordered[:-1]
+    if not repeat.any():
+        return
+    first = np.flatnonzero(np.concatenate([[True], ~repeat]))
+    last = np.concatenate([first[1:] - 1, [len(order) - 1]])
+    repeated = np.flatnonzero(last > first)
+    source[rows[order[first[repeated]]]] = rows[order[last[repeated]]]
+    later = np.ones(len(order), bool)
+    later[first] = False
+    keep[rows[order[later]]] = False
 
 
 class NetlinkBackend:
@@ -318,8 +382,9 @@ class NetlinkBackend:
     def columns(self, sock: socket.socket | None = None) -> SocketColumns:
         """Every TCP socket, as columns; CLOSE_WAIT ones with ``lastack_ms``.
 
-        ``sock``: a sock_diag socket to dump through, reused (one per network
-        namespace: the dump lists the sockets of the namespace it was made in).
+        ``sock``: a sock_diag socket to ask through, kept open by the caller
+        (one per network namespace: the kernel answers about the namespace
+        the socket was made in); by default a new one per request, here.
         """
         columns = SocketColumns.concat([self.dump_family(family, sock=sock) for family in self._families])
         close_wait = np.flatnonzero(columns.state == TcpState.CLOSE_WAIT)
@@ -328,11 +393,19 @@ class NetlinkBackend:
         return columns
 
     def _fill_lastack(self, columns: SocketColumns, rows: np.ndarray, sock: socket.socket | None = None) -> None:
-        """tcpi_last_ack_recv for the CLOSE_WAIT ``rows``, joined by cookie: a dump of that state alone,
-        with tcp_info, costs little because leaks are counted in hundreds, not in tens of thousands."""
-        info = SocketColumns.concat([
-            self.dump_family(family, states=1 << TcpState.CLOSE_WAIT, ext=1 << (INET_DIAG_INFO - 1), sock=sock)
-            for family in self._families])
+        """tcpi_last_ack_recv for the CLOSE_WAIT ``rows``, joined by cookie.
+
+        Each dump walks every socket of the kernel's tables, so a few
+        hundred CLOSE_WAIT are asked for one by one (a hash lookup each, in
+        batches of requests per send); a larger leak takes one dump of that
+        state instead.
+        """
+        ext = 1 << (INET_DIAG_INFO - 1)
+        if len(rows) <= EXACT_LOOKUPS_MAX:
+            info = self._look_up(columns, rows, ext, sock)
+        else:
+            info = SocketColumns.concat([self.dump_family(family, states=1 << TcpState.CLOSE_WAIT, ext=ext, sock=sock)
+                                         for family in self._families])
         known = info.lastack_ms >= 0
         cookies, lastack = info.cookie[known], info.lastack_ms[known]
         if not len(cookies):
@@ -343,6 +416,37 @@ class NetlinkBackend:
         slot = np.minimum(np.searchsorted(cookies, wanted), len(cookies) - 1)
         found = cookies[slot] == wanted
         columns.lastack_ms[rows[found]] = lastack[slot[found]]
+
+    def _look_up(self, columns: SocketColumns, rows: np.ndarray, ext: int,
+                 reused: socket.socket | None = None) -> SocketColumns:
+        """The sockets of ``rows`` asked for by 4-tuple and cookie (not dumped), with the attributes of ``ext``.
+
+        The kernel answers each request with the socket or, when it has
+        gone since the dump, an NLMSG_ERROR (ENOENT), which is skipped.
+        """
+        requests = exact_requests(columns, rows, ext)
+        replies: list[bytes] = []
+        with _opened(reused) as sock:
+            sock.settimeout(5.0)
+            for first in range(0, len(requests), LOOKUP_BATCH):
+                batch = requests[first:first + LOOKUP_BATCH]
+                sock.send(batch.tobytes())
+                for _reply in range(len(batch)):
+                    size = sock.recv_into(self._buffer, RECV_BUFFER, socket.MSG_TRUNC)
+                    if size < HEADER_SIZE or size > RECV_BUFFER:
+                        raise CollectError(f"sock_diag: a {size}-byte answer to a socket lookup")
+                    msg_len, msg_type = _HEADER.unpack_from(self._buffer)
+                    if msg_type == SOCK_DIAG_BY_FAMILY and MIN_MESSAGE <= msg_len <= size:
+                        replies.append(bytes(self._buffer[:msg_len]).ljust((msg_len + 3) & ~3, b"\0"))
+                    elif msg_type != NLMSG_ERROR:
+                        raise CollectError(f"sock_diag: unexpected message type {msg_type} answering a lookup")
+        if not replies:
+            return SocketColumns.empty()
+        steps = np.fromiter(map(len, replies), np.int64, len(replies))
+        starts = np.concatenate([[0], np.cumsum(steps)[:-1]])
+        data = b"".join(replies)
+        sizes = np.frombuffer(data, np.uint32, count=len(data) // 4)[starts // 4].astype(np.int64)
+        return _columns(data, len(data), starts, sizes)
 
     def dump_family(self, family: int, states: int = ALL_STATES, ext: int = 0,
                     sock: socket.socket | None = None) -> SocketColumns:
@@ -360,9 +464,7 @@ class NetlinkBackend:
                    reused: socket.socket | None = None) -> Dump:
         dump = Dump(family)
         self._seq += 1
-        opened = contextlib.nullcontext(reused) if reused is not None else socket.socket(
-            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
-        with opened as sock:
+        with _opened(reused) as sock:
             sock.settimeout(5.0)
             sock.send(build_request(family, self._seq, states, ext))
             done = False
@@ -374,3 +476,10 @@ class NetlinkBackend:
                     raise CollectError("sock_diag: the kernel closed the dump without NLMSG_DONE")
                 done = parse_dump_chunk(self._buffer, size, dump)
         return dump
+
+
+def _opened(reused: socket.socket | None) -> contextlib.AbstractContextManager[socket.socket]:
+    """``reused`` as it is (its owner closes it), else a new sock_diag socket closed after use."""
+    if reused is not None:
+        return contextlib.nullcontext(reused)
+    return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG)

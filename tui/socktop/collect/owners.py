@@ -2,10 +2,20 @@
 
 A full scan of every process's descriptors costs about 100 ms at 20k fds,
 too much for every refresh. So the scanner only looks when the socket
-table shows inodes it cannot place, re-reads only descriptors that are new
-or whose socket has gone, remembers inodes known to be unowned (other
-users' sockets without root, or a container's PID 1), and rescans
-everything at a bounded rate to catch descriptor numbers reused in place.
+table shows inodes it cannot place, and then in widening circles: first
+the processes that are new since the last look or already hold sockets
+(a new socket is nearly always theirs: an accept, a connect, a fork), then,
+for what is still unplaced and still in the table, every other process.
+It re-reads only descriptors that are new or whose socket has gone,
+remembers inodes known to be unowned (other users' sockets without root,
+or a container's PID 1), and rescans everything at a bounded rate to catch
+descriptor numbers reused in place. Under fork churn the cost follows the
+new processes, not the whole of /proc.
+
+A socket in the dump that no process holds by the time its descriptors
+are read has usually just closed: the caller's ``still_present`` re-reads
+the table, and such inodes go to ``closed`` (the snapshot counts them as
+the inode-0 sockets they now are), never to ``unowned``.
 """
 
 from __future__ import annotations
@@ -25,8 +35,13 @@ RETRY_UNKNOWN_AFTER = 5.0
 NOT_A_SOCKET = 0
 
 
+UNKNOWN_UID = -1  # a socket whose uid the backend cannot tell (psutil names no uid for a hidden owner)
+
+
 def user_name(uid: int, _cache: dict[int, str] = {}) -> str:  # noqa: B006 - deliberate process-wide cache
-    """The login name for a uid, or the number when the passwd database lacks it."""
+    """The login name for a uid, or the number when the passwd database lacks it ("unknown" for UNKNOWN_UID)."""
+    if uid == UNKNOWN_UID:
+        return "unknown"
     name = _cache.get(uid)
     if name is None:
         try:
@@ -103,6 +118,30 @@ def read_process(pid: int, fd_count: int | None, known: ProcessInfo | None = Non
     )
 
 
+def owner_note_for(unplaced: int, closed: int, is_root: bool, denied_pids: int) -> str:
+    """Why some owners are missing, from what was checked only ('' when none is).
+
+    ``unplaced``: sockets with an inode no process visible here holds
+    (after the re-check); ``closed``: those that left the table before their
+    owner was read; ``denied_pids``: processes whose descriptors we may not
+    read. Without root, other users' processes hide their descriptors; as
+    root nothing is hidden by permission, so the only checked statement is
+    that no process visible here holds the rest.
+    """
+    reasons = []
+    if unplaced and denied_pids and not is_root:
+        reasons.append("run as root for all")
+    elif unplaced and denied_pids:
+        reasons.append(f"{denied_pids} process{'es' if denied_pids != 1 else ''} refused reading "
+                       f"{'their' if denied_pids != 1 else 'its'} descriptors")
+    elif unplaced:
+        reasons.append(f"{unplaced} socket{'s' if unplaced != 1 else ''} held by no process visible here")
+    if closed:
+        reasons.append(f"{closed} socket{'s' if closed != 1 else ''} closed before {'their' if closed != 1 else 'its'}"
+                       " owner was read")
+    return "; ".join(reasons)
+
+
 @dataclass(slots=True)
 class _ProcessFds:
     """The descriptors of one process as last read: fd name → socket inode (0: not a socket)."""
@@ -150,7 +189,9 @@ class OwnerScanner:
         self._processes: dict[int, ProcessInfo] = {}
         self.pids_by_inode: dict[int, tuple[int, ...]] = {}
         self.unowned: set[int] = set()
+        self.closed: frozenset[int] = frozenset()  # inodes of this update that closed before their owner was read
         self.denied_pids: set[int] = set()
+        self._known_pids: set[int] = set()  # /proc as last listed
         self._present: set[int] = set()  # the TCP inodes of the previous update
         self._last_full_scan = float("-inf")
         self._last_unknown_retry = float("-inf")
@@ -161,34 +202,54 @@ class OwnerScanner:
         """pid → facts for every process that holds at least one socket (replaced, never mutated)."""
         return self._processes
 
-    def update(self, inodes: Collection[int]) -> None:
+    def update(self, inodes: Collection[int],
+               still_present: Callable[[set[int]], Collection[int]] | None = None) -> None:
         """Bring the map up to date for the sockets present now (inode 0 excluded).
 
         Every inode present last time ended up owned or in ``unowned``, so
         only new ones can be unknown: the per-update set work is sized by
-        what opened and closed, not by the whole table.
+        what opened and closed, not by the whole table. ``still_present``
+        (given the inodes no process was found for, returns those of them
+        still in the socket table) tells a socket that closed from one no
+        visible process holds.
         """
         present = inodes if isinstance(inodes, (set, frozenset)) else set(inodes)
         present.discard(0)
         now = self._clock()
         previous = self._present
-        closed, self._present = previous - present, present
-        self.unowned -= closed
-        opened = present - previous if len(present) != len(previous) - len(closed) else set()
+        gone, self._present = previous - present, present
+        self.unowned -= gone
+        self.closed = frozenset()
+        opened = present - previous if len(present) != len(previous) - len(gone) else set()
         unknown = opened - self.pids_by_inode.keys() - self.unowned
-        full_due = now - self._last_full_scan >= FULL_RESCAN_EVERY
-        if full_due:
+        if now - self._last_full_scan >= FULL_RESCAN_EVERY:
             self._scan(present, full=True)
+            self._find_closed(present - self.pids_by_inode.keys() - self.unowned, still_present)
         elif unknown:
-            self._scan(present, full=False)
-            still_unknown = present - self.pids_by_inode.keys() - self.unowned
-            if still_unknown and now - self._last_unknown_retry >= RETRY_UNKNOWN_AFTER:
+            pids = self._list_pids()
+            likely = (pids - self._known_pids) | self._processes.keys()
+            self._scan(present, full=False, pids=likely & pids, all_pids=pids)
+            # what the likely holders did not place, or a holder that exited left unplaced
+            unplaced = present - self.pids_by_inode.keys() - self.unowned
+            self._find_closed(unplaced, still_present)
+            unplaced -= self.closed
+            if unplaced:
+                self._scan(present - self.closed, full=False, pids=pids - likely, all_pids=pids)
+                unplaced -= self.pids_by_inode.keys()
+            if unplaced and now - self._last_unknown_retry >= RETRY_UNKNOWN_AFTER:
                 self._last_unknown_retry = now
-                self._scan(present, full=True)
+                self._scan(present - self.closed, full=True)
         else:
-            self._forget_closed(closed)
+            self._forget_closed(gone)
             return
-        self.unowned |= present - self.pids_by_inode.keys()
+        self.unowned |= present - self.pids_by_inode.keys() - self.closed
+
+    def _find_closed(self, unplaced: set[int],
+                     still_present: Callable[[set[int]], Collection[int]] | None) -> None:
+        """Record as ``closed`` the unplaced inodes the socket table no longer lists."""
+        if unplaced and still_present is not None:
+            self.closed = frozenset(unplaced.difference(still_present(unplaced)))
+            self._present = self._present - self.closed
 
     def _forget_closed(self, closed: set[int]) -> None:
         """Drop closed sockets from a copy of the map: snapshots share the old one."""
@@ -198,45 +259,61 @@ class OwnerScanner:
                 kept.pop(inode, None)
             self.pids_by_inode = kept
 
-    def _scan(self, present: set[int], full: bool) -> None:
-        """Read the fd tables of every process; with ``full`` re-read every link.
+    def _scan(self, present: set[int], full: bool, pids: Iterable[int] | None = None,
+              all_pids: set[int] | None = None) -> None:
+        """Read the fd tables of ``pids`` (default: every process); with ``full`` re-read every link.
 
         Otherwise a descriptor is re-read unless it names a TCP socket that
         is still present: fd numbers are reused lowest first, so a number
         that held a file, a pipe, a UNIX socket or a TCP socket closed at
         any earlier refresh may name the new socket now. The links kept
         unread are the TCP sockets themselves, most of a busy server's fds.
+        Processes not read this time keep the table read last time;
+        ``all_pids`` (what /proc lists now) drops those that have gone.
         """
         self.stats.scans += 1
         if full:
             self.stats.full_scans += 1
             self._last_full_scan = self._clock()
+        if all_pids is None:
+            all_pids = self._list_pids()
+        partial_scan = pids is not None
+        denied = set(self.denied_pids & all_pids) if partial_scan else set()
+        for pid in all_pids if pids is None else pids:
+            denied.discard(pid)
+            if self._read_fds(pid, present, full, denied) is None:
+                self._fds_by_pid.pop(pid, None)
+        for gone in self._fds_by_pid.keys() - all_pids:
+            del self._fds_by_pid[gone]
+        self._known_pids = all_pids
+        self.denied_pids = denied
+        self.stats.denied_pids = len(denied)
         pids_by_inode: dict[int, list[int]] = {}
-        seen_pids: set[int] = set()
-        denied: set[int] = set()
-        for pid in self._list_pids():
-            fds = self._read_fds(pid, present, full, denied)
-            if fds is None:
-                continue
-            seen_pids.add(pid)
+        for pid, fds in self._fds_by_pid.items():
             for inode in fds.inode_by_fd.values():
                 if inode in present:
                     holders = pids_by_inode.setdefault(inode, [])
                     if pid not in holders:
                         holders.append(pid)
-        for gone in self._fds_by_pid.keys() - seen_pids:
-            del self._fds_by_pid[gone]
-        self.denied_pids = denied
-        self.stats.denied_pids = len(denied)
+        self._refresh_processes({pid for holders in pids_by_inode.values() for pid in holders})
+        # a holder whose /proc entry is gone by now exited: its descriptors are closed, and a
+        # process entry with no name, user or start time would be a half-null record
+        known = self._processes
+        for inode, holders in list(pids_by_inode.items()):
+            kept = [pid for pid in holders if pid in known]
+            if len(kept) != len(holders):
+                if kept:
+                    pids_by_inode[inode] = kept
+                else:
+                    del pids_by_inode[inode]
         self.pids_by_inode = _shared_holders(pids_by_inode)
-        self._refresh_processes({pid for pids in pids_by_inode.values() for pid in pids})
 
-    def _list_pids(self) -> Iterable[int]:
+    def _list_pids(self) -> set[int]:
         try:
             names = os.listdir(self._proc)
         except OSError:
-            return ()
-        return [int(name) for name in names if name.isdigit()]
+            return set()
+        return {int(name) for name in names if name.isdigit()}
 
     def _read_fds(self, pid: int, present: set[int], full: bool, denied: set[int]) -> _ProcessFds | None:
         """This pid's fd → inode table, re-reading only what may have changed."""

@@ -4,8 +4,11 @@ Slower than netlink (the kernel formats every socket and hands out at most
 a page per read) but always there on Linux. The records match the netlink
 backend's, with what procfs cannot say:
 
-* LISTEN: /proc prints ``tx_queue`` 0, not the backlog limit netlink puts
-  in ``send_q``; ``recv_q`` is the accept queue in both.
+* LISTEN: ``recv_q`` is the accept queue (``sk_ack_backlog``) in both, but
+  /proc prints ``tx_queue`` 0 where netlink puts the backlog limit
+  (``sk_max_ack_backlog``) in ``send_q``, and no other column holds it
+  (the last one is the TCP Fast Open queue): ``unavailable`` says so, and
+  the accept-queue finding says what it can without it.
 * ``timer_ms`` comes in clock ticks (USER_HZ, 10 ms at 100 Hz) instead of ms.
 * ``cookie`` is 0: procfs has no socket cookie.
 * ``retransmits`` follows inet_diag: the retransmit count under the
@@ -166,6 +169,7 @@ class ProcNetBackend:
     """
 
     name = "proc"
+    unavailable = frozenset({"listen_backlog", "cookie", "lastack_ms", "cgroup_id"})
 
     def __init__(self, proc_net: str = PROC_NET) -> None:
         self.paths = {socket.AF_INET: os.path.join(proc_net, "tcp"), socket.AF_INET6: os.path.join(proc_net, "tcp6")}

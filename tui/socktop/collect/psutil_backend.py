@@ -2,11 +2,19 @@
 
 psutil says less than the kernel interfaces: no queues, no timers, no
 retransmit count, no inode, and no socket uid (``uid`` is the owning
-process's real uid, or 0 when no process is known: our records have no
-"unknown" uid). What it does say is which processes hold a socket, so each
-owned socket gets a synthetic inode, `PsutilBackend.owner_hint` maps it
-to those pids and `PsutilBackend.processes` describes them, sparing the
+process's real uid). What it does say is which processes hold a socket, so
+each owned socket gets a synthetic inode, `PsutilBackend.owner_hint` maps
+it to those pids and `PsutilBackend.processes` describes them, sparing the
 owner scan a /proc it would not find.
+
+A socket with no process in a state only a descriptor keeps alive
+(`HELD_STATES`) is held by a process psutil did not show us (without root,
+another user's): it gets a synthetic inode too, with no owner and the uid
+`UNKNOWN_UID`, so that it counts against the owner coverage and stays
+visible to the findings as the other backends' "uid:N" rows do, instead
+of passing for an unowned socket. The exception is a connection on a
+port whose listener we do see: that process's accepted sockets would be
+visible too, so one without a process is waiting in its accept queue.
 """
 
 from __future__ import annotations
@@ -20,12 +28,14 @@ from typing import NamedTuple, Protocol, TypeVar
 import psutil
 
 from .columns import SocketColumns, SocketTable
-from .owners import user_name
+from .owners import UNKNOWN_UID, user_name
 from .procnet import AddressCache
 from .records import BackendUnavailable, CollectError, ProcessInfo, SocketRecord, TcpState, TimerKind
 
 #: Synthetic inodes start here: the kernel's inode numbers are 32-bit, so they cannot collide.
 SYNTHETIC_INODE_BASE = 1 << 40
+#: States in which a socket exists only while a process holds its descriptor (or it waits in an accept queue).
+HELD_STATES = frozenset({TcpState.LISTEN, TcpState.SYN_SENT, TcpState.ESTABLISHED, TcpState.CLOSE_WAIT})
 
 _STATE_BY_STATUS: dict[str, TcpState] = {
     psutil.CONN_ESTABLISHED: TcpState.ESTABLISHED,
@@ -104,6 +114,8 @@ class PsutilBackend:
     """
 
     name = "psutil"
+    unavailable = frozenset({"listen_backlog", "listen_queue", "queues", "timers", "retransmits", "cookie",
+                             "lastack_ms", "cgroup_id"})
 
     def __init__(self) -> None:
         self.system_wide = True
@@ -189,13 +201,18 @@ class PsutilBackend:
         inodes: dict[SocketKey, int] = {}
         owners: dict[int, tuple[int, ...]] = {}
         records: list[SocketRecord] = []
+        seen_listeners = {key.local_port for key, pids in pids_by_socket.items()
+                          if pids and key.state is TcpState.LISTEN}
         for key, pids in pids_by_socket.items():
             uid = inode = 0
             if pids:
                 inode = inodes[key] = self._inodes.get(key) or next(self._fresh_inodes)
                 owners[inode] = tuple(pids)
                 owner = self._processes.get(pids[0])
-                uid = owner.uid if owner else 0
+                uid = owner.uid if owner else UNKNOWN_UID
+            elif key.state in HELD_STATES and (key.state is TcpState.LISTEN or key.local_port not in seen_listeners):
+                inode = inodes[key] = self._inodes.get(key) or next(self._fresh_inodes)  # a process we do not see
+                uid = UNKNOWN_UID
             records.append(SocketRecord(*key, 0, 0, TimerKind.NONE, 0, 0, uid, inode))
         self._inodes = inodes
         self._owners = owners

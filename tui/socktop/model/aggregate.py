@@ -44,6 +44,7 @@ class OwnerKind(str, Enum):
     """How a group of sockets was tied to its processes."""
 
     DIRECT = "direct"  # the process holds the socket's descriptor
+    COOKIE = "cookie"  # an inode-0 socket a dump saw held (the kernel's cookie matches): that process, exactly
     INFERRED = "inferred"  # an inode-0 socket: the port's listener, or the connection's last owner
     UNKNOWN = "unknown"  # a socket with an inode we could not place (another user's, without root)
     NONE = "none"  # an inode-0 socket nobody can be named for
@@ -58,6 +59,7 @@ class Ownership:
 
     pids_by_inode: Mapping[int, Pids]
     processes: Mapping[int, ProcessInfo]
+    closed: frozenset[int] = frozenset()  # inodes that closed before their owner was read: inode 0 by now
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +191,7 @@ class Aggregates:
     def inbound_flags(self, records: Sequence[SocketRecord]) -> bytes:
         """`direction` for many sockets at once: 1 for "in", 0 for "out"."""
         columns = table_of(records).columns
-        return inbound_mask(columns.local_port, columns.remote_port, self.listening_ports,
+        return inbound_flags(columns.local_port, columns.remote_port, self.listening_ports,
                             self.ephemeral_ports).tobytes()
 
     def port_key(self, record: SocketRecord) -> str:
@@ -212,10 +214,11 @@ def uid_key(uid: int) -> str:
     return f"uid:{uid}"
 
 
-def inbound_mask(local_ports: np.ndarray, remote_ports: np.ndarray, listening_ports: frozenset[int] | Sequence[int],
-                 ephemeral_ports: tuple[int, int]) -> np.ndarray:
+def inbound_flags(local_ports: np.ndarray | Sequence[int], remote_ports: np.ndarray | Sequence[int],
+                  listening_ports: frozenset[int] | Sequence[int], ephemeral_ports: tuple[int, int]) -> np.ndarray:
     """Per socket True ("in") or False ("out"): a listening local port serves; an ephemeral
     local port calls out; a fixed one serves when the remote port is ephemeral."""
+    local_ports, remote_ports = np.asarray(local_ports, np.int64), np.asarray(remote_ports, np.int64)
     low, high = ephemeral_ports
     listening = np.zeros(65536, bool)
     listening[list(listening_ports)] = True
@@ -322,8 +325,8 @@ def _hashes(keys: np.ndarray) -> np.ndarray:
 class RowKind:
     """`RowOwners.kinds` values: how each socket is tied to ``pid_sets[codes[i]]`` (see `OwnerKind`)."""
 
-    NONE, DIRECT, INFERRED, UNKNOWN = 0, 1, 2, 3
-    OWNER_KINDS = (OwnerKind.NONE, OwnerKind.DIRECT, OwnerKind.INFERRED, OwnerKind.UNKNOWN)
+    NONE, DIRECT, INFERRED, UNKNOWN, COOKIE = 0, 1, 2, 3, 4
+    OWNER_KINDS = (OwnerKind.NONE, OwnerKind.DIRECT, OwnerKind.INFERRED, OwnerKind.UNKNOWN, OwnerKind.COOKIE)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -365,12 +368,15 @@ def aggregate(
     columns = table_of(records).columns
     size = len(columns)
     states, local_ports, remote_ports = columns.state, columns.local_port, columns.remote_port
+    inodes = columns.inode
+    if ownership.closed:  # they are the orphans or TIME_WAIT (inode 0) they became: never "unknown owner"
+        inodes = np.where(np.isin(inodes, np.fromiter(ownership.closed, np.uint64, len(ownership.closed))), 0, inodes)
     owners = OwnerIndex.of(ownership.pids_by_inode)
-    held = owners.lookup(columns.inode)  # -1 inode 0 (nobody can hold it), 0 unplaced, else owners.pid_sets
+    held = owners.lookup(inodes)  # -1 inode 0 (nobody can hold it), 0 unplaced, else owners.pid_sets
     if listeners is None:
         listeners = _listener_pids(local_ports, states, held, owners.pid_sets)
     listening_ports = frozenset(listeners)
-    inbound = inbound_mask(local_ports, remote_ports, listening_ports, ephemeral_ports)
+    inbound = inbound_flags(local_ports, remote_ports, listening_ports, ephemeral_ports)
 
     # one code space for every set of pids a socket can be counted for: held, a listener's, a last owner's
     previous = last_owners if isinstance(last_owners, ConnectionOwners) else ConnectionOwners.of_mapping(last_owners)
@@ -379,7 +385,7 @@ def aggregate(
     pid_sets = owners.pid_sets + listener_sets + previous.pid_sets
     codes = np.maximum(held, 0)
     kinds = np.where(held > 0, RowKind.DIRECT, np.where(held == 0, RowKind.UNKNOWN, RowKind.NONE)).astype(np.uint8)
-    kinds[(held == 0) & (columns.inode == 0)] = RowKind.NONE  # an inode 0 the map names with no pid
+    kinds[(held == 0) & (inodes == 0)] = RowKind.NONE  # an inode 0 the map names with no pid
 
     unheld = held == -1
     # inode-0 sockets of a listening port (queued, closing): its listeners
@@ -414,7 +420,7 @@ def aggregate(
         listener_pids=listeners,
         ephemeral_ports=ephemeral_ports,
         last_owners=Deferred(connection_owners.table),
-        with_inode=int(np.count_nonzero(columns.inode)),
+        with_inode=int(np.count_nonzero(inodes)),
         owned=int(np.count_nonzero(kinds == RowKind.DIRECT)),
         connection_owners=connection_owners,
         rows=RowOwners(kinds, codes, pid_sets),
@@ -490,10 +496,11 @@ def _process_groups(kinds: np.ndarray, codes: np.ndarray, states: np.ndarray, ui
     groups: dict[str, ProcessGroup] = {}
     for pid, (held, inferred) in tallies.items():
         key, process = process_key(pid), processes.get(pid)
+        if process is None:  # a process that has exited since: no row with nothing known about it
+            continue
         groups[key] = ProcessGroup(
-            key=key, process=process, uid=process.uid if process else None,
-            user=process.user if process else "?", counts=dict(held), inferred=dict(inferred),
-            total=held.total() + inferred.total(),
+            key=key, process=process, uid=process.uid, user=process.user, counts=dict(held),
+            inferred=dict(inferred), total=held.total() + inferred.total(),
         )
     unknown = kinds == RowKind.UNKNOWN
     per_uid: dict[int, dict[TcpState, int]] = {}

@@ -12,19 +12,19 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from operator import itemgetter
 
 import numpy as np
 
 from ..collect.columns import SocketTable, table_of
 from ..collect.containers import ContainerResolver
+from ..collect.destroy import DestroyFeed
 from ..collect.kernelstate import read_kernel_state
-from ..collect.netlink import NetlinkBackend
 from ..collect.netns import Selection
 from ..collect.nswatch import NamespaceInfo
-from ..collect.owners import OwnerScanner, user_name
+from ..collect.owners import OwnerScanner, owner_note_for, user_name
 from ..collect.records import Backend, BackendUnavailable, OwnerAwareBackend
-from .aggregate import DEFAULT_EPHEMERAL_PORTS, ConnectionOwners, Ownership, aggregate
+from .aggregate import DEFAULT_EPHEMERAL_PORTS, Aggregates, ConnectionOwners, Ownership, aggregate
+from .churn import Churn, ChurnTracker
 from .history import DEFAULT_WINDOW_SECONDS, History, history_capacity
 from .places import NamespaceReader, assign_places, group_places
 from .snapshot import Snapshot, SourceInfo
@@ -92,11 +92,10 @@ class Engine:
     def __init__(self, backend: str = "auto", interval: float = 1.0,
                  history_seconds: float = DEFAULT_WINDOW_SECONDS, netns: Selection | None = None) -> None:
         self.backend, self.backend_note = open_backend(backend)
-        self._is_root = os.geteuid() == 0
         self.netns = netns if netns is not None else Selection("self")  # the CLI defaults to all as root
         self.containers = ContainerResolver()
         self.namespaces = (NamespaceReader(self.backend, self.netns, self.containers)
-                           if isinstance(self.backend, NetlinkBackend) else None)
+                           if self.backend.name == "netlink" else None)
         self.scanner = OwnerScanner()
         self.history_seconds = history_seconds
         self.history = History(history_capacity(history_seconds, interval))
@@ -104,6 +103,9 @@ class Engine:
         self._last_owners: ConnectionOwners | dict = {}
         self._host = socket.gethostname()
         self._kernel = f"{os.uname().sysname} {os.uname().release}"
+        self._is_root = os.geteuid() == 0
+        self.churn = ChurnTracker()
+        self.destroy_feed, self.churn_note = self._open_destroy_feed()
 
     def set_interval(self, interval: float) -> None:
         self.history.resize(history_capacity(self.history_seconds, interval))
@@ -124,22 +126,45 @@ class Engine:
             codes, slots = assign_places(table.columns, namespaces, self.containers.for_cgroup_id)
             places = group_places(table.columns, codes, slots, aggregates.rows, aggregates.listening_ports,
                                   aggregates.ephemeral_ports)
+            taken_at, monotonic = time.time(), time.monotonic()
+            churn = self._churn(table, ownership, aggregates, monotonic)
         self._last_owners = aggregates.connection_owners or {}
         self._seq += 1
-        taken_at, monotonic = time.time(), time.monotonic()
         history = self.history.record(self._seq, taken_at, monotonic, aggregates, kernel.counters,
                                       {info.key: info.kernel.counters for info in namespaces
                                        if not info.own and info.kernel is not None})
         return Snapshot(
             seq=self._seq, taken_at=taken_at, monotonic=monotonic,
             collect_seconds=time.perf_counter() - started,
-            source=self._source(aggregates.coverage, namespaces), sockets=table, ownership=ownership,
-            aggregates=aggregates, history=history, user_of=user_name, kernel=kernel,
+            source=self._source(aggregates, namespaces), sockets=table, ownership=ownership,
+            aggregates=aggregates, history=history, user_of=user_name, kernel=kernel, churn=churn,
             namespaces=namespaces, places=places, place_slots=tuple(slots), place_codes=codes,
         )
 
+    def _open_destroy_feed(self) -> tuple[DestroyFeed | None, str]:
+        """The destroy feed, where the records carry cookies to tie its events to (netlink only)."""
+        if self.backend.name != "netlink":
+            return None, f"no close events with the {self.backend.name} backend (they need sock_diag)"
+        try:
+            return DestroyFeed(), ""
+        except OSError as exc:
+            return None, f"no close events: the kernel refused the sock_diag destroy groups ({exc.strerror or exc})"
+
+    def _churn(self, table: SocketTable, ownership: Ownership, aggregates: Aggregates,
+               now: float) -> Churn | None:
+        feed = self.destroy_feed
+        if feed is None:
+            return None
+        overruns = feed.overruns
+        closed = feed.drain()
+        return self.churn.update(table, ownership, aggregates, closed, now, feed.overruns, feed.overruns > overruns)
+
     def close(self) -> None:
-        """Close the sockets held in other namespaces (they keep those namespaces alive)."""
+        """Let go of the destroy feed's socket and of the sockets held in other namespaces (each keeps
+        its namespace alive)."""
+        if self.destroy_feed is not None:
+            self.destroy_feed.close()
+            self.destroy_feed = None
         if self.namespaces is not None:
             self.namespaces.close()
 
@@ -148,27 +173,36 @@ class Engine:
             pids_by_inode = self.backend.owner_hint()
             return Ownership(pids_by_inode, self.backend.processes(
                 {pid for pids in pids_by_inode.values() for pid in pids}))
-        self.scanner.update(set(inodes.tolist()))
-        return Ownership(self.scanner.pids_by_inode, self.scanner.processes)
+        self.scanner.update(set(inodes.tolist()), self._still_listed)
+        return Ownership(self.scanner.pids_by_inode, self.scanner.processes, self.scanner.closed)
 
-    def _source(self, coverage: float, namespaces: tuple[NamespaceInfo, ...]) -> SourceInfo:
-        owner_note = ""
-        if coverage < 1.0:
-            owner_note = ("the rest belong to processes outside this PID namespace" if self._is_root
-                          else "run as root for all")
+    def _still_listed(self, inodes: set[int]) -> set[int]:
+        """Those of ``inodes`` the socket table lists now: a second read, only when the owner scan
+        could not place a socket (one that closed meanwhile is no longer listed)."""
+        listed = self.namespaces.inodes() if self.namespaces is not None else table_of(self.backend.sockets()).columns.inode
+        return inodes.intersection(listed.tolist())
+
+    def _source(self, aggregates: Aggregates, namespaces: tuple[NamespaceInfo, ...]) -> SourceInfo:
+        if isinstance(self.backend, OwnerAwareBackend):  # psutil leaves out, unsaid, the processes it may not read
+            closed, denied = 0, int(not self._is_root)
+        else:
+            closed, denied = len(self.scanner.closed), len(self.scanner.denied_pids)
+        owner_note = owner_note_for(aggregates.with_inode - aggregates.owned, closed, self._is_root, denied)
         return SourceInfo(
             host=self._host, kernel=self._kernel, backend=self.backend.name, backend_note=self.backend_note,
-            is_root=self._is_root, owner_note=owner_note, netns=netns_scope(self.netns, namespaces, self._is_root,
-                                                                             self.namespaces is not None),
+            is_root=self._is_root, owner_note=owner_note, churn_note=self.churn_note,
+            unavailable=getattr(self.backend, "unavailable", frozenset()),
+            netns=netns_scope(self.netns, namespaces, self._is_root, self.namespaces is not None),
         )
 
 
 def netns_scope(selection: Selection, namespaces: tuple[NamespaceInfo, ...], is_root: bool, can_enter: bool) -> str:
-    """What the top bar and --json say about the namespaces read: ``all (4 of 5 read)``, ``self``, or why only self."""
+    """What the top bar and --json say about the namespaces read: ``all (4)``, ``all (4 of 5 read)``,
+    ``self``, or why only socktop's own."""
     if not can_enter:
         return "self (only the netlink backend reads other namespaces)"
-    read = sum(1 for info in namespaces if not info.note)
     text = selection.describe()
     if selection.mode == "self":
         return text if is_root else f"{text} (not root: other namespaces cannot be entered)"
+    read = sum(1 for info in namespaces if not info.note)
     return f"{text} ({read} of {len(namespaces)} read)" if read < len(namespaces) else f"{text} ({read})"

@@ -16,17 +16,20 @@ from collections.abc import Callable, Sequence
 import socket
 import time
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..collect.columns import SocketColumns
 from ..collect.containers import Container, ContainerResolver
 from ..collect.kernelstate import KernelState
-from ..collect.netlink import NetlinkBackend
 from ..collect.netns import Selection, activity
 from ..collect.nswatch import NamespaceInfo, NamespaceWatch
 from ..collect.records import STATE_BY_CODE, CollectError, SocketRecord, TcpState
 from .aggregate import Direction, RowKind, RowOwners, StateCounts, inbound_mask, process_key
+
+if TYPE_CHECKING:
+    from ..collect.netlink import NetlinkBackend
 
 TOP = 5  # ports and processes kept per place
 
@@ -223,6 +226,11 @@ class NamespaceReader:
         if fingerprint is not None:
             self._kept[info.inode] = (fingerprint, now, columns)
         return columns
+
+    def inodes(self) -> np.ndarray:
+        """The inodes every namespace lists now (a fresh dump of each, for the owner scan's check)."""
+        parts = [self.backend.columns(sock).inode for sock in self.watch.sockets.sockets.values()]
+        return np.concatenate(parts) if parts else np.zeros(0, np.uint64)
 
     def close(self) -> None:
         self.watch.close()

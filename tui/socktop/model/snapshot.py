@@ -6,6 +6,8 @@ import math
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import compress
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -13,8 +15,11 @@ from ..collect.columns import SocketColumns, SocketTable, table_of
 from ..collect.kernelstate import KernelState
 from ..collect.nswatch import NamespaceInfo
 from ..collect.records import ProcessInfo, SocketRecord, TcpState
-from .aggregate import CONNECTION, Aggregates, Ownership, OwnerKind, Pids, StateCounts, aggregate
+from .aggregate import CONNECTION, Aggregates, Ownership, OwnerKind, Pids, RowKind, RowOwners, StateCounts, aggregate
 from .places import Place, PlaceSlot, group_places, matching_codes
+
+if TYPE_CHECKING:
+    from .churn import Churn
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +32,9 @@ class SourceInfo:
     backend_note: str  # why this backend, when it is not the one asked for or the best one
     is_root: bool
     owner_note: str  # why some owners are missing ("run as root for all"), or "" when every owner is visible
-    netns: str = "self"  # the network namespaces read (--netns), and how many, or why only socktop's own
+    churn_note: str = ""  # why closes and opens are not counted (no destroy feed), or ""
+    unavailable: frozenset[str] = frozenset()  # what this backend cannot know, e.g. "listen_backlog" (proc)
+    netns: str = "self"  # the network namespaces read (--netns) and how many, or why only socktop's own
 
 
 def coverage_text(fraction: float) -> str:
@@ -75,6 +82,7 @@ class Snapshot:
     warnings: tuple[str, ...] = ()
     user_of: Callable[[int], str] = field(default=str, repr=False, compare=False)
     kernel: KernelState | None = None  # sysctls and counters at this refresh; None when not read
+    churn: Churn | None = None  # closes and opens since the previous refresh; None without the destroy feed
     namespaces: tuple[NamespaceInfo, ...] = ()  # the network namespaces read (socktop's own first)
     places: Mapping[str, Place] = field(default_factory=dict)  # the Containers grouping, by place key
     place_slots: tuple[PlaceSlot, ...] = ()  # every place a socket may be in, by code
@@ -97,8 +105,11 @@ class Snapshot:
         pids = self.ownership.pids_by_inode.get(record.inode)
         if pids:
             return Attribution(self._processes(pids), OwnerKind.DIRECT)
-        if record.inode:
+        if record.inode and record.inode not in self.ownership.closed:
             return Attribution((), OwnerKind.UNKNOWN)
+        held = self.churn.owners(record) if self.churn is not None else ()
+        if held:
+            return Attribution(held, OwnerKind.COOKIE)
         if record.state is not TcpState.LISTEN and record.local_port in self.aggregates.listening_ports:
             inferred: Pids = self.aggregates.listener_pids.get(record.local_port, ())
         else:
@@ -107,12 +118,32 @@ class Snapshot:
             return Attribution(self._processes(inferred), OwnerKind.INFERRED)
         return Attribution((), OwnerKind.NONE)
 
-    def holding(self, pid: int) -> np.ndarray:
-        """Per socket True when ``pid`` holds it or it is tied to ``pid`` by inference (as `owners_of` says)."""
+    def row_owners(self) -> RowOwners:
+        """`owners_of` for every socket at once, as arrays: the aggregates' attribution, with the
+        inode-0 sockets the churn ledger ties to a process by cookie."""
         rows = self.aggregates.rows
         if rows is None or len(rows.codes) != len(self.sockets):  # aggregates made elsewhere than `aggregate`
             rows = self.regroup(self.sockets).rows
-        assert rows is not None
+            assert rows is not None
+        by_cookie = self.churn.time_wait_owners if self.churn is not None else {}
+        if not by_cookie:
+            return rows
+        candidates = np.flatnonzero((rows.kinds == RowKind.NONE) | (rows.kinds == RowKind.INFERRED))
+        owners = list(map(by_cookie.get, self.columns.cookie[candidates].tolist()))
+        hits = np.fromiter(map(bool, owners), bool, len(owners))
+        if not hits.any():
+            return rows
+        found = [tuple(process.pid for process in found) for found in compress(owners, hits)]
+        distinct = list(dict.fromkeys(found))
+        number = {pids: index for index, pids in enumerate(distinct, len(rows.pid_sets))}
+        kinds, codes = rows.kinds.copy(), rows.codes.copy()
+        kinds[candidates[hits]] = RowKind.COOKIE
+        codes[candidates[hits]] = np.fromiter(map(number.__getitem__, found), np.int64, len(found))
+        return RowOwners(kinds, codes, rows.pid_sets + tuple(distinct))
+
+    def holding(self, pid: int) -> np.ndarray:
+        """Per socket True when ``pid`` holds it or it is tied to ``pid`` (as `owners_of` says)."""
+        rows = self.row_owners()
         if pid not in self.ownership.processes:
             return np.zeros(len(rows.codes), bool)
         return rows.holding(pid)
@@ -133,9 +164,8 @@ class Snapshot:
         """Only the sockets of one namespace (`SocketRecord.netns`: 0 for socktop's own), regrouped."""
         table = table_of(self.sockets)
         keep = table.columns.netns == key
-        kept = table.take(keep)
-        codes = self.place_codes[keep] if self.place_codes is not None else np.full(len(kept), -1, np.int64)
-        return self._narrowed(kept, codes)
+        codes = self.place_codes[keep] if self.place_codes is not None else np.full(int(keep.sum()), -1, np.int64)
+        return self._narrowed(table.take(keep), codes)
 
     def filtered(self, state: TcpState | None = None, port: int | None = None, pid: int | None = None,
                  place: str | None = None) -> Snapshot:
@@ -168,6 +198,6 @@ class Snapshot:
         return Snapshot(
             seq=self.seq, taken_at=self.taken_at, monotonic=self.monotonic, collect_seconds=self.collect_seconds,
             source=self.source, sockets=kept, ownership=self.ownership, aggregates=aggregates,
-            history=self.history, warnings=self.warnings, user_of=self.user_of, kernel=self.kernel,
+            history=self.history, warnings=self.warnings, user_of=self.user_of, kernel=self.kernel, churn=self.churn,
             namespaces=self.namespaces, places=places, place_slots=self.place_slots, place_codes=codes,
         )

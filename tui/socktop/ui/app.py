@@ -30,7 +30,7 @@ from textual.events import Resize
 from textual.message import Message
 from textual.screen import Screen
 from textual.widget import Widget
-from textual.widgets import Input, Static, Tab, Tabs
+from textual.widgets import Input, Static
 from textual.worker import get_current_worker
 
 from ..analyze.config import DEFAULT_THRESHOLDS, Config, Thresholds
@@ -39,7 +39,7 @@ from ..model.snapshot import Snapshot
 from ..safetext import printable
 from . import analysis as analysis_api
 from . import clipboard, keys, style
-from .bars import FilterLine, KeyBar, TopBar, TrendStrip
+from .bars import FilterLine, FindingsStrip, KeyBar, TabLine, TopBar, TrendStrip
 from .details import COPY_ACTIONS, Copyable, Selection, Styles, commands_for, describe
 from .panes import FindingsPane, Pane, PortsPane, ProcessesPane, StatesPane
 from .screens import CommandDialog, HelpScreen
@@ -49,12 +49,29 @@ from .view import CONNECTION, PORT, PROCESS, STATE, Level, Query, View, ViewSpec
 PANE_ORDER = ("states", "ports", "processes", "sockets", "findings")
 PANE_TITLES = {"states": "1 States", "ports": "2 Ports", "processes": "3 Processes", "sockets": "4 Sockets",
                "findings": "5 Findings"}
+SIDE_PANES = frozenset({"ports", "processes"})  # beside (medium) or below (small) States, in the top row
+BOTTOM_PANES = frozenset({"sockets", "findings"})
 INTERVALS = (0.5, 1.0, 2.0, 3.0, 5.0, 10.0)
-WIDE_COLUMNS = 140
-MIN_WIDTH, MIN_HEIGHT = 60, 15
+LAYOUTS = ("wide", "medium", "small", "tiny")
+WIDE_SIZE, MEDIUM_SIZE, MIN_SIZE = (140, 34), (100, 28), (60, 15)
+SMALL_STACK_HEIGHT = 22  # below it the small layout shows one pane, not States above another
+#: lines outside the panes: top bar 2, findings strip, trends, filter line, tab line, key bar
+STRIP_LINES = {"medium": 3, "small": 2}
+FIXED_LINES = {"wide": 2 + 1 + 1 + 1, "medium": 2 + 3 + 1 + 1 + 1 + 1, "small": 2 + 2 + 1 + 1 + 1}
 FILTER_DEBOUNCE = 0.25
 LEVEL_PANES = {STATE: "states", PORT: "ports", PROCESS: "processes"}
 MAIN_SCREEN_ACTIONS = frozenset({key.action.partition("(")[0] for key in keys.KEYS} | {"interrupt"})
+
+
+def layout_class(width: int, height: int) -> str:
+    """The size class of a terminal: "wide", "medium", "small" or "tiny" (too small to draw)."""
+    if width < MIN_SIZE[0] or height < MIN_SIZE[1]:
+        return "tiny"
+    if width >= WIDE_SIZE[0] and height >= WIDE_SIZE[1]:
+        return "wide"
+    if width >= MEDIUM_SIZE[0] and height >= MEDIUM_SIZE[1]:
+        return "medium"
+    return "small"
 
 
 class SnapshotSource(Protocol):
@@ -151,6 +168,7 @@ class SocktopApp(App[int]):
         self.drawer_open = False
         self.active_pane = "states"
         self.layout_mode = ""
+        self._side, self._bottom, self._flex = "processes", "sockets", "processes"  # last shown in each place
         self._refresh_timer: Any = None
         self._filter_timer: Any = None
         self._query_before_edit = Query()
@@ -163,9 +181,10 @@ class SocktopApp(App[int]):
 
     def compose(self) -> ComposeResult:
         yield TopBar(id="topbar")
+        yield FindingsStrip(id="strip")
         yield TrendStrip(id="trends")
         yield FilterLine(id="filterline")
-        yield Tabs(*(Tab(PANE_TITLES[name], id=f"tab-{name}") for name in PANE_ORDER), id="tabs")
+        yield TabLine(PANE_TITLES, id="tabline")
         with Horizontal(id="body"):
             with Vertical(id="main"):
                 with Horizontal(id="top-row", classes="row"):
@@ -209,39 +228,82 @@ class SocktopApp(App[int]):
         self._layout(event.size.width, event.size.height)
 
     def _layout(self, width: int, height: int) -> None:
-        tiny = width < MIN_WIDTH or height < MIN_HEIGHT
-        mode = "tiny" if tiny else "wide" if width >= WIDE_COLUMNS else "narrow"
+        """Pick the size class (`layout_class`), then which panes it shows (`_arrange`)."""
+        mode = layout_class(width, height)
         self.layout_mode = mode
-        self.set_class(tiny, "-tiny")
-        self.set_class(mode == "wide", "-wide")
-        self.set_class(mode == "narrow", "-narrow")
-        self._show_active_pane()
+        for name in LAYOUTS:
+            self.set_class(mode == name, f"-{name}")
+        self._arrange()
+        if mode != "tiny" and (self.focused is None or not self.focused.display):
+            # back from "too small" (or the focused pane went off screen): the keys act on a pane again
+            self.call_after_refresh(self._restore_focus)
 
-    def _show_active_pane(self) -> None:
-        """Narrow layout: show the active pane and its tab. (Wide: nothing to do; classes are restyles.)"""
-        if self.layout_mode != "narrow":
+    def _restore_focus(self) -> None:
+        if self.layout_mode != "tiny" and not self.has_class("-filtering") and len(self.screen_stack) == 1:
+            self.set_focus(self.pane(self.active_pane))
+
+    def _arrange(self) -> None:
+        """Show the panes of this size class, and size the rows so that none leaves most of its height empty.
+
+        wide (>= 140x34): every pane, as before. medium (>= 100x28): States beside Processes (or Ports),
+        and Sockets (or Findings) below. small: States, fitted to its rows, above the pane in focus (or the
+        last other one); below 22 lines only the pane in focus. Medium and small add the findings strip."""
+        mode, active = self.layout_mode, self.active_pane
+        if mode in ("tiny", ""):
             return
+        if active in SIDE_PANES:
+            self._side = active
+        elif active in BOTTOM_PANES:
+            self._bottom = active
+        if active != "states":
+            self._flex = active
+        body = self.size.height - FIXED_LINES[mode]
+        states_fit = self.pane("states").row_count + 3  # header and borders
+        if mode == "wide":
+            shown = frozenset(PANE_ORDER)
+            heights = {"top-row": "2fr", "bottom-row": "3fr", "states": "1fr"}
+        elif mode == "medium":
+            shown = frozenset({"states", self._side, self._bottom})
+            side_fit = self.pane(self._side).row_count + 3
+            heights = {"top-row": str(max(8, min(max(states_fit, side_fit), body // 2))), "bottom-row": "1fr",
+                       "states": "1fr"}
+        elif self.size.height < SMALL_STACK_HEIGHT:
+            shown = frozenset({active})
+            heights = {"top-row": "1fr", "bottom-row": "1fr", "states": "1fr"}
+        else:
+            shown = frozenset({"states", self._flex})
+            states_height = str(max(4, min(states_fit, body - 7)))
+            if self._flex in SIDE_PANES:
+                heights = {"top-row": "1fr", "bottom-row": "1fr", "states": states_height}
+            else:
+                heights = {"top-row": states_height, "bottom-row": "1fr", "states": "1fr"}
         for name in PANE_ORDER:
-            self.pane(name).set_class(name == self.active_pane, "-active")
-        for row in self.query(".row"):
-            row.set_class(any(child.id == self.active_pane for child in row.children), "-has-active")
-        tabs = self.query_one("#tabs", Tabs)
-        if tabs.active != f"tab-{self.active_pane}":
-            tabs.active = f"tab-{self.active_pane}"
+            self.pane(name).set_class(name in shown, "-shown")
+        self.query_one("#top-row").set_class(not shown.isdisjoint(SIDE_PANES | {"states"}), "-shown")
+        self.query_one("#bottom-row").set_class(not shown.isdisjoint(BOTTOM_PANES), "-shown")
+        for widget_id, value in heights.items():
+            widget = self.query_one(f"#{widget_id}")
+            if str(widget.styles.height) != value:
+                widget.styles.height = value
+        self.query_one(TabLine).show(active, shown)
+        self.query_one(FindingsStrip).styles.height = STRIP_LINES.get(mode, 0) or None
 
     def on_descendant_focus(self, event: Any) -> None:
         widget = event.widget
         name = getattr(widget, "id", None)
         if name in PANE_ORDER and name != self.active_pane:
             self.active_pane = name
-            self._show_active_pane()
+            self._arrange()
             self._refresh_drawer()
 
-    @on(Tabs.TabActivated, "#tabs")
-    def _tab_clicked(self, event: Tabs.TabActivated) -> None:
-        name = (event.tab.id or "").removeprefix("tab-")
-        if name in PANE_ORDER and name != self.active_pane:
-            self.action_focus_pane(name)
+    def on_tab_line_clicked(self, event: TabLine.Clicked) -> None:
+        if event.name in PANE_ORDER and event.name != self.active_pane:
+            self.action_focus_pane(event.name)
+
+    def on_findings_strip_picked(self, event: FindingsStrip.Picked) -> None:
+        findings = self.pane("findings")
+        if findings.select_key(event.finding_id):
+            self._select_finding(event.finding_id)
 
     # --- the poller ---------------------------------------------------------------------------------
 
@@ -395,6 +457,7 @@ class SocktopApp(App[int]):
                                             (view.spec.socket_sort, view.spec.socket_reverse))
         self._show_filter()
         self._refresh_drawer()
+        self._arrange()  # row counts changed: the fitted heights follow
         if changed:
             self._set_spec(replace(self.spec, levels=levels))
 
@@ -409,8 +472,9 @@ class SocktopApp(App[int]):
     def _apply_findings(self) -> None:
         findings = analysis_api.findings_of(self.analysis)
         pane: FindingsPane = self.pane("findings")
-        pane.apply(pane.cells(finding) for finding in findings)
+        pane.apply(pane.cells(finding, rank) for rank, finding in enumerate(findings))
         pane.border_subtitle = f"{len(findings)}" if findings else "none"
+        self.query_one(FindingsStrip).show([(f.id, f.severity.value, f.title) for f in findings])
 
     # --- bars -------------------------------------------------------------------------------------
 
@@ -512,7 +576,8 @@ class SocktopApp(App[int]):
         return Selection(focus=focus, levels=self.spec.levels, query=self.spec.query, state=state, port=port,
                          process=process, finding=finding, socket=socket,
                          in_view=len(self.view.sockets) if self.view else 0,
-                         inferred_in_view=self.view.inferred if self.view else 0, findings=findings)
+                         inferred_in_view=self.view.inferred if self.view else 0, findings=findings,
+                         is_root=self.snapshot.source.is_root if self.snapshot else False)
 
     # --- drawer ------------------------------------------------------------------------------------
 
@@ -570,8 +635,8 @@ class SocktopApp(App[int]):
         if self.has_class("-filtering"):  # Tab out of the filter field keeps what was typed
             self._commit_filter(self.query_one("#filter", Input).value)
         self.active_pane = name
-        self._show_active_pane()
-        if self.layout_mode == "narrow" and self.drawer_open:
+        self._arrange()
+        if self.layout_mode == "small" and self.drawer_open:
             self.action_toggle_drawer()
         self.pane(name).focus()
         self._show_filter()
@@ -671,7 +736,7 @@ class SocktopApp(App[int]):
                 self._filter_timer = None
             self._set_spec(replace(self.spec, query=self._query_before_edit))
             self._close_filter()
-        elif self.drawer_open and self.layout_mode != "wide":
+        elif self.drawer_open and self.layout_mode == "small":
             self.action_toggle_drawer()
         elif self.spec.levels:
             self._set_spec(replace(self.spec, levels=self.spec.levels[:-1]))

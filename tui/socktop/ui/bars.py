@@ -12,6 +12,8 @@ from typing import Any, ClassVar
 
 from rich.style import Style
 from rich.text import Text
+from textual import events
+from textual.message import Message
 from textual.widget import Widget
 
 from ..collect.records import DISPLAY_STATES, TcpState
@@ -55,7 +57,7 @@ class Bar(Widget):
 
     COMPONENT_CLASSES: ClassVar[set[str]] = {
         "bar--warning", "bar--danger", "bar--muted", "bar--accent", "bar--good",
-        "bar--chip", "bar--chip-warning", "bar--chip-danger", "bar--paused",
+        "bar--chip", "bar--chip-warning", "bar--chip-danger", "bar--paused", "bar--tab-active",
     }
     DEFAULT_CSS = """
     Bar { height: 1; }
@@ -68,6 +70,7 @@ class Bar(Widget):
     Bar > .bar--chip-warning { background: $warning; color: $background; text-style: bold; }
     Bar > .bar--chip-danger { background: $error; color: $foreground; text-style: bold; }
     Bar > .bar--paused { background: $warning; color: $background; text-style: bold; }
+    Bar > .bar--tab-active { background: $accent; color: $background; text-style: bold; }
     """
 
     def __init__(self, **kwargs: Any) -> None:
@@ -94,9 +97,22 @@ class TopBar(Bar):
 
     DEFAULT_CSS = "TopBar { height: 2; background: $panel; }"
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._short: Part | None = None  # the findings count's short form ("findings 1C 3W")
+
+    def render(self) -> Text:
+        if self._lines and self._short is not None:
+            first = self._lines[0]
+            long = next((part for part in first if part[0].startswith("findings: ")), None)
+            if long is not None and long not in keep(first, self.size.width, "  "):
+                self._lines = [[self._short if part is long else part for part in first], *self._lines[1:]]
+        return super().render()
+
     def show(self, snapshot: Snapshot | None, *, interval: float, paused: bool, error: str,
              findings: dict[str, int], note: str = "") -> None:
         muted, accent = self.style("muted"), self.style("accent")
+        self._short = None
         first: list[Part] = [("socktop", accent, 0)]
         if paused:
             first.append((" PAUSED ", self.style("paused"), 0))
@@ -120,12 +136,14 @@ class TopBar(Bar):
         ]
         if source.owner_note:
             first.append((printable(source.owner_note), owners_tone, 5))
-        severity_parts = [f"{n} {name}" for name, n in findings.items() if n]
+        severity_parts = [(n, name) for name, n in findings.items() if n]
         if severity_parts:
-            tone = "danger" if findings.get("critical") else "warning" if findings.get("warning") else ""
-            first.append(("findings: " + ", ".join(severity_parts), self.style(tone), 3))
+            tone = self.style("danger" if findings.get("critical") else "warning" if findings.get("warning") else "")
+            # the count never leaves the bar: where the phrase does not fit, its short form stays (render)
+            first.append(("findings: " + ", ".join(f"{n} {name}" for n, name in severity_parts), tone, 2))
+            self._short = ("findings " + " ".join(f"{n}{name[0].upper()}" for n, name in severity_parts), tone, 0)
         elif findings is not None:
-            first.append(("no findings", self.style("good"), 3))
+            first.append(("no findings", self.style("good"), 2))
         if note:
             first.append((printable(note), muted, 8))
         chips: list[Part] = []
@@ -221,6 +239,98 @@ class FilterLine(Bar):
             parts.append((f"sort: {sort}", muted, 2))
         self.set_lines([parts])
 
+
+
+SEVERITY_CHIP = {"critical": (" CRIT ", "chip-danger"), "warning": (" WARN ", "chip-warning"),
+                 "info": (" INFO ", "chip")}
+
+
+class FindingsStrip(Bar):
+    """The most severe findings, one line each, on terminals too small for the Findings pane: what is
+    wrong is on screen from the first refresh. Titles are cut between words, never inside a name or a
+    number. A click on a line picks that finding."""
+
+    DEFAULT_CSS = "FindingsStrip { height: 2; background: $surface; }"
+
+    class Picked(Message):
+        def __init__(self, finding_id: str) -> None:
+            super().__init__()
+            self.finding_id = finding_id
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._findings: tuple[tuple[str, str, str], ...] = ()  # (id, severity, title), most severe first
+        self._ids: list[str] = []
+
+    def show(self, findings: Sequence[tuple[str, str, str]]) -> None:
+        self._findings = tuple(findings)
+        self.refresh()
+
+    def render(self) -> Text:
+        width, rows = self.size.width, max(1, self.size.height)
+        if not self._findings:
+            self._ids = []
+            return Text(" no findings", self.style("good"), no_wrap=True, end="")
+        shown = self._findings[:rows]
+        more = len(self._findings) - len(shown)
+        lines = []
+        self._ids = [finding_id for finding_id, _, _ in shown]
+        for index, (_, severity, title) in enumerate(shown):
+            chip, tone = SEVERITY_CHIP.get(severity, SEVERITY_CHIP["info"])
+            tail = f"  +{more} more: 5" if more and index == len(shown) - 1 else ""
+            line = Text(no_wrap=True, end="")
+            line.append(chip, self.style(tone))
+            line.append(" " + fmt.fit_tokens(printable(title), max(1, width - len(chip) - 1 - len(tail))))
+            line.append(tail, self.style("muted"))
+            lines.append(line)
+        return Text("\n", end="").join(lines)
+
+    def on_click(self, event: events.Click) -> None:
+        if 0 <= event.y < len(self._ids):
+            self.post_message(self.Picked(self._ids[event.y]))
+
+
+class TabLine(Bar):
+    """One line naming every pane with its key; the panes on screen in bold, the focused one highlighted.
+    A click on a name goes to that pane."""
+
+    DEFAULT_CSS = "TabLine { height: 1; background: $panel; }"
+    class Clicked(Message):
+        def __init__(self, name: str) -> None:
+            super().__init__()
+            self.name = name
+
+    def __init__(self, titles: dict[str, str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.titles = titles
+        self.active = ""
+        self.shown: frozenset[str] = frozenset()
+
+    def show(self, active: str, shown: frozenset[str]) -> None:
+        if (active, shown) != (self.active, self.shown):
+            self.active, self.shown = active, shown
+            self.refresh()
+
+    def _spans(self) -> list[tuple[str, int, int]]:
+        spans, x = [], 1
+        for name, title in self.titles.items():
+            spans.append((name, x, x + len(title) + 2))
+            x += len(title) + 3
+        return spans
+
+    def render(self) -> Text:
+        line = Text(" ", no_wrap=True, overflow="ellipsis", end="")
+        for name, _, _ in self._spans():
+            tone = "tab-active" if name == self.active else "" if name in self.shown else "muted"
+            style = self.style(tone) + (Style(bold=True) if name in self.shown else Style())
+            line.append(f" {self.titles[name]} ", style)
+            line.append(" ")
+        return line
+
+    def on_click(self, event: events.Click) -> None:
+        for name, start, end in self._spans():
+            if start <= event.x < end:
+                self.post_message(self.Clicked(name))
 
 
 class KeyBar(Bar):

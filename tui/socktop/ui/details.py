@@ -22,7 +22,7 @@ from rich.text import Text
 
 from ..analyze import commands as cmd
 from ..analyze.findings import Analysis, Finding
-from ..analyze.knowledge import knowledge_for
+from ..analyze.knowledge import knowledge_for, on_this_kernel
 from ..collect.records import DISPLAY_STATES, SocketRecord, TcpState
 from ..model.aggregate import OwnerKind, PortGroup, ProcessGroup
 from ..model.snapshot import Snapshot
@@ -51,6 +51,7 @@ class Selection:
     in_view: int = 0  # sockets in the Sockets view
     inferred_in_view: int = 0  # of those, when a pid narrows the view: without a descriptor (owner inferred)
     findings: tuple[Finding, ...] = ()  # those about the subject (the finding itself when one is focused)
+    is_root: bool = False  # whether socktop reads as root: "run as root" is advice only when it does not
 
     @property
     def subject(self) -> str:
@@ -82,8 +83,19 @@ def _no_process(selection: Selection, action: str) -> Copyable | None:
     if group is None:
         return Copyable(None, action, "select a process first (pane 3)")
     if group.process is None:
-        return Copyable(None, action, f"the process of uid {group.uid} is not visible: run socktop as root")
+        return Copyable(None, action, _not_visible(group, selection.is_root))
     return None
+
+
+def _not_visible(group: ProcessGroup, is_root: bool) -> str:
+    """Why a process row has no process to act on, saying only what is known: it exited, or no process
+    visible here holds the sockets (as root permissions are not the reason, so root is not advised)."""
+    kind, _, number = group.key.partition(":")
+    if kind == "pid":
+        return f"pid {number} has exited: there is no process to act on"
+    if is_root:
+        return f"no process visible here holds these sockets of uid {group.uid}, even as root"
+    return f"the process of uid {group.uid} is not visible: run socktop as root"
 
 
 def kill_command(selection: Selection) -> Copyable:
@@ -289,12 +301,14 @@ def _knowledge(doc: Doc, state: TcpState, snapshot: Snapshot, brief: bool = Fals
             for line in remedy.commands:
                 doc.command(line, indent=4)
     doc.bullets("What does not help", knowledge.not_fixes)
+    doc.bullets("On this kernel", on_this_kernel(state, snapshot.kernel))
     if knowledge.sysctls:
-        doc.heading("Settings now")
-        sysctls = snapshot.kernel.sysctls if snapshot.kernel else {}
+        doc.heading("Settings now (socktop explain NAME)")
+        kernel = snapshot.kernel
         for key in knowledge.sysctls:
-            value = sysctls.get(key)
-            doc.bullet(f"{key} = {value}" if value is not None else f"{key}: absent on this kernel", "·")
+            value = kernel.sysctls.get(key) if kernel else None
+            doc.bullet(f"{key} = {value}" if value is not None else
+                       f"{key}: {kernel.scope_note(key) if kernel else 'not read'}", "·")
 
 
 def _suggestions(doc: Doc, findings: Sequence[Finding]) -> None:
@@ -450,6 +464,8 @@ def owner_text(record: SocketRecord, snapshot: Snapshot) -> str:
     names = ", ".join(f"{printable(p.name)} (pid {p.pid})" for p in attribution.processes)
     if attribution.kind is OwnerKind.DIRECT:
         return f"{names}, which holds its descriptor"
+    if attribution.kind is OwnerKind.COOKIE:
+        return f"{names}, which held it before it closed (exact: a refresh saw that process hold this socket cookie)"
     if attribution.kind is OwnerKind.INFERRED:
         if record.state is not TcpState.LISTEN and record.local_port in snapshot.aggregates.listening_ports:
             why = f"it listens on :{record.local_port}"
@@ -457,6 +473,8 @@ def owner_text(record: SocketRecord, snapshot: Snapshot) -> str:
             why = "it held this connection before"
         return f"~{names}, inferred: the socket has no descriptor, {why}"
     if attribution.kind is OwnerKind.UNKNOWN:
-        return (f"a process socktop may not see (uid {record.uid}, user {printable(snapshot.user_of(record.uid))}): "
-                "run as root to name it")
+        who = f"uid {record.uid}, user {printable(snapshot.user_of(record.uid))}"
+        if snapshot.source.is_root:
+            return f"no process visible here holds its descriptor, even as root ({who})"
+        return f"a process socktop may not see ({who}): run as root to name it"
     return "no process (a TIME_WAIT or orphaned socket has none)"

@@ -126,5 +126,19 @@ def ellipsize_words(text: str, width: int) -> str:
     return head.rstrip(" ,;:(-") + "…"
 
 
+def fit_tokens(text: str, width: int) -> str:
+    """``text`` cut to ``width`` cells between two words, the cut marked with "…": a name or a number is
+    shown whole or not at all (a lone first word longer than the width is the only thing ever split)."""
+    if cell_len(text) <= width:
+        return text
+    if width <= 1:
+        return "…"[:width]
+    head = set_cell_size(text, width - 1)
+    if not text[len(head):].startswith(" "):
+        cut = head.rfind(" ")
+        head = head[:cut] if cut > 0 else head
+    return head.rstrip(" ,;:(-") + "…"
+
+
 def queues(record: SocketRecord) -> tuple[str, str]:
     return (str(record.recv_q), str(record.send_q))

@@ -442,10 +442,11 @@ class FindingsPane(Pane):
             self._clear_caches()
             self.refresh()
 
-    def cells(self, finding: Any) -> tuple[str, list[Cell]]:
+    def cells(self, finding: Any, rank: int = 0) -> tuple[str, list[Cell]]:
+        """``rank``: the finding's place in the analysis's order (most urgent first), kept within a severity."""
         severity = finding.severity.value
         return finding.id, [
-            Cell(severity.upper(), (SEVERITY_RANK.get(severity, 9), finding.id), self.tone(SEVERITY_TONE.get(severity, ""))),
+            Cell(severity.upper(), (SEVERITY_RANK.get(severity, 9), rank), self.tone(SEVERITY_TONE.get(severity, ""))),
             ProseCell(printable(finding.title), None),
         ]
 

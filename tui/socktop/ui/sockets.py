@@ -128,9 +128,11 @@ class SocketList(ScrollView, can_focus=True):
         self._cursor_connection = CONNECTION(record) if record is not None else None
 
     def _update_virtual_size(self) -> None:
-        fixed = MARK_WIDTH + sum(width + 1 for _, _, width, _ in COLUMNS if width)
-        self._width = max(fixed + MIN_OWNER_WIDTH, self.scrollable_content_region.width)
-        self.virtual_size = Size(self._width, len(self.records) + 1)
+        # the virtual width is what the columns need, not the region's: a region one cell narrower once
+        # the vertical scrollbar shows must not grow a horizontal one (lines are cropped to the region)
+        fixed = MARK_WIDTH + sum(width + 1 for _, _, width, _ in COLUMNS if width) + MIN_OWNER_WIDTH
+        self._width = max(fixed, self.scrollable_content_region.width)
+        self.virtual_size = Size(fixed, len(self.records) + 1)
 
     def on_resize(self, event: events.Resize) -> None:
         self._lines.clear()
@@ -213,6 +215,9 @@ class SocketList(ScrollView, can_focus=True):
     def render_line(self, y: int) -> Strip:
         scroll_x, scroll_y = self.scroll_offset
         width = self.scrollable_content_region.width
+        if max(self._width, width) != self._width or (width >= self.virtual_size.width and width != self._width):
+            self._lines.clear()  # the region changed (a scrollbar came or went): lines fit the new width
+            self._width = max(self.virtual_size.width, width)
         if y == 0:
             strip = self._header()
         else:
@@ -253,7 +258,7 @@ class SocketList(ScrollView, can_focus=True):
         names = ", ".join(f"{p.pid} {printable(p.name)}" for p in attribution.processes[:2])
         if len(attribution.processes) > 2:
             names += f" +{len(attribution.processes) - 2}"
-        if attribution.kind is OwnerKind.DIRECT:
+        if attribution.kind in (OwnerKind.DIRECT, OwnerKind.COOKIE):
             return names, False
         if attribution.kind is OwnerKind.INFERRED:
             return "~" + names, True

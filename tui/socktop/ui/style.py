@@ -1,16 +1,16 @@
 """The layout and colours of the app (Textual CSS), kept in Python so every install ships it."""
 
 CSS = """
-/* socktop layout. The app carries -wide (>= 140 columns), -narrow (tabs), -tiny (< 60x15),
-   -drawer (details open) and -filtering (filter field open). */
+/* socktop layout. The app carries one size class, -wide (>= 140x34), -medium (>= 100x28), -small or
+   -tiny (< 60x15), and -drawer (details open), -filtering (filter field open). In medium and small the
+   app marks the panes (and rows) it shows with -shown, and sets the rows' heights (app._arrange). */
 
 Screen {
     layout: vertical;
 }
 
-#tabs {
+#tabline, #strip {
     display: none;
-    height: 2;
 }
 
 #body {
@@ -44,8 +44,6 @@ Pane > .pane--good { color: $success; }
 Pane > .pane--accent { color: $accent; }
 
 /* wide: the three aggregate panes side by side, the sockets and findings below */
-#top-row { height: 2fr; }
-#bottom-row { height: 3fr; }
 #states { width: 45; }
 .-drawer #states { width: 1fr; }  /* with the drawer open the three panes share what is left */
 #ports { width: 1fr; }
@@ -53,30 +51,35 @@ Pane > .pane--accent { color: $accent; }
 #sockets { width: 2fr; max-width: 120; }  /* every column, a 30-cell owner: the rest for findings */
 #findings { width: 1fr; }
 
-/* narrow: one pane at a time, chosen by tab, 1..5 or Tab */
-.-narrow #tabs {
+/* medium and small: the findings strip and the tab line; only the panes marked -shown */
+.-medium #tabline, .-small #tabline, .-medium #strip, .-small #strip {
     display: block;
 }
 
-.-narrow .row, .-narrow .pane {
+.-medium .row, .-medium .pane, .-small .row, .-small .pane {
     display: none;
 }
 
-.-narrow .row.-has-active {
+.-medium .row.-shown, .-medium .pane.-shown, .-small .row.-shown, .-small .pane.-shown {
     display: block;
-    height: 1fr;
 }
 
-.-narrow .pane.-active {
-    display: block;
-    height: 1fr;
-}
-
-.-narrow #states, .-narrow #ports, .-narrow #processes, .-narrow #sockets, .-narrow #findings {
+.-medium #ports, .-medium #processes, .-medium #sockets, .-medium #findings {
     width: 1fr;
+    max-width: 100%;
 }
 
-.-narrow #trends {
+/* small: one column, States above the other pane */
+.-small #top-row {
+    layout: vertical;
+}
+
+.-small #states, .-small #ports, .-small #processes, .-small #sockets, .-small #findings {
+    width: 1fr;
+    max-width: 100%;
+}
+
+.-small #trends {
     display: none;
 }
 
@@ -104,12 +107,12 @@ Pane > .pane--accent { color: $accent; }
     display: block;
 }
 
-.-narrow.-drawer #drawer {
+.-small.-drawer #drawer {
     width: 1fr;
     max-width: 100%;
 }
 
-.-narrow.-drawer #main {
+.-small.-drawer #main {
     display: none;
 }
 
@@ -132,7 +135,7 @@ Pane > .pane--accent { color: $accent; }
     display: block;
 }
 
-.-tiny #topbar, .-tiny #trends, .-tiny #filterline, .-tiny #tabs, .-tiny #body, .-tiny #keybar, .-tiny #filter {
+.-tiny #topbar, .-tiny #strip, .-tiny #trends, .-tiny #filterline, .-tiny #tabline, .-tiny #body, .-tiny #keybar, .-tiny #filter {
     display: none;
 }
 """
