@@ -20,7 +20,7 @@ from socktop.model.engine import Engine
 from socktop.model.snapshot import Snapshot
 from namespaces import (
     cgroup_v2_dir, farm_in_netns, farm_in_new_netns, move_to_cgroup, named_netns, needs_root, netns_inode,
-    ss_counts, ss_counts_of_pid, unique_name, writable_cgroup2,
+    ss_counts, ss_counts_of_pid, stop, unique_name, writable_cgroup2,
 )
 
 pytestmark = needs_root
@@ -180,3 +180,40 @@ def test_without_root_only_its_own_namespace_and_it_says_so() -> None:
         document = json.loads(result.stdout)
         assert document["netns"] == "self (not root: other namespaces cannot be entered)"
         assert netns_inode(name) not in {s["netns"] for s in document["sockets"]}
+
+
+_SERVER_CLOSES_FIRST = """
+import socket, sys, time
+listener = socket.create_server(("127.0.0.1", 18080))
+client = socket.create_connection(("127.0.0.1", 18080))
+server, _ = listener.accept()
+server.close()  # the server side closes first: its TIME_WAIT (inode 0) stays on port 18080
+time.sleep(0.2)
+client.close()
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_an_unheld_socket_is_tied_to_the_listener_of_its_own_namespace() -> None:
+    """Every replica listens on the same port: a server-side TIME_WAIT is inferred to the listener
+    in its own namespace, never to another namespace's."""
+    with named_netns() as a, named_netns() as b:
+        children = [subprocess.Popen(["ip", "netns", "exec", name, sys.executable, "-c", _SERVER_CLOSES_FIRST],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for name in (a, b)]
+        try:
+            for child in children:
+                assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+            engine, snapshot = refreshed(f"{a},{b}")
+            try:
+                for name, child in zip((a, b), children):
+                    [time_wait] = [r for r in snapshot.sockets if r.netns == netns_inode(name)
+                                   and r.state is TcpState.TIME_WAIT and r.local_port == 18080]
+                    assert [p.pid for p in snapshot.owners_of(time_wait).processes] == [child.pid]
+                    part = snapshot.filtered(state=TcpState.TIME_WAIT, place=f"netns:{netns_inode(name)}")
+                    assert list(part.aggregates.by_process) == [f"pid:{child.pid}"]
+            finally:
+                engine.close()
+        finally:
+            for child in children:
+                stop(child, 10)

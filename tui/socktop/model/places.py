@@ -26,7 +26,7 @@ from ..collect.kernelstate import KernelState
 from ..collect.netns import Selection, activity
 from ..collect.nswatch import NamespaceInfo, NamespaceWatch
 from ..collect.records import STATE_BY_CODE, CollectError, SocketRecord, TcpState
-from .aggregate import Direction, RowKind, RowOwners, StateCounts, inbound_mask, process_key
+from .aggregate import Direction, RowKind, RowOwners, StateCounts, inbound_flags, process_key
 
 if TYPE_CHECKING:
     from ..collect.netlink import NetlinkBackend
@@ -124,7 +124,7 @@ def group_places(columns: SocketColumns, codes: np.ndarray, slots: Sequence[Plac
         state = STATE_BY_CODE[key & 0xFF]
         tally = state_counts[key >> 8]
         tally[state] = tally.get(state, 0) + count
-    inbound = inbound_mask(columns.local_port, columns.remote_port, listening_ports, ephemeral_ports)
+    inbound = inbound_flags(columns.local_port, columns.remote_port, listening_ports, ephemeral_ports)
     group = np.where(inbound, columns.local_port, columns.remote_port).astype(np.int64) | inbound.astype(np.int64) << 16
     ports: list[Counter[str]] = [Counter() for _ in slots]
     keys, counts = np.unique(codes[placed] << 17 | group[placed], return_counts=True)

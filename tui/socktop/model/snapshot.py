@@ -111,7 +111,7 @@ class Snapshot:
         if held:
             return Attribution(held, OwnerKind.COOKIE)
         if record.state is not TcpState.LISTEN and record.local_port in self.aggregates.listening_ports:
-            inferred: Pids = self.aggregates.listener_pids.get(record.local_port, ())
+            inferred: Pids = self.aggregates.listeners_of(record.netns, record.local_port)
         else:
             inferred = self.aggregates.last_owners.get(CONNECTION(record), ())
         if inferred:
@@ -158,7 +158,8 @@ class Snapshot:
         aggregates = self.aggregates
         last_owners = aggregates.connection_owners if aggregates.connection_owners is not None else aggregates.last_owners
         return aggregate(records, self.ownership, self.user_of, last_owners,
-                         listeners=aggregates.listener_pids, ephemeral_ports=aggregates.ephemeral_ports)
+                         listeners=aggregates.listener_pids, ephemeral_ports=aggregates.ephemeral_ports,
+                         netns_listeners=aggregates.netns_listener_pids or None)
 
     def in_namespace(self, key: int) -> Snapshot:
         """Only the sockets of one namespace (`SocketRecord.netns`: 0 for socktop's own), regrouped."""
