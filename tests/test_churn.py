@@ -20,11 +20,11 @@ import pytest
 
 from socktop.analyze.config import DEFAULT_THRESHOLDS
 from socktop.analyze.findings import analyze
-from socktop.collect.destroy import NETLINK_SOCK_DIAG, DestroyFeed
+from socktop.collect.destroy import NETLINK_SOCK_DIAG, DestroyFeed, FeedReader
 from socktop.collect.records import ProcessInfo, TcpState
 from socktop.demo.builders import LINGER_ABORT, listen, port_of
 from socktop.model.aggregate import OwnerKind, process_key
-from socktop.model.churn import CookieLedger
+from socktop.model.churn import CookieLedger, time_wait_makers
 from socktop.model.engine import Engine
 
 RATE = 200.0
@@ -263,4 +263,36 @@ def test_time_wait_port_finding_uses_the_close_rate_toward_the_destination(serve
     (finding,) = [f for f in analysis.findings if f.id == f"time-wait-ports:127.0.0.1>127.0.0.1:{server}"]
     assert finding.metrics["rate_per_s"] == round(churn.toward("127.0.0.1", server).per_second, 2)
     assert any(line.startswith("connections closed toward it: ") for line in finding.evidence)
+    engine.close()
+
+
+def test_reader_gathers_between_refreshes_within_its_bound(server: int) -> None:
+    """A socket queue of about 90 events, 800 events in about a second: the reader's thread keeps
+    up, and its own buffer keeps the newest 500, counting what it dropped."""
+    with DestroyFeed(receive_buffer=65536) as feed:
+        reader = FeedReader(feed, pause=0.01, capacity=500)
+        connect_and_close(server, 400, 400.0)
+        time.sleep(0.3)
+        events = reader.take()
+        reader.stop()
+    assert len(events) == 500 and reader.dropped + feed.overruns >= 1
+    assert feed.overruns or reader.dropped >= 300
+
+
+def test_who_makes_these_time_wait(server: int) -> None:
+    """Exact for a connection a refresh saw held, unattributed for those born between refreshes
+    (their client ends have no listener to infer from)."""
+    engine = Engine()
+    seen = [socket.create_connection(("127.0.0.1", server)) for _ in range(3)]
+    engine.refresh()
+    for sock in seen:
+        sock.close()
+    connect_and_close(server, 4, 1000.0)
+    time.sleep(0.3)
+    snapshot = engine.refresh()
+    ours = [r for r in snapshot.sockets if r.state is TcpState.TIME_WAIT and r.remote_port == server]
+    makers = time_wait_makers(snapshot, ours)
+    assert makers.total == 7
+    assert [(process.pid, count) for process, count in makers.exact] == [(os.getpid(), 3)]
+    assert (makers.inferred, makers.unattributed) == ((), 4)
     engine.close()

@@ -164,7 +164,7 @@ def test_incident_mix_has_the_states_and_processes_it_plans(backend: NetlinkBack
 def test_incident_plan_scales_within_the_kernel_limits() -> None:
     for total in (20_000, 50_000, 200_000):
         plan = IncidentPlan.of(total)
-        assert plan.hot_time_wait <= 20_000 and plan.destinations <= 200
+        assert plan.hot_time_wait <= 12_000 and plan.destinations <= 200
         assert sum(plan.expected.values()) <= total
         assert plan.expected[TcpState.TIME_WAIT] > total // 2
     with pytest.raises(ValueError):

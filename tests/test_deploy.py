@@ -63,5 +63,5 @@ def test_dashboard_is_well_formed() -> None:
         for target in panel["targets"]:
             assert re.search(r"socktop_|up\{", target["expr"]), target["expr"]
     for needed in ("Sockets by state, per host", "Top CLOSE_WAIT processes", "TIME_WAIT by destination address",
-                   "Churn: connections opened per second", "Findings (active now)"):
+                   "Churn: connections opened and closed per second", "Closes per second by port", "Findings (active now)"):
         assert needed in titles

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from frozen import frozen_snapshot, make_app, press, settle
+from test_ui_e2e import Terminal, terminal, wait_exit  # noqa: F401 - terminal is a fixture
 
 from socktop.analyze.config import DEFAULT_THRESHOLDS, ConfigError, load_config
 from socktop.analyze.findings import analyze
@@ -451,3 +456,85 @@ def test_12_a_queued_listener_is_never_silent_with_the_proc_backend() -> None:
     capped = replace(proc, kernel=replace(proc.kernel, sysctls={**proc.kernel.sysctls, "net.core.somaxconn": "4"}))
     (full,) = [f for f in analyze(capped).findings if f.id == f"accept-queue:in:{port}"]
     assert full.severity.value == "warning" and "full" in full.title
+
+
+# --- 14, 18: the real terminal (tmux) -------------------------------------------------------------------
+
+def socktop_pid(term: Terminal) -> int:
+    """The socktop process the pane's shell started."""
+    shell = int(subprocess.run(["tmux", "display-message", "-p", "-t", term.name, "#{pane_pid}"],
+                               capture_output=True, text=True, check=True).stdout)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for task in Path(f"/proc/{shell}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                if "socktop" in Path(f"/proc/{child}/cmdline").read_text():
+                    return int(child)
+        time.sleep(0.1)
+    raise AssertionError("socktop did not start")
+
+
+def pane_flags(term: Terminal) -> dict[str, str]:
+    names = ("alternate_on", "mouse_any_flag", "mouse_standard_flag", "cursor_flag")
+    shown = subprocess.run(["tmux", "display-message", "-p", "-t", term.name, " ".join(f"#{{{n}}}" for n in names)],
+                           capture_output=True, text=True, check=True).stdout.split()
+    return dict(zip(names, shown))
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGHUP])
+def test_14_sigterm_and_sighup_quit_like_q_and_restore_the_terminal(terminal, number: int) -> None:
+    term = terminal("--interval 0.5")
+    term.wait_for(lambda s: " sockets" in s)
+    assert pane_flags(term)["alternate_on"] == "1"
+    os.kill(socktop_pid(term), number)
+    assert wait_exit(term) == "0"
+    assert pane_flags(term) == {"alternate_on": "0", "mouse_any_flag": "0", "mouse_standard_flag": "0",
+                                "cursor_flag": "1"}
+
+
+def colours(escaped: str) -> set[str]:
+    """The colour parameters of every SGR sequence in tmux's ``capture-pane -e`` text (39/49: default)."""
+    found = set()
+    for parameters in re.findall(r"\x1b\[([0-9;:]*)m", escaped):
+        codes = [int(code) for code in re.split("[;:]", parameters) if code]
+        for code in codes:
+            if code in (38, 48) or 30 <= code <= 37 or 40 <= code <= 47 or 90 <= code <= 107:
+                found.add(parameters)
+    return found
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+def test_18_no_color_means_no_colour_at_all(tmp_path: Path) -> None:
+    env = {"XDG_CONFIG_HOME": str(tmp_path), "TERM": "xterm-256color", "COLORTERM": "truecolor", "NO_COLOR": "1"}
+    term = Terminal(f"rel-nocolor-{os.getpid()}", f"{shlex.quote(sys.executable)} -m socktop; sleep 30", env)
+    try:
+        term.wait_for(lambda s: " sockets" in s)
+        time.sleep(1)
+        escaped = subprocess.run(["tmux", "capture-pane", "-p", "-e", "-t", term.name], capture_output=True,
+                                 text=True, check=True).stdout
+        assert " sockets" in escaped and not colours(escaped)
+        assert re.search(r"\x1b\[[0-9;]*7[;m]", escaped)  # the highlighted row: reverse video, not a colour
+    finally:
+        term.close()
+
+
+def test_18_term_dumb_prints_the_summary_and_a_hint() -> None:
+    result = subprocess.run(SOCKTOP, capture_output=True, text=True, timeout=60, env={**os.environ, "TERM": "dumb"})
+    assert result.returncode == 0 and "By state" in result.stdout and "\x1b[" not in result.stdout
+    assert result.stderr.count("\n") == 1 and "TERM=dumb" in result.stderr
+
+
+async def test_16_a_rejected_key_keeps_its_default_in_the_running_app() -> None:
+    keymap, errors = validate_keymap({"pause": "q", "copy_ss": "C"}, "cfg")
+    assert keymap == {"copy_ss": "C"} and len(errors) == 1
+    app = make_app(keymap=keymap)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await settle(pilot)
+        await press(pilot, "space")
+        assert app.paused
+        await press(pilot, "C")
+        assert app.clipboard == "ss -tanp"
+        await pilot.press("q")
+        await pilot.pause()
+    assert app.return_value == 0

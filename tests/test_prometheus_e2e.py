@@ -197,3 +197,45 @@ def test_dashboard_shows_the_leak(stack: Stack) -> None:
     assert rows[0]["metric"]["name"] == "socktop-leaky"
     assert stack.query(grafana_to_promql(queries["Sockets by state, per host A"]))
     assert stack.query(grafana_to_promql(queries["$instance"]))
+
+
+def test_fleet_view_and_host_detail_from_the_real_prometheus(stack: Stack) -> None:
+    from socktop.analyze.fleet import FleetView, Prometheus, fleet_view, host_detail
+
+    prometheus = Prometheus(stack.prometheus)
+    wait_for("the leak at its plateau", lambda: ss_close_wait(stack.leaker.pid) == LEAK_MAX, timeout=60)
+
+    def caught_up() -> FleetView | None:
+        view = fleet_view(prometheus, window=60, step=1)
+        return view if view.hosts and view.hosts[0].trends["CLOSE_WAIT"] and view.hosts[0].close_wait >= LEAK_MAX \
+            else None
+
+    view = wait_for("the fleet view to show the leak", caught_up)
+    assert not view.error
+    (host,) = view.hosts
+    assert host.up and host.instance.startswith("127.0.0.1:") and host.close_wait >= LEAK_MAX
+    key = f"pid:{stack.leaker.pid} socktop-leaky"
+    rows = wait_for("the leaker in the host's processes", lambda: [
+        row for row in host_detail(prometheus, host.instance).processes if row.key == key and
+        row.counts.get("CLOSE_WAIT") == LEAK_MAX])
+    assert rows[0].counts["CLOSE_WAIT"] == ss_close_wait(stack.leaker.pid)
+
+
+async def test_fleet_screen_over_the_real_prometheus(stack: Stack) -> None:
+    from frozen import make_app, settle
+
+    from socktop.ui.fleet import FleetScreen, FleetWatch
+
+    app = make_app()
+    app.fleet = FleetWatch(stack.prometheus)
+    async with app.run_test(size=(140, 40)) as pilot:
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, FleetScreen) and not app.fleet.error
+        assert [host.instance for host in screen.hosts] and screen.hosts[0].up
+        await pilot.press("enter")
+        await settle(pilot)
+        assert screen.drilled == screen.hosts[0].instance
+        table = screen.query_one("#fleet-processes")
+        cells = [str(cell) for row in table.ordered_rows for cell in table.get_row(row.key)]
+        assert f"pid:{stack.leaker.pid} socktop-leaky" in cells

@@ -294,3 +294,46 @@ def test_top_comes_from_the_config_file_unless_given(tmp_path: Path) -> None:
         process.send_signal(signal.SIGTERM)
         process.communicate(timeout=15)
     assert process.returncode == 0
+
+
+def test_closes_are_counted_per_port_and_process(served: tuple[Exporter, str]) -> None:
+    exporter, base = served
+    fresh(exporter)
+    if exporter.published.snapshot.churn is None:
+        pytest.skip(f"no destroy feed here: {exporter.published.snapshot.source.churn_note}")
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(64)
+        port = server.getsockname()[1]
+        fresh(exporter)
+        for _ in range(25):  # connect, accept, then both ends reset: each socket is freed at once
+            client = socket.create_connection(("127.0.0.1", port))
+            accepted, _ = server.accept()
+            for end in (accepted, client):
+                end.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                end.close()
+        fresh(exporter)
+        fresh(exporter)
+        found = samples(scrape(base)[1])
+    assert value(found, "socktop_port_closed_total", port=str(port), direction="in") >= 25
+    assert value(found, "socktop_process_closed_total", process=f"pid:{os.getpid()}") >= 25
+    assert value(found, "socktop_connections_closed_total") >= 50
+
+
+def test_tracked_close_counters_stay_bounded_and_monotonic() -> None:
+    from socktop.serve.metrics import _Tracked
+
+    tracked = _Tracked()
+    always = lambda labels: True  # noqa: E731
+    tracked.count([(("a",), 5), (("b",), 3), (("c",), 1)], top=2, idle=2, alive=always)
+    assert dict(tracked.series((OTHER,))) == {("a",): 5, ("b",): 3, (OTHER,): 1}
+    for _ in range(3):  # b stays quiet past idle: dropped; c takes its place; other never shrinks
+        tracked.count([(("a",), 1), (("c",), 2)], top=2, idle=2, alive=always)
+    assert dict(tracked.series((OTHER,))) == {("a",): 8, ("c",): 2, (OTHER,): 5}
+    tracked.count([(("d",), 7)], top=2, idle=2, alive=lambda labels: labels != ("a",))
+    assert dict(tracked.series((OTHER,))) == {("c",): 2, ("d",): 7, (OTHER,): 5}
+
+
+def test_readme_states_the_bound() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert f"**{series_bound(10)} series at `--top 10`**" in readme

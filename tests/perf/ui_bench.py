@@ -32,6 +32,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from bench import await_time_wait_gone  # noqa: E402  (this folder is the script's: on sys.path)
 from frozen import FrozenSource, settle, synthetic_snapshot  # noqa: E402
 
 from textual import events  # noqa: E402
@@ -277,6 +278,7 @@ def main() -> int:
     if options.no_real:
         return 0
 
+    await_time_wait_gone()
     with build_incident(50_000):
         engine = Engine(interval=0.5)
         collect = collector_time(engine)
@@ -294,6 +296,7 @@ def main() -> int:
 
     for case in options.cpu_cases.split(","):
         population, _, size = case.partition(":")
+        await_time_wait_gone()
         with BUILDERS[population](int(size)):
             before = len(Engine().refresh().sockets)
             if tmux:

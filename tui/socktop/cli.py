@@ -142,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", choices=BACKENDS, default="auto",
                         help="how to read the socket table (default: auto = netlink, else /proc, else psutil)")
     parser.add_argument("-i", "--interval", type=_seconds(0.5, 10, "interval"), default=1.0, help="TUI refresh interval in seconds (0.5-10)")
+    parser.add_argument("--prometheus", type=_prometheus_url, default=None, metavar="URL",
+                        help="the TUI also shows the Fleet view: every host whose socktop serve this Prometheus "
+                             "scrapes, ranked by its worst finding (key F)")
     parser.add_argument("--clipboard", choices=("auto", "osc52", "system", "off"), default="auto",
                         help="how the TUI copies commands (default: auto)")
     parser.add_argument("--sample", type=_seconds(0, 600, "sample"), default=0.0, metavar="SECONDS",
@@ -182,6 +185,15 @@ def _listen(text: str) -> str:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
+
+
+def _prometheus_url(text: str) -> str:
+    from .analyze.fleet import check_url
+
+    try:
+        return check_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _top(text: str) -> int:
@@ -337,6 +349,11 @@ def _run_once(options: argparse.Namespace, config: Config) -> int:
 
 
 def _run_tui(options: argparse.Namespace, config: Config) -> int:
+    if os.environ.get("TERM") == "dumb":  # no cursor addressing: a full-screen UI would be garbage
+        status = _run_once(options, config)
+        _say("TERM=dumb cannot show the live view: that was the --once summary (run with a terminal type "
+             "such as TERM=xterm-256color for the TUI)")
+        return status
     from .ui.app import run
 
     return run(options, config)

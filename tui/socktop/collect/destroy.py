@@ -18,8 +18,11 @@ which means events were lost.
 from __future__ import annotations
 
 import errno
+import select
 import socket
 import struct
+import threading
+from collections import deque
 from typing import NamedTuple
 
 from .columns import ADDRESSES, V4_MAPPED_PREFIX
@@ -164,3 +167,51 @@ def _tcp_info(buffer: bytearray, start: int, end: int) -> tuple[int, int, int]:
             return acked, received, retransmits
         start += (length + 3) & ~3
     return -1, -1, -1
+
+
+class FeedReader:
+    """Drains a feed from a thread of its own, so that events wait in a bounded buffer of
+    ours rather than in the socket's queue, which an ordinary user cannot make larger than
+    2 * net.core.rmem_max (about 600 events on a stock system: a few seconds of a busy host).
+
+    The thread wakes when events are queued, at most once per ``pause`` seconds; `take`
+    returns what it gathered. Beyond ``capacity`` the oldest events are dropped and counted.
+    """
+
+    __slots__ = ("feed", "pause", "dropped", "_events", "_lock", "_stop", "_thread")
+
+    def __init__(self, feed: DestroyFeed, pause: float = 0.05, capacity: int = 4 * MAX_DRAIN) -> None:
+        self.feed = feed
+        self.pause = pause
+        self.dropped = 0
+        self._events: deque[ClosedSocket] = deque(maxlen=capacity)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="socktop-destroy-feed", daemon=True)
+        self._thread.start()
+
+    def take(self) -> list[ClosedSocket]:
+        """Every event gathered since the last take, oldest first (and what the socket holds now)."""
+        with self._lock:
+            self._gather()
+            events = list(self._events)
+            self._events.clear()
+        return events
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _gather(self) -> None:
+        closed = self.feed.drain()
+        events = self._events
+        self.dropped += max(0, len(events) + len(closed) - (events.maxlen or 0))
+        events.extend(closed)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            readable, _, _ = select.select([self.feed], [], [], self.pause * 5)
+            if readable:
+                with self._lock:
+                    self._gather()
+                self._stop.wait(self.pause)

@@ -156,6 +156,7 @@ class ScanStats:
 
     scans: int = 0
     full_scans: int = 0
+    fd_dirs_read: int = 0  # /proc/PID/fd listings: what an owner scan costs per process it looks at
     links_read: int = 0
     denied_pids: int = 0
     vanished_pids: int = 0
@@ -318,6 +319,7 @@ class OwnerScanner:
     def _read_fds(self, pid: int, present: set[int], full: bool, denied: set[int]) -> _ProcessFds | None:
         """This pid's fd → inode table, re-reading only what may have changed."""
         fd_dir = f"{self._proc}/{pid}/fd"
+        self.stats.fd_dirs_read += 1
         try:
             names = os.listdir(fd_dir)
         except PermissionError:

@@ -118,7 +118,7 @@ def _sysctl_range(name: str) -> tuple[int, int]:
     return int(low), int(high)
 
 
-def _sockstat_time_wait() -> int:
+def sockstat_time_wait() -> int:
     fields = Path("/proc/net/sockstat").read_text().split("TCP:", 1)[1].split()
     return int(fields[fields.index("tw") + 1])
 
@@ -221,7 +221,7 @@ class SocketFarm(ClosedOnExit):
             raise BuildError(f"{n} TIME_WAIT towards one port would exhaust "
                              f"ip_local_port_range {port_low}-{port_high}")
         max_buckets = int(Path("/proc/sys/net/ipv4/tcp_max_tw_buckets").read_text())
-        if _sockstat_time_wait() + n > max_buckets:
+        if sockstat_time_wait() + n > max_buckets:
             raise BuildError(f"{n} more TIME_WAIT would pass tcp_max_tw_buckets ({max_buckets}): "
                              "the kernel would drop them")
         listener = self._listen(family, backlog=TIME_WAIT_CHUNK, sockets=1 + 2 * min(n, TIME_WAIT_CHUNK))
@@ -461,7 +461,8 @@ def _await_ready(process: subprocess.Popen[bytes], deadline: float) -> tuple[int
 # --- the incident mix ----------------------------------------------------------
 
 TIME_WAIT_LEN = 60.0  # TCP_TIMEWAIT_LEN (include/net/tcp.h): how long the kernel keeps a TIME_WAIT
-HOT_TIME_WAIT_MAX = 20_000  # toward one destination: room left in ip_local_port_range for the others
+HOT_TIME_WAIT_MAX = 12_000  # toward one destination: under the half of ip_local_port_range (one parity) that
+# connect() tries first (Linux 4.6+); past it, loopback tcp_tw_reuse recycles TIME_WAIT older than 1 s instead
 MIN_INCIDENT = 1_000
 DEFAULT_CHURN_RATE = 200.0  # connect/close a second, each closed with RST (it adds no TIME_WAIT)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import compress
 from operator import itemgetter, not_
 
@@ -32,6 +32,7 @@ Owners = tuple[ProcessInfo, ...]
 
 if TYPE_CHECKING:
     from ..collect.destroy import ClosedSocket
+    from .snapshot import Snapshot
 
 LEDGER_MAX = 262_144  # cookies remembered after their socket left the table (about 100 bytes each)
 LEDGER_AGE = 130.0  # seconds: a cookie matters while its TIME_WAIT (60 s) or orphan (tcp_fin_timeout) lives
@@ -149,6 +150,7 @@ class Churn:
     lost: bool  # the queue overflowed since the previous refresh
     time_wait_owners: Mapping[int, Owners]  # cookie → processes, for inode-0 sockets a dump saw held
     closed_by_port: Mapping[str, int]  # since the previous refresh
+    closed_by_process: Mapping[str, int] = field(default_factory=dict)  # since the previous refresh, exact or inferred
 
     def closes_on(self, port_key: str) -> int:
         """Closes since the previous refresh in one port group ("in:80", "out:443")."""
@@ -191,7 +193,7 @@ class ChurnTracker:
         self.ledger.update(cookies, list(map(ownership.pids_by_inode.get, inodes)), ownership.processes, now)
         closed_cookies = set(map(CLOSED_COOKIE, closed))
         by_port, by_remote, by_process, exact, by_destination, unseen = self._closes(
-            closed, aggregates, self._previous | current)
+            closed, aggregates, (self._previous, current))
         closed_connections = set(map(CLOSED_CONNECTION, closed))
         opens = unseen
         if self._last is not None:
@@ -221,10 +223,11 @@ class ChurnTracker:
                    if record.state not in _NOT_NEW
                    and not (record.inode == 0 and CONNECTION(record) in closed_lately))
 
-    def _closes(self, closed: Sequence[ClosedSocket], aggregates: Aggregates, seen: set[int]
+    def _closes(self, closed: Sequence[ClosedSocket], aggregates: Aggregates, seen: tuple[set[int], set[int]]
                 ) -> tuple[Counter[str], Counter[str], Counter[str], Counter[str], Counter[str], int]:
         """Closes by port, remote host and process (exact where the ledger knows the cookie, and
         of those), and how many closed sockets no dump saw (``seen``: cookies of the last two)."""
+        seen_before, seen_now = seen
         local_ports = list(map(CLOSED_LOCAL_PORT, closed))
         remote_ports = list(map(CLOSED_REMOTE_PORT, closed))
         inbound = inbound_flags(local_ports, remote_ports, aggregates.listening_ports, aggregates.ephemeral_ports)
@@ -240,7 +243,7 @@ class ChurnTracker:
                 for process in found:
                     exact[process_key(process.pid)] += 1
                 continue
-            if event.cookie not in seen:
+            if event.cookie not in seen_before and event.cookie not in seen_now:
                 unseen += 1
             group = aggregates.by_port.get(key)
             for pid in group.pids if group else ():
@@ -275,7 +278,41 @@ class ChurnTracker:
             by_port=groups(ports, {}), by_remote=groups(remotes, {}), by_process=groups(processes, exact),
             by_destination=groups(destinations, {}),
             overruns=overruns, lost=lost, time_wait_owners=time_wait_owners, closed_by_port=tally.by_port,
+            closed_by_process=tally.by_process,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class TimeWaitMakers:
+    """Who made a set of descriptor-less sockets (TIME_WAIT, orphans), and how sure that is."""
+
+    exact: tuple[tuple[ProcessInfo, int], ...]  # by cookie: a refresh saw the socket held; most first
+    inferred: tuple[tuple[ProcessInfo, int], ...]  # the port's listener, or the connection's last holder
+    unattributed: int  # opened and closed between refreshes: no pid can be known without eBPF
+    total: int
+
+
+def time_wait_makers(snapshot: Snapshot, records: Sequence[SocketRecord]) -> TimeWaitMakers:
+    """`Snapshot.owners_of` for many sockets at once, counted per process and per kind of tie.
+
+    The cookie lookups run in C; only sockets the cookies do not place
+    take the per-socket inference.
+    """
+    zero = [record for record in records if not record.inode]
+    churn = snapshot.churn
+    held = list(map((churn.time_wait_owners if churn else {}).get, map(COOKIE, zero)))
+    exact: Counter[ProcessInfo] = Counter()
+    inferred: Counter[ProcessInfo] = Counter()
+    unattributed = 0
+    for owners in filter(None, held):
+        exact.update(owners)
+    for record in compress(zero, map(not_, held)):
+        owners = snapshot.owners_of(record).processes
+        if owners:
+            inferred.update(owners)
+        else:
+            unattributed += 1
+    return TimeWaitMakers(tuple(exact.most_common()), tuple(inferred.most_common()), unattributed, len(zero))
 
 
 def destination_key(address: str, port: int) -> str:

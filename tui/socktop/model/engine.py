@@ -17,7 +17,7 @@ import numpy as np
 
 from ..collect.columns import SocketTable, table_of
 from ..collect.containers import ContainerResolver
-from ..collect.destroy import DestroyFeed
+from ..collect.destroy import DestroyFeed, FeedReader
 from ..collect.kernelstate import read_kernel_state
 from ..collect.netns import Selection
 from ..collect.nswatch import NamespaceInfo
@@ -106,6 +106,7 @@ class Engine:
         self._is_root = os.geteuid() == 0
         self.churn = ChurnTracker()
         self.destroy_feed, self.churn_note = self._open_destroy_feed()
+        self._reader: FeedReader | None = None
 
     def set_interval(self, interval: float) -> None:
         self.history.resize(history_capacity(self.history_seconds, interval))
@@ -152,16 +153,24 @@ class Engine:
 
     def _churn(self, table: SocketTable, ownership: Ownership, aggregates: Aggregates,
                now: float) -> Churn | None:
+        """The churn since the previous refresh. From the second refresh on, a reader thread
+        drains the feed between refreshes (a one-shot `--json` starts none)."""
         feed = self.destroy_feed
         if feed is None:
             return None
-        overruns = feed.overruns
-        closed = feed.drain()
-        return self.churn.update(table, ownership, aggregates, closed, now, feed.overruns, feed.overruns > overruns)
+        lost_before = feed.overruns + (self._reader.dropped if self._reader else 0)
+        closed = self._reader.take() if self._reader else feed.drain()
+        lost = feed.overruns + (self._reader.dropped if self._reader else 0)
+        if self._reader is None:
+            self._reader = FeedReader(feed)
+        return self.churn.update(table, ownership, aggregates, closed, now, lost, lost > lost_before)
 
     def close(self) -> None:
-        """Let go of the destroy feed's socket and of the sockets held in other namespaces (each keeps
-        its namespace alive)."""
+        """Stop the destroy feed's reader, let go of its socket and of the sockets held in other
+        namespaces (each keeps its namespace alive)."""
+        if self._reader is not None:
+            self._reader.stop()
+            self._reader = None
         if self.destroy_feed is not None:
             self.destroy_feed.close()
             self.destroy_feed = None

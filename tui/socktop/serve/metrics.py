@@ -20,7 +20,8 @@ bounded by design, whatever the host holds:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+import heapq
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
@@ -29,7 +30,7 @@ from .. import __version__
 from ..analyze.findings import Analysis, Finding, Severity
 from ..collect.kernelstate import COUNTER_KEYS, SYSCTL_KEYS
 from ..collect.records import DISPLAY_STATES, TcpState
-from ..model.aggregate import Direction
+from ..model.aggregate import Aggregates
 from ..model.snapshot import Snapshot
 from . import DEFAULT_TOP
 
@@ -67,8 +68,9 @@ def series_bound(top: int) -> int:
     grouped = 3 * states * (top + 1)
     descriptors = 2 * states * top
     findings = top + len(Severity)
+    closes = 2 * (top + 1) + 3  # per port and per process, each top + other; closed, opened, overruns
     fixed = len(COUNTER_KEYS) + len(SOCKSTAT_FIELDS) + len(SYSCTL_KEYS) + 8
-    return states + grouped + descriptors + findings + fixed
+    return states + grouped + descriptors + findings + closes + fixed
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,15 +92,20 @@ def top_per_state(groups: Iterable[tuple[Labels, Counts]], top: int, other: Labe
         into = merged.setdefault(labels, {})
         for state, count in counts.items():
             into[state] = into.get(state, 0) + count
+    per_state: dict[TcpState, list[tuple[int, Labels]]] = {}
+    for labels, counts in merged.items():
+        for state, count in counts.items():
+            if count:
+                per_state.setdefault(state, []).append((count, labels))
     series: list[tuple[Labels, TcpState, int]] = []
     kept: set[Labels] = set()
     for state in DISPLAY_STATES:
-        ranked = sorted(((counts[state], labels) for labels, counts in merged.items() if counts.get(state)),
-                        key=lambda pair: (-pair[0], pair[1]))
-        for count, labels in ranked[:top]:
+        ranked = per_state.get(state, [])
+        best = heapq.nsmallest(top, ranked, key=lambda pair: (-pair[0], pair[1]))
+        for count, labels in best:
             series.append((labels, state, count))
             kept.add(labels)
-        rest = sum(count for count, _ in ranked[top:])
+        rest = sum(count for count, _ in ranked) - sum(count for count, _ in best)
         if rest:
             series.append((other, state, rest))
     return Kept(series, kept)
@@ -129,10 +136,107 @@ def _gauge(name: str, documentation: str, labels: Iterable[str] = (), unit: str 
     return GaugeMetricFamily(name, documentation, labels=list(labels), unit=unit)
 
 
-def build_families(snapshot: Snapshot, analysis: Analysis, top: int = DEFAULT_TOP) -> list[Metric]:
-    """Every family for one collection; see the module docstring for the bounds."""
+class CloseCounters:
+    """Connections closed, per port and per process, as monotonic counters across collections.
+
+    Each collection adds the closes the destroy feed saw since the previous
+    refresh (`Churn.closed_by_port`, `closed_by_process`). At most ``top``
+    ports and ``top`` processes are tracked at a time: a new one is admitted
+    while there is room, else its closes go to ``other``; one with no close
+    for ``idle`` collections (or whose process is gone) is dropped, its series
+    ending, to make room. ``other`` and every tracked series only ever grow.
+    """
+
+    def __init__(self, top: int = DEFAULT_TOP, idle: int = 20) -> None:
+        self.top = top
+        self.idle = idle
+        self.ports = _Tracked()
+        self.processes = _Tracked()
+        self.closed = self.opened = 0
+        self.seen = False  # a destroy feed has reported at least once
+
+    def update(self, snapshot: Snapshot) -> None:
+        churn = snapshot.churn
+        if churn is None:
+            return
+        self.seen = True
+        self.closed += churn.closes
+        self.opened += churn.opens
+        aggregates = snapshot.aggregates
+        groups = aggregates.by_process
+        ports = []
+        for key, count in churn.closed_by_port.items():
+            direction, _, port = key.partition(":")
+            ports.append(((port_label(aggregates, int(port)) if port.isdigit() else port, direction), count))
+        processes = [((key, label_text(group.name), label_text(group.user)) if group else (key, "?", "?"), count)
+                     for key, count in churn.closed_by_process.items() for group in (groups.get(key),)]
+        self.ports.count(ports, self.top, self.idle, lambda labels: True)
+        self.processes.count(processes, self.top, self.idle, lambda labels: labels[0] in groups)
+
+    def families(self, snapshot: Snapshot) -> Iterator[Metric]:
+        if not self.seen:
+            return
+        yield CounterMetricFamily("socktop_connections_closed", "TCP sockets freed, from the destroy feed",
+                                  value=self.closed)
+        yield CounterMetricFamily("socktop_connections_opened", "TCP connections new to a dump or closed unseen",
+                                  value=self.opened)
+        churn = snapshot.churn
+        yield CounterMetricFamily("socktop_destroy_feed_overruns", "Times the kernel's destroy event queue "
+                                  "overflowed (events lost: close counts are lower bounds)",
+                                  value=churn.overruns if churn is not None else 0)
+        ports = CounterMetricFamily("socktop_port_closed", "Connections closed per service port and direction "
+                                    "(tracked ports; the rest under port=\"other\")", labels=["port", "direction"])
+        for labels, count in self.ports.series((OTHER, "")):
+            ports.add_metric(list(labels), count)
+        yield ports
+        processes = CounterMetricFamily("socktop_process_closed", "Connections closed per process (exact by cookie, "
+                                        "or inferred from its port group)", labels=["process", "name", "user"])
+        for labels, count in self.processes.series((OTHER, "", "")):
+            processes.add_metric(list(labels), count)
+        yield processes
+
+
+class _Tracked:
+    """Counts per label set for at most ``top`` label sets at a time, plus a monotonic rest."""
+
+    def __init__(self) -> None:
+        self.counts: dict[Labels, int] = {}
+        self.idle: dict[Labels, int] = {}  # collections since the last close
+        self.other = 0
+
+    def count(self, closes: Iterable[tuple[Labels, int]], top: int, idle: int, alive: Callable[[Labels], bool]) -> None:
+        """Drop the idle and the dead, then count this collection's closes (admitting the largest while
+        there is room); closes of the same labels are summed first."""
+        for labels in list(self.counts):
+            self.idle[labels] += 1
+            if self.idle[labels] > idle or not alive(labels):
+                del self.counts[labels], self.idle[labels]
+        merged: dict[Labels, int] = {}
+        for labels, count in closes:
+            merged[labels] = merged.get(labels, 0) + count
+        for labels, count in sorted(merged.items(), key=lambda pair: (-pair[1], pair[0])):
+            if labels not in self.counts and len(self.counts) < top:
+                self.counts[labels] = 0
+            if labels in self.counts:
+                self.counts[labels] += count
+                self.idle[labels] = 0
+            else:
+                self.other += count
+
+    def series(self, other: Labels) -> Iterator[tuple[Labels, int]]:
+        yield from sorted(self.counts.items())
+        if self.other:
+            yield other, self.other
+
+
+def build_families(snapshot: Snapshot, analysis: Analysis, top: int = DEFAULT_TOP,
+                   closes: CloseCounters | None = None) -> list[Metric]:
+    """Every family for one collection; see the module docstring for the bounds.
+    ``closes`` has already been updated with this snapshot (it carries state across collections)."""
     families: list[Metric] = []
     families += _socket_families(snapshot, top)
+    if closes is not None:
+        families += closes.families(snapshot)
     families += _finding_families(snapshot, analysis, top)
     families += _kernel_families(snapshot)
     families += _self_families(snapshot)
@@ -147,13 +251,7 @@ def _socket_families(snapshot: Snapshot, top: int) -> Iterator[Metric]:
         by_state.add_metric([state.name], aggregates.by_state.get(state, 0))
     yield by_state
 
-    low, high = aggregates.ephemeral_ports
-    listening = aggregates.listening_ports
-
-    def port_label(port: int) -> str:
-        return EPHEMERAL if low <= port <= high and port not in listening else str(port)
-
-    ports = top_per_state((((port_label(g.port), g.direction.value), g.counts) for g in aggregates.by_port.values()),
+    ports = top_per_state((((port_label(aggregates, g.port), g.direction.value), g.counts) for g in aggregates.by_port.values()),
                           top, (OTHER, ""))
     family = _gauge("socktop_port_sockets",
                     "TCP sockets by service port and direction (in: served here, out: called), top ports per state",
@@ -193,6 +291,12 @@ def _socket_families(snapshot: Snapshot, top: int) -> Iterator[Metric]:
     for (remote,), state, count in remotes.series:
         family.add_metric([remote, state.name], count)
     yield family
+
+
+def port_label(aggregates: Aggregates, port: int) -> str:
+    """The port's label: ``ephemeral`` for a port in the kernel's ephemeral range that nothing here listens on."""
+    low, high = aggregates.ephemeral_ports
+    return EPHEMERAL if low <= port <= high and port not in aggregates.listening_ports else str(port)
 
 
 def _held_and_inferred(held: Counts, inferred: Counts) -> dict[TcpState, int]:

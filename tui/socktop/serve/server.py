@@ -32,7 +32,7 @@ from ..collect.records import BackendUnavailable, CollectError
 from ..model.engine import Engine
 from ..model.snapshot import Snapshot
 from ..report import snapshot_document
-from .metrics import DEFAULT_TOP, build_families
+from .metrics import DEFAULT_TOP, CloseCounters, build_families
 
 DEFAULT_LISTEN = "127.0.0.1:9877"
 DEFAULT_INTERVAL = 15.0
@@ -73,6 +73,7 @@ class Exporter(Collector):
         self.interval = interval
         self.top = top
         self.thresholds = thresholds or Thresholds()
+        self.closes = CloseCounters(top)  # carries the close counts across collections (this thread only)
         self.published: Published | None = None
         self.collections = 0
         self.errors = 0
@@ -85,7 +86,9 @@ class Exporter(Collector):
         try:
             snapshot = self.engine.refresh()
             analysis = analyze(snapshot, self.thresholds)
-            self.published = Published(snapshot, analysis, tuple(build_families(snapshot, analysis, self.top)))
+            self.closes.update(snapshot)
+            self.published = Published(snapshot, analysis,
+                                       tuple(build_families(snapshot, analysis, self.top, self.closes)))
             self.last_success = time.monotonic()
             self.last_error = ""
         except (CollectError, OSError) as exc:

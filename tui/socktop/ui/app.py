@@ -14,6 +14,8 @@ None of them touches a widget: they post messages.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import signal
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
@@ -27,6 +29,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.css.query import NoMatches
 from textual.events import Resize
+from textual.filter import LineFilter, Monochrome, NoColor
 from textual.message import Message
 from textual.screen import Screen
 from textual.widget import Widget
@@ -41,6 +44,7 @@ from . import analysis as analysis_api
 from . import clipboard, keys, style
 from .bars import FilterLine, FindingsStrip, KeyBar, TabLine, TopBar, TrendStrip
 from .details import COPY_ACTIONS, Copyable, Selection, Styles, commands_for, describe
+from .fleet import FleetScreen, FleetWatch
 from .panes import FindingsPane, Pane, PortsPane, ProcessesPane, StatesPane
 from .screens import CommandDialog, HelpScreen
 from .sockets import SocketList
@@ -136,7 +140,9 @@ class SocktopApp(App[int]):
     """socktop's terminal UI over a snapshot source."""
 
     TITLE = "socktop"
-    CSS = style.CSS
+    CSS = style.CSS + """
+    App:nocolor DataTable > .datatable--cursor { text-style: reverse; }
+    """  # under NO_COLOR the highlighted row is reversed, not coloured
     BINDINGS = keys.bindings() + [Binding("ctrl+c", "interrupt", "Quit", show=False, priority=True)]
     ENABLE_COMMAND_PALETTE = True
 
@@ -144,8 +150,11 @@ class SocktopApp(App[int]):
                  clipboard_mode: str = "auto", keymap: dict[str, str] | None = None,
                  config_notes: Sequence[str] = (), analyze: bool = True,
                  thresholds: Thresholds = DEFAULT_THRESHOLDS,
-                 initial_filter: str = "", health: Callable[[], None] | None = None) -> None:
+                 initial_filter: str = "", health: Callable[[], None] | None = None,
+                 fleet: FleetWatch | None = None, handle_signals: bool = False) -> None:
         super().__init__()
+        self.fleet = fleet  # `--prometheus URL`: polls the fleet; its error shows in the top bar
+        self.handle_signals = handle_signals  # the real terminal only: a test's event loop keeps its own
         self._source_or_factory = source
         self.source: SnapshotSource | None = None
         self.interval = interval
@@ -201,6 +210,8 @@ class SocktopApp(App[int]):
         yield Static("socktop needs at least 60x15: please enlarge the terminal.", id="too-small")
 
     def on_mount(self) -> None:
+        if self.handle_signals:
+            self._quit_on_signals()
         if self.keymap_overrides:
             self.set_keymap(self.keymap_overrides)
         self.theme = "textual-dark"
@@ -211,6 +222,10 @@ class SocktopApp(App[int]):
         for note in self.config_notes:
             self.notify(printable(note), title="config", severity="warning", markup=False, timeout=8)
         self._start_poll()
+        if self.fleet is not None:
+            self.fleet.listeners.append(lambda _view: self._show_top())
+            self.fleet.start(self)
+            self.action_fleet()
 
     def _first_frame(self) -> None:
         self.first_frame_at = time.perf_counter()
@@ -489,7 +504,8 @@ class SocktopApp(App[int]):
 
     def _show_top(self) -> None:
         self._show_keys()
-        self.query_one(TopBar).show(self.snapshot, interval=self.interval, paused=self.paused, error=self.error,
+        error = " · ".join(filter(None, (self.error, self.fleet.error if self.fleet else "")))
+        self.query_one(TopBar).show(self.snapshot, interval=self.interval, paused=self.paused, error=error,
                                     findings=analysis_api.severity_counts(self.analysis))
 
     def _show_filter(self) -> None:
@@ -612,6 +628,12 @@ class SocktopApp(App[int]):
             self._set_spec(replace(self.spec, levels=with_level(self.spec.levels, Level(pane.LEVEL, key))))
         elif pane.KIND == "findings" and self.picked_finding() is None:
             self._select_finding(key)
+
+    def action_fleet(self) -> None:
+        if self.fleet is None:
+            self.notify("start socktop with --prometheus URL to see the fleet", title="Fleet", timeout=6)
+            return
+        self.push_screen(FleetScreen(self.fleet))
 
     def action_toggle_drawer(self) -> None:
         if not self.drawer_open:
@@ -812,6 +834,18 @@ class SocktopApp(App[int]):
     def action_quit(self) -> None:
         self.exit(0)
 
+    def _quit_on_signals(self) -> None:
+        """SIGTERM and SIGHUP end socktop as q does, so that the terminal is restored (alternate screen,
+        mouse reporting, cursor); without this the default action kills the process with them still on."""
+        loop = asyncio.get_running_loop()
+        for number in (signal.SIGTERM, signal.SIGHUP):
+            loop.add_signal_handler(number, self.exit, 0)
+
+    def get_line_filters(self) -> Sequence[LineFilter]:
+        """Under NO_COLOR no colour at all: Textual's own choice there is 256-colour greys (Monochrome)."""
+        return [NoColor() if isinstance(line_filter, Monochrome) else line_filter
+                for line_filter in super().get_line_filters()]
+
     def action_interrupt(self) -> None:
         """Ctrl+C quits, as in top (in a dialog it copies the selected text instead)."""
         self.exit(0)
@@ -851,7 +885,9 @@ def run(options: argparse.Namespace, config: Config) -> int:
         notes.insert(0, engine.backend_note)
     app = SocktopApp(engine, interval=interval, clipboard_mode=getattr(options, "clipboard", "auto"),
                      keymap=keymap, config_notes=notes, thresholds=config.thresholds,
-                     initial_filter=filter_from_options(options), health=scenario.check if scenario else None)
+                     initial_filter=filter_from_options(options), health=scenario.check if scenario else None,
+                     fleet=FleetWatch(options.prometheus) if getattr(options, "prometheus", None) else None,
+                     handle_signals=True)
     try:
         result = app.run()
     finally:

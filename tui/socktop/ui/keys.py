@@ -56,6 +56,8 @@ KEYS: tuple[Key, ...] = (
     Key("pane_processes", "3", "focus_pane('processes')", "Processes", "Go to the Processes pane", PANES),
     Key("pane_sockets", "4", "focus_pane('sockets')", "Sockets", "Go to the Sockets list", PANES),
     Key("pane_findings", "5", "focus_pane('findings')", "Findings", "Go to the Findings list", PANES),
+    Key("fleet", "F", "fleet", "Fleet",
+        "Open the Fleet view: every host Prometheus has from socktop serve (start with --prometheus URL)", PANES),
     Key("next_pane", "tab", "next_pane(1)", "Next pane", "Go to the next pane", PANES, display="Tab"),
     Key("previous_pane", "shift+tab", "next_pane(-1)", "Previous pane", "Go to the previous pane", PANES,
         display="Shift+Tab"),
