@@ -101,11 +101,6 @@ def _netns(text: str) -> Selection:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def netns_selection(options: argparse.Namespace) -> Selection:
-    """``--netns``, else every namespace as root (entering one needs CAP_SYS_ADMIN), socktop's own otherwise."""
-    return options.netns if options.netns is not None else Selection.default(os.geteuid() == 0)
-
-
 def _threshold(text: str) -> tuple[str, int | float]:
     from .analyze.config import parse_override
 
@@ -329,7 +324,7 @@ def _run_once(options: argparse.Namespace, config: Config) -> int:
     for warning in config.warnings:
         _say(f"warning: {warning}")
     try:
-        engine = Engine(options.backend, options.interval, netns=netns_selection(options))
+        engine = Engine(options.backend, options.interval, netns=Selection.chosen(options.netns))
         snapshot = engine.refresh()
         deadline = time.monotonic() + options.sample
         while time.monotonic() < deadline:

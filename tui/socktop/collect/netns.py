@@ -312,6 +312,11 @@ class Selection:
         """Every namespace as root (entering one needs CAP_SYS_ADMIN), only socktop's own otherwise."""
         return cls("all" if is_root else "self")
 
+    @classmethod
+    def chosen(cls, option: Selection | None) -> Selection:
+        """``--netns`` as given, else the default for this process's privileges."""
+        return option if option is not None else cls.default(os.geteuid() == 0)
+
     def describe(self) -> str:
         return self.mode if self.mode != "some" else ",".join([*self.names, *(f"pid {pid}" for pid in self.pids)])
 

@@ -1,4 +1,4 @@
-"""The Containers view (``C``): sockets by network namespace, container, pod and service.
+"""The Containers view (``N``: namespaces): sockets by network namespace, container, pod and service.
 
 One row per place of the snapshot's Containers grouping (`model.places`),
 refreshed with the app's snapshots. Enter drills down: the main panes are
