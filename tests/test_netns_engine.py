@@ -217,3 +217,20 @@ def test_an_unheld_socket_is_tied_to_the_listener_of_its_own_namespace() -> None
         finally:
             for child in children:
                 stop(child, 10)
+
+
+def test_connections_closed_inside_a_namespace_are_counted() -> None:
+    """The destroy feed is per namespace: one is opened inside each namespace read."""
+    with named_netns() as name:
+        engine, _snapshot = refreshed(name)
+        try:
+            subprocess.run(["ip", "netns", "exec", name, sys.executable, "-c",
+                            "import socket\n"
+                            "l = socket.create_server(('127.0.0.1', 0))\n"
+                            "for _ in range(5):\n"
+                            "    c = socket.create_connection(l.getsockname()); s = l.accept()[0]\n"
+                            "    c.close(); s.close()\n"], check=True)
+            churn = engine.refresh().churn
+            assert churn is not None and churn.closes >= 5
+        finally:
+            engine.close()

@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from .kernelstate import COUNTER_KEYS, KernelState, read_counters, read_sysctls
 
@@ -49,6 +49,13 @@ _READ_KEYS = COUNTER_KEYS | frozenset(ACTIVITY_KEYS)
 _LINK_PREFIX = "net:["
 
 T = TypeVar("T")
+
+
+class Closable(Protocol):
+    def close(self) -> None: ...
+
+
+S = TypeVar("S", bound=Closable)
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,22 +238,23 @@ def sock_diag_socket() -> socket.socket:
 
 
 @dataclass(slots=True)
-class NamespaceSockets:
+class NamespaceSockets(Generic[S]):
     """One socket per namespace, opened once inside it by ``opener``, closed when the namespace goes.
 
-    The sock_diag dump uses the default opener; the destroy feed passes
-    its own (one that also joins the destroy multicast groups). A
-    namespace that cannot be entered (not root, gone mid-way) is noted in
-    ``failures`` with the reason and retried after RETRY_FAILED_AFTER.
+    The sock_diag dump uses the default opener; the destroy feeds pass
+    their own (a `DestroyFeed` made inside: it joins the destroy groups of
+    that namespace). A namespace that cannot be entered (not root, gone
+    mid-way) is noted in ``failures`` with the reason and retried after
+    RETRY_FAILED_AFTER.
     """
 
-    opener: Callable[[], socket.socket] = sock_diag_socket
+    opener: Callable[[], S] = sock_diag_socket  # type: ignore[assignment]
     clock: Callable[[], float] = time.monotonic
-    sockets: dict[int, socket.socket] = field(default_factory=dict)
+    sockets: dict[int, S] = field(default_factory=dict)
     failures: dict[int, str] = field(default_factory=dict)
     _failed_at: dict[int, float] = field(default_factory=dict)
 
-    def sync(self, namespaces: Mapping[int, Namespace]) -> dict[int, socket.socket]:
+    def sync(self, namespaces: Mapping[int, Namespace]) -> dict[int, S]:
         """Open sockets for namespaces new since the last call, close those of namespaces gone."""
         for inode in [inode for inode in self.sockets if inode not in namespaces]:
             self.sockets.pop(inode).close()

@@ -10,7 +10,7 @@ import gc
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 import numpy as np
@@ -19,7 +19,7 @@ from ..collect.columns import SocketTable, table_of
 from ..collect.containers import ContainerResolver
 from ..collect.destroy import DestroyFeed, FeedReader
 from ..collect.kernelstate import read_kernel_state
-from ..collect.netns import Selection
+from ..collect.netns import NamespaceSockets, Selection, sock_diag_socket
 from ..collect.nswatch import NamespaceInfo
 from ..collect.owners import OwnerScanner, owner_note_for, user_name
 from ..collect.records import Backend, BackendUnavailable, OwnerAwareBackend
@@ -96,6 +96,7 @@ class Engine:
         self.containers = ContainerResolver()
         self.namespaces = (NamespaceReader(self.backend, self.netns, self.containers)
                            if self.backend.name == "netlink" else None)
+        self._feeds: NamespaceSockets[DestroyFeed] = NamespaceSockets(lambda: DestroyFeed(sock_diag_socket()))
         self.scanner = OwnerScanner()
         self.history_seconds = history_seconds
         self.history = History(history_capacity(history_seconds, interval))
@@ -128,7 +129,7 @@ class Engine:
             places = group_places(table.columns, codes, slots, aggregates.rows, aggregates.listening_ports,
                                   aggregates.ephemeral_ports)
             taken_at, monotonic = time.time(), time.monotonic()
-            churn = self._churn(table, ownership, aggregates, monotonic)
+            churn = self._churn(table, ownership, aggregates, monotonic, namespaces)
         self._last_owners = aggregates.connection_owners or {}
         self._seq += 1
         history = self.history.record(self._seq, taken_at, monotonic, aggregates, kernel.counters,
@@ -152,18 +153,26 @@ class Engine:
             return None, f"no close events: the kernel refused the sock_diag destroy groups ({exc.strerror or exc})"
 
     def _churn(self, table: SocketTable, ownership: Ownership, aggregates: Aggregates,
-               now: float) -> Churn | None:
+               now: float, namespaces: tuple[NamespaceInfo, ...] = ()) -> Churn | None:
         """The churn since the previous refresh. From the second refresh on, a reader thread
         drains the feed between refreshes (a one-shot `--json` starts none)."""
         feed = self.destroy_feed
         if feed is None:
             return None
-        lost_before = feed.overruns + (self._reader.dropped if self._reader else 0)
+        others = list(self._namespace_feeds(namespaces))  # the other namespaces': drained here, at each refresh
+        lost_before = feed.overruns + (self._reader.dropped if self._reader else 0) + sum(f.overruns for f in others)
         closed = self._reader.take() if self._reader else feed.drain()
-        lost = feed.overruns + (self._reader.dropped if self._reader else 0)
+        for other in others:
+            closed += other.drain()
+        lost = feed.overruns + (self._reader.dropped if self._reader else 0) + sum(f.overruns for f in others)
         if self._reader is None:
             self._reader = FeedReader(feed)
         return self.churn.update(table, ownership, aggregates, closed, now, lost, lost > lost_before)
+
+    def _namespace_feeds(self, namespaces: tuple[NamespaceInfo, ...]) -> Iterable[DestroyFeed]:
+        """A destroy feed in each namespace read other than socktop's own (destroy events are per namespace)."""
+        wanted = {info.inode: info.namespace for info in namespaces if not info.own and not info.note}
+        return self._feeds.sync(wanted).values() if wanted or self._feeds.sockets else ()
 
     def close(self) -> None:
         """Stop the destroy feed's reader, let go of its socket and of the sockets held in other
@@ -176,6 +185,7 @@ class Engine:
             self.destroy_feed = None
         if self.namespaces is not None:
             self.namespaces.close()
+        self._feeds.close()
 
     def _ownership(self, inodes: np.ndarray) -> Ownership:
         if isinstance(self.backend, OwnerAwareBackend):
