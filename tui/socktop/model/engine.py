@@ -94,8 +94,7 @@ class Engine:
         self.backend, self.backend_note = open_backend(backend)
         self.netns = netns if netns is not None else Selection("self")  # the CLI defaults to all as root
         self.containers = ContainerResolver()
-        self.namespaces = (NamespaceReader(self.backend, self.netns, self.containers)
-                           if self.backend.name == "netlink" else None)
+        self.namespaces = NamespaceReader(self.netns, self.containers) if self.backend.name == "netlink" else None
         self._feeds: NamespaceSockets[DestroyFeed] = NamespaceSockets(lambda: DestroyFeed(sock_diag_socket()))
         self.scanner = OwnerScanner()
         self.history_seconds = history_seconds
@@ -118,7 +117,7 @@ class Engine:
         with gc_paused():
             kernel = read_kernel_state()
             if self.namespaces is not None:
-                columns, namespaces = self.namespaces.read(kernel)
+                columns, namespaces = self.namespaces.read(self.backend, kernel)
                 table = SocketTable(columns)
             else:
                 table, namespaces = table_of(self.backend.sockets()), ()
@@ -198,7 +197,8 @@ class Engine:
     def _still_listed(self, inodes: set[int]) -> set[int]:
         """Those of ``inodes`` the socket table lists now: a second read, only when the owner scan
         could not place a socket (one that closed meanwhile is no longer listed)."""
-        listed = self.namespaces.inodes() if self.namespaces is not None else table_of(self.backend.sockets()).columns.inode
+        listed = (self.namespaces.inodes(self.backend) if self.namespaces is not None
+                  else table_of(self.backend.sockets()).columns.inode)
         return inodes.intersection(listed.tolist())
 
     def _source(self, aggregates: Aggregates, namespaces: tuple[NamespaceInfo, ...]) -> SourceInfo:

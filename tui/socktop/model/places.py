@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..collect.columns import SocketColumns
+from ..collect.columns import SocketColumns, table_of
 from ..collect.containers import Container, ContainerResolver
 from ..collect.kernelstate import KernelState
 from ..collect.netns import Selection, activity
@@ -174,9 +174,8 @@ class NamespaceReader:
     seconds: no socket of it can have changed state meanwhile.
     """
 
-    def __init__(self, backend: NetlinkBackend, selection: Selection, resolver: ContainerResolver,
+    def __init__(self, selection: Selection, resolver: ContainerResolver,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.backend = backend
         self.watch = NamespaceWatch(selection, resolver)
         self.clock = clock
         self.keep_for = REDUMP_EVERY  # 0: dump every namespace at every refresh
@@ -184,12 +183,13 @@ class NamespaceReader:
         self.dumps = 0
         self.kept = 0
 
-    def read(self, host: KernelState) -> tuple[SocketColumns, tuple[NamespaceInfo, ...]]:
+    def read(self, backend: NetlinkBackend, host: KernelState) -> tuple[SocketColumns, tuple[NamespaceInfo, ...]]:
         """All sockets, each with its namespace (`SocketRecord.netns`, 0 for socktop's own), and the namespaces.
 
-        A namespace whose dump fails is left out with the reason in its
-        note (its socket is reopened next time); socktop's own failing
-        raises, as it would without namespaces.
+        Socktop's own namespace is read as without namespaces (``backend.sockets()``);
+        the others through their sockets. A namespace whose dump fails is left
+        out with the reason in its note (its socket is reopened next time);
+        socktop's own failing raises, as it would without namespaces.
         """
         try:
             found = self.watch.refresh(host)
@@ -201,7 +201,7 @@ class NamespaceReader:
         for info, sock in found:
             if sock is not None:
                 try:
-                    parts.append(self._columns(info, sock, now))
+                    parts.append(self._columns(backend, info, sock, now))
                 except (OSError, CollectError) as exc:
                     if info.own:
                         raise
@@ -213,23 +213,26 @@ class NamespaceReader:
             del self._kept[inode]
         return SocketColumns.concat(parts), tuple(infos)
 
-    def _columns(self, info: NamespaceInfo, sock: socket.socket, now: float) -> SocketColumns:
-        fingerprint = None if info.own else activity(info.kernel)
+    def _columns(self, backend: NetlinkBackend, info: NamespaceInfo, sock: socket.socket, now: float) -> SocketColumns:
+        if info.own:
+            return table_of(backend.sockets()).columns
+        fingerprint = activity(info.kernel)
         kept = self._kept.get(info.inode)
         if fingerprint is not None and kept is not None and kept[0] == fingerprint and now - kept[1] < self.keep_for:
             self.kept += 1
             return aged(kept[2], now - kept[1])
         self.dumps += 1
-        columns = self.backend.columns(sock)
-        if info.key:
-            columns.netns[:] = info.key
+        columns = backend.columns(sock)
+        columns.netns[:] = info.key
         if fingerprint is not None:
             self._kept[info.inode] = (fingerprint, now, columns)
         return columns
 
-    def inodes(self) -> np.ndarray:
-        """The inodes every namespace lists now (a fresh dump of each, for the owner scan's check)."""
-        parts = [self.backend.columns(sock).inode for sock in self.watch.sockets.sockets.values()]
+    def inodes(self, backend: NetlinkBackend) -> np.ndarray:
+        """The inodes every namespace read lists now (a fresh dump of each, for the owner scan's check)."""
+        picked, opened = self.watch.last.values(), self.watch.sockets.sockets
+        parts = [table_of(backend.sockets()).columns.inode if namespace.own else backend.columns(opened[namespace.inode]).inode
+                 for namespace in picked if namespace.own or namespace.inode in opened]
         return np.concatenate(parts) if parts else np.zeros(0, np.uint64)
 
     def close(self) -> None:
