@@ -234,3 +234,16 @@ def test_connections_closed_inside_a_namespace_are_counted() -> None:
             assert churn is not None and churn.closes >= 5
         finally:
             engine.close()
+
+
+def test_as_root_every_namespace_is_read_by_default() -> None:
+    with named_netns() as name, farm_in_netns(name, established=2):
+        environ = {key: value for key, value in os.environ.items() if key != "SOCKTOP_NETNS"}
+        result = subprocess.run([sys.executable, "-m", "socktop", "--json"], capture_output=True, text=True,
+                                timeout=60, env=environ, check=True)
+        document = json.loads(result.stdout)
+        assert document["netns"].startswith("all (")
+        assert netns_inode(name) in {ns["inode"] for ns in document["namespaces"]}
+        bad = subprocess.run([sys.executable, "-m", "socktop", "--json"], capture_output=True, text=True,
+                             timeout=60, env={**environ, "SOCKTOP_NETNS": "a/b"})
+        assert bad.returncode == 2 and bad.stderr.startswith("socktop: error: SOCKTOP_NETNS: invalid --netns")

@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "(or whose key is TEXT: pod:UID, docker:ID, netns:INODE)")
     parser.add_argument("--netns", type=_netns, default=None, metavar="all|self|NAME|PID",
                         help="network namespaces to read: all, self, a name in /var/run/netns or a pid's "
-                             "(several with commas); default all as root, else self")
+                             "(several with commas); default $SOCKTOP_NETNS, else all as root, else self")
     parser.add_argument("--backend", choices=BACKENDS, default="auto",
                         help="how to read the socket table (default: auto = netlink, else /proc, else psutil)")
     parser.add_argument("-i", "--interval", type=_seconds(0.5, 10, "interval"), default=1.0, help="TUI refresh interval in seconds (0.5-10)")
@@ -231,6 +231,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         build_parser().error("--sockets needs --json")
     if options.pid is not None and not pid_exists(options.pid):
         return _fail(f"no such process: {options.pid}", USAGE_ERROR)
+    try:
+        options.netns = Selection.chosen(options.netns)
+    except ValueError as exc:
+        return _fail(str(exc), USAGE_ERROR)
     config = _load_config(options)
     if config is None:
         return USAGE_ERROR
@@ -324,7 +328,7 @@ def _run_once(options: argparse.Namespace, config: Config) -> int:
     for warning in config.warnings:
         _say(f"warning: {warning}")
     try:
-        engine = Engine(options.backend, options.interval, netns=Selection.chosen(options.netns))
+        engine = Engine(options.backend, options.interval, netns=options.netns)
         snapshot = engine.refresh()
         deadline = time.monotonic() + options.sample
         while time.monotonic() < deadline:

@@ -37,6 +37,7 @@ from .kernelstate import COUNTER_KEYS, KernelState, read_counters, read_sysctls
 PROC = "/proc"
 CLONE_NEWNET = 0x40000000
 NAMED_DIRS = ("/var/run/netns", "/var/run/docker/netns")
+NETNS_VARIABLE = "SOCKTOP_NETNS"  # the default of --netns, when set
 NETLINK_SOCK_DIAG = 4
 ENTER_TIMEOUT = 5.0  # seconds a helper thread may take: it only opens a socket or reads small files
 RETRY_FAILED_AFTER = 10.0  # a namespace that could not be entered is retried this much later
@@ -321,9 +322,18 @@ class Selection:
         return cls("all" if is_root else "self")
 
     @classmethod
-    def chosen(cls, option: Selection | None) -> Selection:
-        """``--netns`` as given, else the default for this process's privileges."""
-        return option if option is not None else cls.default(os.geteuid() == 0)
+    def chosen(cls, option: Selection | None, environ: Mapping[str, str] = os.environ) -> Selection:
+        """``--netns`` as given, else ``$SOCKTOP_NETNS``, else the default for this process's
+        privileges; ValueError naming the variable when it holds no valid selection."""
+        if option is not None:
+            return option
+        text = environ.get(NETNS_VARIABLE, "")
+        if not text:
+            return cls.default(os.geteuid() == 0)
+        try:
+            return cls.parse(text)
+        except ValueError as exc:
+            raise ValueError(f"{NETNS_VARIABLE}: {exc}") from None
 
     def describe(self) -> str:
         return self.mode if self.mode != "some" else ",".join([*self.names, *(f"pid {pid}" for pid in self.pids)])
