@@ -166,7 +166,7 @@ class Snapshot:
         table = table_of(self.sockets)
         keep = table.columns.netns == key
         codes = self.place_codes[keep] if self.place_codes is not None else np.full(int(keep.sum()), -1, np.int64)
-        return self._narrowed(table.take(keep), codes)
+        return self._narrowed(table.take(keep), codes, with_places=False)
 
     def filtered(self, state: TcpState | None = None, port: int | None = None, pid: int | None = None,
                  place: str | None = None) -> Snapshot:
@@ -191,11 +191,12 @@ class Snapshot:
             keep &= np.isin(codes, matching_codes(self.place_slots, place))
         return self._narrowed(table.take(keep), codes[keep])
 
-    def _narrowed(self, kept: SocketTable, codes: np.ndarray) -> Snapshot:
-        """This snapshot with only the ``kept`` sockets (whose places are ``codes``), regrouped."""
+    def _narrowed(self, kept: SocketTable, codes: np.ndarray, with_places: bool = True) -> Snapshot:
+        """This snapshot with only the ``kept`` sockets (whose places are ``codes``), regrouped
+        (the Containers grouping too, unless ``with_places`` is False: one namespace's findings need none)."""
         aggregates = self.regroup(kept)
         places = group_places(kept.columns, codes, self.place_slots, aggregates.rows, aggregates.listening_ports,
-                              aggregates.ephemeral_ports)
+                              aggregates.ephemeral_ports) if with_places else {}
         return Snapshot(
             seq=self.seq, taken_at=self.taken_at, monotonic=self.monotonic, collect_seconds=self.collect_seconds,
             source=self.source, sockets=kept, ownership=self.ownership, aggregates=aggregates,
