@@ -50,14 +50,15 @@ class NamespaceWatch:
     def __init__(self, selection: Selection, resolver: ContainerResolver | None = None) -> None:
         self.selection = selection
         self.resolver = resolver if resolver is not None else ContainerResolver()
-        self.sockets = NamespaceSockets()
+        self.sockets: NamespaceSockets[socket.socket] = NamespaceSockets()
         self.kernel = NamespaceKernel()
+        self.last: dict[int, Namespace] = {}  # the namespaces the last refresh picked
 
     def refresh(self, host: KernelState) -> list[tuple[NamespaceInfo, socket.socket | None]]:
         """Every picked namespace (socktop's own first, then by label) and its socket, None where it
         could not be entered (the note says why). Raises LookupError when a named or pid selection
         matches nothing now."""
-        picked = self.selection.pick(list_namespaces())
+        picked = self.last = self.selection.pick(list_namespaces())
         opened = self.sockets.sync(picked)
         self.resolver.forget(picked)
         self.kernel.forget(picked)
