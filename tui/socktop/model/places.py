@@ -11,10 +11,10 @@ socktop's own namespace they count under "host".
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Callable, Sequence
 import socket
 import time
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
