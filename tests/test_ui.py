@@ -694,7 +694,7 @@ async def test_the_findings_pane_shows_its_titles_whole_or_visibly_cut():
     async with app.run_test(size=(200, 50)) as pilot:
         await settle(pilot)
         findings: FindingsPane = app.pane("findings")
-        assert findings.region.width >= 78 and app.query_one(SocketList).region.width <= 120
+        assert findings.region.width >= 88 and app.query_one(SocketList).region.width <= 110
         for size in ((200, 50), (140, 40)):
             await pilot.resize_terminal(*size)
             await settle(pilot)
@@ -703,7 +703,7 @@ async def test_the_findings_pane_shows_its_titles_whole_or_visibly_cut():
             titles = [findings.cells_of(key)[1].plain for key in findings.keys]
             assert all(len(line) == width for line in shown)
             for line, title in zip(shown, titles):
-                text = line[10:].rstrip()
+                text = line[6:].rstrip()
                 assert text == title or (text.endswith("…") and title.startswith(text[:-1])
                                          and title[len(text) - 1] in " ,:("), (text, title)
         assert any(line.rstrip().endswith("…") for line in shown)  # the frozen machine has long titles

@@ -283,9 +283,10 @@ class SocktopApp(App[int]):
             self._flex = active
         body = self.size.height - FIXED_LINES[mode]
         states_fit = self.pane("states").row_count + 3  # header and borders
-        if mode == "wide":
+        if mode == "wide":  # the top row as tall as its longest pane needs, up to 2/5: the sockets get the rest
             shown = frozenset(PANE_ORDER)
-            heights = {"top-row": "2fr", "bottom-row": "3fr", "states": "1fr"}
+            top_fit = max(self.pane(name).row_count for name in ("states", "ports", "processes")) + 3
+            heights = {"top-row": str(max(8, min(top_fit, body * 2 // 5))), "bottom-row": "1fr", "states": "1fr"}
         elif mode == "medium":
             shown = frozenset({"states", self._side, self._bottom})
             side_fit = self.pane(self._side).row_count + 3

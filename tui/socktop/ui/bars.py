@@ -248,8 +248,7 @@ class FilterLine(Bar):
 
 
 
-SEVERITY_CHIP = {"critical": (" CRIT ", "chip-danger"), "warning": (" WARN ", "chip-warning"),
-                 "info": (" INFO ", "chip")}
+SEVERITY_CHIP = {"critical": "chip-danger", "warning": "chip-warning", "info": "chip"}
 
 
 class FindingsStrip(Bar):
@@ -283,7 +282,7 @@ class FindingsStrip(Bar):
         lines = []
         self._ids = [finding_id for finding_id, _, _ in shown]
         for index, (_, severity, title) in enumerate(shown):
-            chip, tone = SEVERITY_CHIP.get(severity, SEVERITY_CHIP["info"])
+            chip, tone = f" {fmt.SEVERITY_SHORT.get(severity, 'INFO')} ", SEVERITY_CHIP.get(severity, "chip")
             tail = f"  +{more} more: 5" if more and index == len(shown) - 1 else ""
             line = Text(no_wrap=True, end="")
             line.append(chip, self.style(tone))

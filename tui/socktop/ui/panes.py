@@ -389,7 +389,7 @@ class FindingsPane(Pane):
 
     KIND, LEVEL, TITLE = "findings", None, "5 Findings"
     COLUMNS = (
-        ColumnSpec("severity", "Severity", 10),
+        ColumnSpec("severity", "Sev", 6),
         ColumnSpec("title", "Finding", 24, flex=True),
     )
     DEFAULT_SORT = ("severity", False)
@@ -401,7 +401,7 @@ class FindingsPane(Pane):
         rank, finding = item
         severity = finding.severity.value
         return [
-            Cell(severity.upper(), (SEVERITY_RANK.get(severity, 9), rank),
+            Cell(fmt.SEVERITY_SHORT.get(severity, severity.upper()), (SEVERITY_RANK.get(severity, 9), rank),
                  self.tone(SEVERITY_TONE.get(severity, ""))),
             ProseCell(printable(finding.title), None),
         ]

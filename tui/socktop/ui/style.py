@@ -100,7 +100,7 @@ Pane > .pane--accent { color: $socktop-accent; }
 .-drawer #states { width: 1fr; }  /* with the drawer open the three panes share what is left */
 #ports { width: 1fr; }
 #processes { width: 1.5fr; }
-#sockets { width: 2fr; max-width: 120; }  /* every column, a 30-cell owner: the rest for findings */
+#sockets { width: 2fr; max-width: 110; }  /* every column, a 22-cell owner: the rest for findings */
 #findings { width: 1fr; }
 
 /* medium and small: the findings strip and the tab line; only the panes marked -shown */
