@@ -435,6 +435,14 @@ class NetlinkBackend:
         found = cookies[slot] == wanted
         columns.lastack_ms[rows[found]] = lastack[slot[found]]
 
+    def still_listed(self, columns: SocketColumns, rows: np.ndarray) -> set[int]:
+        """The inodes of ``rows`` that the kernel lists now, each asked for by 4-tuple and cookie (a hash
+        lookup, not a second dump): a socket closed since answers ENOENT, or comes back with inode 0 as
+        the TIME_WAIT or orphan it became (the kernel keeps the cookie into TIME_WAIT)."""
+        if len(rows) > EXACT_LOOKUPS_MAX:
+            return set(self.columns().inode.tolist())
+        return set(self._look_up(columns, rows, 0).inode.tolist())
+
     def _look_up(self, columns: SocketColumns, rows: np.ndarray, ext: int) -> SocketColumns:
         """The sockets of ``rows`` asked for by 4-tuple and cookie (not dumped), with the attributes of ``ext``.
 
