@@ -52,13 +52,12 @@ class NamespaceWatch:
         self.resolver = resolver if resolver is not None else ContainerResolver()
         self.sockets: NamespaceSockets[socket.socket] = NamespaceSockets()
         self.kernel = NamespaceKernel()
-        self.last: dict[int, Namespace] = {}  # the namespaces the last refresh picked
 
     def refresh(self, host: KernelState) -> list[tuple[NamespaceInfo, socket.socket | None]]:
         """Every picked namespace (socktop's own first, then by label) and its socket, None where it
         could not be entered (the note says why). Raises LookupError when a named or pid selection
         matches nothing now."""
-        picked = self.last = self.selection.pick(list_namespaces())
+        picked = self.selection.pick(list_namespaces())
         opened = self.sockets.sync(picked)
         self.resolver.forget(picked)
         self.kernel.forget(picked)

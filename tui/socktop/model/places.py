@@ -228,12 +228,17 @@ class NamespaceReader:
             self._kept[info.inode] = (fingerprint, now, columns)
         return columns
 
-    def inodes(self, backend: NetlinkBackend) -> np.ndarray:
-        """The inodes every namespace read lists now (a fresh dump of each, for the owner scan's check)."""
-        picked, opened = self.watch.last.values(), self.watch.sockets.sockets
-        parts = [table_of(backend.sockets()).columns.inode if namespace.own else backend.columns(opened[namespace.inode]).inode
-                 for namespace in picked if namespace.own or namespace.inode in opened]
-        return np.concatenate(parts) if parts else np.zeros(0, np.uint64)
+    def still_listed(self, backend: NetlinkBackend, columns: SocketColumns, rows: np.ndarray) -> set[int]:
+        """`NetlinkBackend.still_listed` for ``rows`` of several namespaces: each asked in its own."""
+        opened = self.watch.sockets.sockets  # by inode, which is the netns key of every namespace but socktop's
+        listed: set[int] = set()
+        for key in np.unique(columns.netns[rows]).tolist():
+            mine = rows[columns.netns[rows] == key]
+            if key == 0:
+                listed |= backend.still_listed(columns, mine)
+            elif key in opened:
+                listed |= backend.still_listed(columns, mine, opened[key])
+        return listed
 
     def close(self) -> None:
         self.watch.close()
