@@ -31,6 +31,7 @@ test: $(TEST_STAMP)
 bench: $(TEST_STAMP)
 	$(BIN)/python tests/perf/bench.py $(ARGS)
 	$(BIN)/python tests/perf/ui_bench.py $(ARGS)
+	$(BIN)/python tests/perf/fork_churn.py
 
 screenshots: $(TEST_STAMP)
 	$(BIN)/python tests/screenshots.py

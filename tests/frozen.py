@@ -266,6 +266,10 @@ async def settle(pilot) -> None:
     """Let the poller and view threads finish and their messages be handled."""
     for _ in range(3):
         await pilot.pause()
+        for _ in range(1000):  # the app's background threads (poller, view builder, clipboard), bounded
+            if not getattr(pilot.app, "background_jobs", 0):
+                break
+            await pilot.pause(0.01)
         await pilot.app.workers.wait_for_complete()
     await pilot.pause()
 

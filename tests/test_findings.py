@@ -772,6 +772,8 @@ def test_orphaned_fin_wait2_count_as_timewait_not_as_orphans() -> None:
     assert tw.metrics["count"] == 800 and "500 TIME_WAIT and 300 orphaned FIN_WAIT_2" in text_of(tw)
     orphans = one(snapshot, "orphans")
     assert "orphaned in this table by state: FIN-WAIT-1 200;" in text_of(orphans)
+    closing = [f for f in findings(snapshot, "closing") if f.state is TcpState.FIN_WAIT2]
+    assert "300 of them timewait sockets" in text_of(closing[0]) and "not as orphans" in text_of(closing[0])
 
 
 def test_tcp_memory_is_told_apart_from_orphans() -> None:

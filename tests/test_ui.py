@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import pytest
@@ -441,6 +442,7 @@ async def test_collection_error_shows_in_the_top_bar_and_the_app_keeps_running()
         await settle(pilot)
         assert "netlink: permission denied" in plain(app.query_one(TopBar))
         assert len(app.query_one(SocketList).records) == 2992  # the last good snapshot stays on screen
+        assert re.search(r"data \d+s old", plain(app.query_one(TopBar)))  # ...and says how old it is
         broken["now"] = False
         app.refresh_now()
         await settle(pilot)
@@ -455,12 +457,15 @@ async def test_help_lists_every_key_and_palette_runs_actions():
         assert isinstance(app.screen, HelpScreen)
         rows = app.screen.help_rows()
         assert {row[3] for row in rows if row[3]} == {key.id for key in KEYS}
-        assert ("General", "?", "Show every key", "help") in rows
+        assert ("General", "? F1", "Show every key", "help") in rows and ("General", "q F10", "Leave socktop",
+                                                                         "quit") in rows
+        assert any("k is Copy kill" in row[2] for row in rows)
         await pilot.press("escape")
         assert not isinstance(app.screen, HelpScreen)
         titles = [command.title for command in app.get_system_commands(app.screen)]
         for key in KEYS:
             assert key.description in titles
+        assert len(titles) == len(set(titles)) and "Keys" not in titles  # no entry twice (Quit, Theme, Help)
         await pilot.press("ctrl+p")
         assert isinstance(app.screen, CommandPalette)
         await pilot.press(*"Copy ss")
@@ -703,3 +708,104 @@ async def test_the_findings_pane_shows_its_titles_whole_or_visibly_cut():
                                          and title[len(text) - 1] in " ,:("), (text, title)
         assert any(line.rstrip().endswith("…") for line in shown)  # the frozen machine has long titles
         assert plain(app.query_one(TrendStrip)).startswith("last 39s ")  # 40 refreshes a second apart
+
+
+QUIT_WHILE_REFRESHING = """
+import sys, threading
+sys.path.insert(0, {tests!r})
+from frozen import FrozenSource
+from socktop.ui.app import SocktopApp
+
+blocked = threading.Event()
+
+class Blocking(FrozenSource):
+    def refresh(self):
+        if self.calls:  # the second refresh never returns, as a slow dump of 200,000 sockets would not soon
+            blocked.set()
+            threading.Event().wait()
+        return super().refresh()
+
+class App(SocktopApp):
+    def on_mount(self):
+        self.set_interval(0.05, lambda: blocked.is_set() and self.action_quit())
+
+print("exit", App(Blocking(), interval=0.5, clipboard_mode="osc52").run(headless=True, size=(120, 40)))
+"""
+
+
+def test_quit_never_waits_for_a_refresh_in_progress():
+    """`q` ends the app at once: the refresh runs in a daemon thread that exiting leaves behind (a Textual
+    thread worker runs in the loop's executor, which asyncio.run joins: this process would never end)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = QUIT_WHILE_REFRESHING.format(tests=str(Path(__file__).parent))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip().endswith("exit 0"), result.stderr[-2000:]
+
+
+async def test_escape_closes_the_innermost_thing_first():
+    app = make_app()
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot)
+        await press(pilot, "down", "d")  # CLOSE_WAIT picked, the drawer open on it
+        assert app.drawer_open and app.spec.levels == (Level("state", "CLOSE_WAIT"),)
+        await press(pilot, "slash", *"leaky")
+        await press(pilot, "escape")  # the filter field first, as it was
+        assert not app.has_class("-filtering") and app.drawer_open and not app.spec.query.text
+        await press(pilot, "escape")  # then the drawer; the row under it stays picked
+        assert not app.drawer_open and app.spec.levels == (Level("state", "CLOSE_WAIT"),)
+        await press(pilot, "escape")  # then one drill-down level
+        assert app.spec.levels == ()
+
+
+async def test_an_unknown_state_is_explained_and_cleared_with_escape():
+    app = make_app()
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot)
+        await press(pilot, "slash", *"state:tw", "enter")
+        assert "unknown state 'tw': did you mean time-wait?" in plain(app.query_one(FilterLine))
+        assert app.spec.query.text == "state:tw" and not app.spec.query.terms
+        await press(pilot, "escape")
+        assert app.spec.query.text == "" and "All sockets" in plain(app.query_one(FilterLine))
+
+
+async def test_a_filter_that_matches_nothing_says_so_in_the_panes():
+    app = make_app()
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot)
+        await press(pilot, "slash", *"proc:nosuchthing", "enter")
+        for name in ("states", "ports", "processes", "sockets"):
+            pane = app.pane(name)
+            assert pane.row_total == 0 and "no match" in pane.render_line(1).text, name
+
+
+async def test_a_picked_finding_and_a_filter_are_both_said_in_the_filter_line():
+    app = make_app()
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot)
+        await move_to(pilot, "findings", "close-wait-leak:pid:4242")
+        await press(pilot, "slash", *"198.51", "enter")
+        line = plain(app.query_one(FilterLine))
+        title = app.picked_finding().title
+        assert f"finding «{title[:20]}" in line and "/198.51" in line and "pid 4242 › CLOSE-WAIT" in line
+
+
+async def test_function_keys_and_vi_moves():
+    app = make_app()
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot)
+        await press(pilot, "f1")
+        assert isinstance(app.screen, HelpScreen)
+        await press(pilot, "escape", "f3")
+        assert app.has_class("-filtering")
+        await press(pilot, "escape", "3", "j")
+        processes = app.pane("processes")
+        assert processes.cursor == 1 and app.spec.levels == (Level("process", processes.selected_key),)
+        await press(pilot, "G")
+        assert processes.cursor == processes.row_count - 1
+        await press(pilot, "g")
+        assert processes.cursor == 0
+        await press(pilot, "f10")
+        assert app.return_code == 0

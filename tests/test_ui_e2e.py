@@ -22,6 +22,9 @@ import pytest
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
 
 WIDTH, HEIGHT = 200, 50
+#: a tmux server of our own (its socket named after this process): a shared default server may have been
+#: started in another network namespace, and the sessions it starts would see that namespace's sockets
+TMUX = ["tmux", "-L", f"socktop-tests-{os.getpid()}"]
 #: a comm of 15 bytes (the kernel's limit): markup, a shell substitution, both quotes, and ESC [
 HOSTILE_COMM = "[bold]$(id)\"'\x1b["
 HOSTILE_ARG = "[red]$(touch /tmp/pwned)\x1b[2J\x1b]0;pwned\x07"
@@ -34,7 +37,7 @@ class Terminal:
         self.name = name
         exports = [f"-e{key}={value}" for key, value in env.items()]
         for attempt in range(5):  # the server of a session just killed may still be exiting
-            started = subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", str(WIDTH), "-y", str(HEIGHT),
+            started = subprocess.run([*TMUX, "new-session", "-d", "-s", name, "-x", str(WIDTH), "-y", str(HEIGHT),
                                       *exports, command], capture_output=True, text=True)
             if started.returncode == 0:
                 return
@@ -42,17 +45,17 @@ class Terminal:
         raise RuntimeError(f"tmux new-session failed: {started.stderr.strip()}")
 
     def screen(self) -> str:
-        return subprocess.run(["tmux", "capture-pane", "-p", "-t", self.name], capture_output=True, text=True,
+        return subprocess.run([*TMUX, "capture-pane", "-p", "-t", self.name], capture_output=True, text=True,
                               check=False).stdout
 
     def press(self, *keys: str) -> None:
         """Each key as a person would press it: one at a time, a moment apart."""
         for key in keys:
-            subprocess.run(["tmux", "send-keys", "-t", self.name, key], check=True)
+            subprocess.run([*TMUX, "send-keys", "-t", self.name, key], check=True)
             time.sleep(0.15)
 
     def type(self, text: str) -> None:
-        subprocess.run(["tmux", "send-keys", "-l", "-t", self.name, text], check=True)
+        subprocess.run([*TMUX, "send-keys", "-l", "-t", self.name, text], check=True)
 
     def wait_for(self, test: Callable[[str], object], timeout: float = 30.0) -> str:
         deadline = time.monotonic() + timeout
@@ -65,7 +68,7 @@ class Terminal:
             time.sleep(0.25)
 
     def close(self) -> None:
-        subprocess.run(["tmux", "kill-session", "-t", self.name], capture_output=True, check=False)
+        subprocess.run([*TMUX, "kill-session", "-t", self.name], capture_output=True, check=False)
 
 
 @pytest.fixture
@@ -155,7 +158,7 @@ def test_hostile_process_name_is_shown_literally(terminal):
         assert "/tmp/pwned)\\e[2J\\e]0;pwned\\x07" in screen  # its command line, in the drawer
         lines = screen.splitlines()
         assert lines[0].startswith("socktop ") and len(lines) == HEIGHT  # nothing cleared or scrolled the screen
-        title = subprocess.run(["tmux", "display-message", "-p", "-t", term.name, "#{pane_title}"],
+        title = subprocess.run([*TMUX, "display-message", "-p", "-t", term.name, "#{pane_title}"],
                                capture_output=True, text=True, check=False).stdout
         assert "pwned" not in title
         term.press("q")

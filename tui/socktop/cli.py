@@ -372,7 +372,18 @@ def _run_serve(options: argparse.Namespace) -> int:
 def _run_demo(options: argparse.Namespace) -> int:
     from .demo.scenario import run_demo
 
-    return run_demo(options.duration, echo=print)
+    return run_demo(options.duration, echo=_echo)
+
+
+def _echo(line: str) -> None:
+    """A progress line on stdout; once its reader is gone (``| head``) or the disk is full, the
+    demo goes on without it rather than dying with its sockets and workers left behind."""
+    if sys.stdout is None:
+        return
+    try:
+        print(line, flush=True)
+    except (OSError, ValueError):
+        _silence_stdout()
 
 
 EXPLAIN_USAGE = """\

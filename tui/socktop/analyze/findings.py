@@ -852,6 +852,7 @@ def _closing_buildups(scan: _Scan) -> Iterable[Finding]:
         if len(records) < limits.closing_warning:
             continue
         orphaned = sum(1 for record in records if not record.inode)
+        timewait = sum(1 for record in records if record.timer is TimerKind.TIME_WAIT)
         advisor = scan.advisor()
         if orphaned * 2 >= len(records):
             why = f"{orphaned} orphaned {state.label} wait on peers that do not answer or do not close"
@@ -863,7 +864,10 @@ def _closing_buildups(scan: _Scan) -> Iterable[Finding]:
             f"{len(records)} {state.label} sockets, {orphaned} orphaned; top peers {_peers_text(records)}",
             Subject("state", state), state,
             evidence=[f"{len(records)} {state.label}; a finding from {limits.closing_warning}",
-                      f"{orphaned} orphaned (closed by their process, no descriptor)", *peer_hint],
+                      f"{orphaned} orphaned (closed by their process, no descriptor)"
+                      + (f", {timewait} of them timewait sockets (tcp_fin_timeout at most 60): they end after "
+                         "tcp_fin_timeout and count in sockstat tw against tcp_max_tw_buckets, not as orphans"
+                         if timewait else ""), *peer_hint],
             metrics={"count": len(records), "orphaned": orphaned},
             ss=ss_sockets(state),
             advisor=advisor,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
@@ -23,7 +24,7 @@ from functools import partial
 from typing import Any, Protocol
 
 from rich.console import RenderableType
-from textual import on, work
+from textual import on
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -32,9 +33,7 @@ from textual.events import Resize
 from textual.filter import LineFilter, Monochrome, NoColor
 from textual.message import Message
 from textual.screen import Screen
-from textual.widget import Widget
 from textual.widgets import Input, Static
-from textual.worker import get_current_worker
 
 from ..analyze.config import DEFAULT_THRESHOLDS, Config, Thresholds
 from ..collect.records import TcpState
@@ -182,7 +181,12 @@ class SocktopApp(App[int]):
         self._filter_timer: Any = None
         self._query_before_edit = Query()
         self._refreshing = False
+        self._jobs_lock = threading.Lock()
+        self.background_jobs = 0  # threads running (poller, view builder, clipboard): tests wait for none
+        self._view_generation = 0
         self.refresh_count = 0
+        self.collect_failed = False
+        self.snapshot_at = 0.0  # time.monotonic() of the snapshot shown: its age shows while collection fails
         self.last_apply_seconds = 0.0
         self.first_frame_at: float | None = None
 
@@ -208,6 +212,11 @@ class SocktopApp(App[int]):
                     id="filter")
         yield KeyBar(id="keybar")
         yield Static("socktop needs at least 60x15: please enlarge the terminal.", id="too-small")
+
+    def get_css_variables(self) -> dict[str, str]:
+        """The theme's variables, and socktop's readable tones for it (`style.readable_variables`)."""
+        variables = super().get_css_variables()
+        return {**variables, **style.readable_variables(variables)}
 
     def on_mount(self) -> None:
         if self.handle_signals:
@@ -342,13 +351,28 @@ class SocktopApp(App[int]):
         self._poll(self.spec, self._pending_interval)
         self._pending_interval = None
 
-    # every @work gets a description: without one Textual repr()s the arguments, here 50,000 records
-    @work(thread=True, exclusive=True, group="poll", exit_on_error=False, description="refresh")
+    def _background(self, target: Callable[..., None], *args: Any) -> None:
+        """Run ``target`` in a daemon thread, counted in `background_jobs`. Not a Textual thread worker:
+        those run in the event loop's executor, which asyncio.run joins on exit, so `q` waited for the
+        refresh in progress (seconds at 50,000 sockets). A daemon thread is left behind; it only reads."""
+
+        def run() -> None:
+            try:
+                target(*args)
+            finally:
+                with self._jobs_lock:
+                    self.background_jobs -= 1
+
+        with self._jobs_lock:
+            self.background_jobs += 1
+        threading.Thread(target=run, name=f"socktop-{target.__name__.strip('_')}", daemon=True).start()
+
     def _poll(self, spec: ViewSpec, new_interval: float | None) -> None:
-        # the last view is read here, not passed in: a worker's arguments live as long as the worker
-        # object, which sits in reference cycles until a full collection (tens of MB at 50k sockets)
+        self._background(self._poll_thread, spec, new_interval)
+
+    def _poll_thread(self, spec: ViewSpec, new_interval: float | None) -> None:
+        """One refresh, analysed and viewed, posted as `Refreshed` (in the poller thread)."""
         started = time.perf_counter()
-        worker = get_current_worker()
         prior = self.view
         try:
             source = self._source()
@@ -374,8 +398,7 @@ class SocktopApp(App[int]):
         error = "; ".join(errors)
         view = build_view(snapshot, spec, prior if prior is not None and prior.seq < snapshot.seq else None)
         connections = frozenset(map(CONNECTION, snapshot.sockets))
-        if not worker.is_cancelled:
-            self.post_message(Refreshed(snapshot, analysis, view, connections, error, started))
+        self.post_message(Refreshed(snapshot, analysis, view, connections, error, started))
 
     def on_refreshed(self, message: Refreshed) -> None:
         try:
@@ -386,6 +409,7 @@ class SocktopApp(App[int]):
     def _on_refreshed(self, message: Refreshed) -> None:
         self._refreshing = False
         self.refresh_count += 1
+        self.collect_failed = message.snapshot is None
         if message.snapshot is None:
             self.error = message.error
             self._show_top()
@@ -393,6 +417,7 @@ class SocktopApp(App[int]):
             return
         began = time.perf_counter()
         self.error = message.error
+        self.snapshot_at = time.monotonic()
         self.snapshot = message.snapshot
         self.analysis = message.analysis
         self.previous_connections = self.connections
@@ -426,11 +451,16 @@ class SocktopApp(App[int]):
         if self.snapshot is not None:
             self._build_view()
 
-    @work(thread=True, exclusive=True, group="view", exit_on_error=False, description="build view")
     def _build_view(self) -> None:
-        snapshot, spec, prior = self.snapshot, self.spec, self.view  # immutable; read, not passed (see _poll)
+        self._view_generation += 1
+        self._background(self._build_view_thread, self._view_generation)
+
+    def _build_view_thread(self, generation: int) -> None:
+        """The panes' rows for the current drill-down, filter and sort (in the view thread); a build that a
+        newer one has overtaken posts nothing."""
+        snapshot, spec, prior = self.snapshot, self.spec, self.view  # immutable
         view = build_view(snapshot, spec, prior if prior is not None and prior.seq < snapshot.seq else None)
-        if not get_current_worker().is_cancelled:
+        if generation == self._view_generation:
             self.post_message(ViewBuilt(view))
 
     def on_view_built(self, message: ViewBuilt) -> None:
@@ -505,16 +535,23 @@ class SocktopApp(App[int]):
     def _show_top(self) -> None:
         self._show_keys()
         error = " · ".join(filter(None, (self.error, self.fleet.error if self.fleet else "")))
+        age = time.monotonic() - self.snapshot_at if self.collect_failed and self.snapshot is not None else None
         self.query_one(TopBar).show(self.snapshot, interval=self.interval, paused=self.paused, error=error,
-                                    findings=analysis_api.severity_counts(self.analysis))
+                                    findings=analysis_api.severity_counts(self.analysis), data_age=age)
 
     def _show_filter(self) -> None:
         total = self.snapshot.aggregates.total if self.snapshot else 0
         in_view = len(self.view.sockets) if self.view else total
         focused = self.pane(self.active_pane)
         sort = f"{PANE_TITLES[self.active_pane][2:]} by {focused.sort_text}" if hasattr(focused, "sort_text") else ""
+        finding = self.picked_finding() if self.spec.levels else None
         self.query_one(FilterLine).show([level.label for level in self.spec.levels], self.spec.query.text,
-                                        self.spec.query.error, in_view, total, sort)
+                                        self.spec.query.error, in_view, total, sort,
+                                        finding=finding.title if finding is not None else "")
+        narrowed = bool(self.spec.levels or self.spec.query.terms)
+        for name in PANE_ORDER:  # what an empty pane says
+            self.pane(name).empty_text = "no match: Esc clears one level" if narrowed else (
+                "no findings" if name == "findings" else "none")
 
     # --- selection ----------------------------------------------------------------------------------
 
@@ -752,21 +789,21 @@ class SocktopApp(App[int]):
         self.set_focus(self.pane(self.active_pane))
 
     def action_back(self) -> None:
-        """Esc: leave the filter field, else close a full-screen drawer, else undo one level, else the filter."""
+        """Esc closes the innermost thing first: the filter field (as it was before), the drawer (the row
+        under it stays picked), one drill-down level, then the text filter (also one that only holds an
+        unknown term)."""
         if self.has_class("-filtering"):
             if self._filter_timer is not None:
                 self._filter_timer.stop()
                 self._filter_timer = None
             self._set_spec(replace(self.spec, query=self._query_before_edit))
             self._close_filter()
-        elif self.drawer_open and self.layout_mode == "small":
+        elif self.drawer_open:
             self.action_toggle_drawer()
         elif self.spec.levels:
             self._set_spec(replace(self.spec, levels=self.spec.levels[:-1]))
-        elif self.spec.query:
+        elif self.spec.query.text:
             self._set_spec(replace(self.spec, query=Query()))
-        elif self.drawer_open:
-            self.action_toggle_drawer()
 
     # --- copy actions --------------------------------------------------------------------------------
 
@@ -799,9 +836,8 @@ class SocktopApp(App[int]):
                                        "most terminals. --clipboard osc52 trusts the terminal and skips this "
                                        "dialog."))
 
-    @work(thread=True, group="clipboard", exit_on_error=False, description="system clipboard")
     def _system_copy(self, text: str, what: str) -> None:
-        self.post_message(ClipboardDone(text, what, clipboard.system_copy(text)))
+        self._background(lambda: self.post_message(ClipboardDone(text, what, clipboard.system_copy(text))))
 
     def on_clipboard_done(self, message: ClipboardDone) -> None:
         if not message.error:
@@ -816,7 +852,10 @@ class SocktopApp(App[int]):
     # --- palette ------------------------------------------------------------------------------------
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
-        yield from super().get_system_commands(screen)
+        """socktop's actions, and Textual's own where socktop has none of that name (its Quit, Theme and
+        Keys would list Quit, Theme and Help twice)."""
+        ours = {key.description for key in keys.KEYS} | {"Keys"}
+        yield from (command for command in super().get_system_commands(screen) if command.title not in ours)
         for key in keys.KEYS:
             keys_text = self.keymap_overrides.get(key.id, key.keys)
             shown = " ".join(self.get_key_display(Binding(name.strip(), "")) for name in keys_text.split(","))

@@ -62,15 +62,15 @@ class Bar(Widget):
     DEFAULT_CSS = """
     Bar { height: 1; }
     Bar > .bar--muted { color: $text-muted; }
-    Bar > .bar--accent { color: $accent; text-style: bold; }
-    Bar > .bar--good { color: $success; }
-    Bar > .bar--warning { color: $warning; text-style: bold; }
-    Bar > .bar--danger { color: $error; text-style: bold; }
+    Bar > .bar--accent { color: $socktop-accent; text-style: bold; }
+    Bar > .bar--good { color: $socktop-success; }
+    Bar > .bar--warning { color: $socktop-warning; text-style: bold; }
+    Bar > .bar--danger { color: $socktop-error; text-style: bold; }
     Bar > .bar--chip { background: $panel-lighten-2; color: $foreground; }
-    Bar > .bar--chip-warning { background: $warning; color: $background; text-style: bold; }
-    Bar > .bar--chip-danger { background: $error; color: $foreground; text-style: bold; }
-    Bar > .bar--paused { background: $warning; color: $background; text-style: bold; }
-    Bar > .bar--tab-active { background: $accent; color: $background; text-style: bold; }
+    Bar > .bar--chip-warning { background: $warning; color: $socktop-on-warning; text-style: bold; }
+    Bar > .bar--chip-danger { background: $error; color: $socktop-on-error; text-style: bold; }
+    Bar > .bar--paused { background: $warning; color: $socktop-on-warning; text-style: bold; }
+    Bar > .bar--tab-active { background: $accent; color: $socktop-on-accent; text-style: bold; }
     """
 
     def __init__(self, **kwargs: Any) -> None:
@@ -110,7 +110,8 @@ class TopBar(Bar):
         return super().render()
 
     def show(self, snapshot: Snapshot | None, *, interval: float, paused: bool, error: str,
-             findings: dict[str, int], note: str = "") -> None:
+             findings: dict[str, int], note: str = "", data_age: float | None = None) -> None:
+        """``data_age``: seconds since the snapshot shown was taken, while collection fails."""
         muted, accent = self.style("muted"), self.style("accent")
         self._short = None
         first: list[Part] = [("socktop", accent, 0)]
@@ -118,6 +119,8 @@ class TopBar(Bar):
             first.append((" PAUSED ", self.style("paused"), 0))
         if error:
             first.append((f" {printable(error)} ", self.style("chip-danger"), 0))
+        if data_age is not None:  # the panes still show the last good refresh: say how old it is
+            first.append((f"data {fmt.duration(data_age)} old", self.style("warning"), 0))
         if snapshot is None:
             first.append(("waiting for the first refresh…", muted, 0))
             self.set_lines([first, []])
@@ -217,11 +220,15 @@ class FilterLine(Bar):
     DEFAULT_CSS = "FilterLine { height: 1; background: $boost; }"
 
     def show(self, levels: Sequence[str], query: str, query_error: str, in_view: int, total: int,
-             sort: str) -> None:
+             sort: str, finding: str = "") -> None:
+        """``finding``: the title of the finding the drill-down stands for, when one is picked."""
         muted, accent = self.style("muted"), self.style("accent")
         parts: list[Part] = []
         if levels or query:
             parts.append(("Filter:", muted, 0))
+            if finding:
+                parts.append((f"finding «{fmt.fit_tokens(printable(finding), 36)}» +" if query else
+                               f"finding «{fmt.fit_tokens(printable(finding), 36)}»", accent, 2))
             chain = " › ".join(levels)
             if chain:
                 parts.append((chain, accent, 0))

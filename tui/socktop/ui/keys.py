@@ -41,13 +41,13 @@ class Key:
 GENERAL, PANES, ACTIONS = "General", "Panes and drill-down", "Copy a command"
 
 KEYS: tuple[Key, ...] = (
-    Key("help", "question_mark", "help", "Help", "Show every key", GENERAL, show=True, display="?"),
-    Key("quit", "q", "quit", "Quit", "Leave socktop", GENERAL, show=True),
+    Key("help", "question_mark,f1", "help", "Help", "Show every key", GENERAL, show=True, display="?"),
+    Key("quit", "q,f10", "quit", "Quit", "Leave socktop", GENERAL, show=True),
     Key("pause", "space", "toggle_pause", "Pause", "Pause or resume the refresh", GENERAL, show=True),
     Key("slower", "plus", "change_interval(1)", "Slower", "Refresh less often (up to every 10 s)", GENERAL, display="+"),
     Key("faster", "minus", "change_interval(-1)", "Faster", "Refresh more often (down to every 0.5 s)", GENERAL,
         display="-"),
-    Key("filter", "slash", "filter", "Filter",
+    Key("filter", "slash,f3", "filter", "Filter",
         "Filter by text: port, pid, name, user, address, state; or state:close-wait port:8080 pid:42 proc:java",
         GENERAL, show=True, display="/"),
     Key("theme", "t", "toggle_theme", "Theme", "Switch between the dark and the light theme", GENERAL),
@@ -84,7 +84,9 @@ KEYS: tuple[Key, ...] = (
 
 #: Keys the panes and dialogs answer themselves; listed on the help screen, not remappable here.
 BUILTIN_KEYS: tuple[tuple[str, str, str], ...] = (
-    ("↑ ↓ PgUp PgDn Home End", "Move in a pane: the row you move to is the selection (Esc unpicks it)", PANES),
+    ("↑ ↓ j PgUp PgDn", "Move in a pane: the highlighted row is the selection, for the drawer and the copy keys; "
+                        "it follows its row when the pane re-sorts (j is down; k is Copy kill, so up is ↑)", PANES),
+    ("Home End g G", "First and last row", PANES),
     ("Enter", "Pick the row under the cursor and open or close the details drawer", PANES),
     ("click a header", "Sort by that column (again: reverse)", PANES),
     ("Ctrl+P", "Command palette: every action by name", GENERAL),

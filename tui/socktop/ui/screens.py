@@ -17,6 +17,11 @@ from ..safetext import printable
 from .keys import ACTIONS, BUILTIN_KEYS, GENERAL, KEYS, PANES
 
 
+def function_key(name: str) -> str:
+    """``f10`` as the keyboard writes it, ``F10``."""
+    return name.upper() if name[:1] == "f" and name[1:].isdigit() else name
+
+
 class HelpScreen(ModalScreen[None]):
     """Every key socktop answers, with the keys as currently mapped."""
 
@@ -47,8 +52,9 @@ class HelpScreen(ModalScreen[None]):
             for key in KEYS:
                 if key.group == group:
                     mapped = self.keymap.get(key.id)
-                    shown = " ".join(self.key_display(name.strip()) for name in mapped.split(",")) if mapped \
-                        else key.display or self.key_display(key.keys)
+                    names = [name.strip() for name in (mapped or key.keys).split(",")]
+                    shown = " ".join(key.display if index == 0 and key.display and not mapped
+                                     else function_key(self.key_display(name)) for index, name in enumerate(names))
                     rows.append((group, shown + (" Enter" if key.id == "details" else ""), key.help, key.id))
             rows += [(group, keys_text, text, "") for keys_text, text, builtin in BUILTIN_KEYS if builtin == group]
         return rows

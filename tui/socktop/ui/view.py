@@ -14,6 +14,7 @@ Processes while States keeps every state. The free-text `Query` narrows all.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import math
 import threading
@@ -68,6 +69,22 @@ def with_level(levels: tuple[Level, ...], level: Level) -> tuple[Level, ...]:
 QUERY_PREFIXES = ("state", "port", "pid", "proc", "user", "addr")
 
 
+def suggest_state(text: str) -> str | None:
+    """The state a mistyped name most likely means: its initials (``tw`` → time-wait, ``fw2`` →
+    fin-wait-2), the start of its name (``est``), else the closest spelling; None when nothing is close."""
+    text = text.lower()
+    slugs = [state.slug for state in DISPLAY_STATES]
+    for slug in slugs:
+        parts = slug.split("-")
+        if text == "".join(part[0] if part.isalpha() else part for part in parts):
+            return slug
+    starts = [slug for slug in slugs if slug.startswith(text)]
+    if len(starts) == 1:
+        return starts[0]
+    close = difflib.get_close_matches(text, slugs, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
 @dataclass(frozen=True, slots=True)
 class Query:
     """The `/` filter: ``state:close-wait port:8080 pid:42 proc:java user:app addr:10.0`` and free words.
@@ -94,7 +111,8 @@ class Query:
                     try:
                         TcpState.parse(value)
                     except ValueError:
-                        errors.append(f"unknown state {value!r}")
+                        guess = suggest_state(value)
+                        errors.append(f"unknown state {value!r}" + (f": did you mean {guess}?" if guess else ""))
                         continue
                 elif prefix in ("port", "pid") and not value.isdigit():
                     errors.append(f"{prefix}: wants a number, not {value!r}")
