@@ -6,7 +6,8 @@ Columns that do not fit the pane are left out whole, the least important first (
 to stubs; a flexible column takes what is left. There is no horizontal scrolling.
 
 The cursor row is the selection (htop's model): it is drawn highlighted, it follows its row when the rows
-re-sort, and when it was on screen before a refresh it stays on screen after it.
+re-sort, and when it was on screen before a refresh it stays on screen after it. Until the user moves in a
+pane, its highlight stays on the top row, whatever comes to the top: a row nobody chose is never followed.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from . import format as fmt
+from .style import CachedComponentStyles
 
 SORT_MARK = {False: " ▲", True: " ▼"}
 
@@ -61,7 +63,7 @@ def header_cell(spec: ColumnSpec, width: int, mark: str) -> str:
     return text.rjust(width) if spec.numeric else text.ljust(width)
 
 
-class LineTable(ScrollView, can_focus=True):
+class LineTable(CachedComponentStyles, ScrollView, can_focus=True):
     """Header, rows and cursor; the subclass says how many rows there are and draws one (`row_strip`)."""
 
     COLUMNS: ClassVar[tuple[ColumnSpec, ...]] = ()
@@ -88,6 +90,7 @@ class LineTable(ScrollView, can_focus=True):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.cursor = 0
+        self.chosen = False  # the user has moved in this pane: until then the highlight stays on the top row
         self.empty_text = "none"  # what an empty table says (the app: "no match" under a filter)
         self._columns: list[tuple[int, int]] = []
         self._fitted_width = -1
@@ -133,7 +136,9 @@ class LineTable(ScrollView, can_focus=True):
         return max(1, self.scrollable_content_region.height - 1)  # less the header
 
     def update_size(self) -> None:
-        self.virtual_size = Size(self.scrollable_content_region.width, self.row_total + 1)
+        size = Size(self.scrollable_content_region.width, self.row_total + 1)
+        if size != self.virtual_size:
+            self.virtual_size = size
 
     def on_resize(self, event: events.Resize) -> None:
         self.update_size()
@@ -156,6 +161,7 @@ class LineTable(ScrollView, can_focus=True):
     # --- keys and mouse ----------------------------------------------------------------------------
 
     def move_to(self, index: int) -> None:
+        self.chosen = True
         self.cursor = max(0, min(index, self.row_total - 1))
         self.scroll_to_cursor()
         self.refresh()
@@ -187,7 +193,7 @@ class LineTable(ScrollView, can_focus=True):
     # --- drawing -----------------------------------------------------------------------------------
 
     def style_of(self, name: str) -> Style:
-        return self.get_component_rich_style(name)  # full: colours with alpha blended over the background
+        return self.component_style(name)  # full: colours with alpha blended over the background
 
     def render_line(self, y: int) -> Strip:
         width = self.scrollable_content_region.width
