@@ -119,3 +119,12 @@ def test_once_process_rows_add_up_to_their_total() -> None:
     assert "inferred" in text
     assert row.count("ESTAB 3") == 2 and "LISTEN 1" in row  # 3 clients held, 3 queued inferred
     assert " 7 " in row
+
+
+@pytest.mark.parametrize("args", [["--config", "/tmp/\x1b[31mred", "--once"],
+                                  ["serve", "--listen", "\x1b[31mred.invalid:1"]])
+def test_an_error_quoting_what_was_typed_shows_its_escapes(args: list[str]) -> None:
+    result = socktop(*args)
+    assert result.returncode != 0
+    assert "\x1b" not in result.stderr and "\\e[31mred" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
