@@ -2,17 +2,18 @@
 
     python fleet_population.py leak NAME START RATE MAX SECONDS
         one process named NAME holding START CLOSE_WAIT sockets, RATE more each
-        second up to MAX; prints "ready PORT" on stdout.
+        second up to MAX once it gets SIGUSR1; prints "ready PORT" on stdout.
     python fleet_population.py farm PROCESSES LISTENERS PAIRS CLOSE_WAIT SECONDS
         PROCESSES forked children, each with LISTENERS listening ports, PAIRS
         ESTABLISHED pairs spread over them and CLOSE_WAIT half-closed ones;
         prints "ready PID..." once every child is built.
 
-    python fleet_population.py measure PROCESSES LISTENERS PAIRS CLOSE_WAIT TOP CPU_SECONDS
+    python fleet_population.py measure PROCESSES LISTENERS PAIRS CLOSE_WAIT TOP ROUNDS CPU_SECONDS
         a farm as above, then one exporter collection in this network namespace;
         prints one JSON line: sockets, listening ports, processes, series on
-        /metrics and their bound, the collection's seconds against `ss -tan`'s,
-        and (CPU_SECONDS > 0) the CPU share of collecting every 15 s for that long.
+        /metrics and their bound; with ROUNDS, the medians of that many rounds of
+        a collection, the TUI's refresh and `ss -tan`, alternated; with
+        CPU_SECONDS, the CPU share of collecting every 15 s for that long.
         Run it in a private network namespace (unshare -n).
 
 Both stop when their stdin reaches end of file (the test closed it or died)
@@ -71,15 +72,20 @@ def stdin_closed(timeout: float) -> bool:
 
 
 def leak(name: str, start: int, rate: float, most: int, seconds: float) -> None:
+    """Holds ``start`` CLOSE_WAIT; grows by ``rate`` a second once SIGUSR1 says go (the watchers are ready)."""
+    go = signal.SIGUSR1
+    signal.pthread_sigmask(signal.SIG_BLOCK, {go})
     rename(name)
     server = listener(1024)
     held = close_waits(server, start)
     print(f"ready {server.getsockname()[1]}", flush=True)
     deadline = time.monotonic() + seconds
+    growing = False
     while time.monotonic() < deadline:
         if stdin_closed(1.0 if rate else deadline - time.monotonic()):
             return
-        if rate and len(held) < most:
+        growing = growing or go in signal.sigpending()
+        if growing and len(held) < most:
             held += close_waits(server, min(int(rate), most - len(held)))
 
 
@@ -122,7 +128,8 @@ def farm(processes: int, listeners: int, n_pairs: int, n_close_wait: int, second
             os.waitpid(pid, 0)
 
 
-def measure(processes: int, listeners: int, n_pairs: int, n_close_wait: int, top: int, cpu_seconds: float) -> None:
+def measure(processes: int, listeners: int, n_pairs: int, n_close_wait: int, top: int, rounds: int,
+            cpu_seconds: float) -> None:
     import json
     import subprocess
     import threading
@@ -146,20 +153,19 @@ def measure(processes: int, listeners: int, n_pairs: int, n_close_wait: int, top
             raise SystemExit(f"farm failed: {line.strip()}")
         exporter = Exporter(Engine("auto", 15.0), 15.0, top)
         exporter.collect_once()  # the first one also scans every process's descriptors
-        rounds: dict[str, list[float]] = {"collect": [], "tui_refresh": [], "ss": []}
-        for _ in range(3):  # alternated, medians: the machine is shared
+        timings: dict[str, list[float]] = {"collect": [], "tui_refresh": [], "ss": []}
+        for _ in range(rounds):  # alternated, medians: the machine is shared
             started = time.perf_counter()
             exporter.collect_once()
-            rounds["collect"].append(time.perf_counter() - started)
+            timings["collect"].append(time.perf_counter() - started)
             started = time.perf_counter()
             snapshot = exporter.engine.refresh()  # what the TUI's poller does per refresh
             analyze(snapshot, exporter.thresholds)
             build_view(snapshot, ViewSpec(), None)
-            rounds["tui_refresh"].append(time.perf_counter() - started)
+            timings["tui_refresh"].append(time.perf_counter() - started)
             started = time.perf_counter()
             subprocess.run(["ss", "-tan"], stdout=subprocess.DEVNULL, check=True)
-            rounds["ss"].append(time.perf_counter() - started)
-        collect, tui, ss = (statistics.median(rounds[name]) for name in ("collect", "tui_refresh", "ss"))
+            timings["ss"].append(time.perf_counter() - started)
         registry = CollectorRegistry(auto_describe=False)
         registry.register(exporter)
         text = generate_latest(registry).decode()
@@ -173,12 +179,12 @@ def measure(processes: int, listeners: int, n_pairs: int, n_close_wait: int, top
             "close_wait": aggregates.by_state.get(TcpState.CLOSE_WAIT, 0),
             "series": sum(1 for line in text.splitlines() if line and not line.startswith("#")),
             "bound": series_bound(top),
-            "collect_seconds": round(collect, 4),
-            "tui_refresh_seconds": round(tui, 4),
-            "ss_seconds": round(ss, 4),
-            "collect_vs_tui": round(collect / tui, 2),
-            "collect_vs_ss": round(collect / ss, 2),
         }
+        if rounds:
+            collect, tui, ss = (statistics.median(timings[name]) for name in ("collect", "tui_refresh", "ss"))
+            result.update(collect_seconds=round(collect, 4), tui_refresh_seconds=round(tui, 4),
+                          ss_seconds=round(ss, 4), collect_vs_tui=round(collect / tui, 2),
+                          collect_vs_ss=round(collect / ss, 2))
         if cpu_seconds > 0:
             stop = threading.Event()
             thread = threading.Thread(target=exporter.run, args=(stop,))
@@ -200,6 +206,6 @@ if __name__ == "__main__":
     if role == "leak":
         leak(args[0], int(args[1]), float(args[2]), int(args[3]), float(args[4]))
     elif role == "measure":
-        measure(*map(int, args[:5]), float(args[5]))
+        measure(*map(int, args[:6]), float(args[6]))
     else:
         farm(*map(int, args[:4]), float(args[4]))

@@ -772,6 +772,8 @@ def test_orphaned_fin_wait2_count_as_timewait_not_as_orphans() -> None:
     assert tw.metrics["count"] == 800 and "500 TIME_WAIT and 300 orphaned FIN_WAIT_2" in text_of(tw)
     orphans = one(snapshot, "orphans")
     assert "orphaned in this table by state: FIN-WAIT-1 200;" in text_of(orphans)
+    closing = [f for f in findings(snapshot, "closing") if f.state is TcpState.FIN_WAIT2]
+    assert "300 of them timewait sockets" in text_of(closing[0]) and "not as orphans" in text_of(closing[0])
 
 
 def test_tcp_memory_is_told_apart_from_orphans() -> None:
@@ -788,3 +790,30 @@ def test_tcp_memory_is_told_apart_from_orphans() -> None:
     assert "below it, so the aborts are orphans" in text_of(found)
     assert "net.ipv4.tcp_max_orphans" in {s.key for s in found.suggestions}
     assert findings(orphans, "tcp-memory") == []
+
+
+def test_the_kernels_lastack_ages_a_real_close_wait_leak() -> None:
+    """tcp_info's last ACK received (ss -tni: lastack) reaches the leak finding as the oldest socket's age."""
+    import os
+    import time
+
+    from socktop.model.engine import Engine
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    clients = [socket.create_connection(listener.getsockname()) for _ in range(3)]
+    for server in [listener.accept()[0] for _ in clients]:
+        server.close()
+    try:
+        time.sleep(0.1)
+        snapshot = Engine("netlink", 1.0).refresh()
+        ports = {c.getsockname()[1] for c in clients}
+        ours = [r for r in snapshot.sockets if r.state is TcpState.CLOSE_WAIT and r.local_port in ports]
+        assert len(ours) == 3 and all(r.lastack_ms >= 0 for r in ours)
+        leak = next(f for f in analyze(snapshot, replace(DEFAULT_THRESHOLDS, close_wait_warning=3)).findings
+                    if f.kind == "close-wait-leak" and f.subject.key == f"pid:{os.getpid()}")
+        assert "oldest: the peer's last ACK came" in text_of(leak) and leak.metrics["oldest_lastack_ms"] >= 0
+    finally:
+        for sock in (*clients, listener):
+            sock.close()

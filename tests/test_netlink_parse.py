@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import socket
 import struct
+import time
 
 import pytest
 
@@ -15,6 +17,7 @@ from socktop.collect.netlink import (
     NLM_F_DUMP_INTR, NLMSG_DONE, NLMSG_ERROR, SOCK_DIAG_BY_FAMILY, Dump, drop_duplicates, parse_dump_chunk,
 )
 from socktop.collect.records import CollectError, SocketRecord, TcpState, TimerKind
+from socktop.demo.builders import SocketFarm
 
 ATTRIBUTE_PADDING = b"\x08\x00\x01\x00\x00\x00\x00\x00"  # one 8-byte route attribute, as the kernel adds
 
@@ -357,3 +360,29 @@ def test_rows_without_cookies_are_matched_by_connection() -> None:
     assert dropped == 1
     assert [(r.local_port, r.state) for r in kept] == [
         (40000, TcpState.TIME_WAIT), (8080, TcpState.LISTEN), (8080, TcpState.LISTEN)]
+
+
+def own_cgroup_inode() -> int | None:
+    """The inode of this process's cgroup v2 directory (what INET_DIAG_CGROUP_ID names), if cgroup v2 is here."""
+    with contextlib.suppress(OSError, StopIteration):
+        with open("/proc/self/cgroup") as lines:
+            path = next(line for line in lines if line.startswith("0::")).strip()[3:]
+        return os.stat(f"/sys/fs/cgroup{path}").st_ino
+    return None
+
+
+@pytest.mark.parametrize("lookups", [netlink.EXACT_LOOKUPS_MAX, 0], ids=["by-socket", "by-dump"])
+def test_close_wait_sockets_say_how_long_ago_the_peer_acked(lookups: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """tcpi_last_ack_recv, as `ss -ti` shows lastack: at least the time waited since the peer's FIN; our own
+    sockets carry our cgroup."""
+    monkeypatch.setattr(netlink, "EXACT_LOOKUPS_MAX", lookups)
+    with SocketFarm() as farm:
+        built = farm.close_wait(3)
+        time.sleep(0.3)
+        records = [record for record in netlink.NetlinkBackend().sockets() if built.covers(record)]
+    close_wait = [record for record in records if record.state is TcpState.CLOSE_WAIT]
+    assert len(close_wait) == 3 and all(record.lastack_ms >= 300 for record in close_wait)
+    assert all(record.lastack_ms == -1 for record in records if record.state is not TcpState.CLOSE_WAIT)
+    cgroup = own_cgroup_inode()
+    if cgroup is not None:
+        assert {record.cgroup_id for record in records if record.inode} == {cgroup}

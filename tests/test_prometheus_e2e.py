@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -28,7 +29,7 @@ RULES = ROOT / "deploy" / "prometheus" / "socktop-rules.yml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "socktop.json"
 POPULATION = str(Path(__file__).with_name("fleet_population.py"))
 LIFETIME = 240  # seconds: every process of the stack stops by itself after this long
-LEAK_START, LEAK_RATE, LEAK_MAX = 5, 2, 40
+LEAK_START, LEAK_RATE, LEAK_MAX = 14, 2, 30  # the leak alert wants 20 and rising: the rise starts at once
 
 pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None,
                                 reason="prometheus is not installed (Debian/Ubuntu: apt install prometheus; "
@@ -120,7 +121,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         processes.append(prometheus)
         base = f"http://127.0.0.1:{port}"
         wait_for("prometheus ready", lambda: urllib.request.urlopen(base + "/-/ready", timeout=2).status == 200)
-        yield Stack(base, leaker)
+        stack = Stack(base, leaker)
+        wait_for("a first scrape of the leak", lambda: stack.query(
+            f'socktop_process_sockets{{process="pid:{leaker.pid}", state="CLOSE_WAIT"}}'))
+        leaker.send_signal(signal.SIGUSR1)  # the leak grows from now on, while Prometheus watches
+        yield stack
     finally:
         for process in reversed(processes):
             if process.stdin:

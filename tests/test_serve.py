@@ -272,7 +272,7 @@ def test_series_stay_under_the_bound_at_50k_sockets_5000_ports_300_processes() -
     """Real sockets in a private netns: 300 forked processes, each 17 listeners (5,100 ports) and
     83 ESTABLISHED pairs plus 3 CLOSE_WAIT; one collection, every series counted as a scrape sees it."""
     script = ('ip link set lo up && sysctl -qw net.ipv4.ip_local_port_range="10000 65000" && '
-              f'exec "{sys.executable}" "{POPULATION}" measure 300 17 83 3 10 0')
+              f'exec "{sys.executable}" "{POPULATION}" measure 300 17 83 3 10 0 0')
     result = subprocess.run(["unshare", "-n", "sh", "-c", script], capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-2000:]
     figures = json.loads(result.stdout.strip().splitlines()[-1])

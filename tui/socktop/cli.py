@@ -316,7 +316,7 @@ def _silence_stdout() -> None:
 def _run_once(options: argparse.Namespace, config: Config) -> int:
     from .analyze.findings import analyze
     from .model.engine import Engine
-    from .report import render_json, render_summary
+    from .report import render_summary, write_json
 
     for warning in config.warnings:
         _say(f"warning: {warning}")
@@ -335,7 +335,7 @@ def _run_once(options: argparse.Namespace, config: Config) -> int:
     }
     snapshot = snapshot.filtered(state=options.state, port=options.port, pid=options.pid)
     if options.json:
-        return write_output(lambda out: out.write(render_json(snapshot, filters, options.sockets, analysis) + "\n"))
+        return write_output(lambda out: write_json(out, snapshot, filters, options.sockets, analysis))
     return write_output(lambda out: out.write(render_summary(snapshot, analysis=analysis)))
 
 

@@ -11,15 +11,20 @@ import dataclasses
 import io
 import json
 import math
-from collections.abc import Mapping, Sequence
+import socket
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timezone
-from typing import Any
+from itertools import repeat
+from typing import Any, TextIO
+
+import numpy as np
 
 from .analyze.commands import Command
 from .analyze.findings import Analysis, Finding
 from .analyze.sysctl import Suggestion
-from .collect.records import DISPLAY_STATES, SocketRecord, TcpState
-from .model.aggregate import ProcessGroup, StateCounts
+from .collect.columns import ADDRESSES
+from .collect.records import DISPLAY_STATES, STATE_BY_CODE, TcpState, TimerKind
+from .model.aggregate import OwnerKind, ProcessGroup, RowKind, StateCounts
 from .model.churn import ChurnGroup
 from .model.snapshot import Snapshot, coverage_text, plural
 from .safetext import printable
@@ -50,25 +55,48 @@ def process_dict(group: ProcessGroup) -> dict[str, Any]:
     }
 
 
-def socket_dict(snapshot: Snapshot, record: SocketRecord) -> dict[str, Any]:
-    attribution = snapshot.owners_of(record)
-    return {
-        "state": record.state.name,
-        "family": 6 if record.family == 10 else 4,
-        "local": record.local_addr,
-        "local_port": record.local_port,
-        "remote": record.remote_addr,
-        "remote_port": record.remote_port,
-        "recv_q": record.recv_q,
-        "send_q": record.send_q,
-        "timer": record.timer.label or None,
-        "timer_ms": record.timer_ms,
-        "retransmits": record.retransmits,
-        "uid": record.uid,
-        "inode": record.inode,
-        "pids": [p.pid for p in attribution.processes],
-        "owner": attribution.kind.value,
-    }
+SOCKET_FIELDS = ("state", "family", "local", "local_port", "remote", "remote_port", "recv_q", "send_q", "timer",
+                 "timer_ms", "retransmits", "uid", "inode", "lastack_ms", "cgroup_id", "pids", "owner")
+SOCKET_BATCH = 4096  # sockets made into dicts and encoded at a time: memory stays flat however many there are
+_STATE_NAMES = [STATE_BY_CODE[code].name if code in STATE_BY_CODE else str(code) for code in range(256)]
+_TIMER_LABELS = [TimerKind(code).label or None if code <= 4 else None for code in range(256)]
+_FAMILY_NUMBERS = {socket.AF_INET: 4, socket.AF_INET6: 6}
+_UNKNOWN_AS_NULL = ({-1: None}, {0: None})  # lastack_ms -1 and cgroup_id 0 mean "not known"
+
+
+def socket_batches(snapshot: Snapshot) -> Iterator[list[dict[str, Any]]]:
+    """The `sockets` field, `SOCKET_BATCH` rows at a time, made from the columns (no `SocketRecord`).
+
+    Owners as `Snapshot.owners_of` gives them: the pids of processes
+    still known (any the cookie ledger names), and how they were tied.
+    """
+    columns = snapshot.columns
+    owners = snapshot.row_owners()
+    known = snapshot.ownership.processes
+    pairs, index = np.unique(owners.kinds.astype(np.int64) << 32 | owners.codes, return_inverse=True)
+    pid_lists, owner_kinds = [], []
+    for pair in pairs.tolist():
+        kind, pids = RowKind.OWNER_KINDS[pair >> 32], owners.pid_sets[pair & 0xFFFFFFFF]
+        pid_lists.append([pid for pid in pids if pid in known or kind is OwnerKind.COOKIE])
+        owner_kinds.append(kind.value)
+    index = index.reshape(-1)
+    lastack, cgroup = _UNKNOWN_AS_NULL
+    for start in range(0, len(columns), SOCKET_BATCH):
+        rows = slice(start, start + SOCKET_BATCH)
+        pair = index[rows].tolist()
+        lastack_ms, cgroup_id = columns.lastack_ms[rows].tolist(), columns.cgroup_id[rows].tolist()
+        values = zip(
+            map(_STATE_NAMES.__getitem__, columns.state[rows].tolist()),
+            map(_FAMILY_NUMBERS.get, columns.family[rows].tolist(), repeat(6)),
+            ADDRESSES.texts(columns.local_addr[rows].tolist()), columns.local_port[rows].tolist(),
+            ADDRESSES.texts(columns.remote_addr[rows].tolist()), columns.remote_port[rows].tolist(),
+            columns.recv_q[rows].tolist(), columns.send_q[rows].tolist(),
+            map(_TIMER_LABELS.__getitem__, columns.timer[rows].tolist()), columns.timer_ms[rows].tolist(),
+            columns.retransmits[rows].tolist(), columns.uid[rows].tolist(), columns.inode[rows].tolist(),
+            map(lastack.get, lastack_ms, lastack_ms), map(cgroup.get, cgroup_id, cgroup_id),
+            map(pid_lists.__getitem__, pair), map(owner_kinds.__getitem__, pair),
+        )
+        yield list(map(dict, map(zip, repeat(SOCKET_FIELDS), values)))
 
 
 def command_dict(command: Command) -> dict[str, str]:
@@ -118,9 +146,9 @@ def analysis_fields(analysis: Analysis) -> dict[str, Any]:
     }
 
 
-def snapshot_document(snapshot: Snapshot, filters: dict[str, Any], with_sockets: bool,
-                      analysis: Analysis | None = None) -> dict[str, Any]:
-    """The `--json` document; its fields are documented in the README (schema socktop/1)."""
+def snapshot_document(snapshot: Snapshot, filters: dict[str, Any], analysis: Analysis | None = None) -> dict[str, Any]:
+    """The `--json` document but its `sockets` (see `write_json`); its fields are documented in the README
+    (schema socktop/1)."""
     aggregates = snapshot.aggregates
     source = snapshot.source
     document: dict[str, Any] = {
@@ -151,8 +179,6 @@ def snapshot_document(snapshot: Snapshot, filters: dict[str, Any], with_sockets:
         ],
     }
     document["churn"] = churn_dict(snapshot)
-    if with_sockets:
-        document["sockets"] = [socket_dict(snapshot, record) for record in snapshot.sockets]
     if analysis is not None:
         document.update(analysis_fields(analysis))
     return document
@@ -210,11 +236,50 @@ def _process_order(group: ProcessGroup) -> tuple[int, str]:
 
 def render_json(snapshot: Snapshot, filters: dict[str, Any], with_sockets: bool,
                 analysis: Analysis | None = None) -> str:
-    document = snapshot_document(snapshot, filters, with_sockets, analysis)
+    out = io.StringIO()
+    write_json(out, snapshot, filters, with_sockets, analysis)
+    return out.getvalue()
+
+
+def write_json(out: TextIO, snapshot: Snapshot, filters: dict[str, Any], with_sockets: bool,
+               analysis: Analysis | None = None) -> None:
+    """The `--json` document, strict JSON (no NaN), written as it is made.
+
+    The document is indented, one field per line; `sockets`, when asked
+    for, comes last and is streamed in batches (compact, one line each),
+    so 200,000 sockets never stand in memory as text or as dicts at once.
+    Large parts go through the json module's C encoder, which it uses only
+    without indentation.
+    """
+    document = snapshot_document(snapshot, filters, analysis)
+    fields = iter(document.items())
+    out.write("{")
+    for number, (key, value) in enumerate(fields):
+        out.write(f'{"," if number else ""}\n {_encode(key)}: {_encode_field(value)}')
+    if with_sockets:
+        out.write(f',\n {_encode("sockets")}: [')
+        for number, batch in enumerate(socket_batches(snapshot)):
+            out.write(("," if number else "") + "\n  " + _encode(batch)[1:-1])
+        out.write("\n ]")
+    out.write("\n}\n")
+
+
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
+
+
+def _encode(value: Any) -> str:
+    """Compact strict JSON through the C encoder; a NaN or an infinity (JSON has neither) becomes null."""
     try:
-        return json.dumps(document, indent=1, ensure_ascii=False, allow_nan=False)
-    except ValueError:  # a NaN or an infinity somewhere: JSON has neither, so it is written as null
-        return json.dumps(finite(document), indent=1, ensure_ascii=False, allow_nan=False)
+        return _ENCODER.encode(value)
+    except ValueError:
+        return _ENCODER.encode(finite(value))
+
+
+def _encode_field(value: Any) -> str:
+    """A top-level field: a list one item per line, anything else on one line."""
+    if isinstance(value, list) and value:
+        return "[\n  " + ",\n  ".join(map(_encode, value)) + "\n ]"
+    return _encode(value)
 
 
 def finite(value: Any) -> Any:

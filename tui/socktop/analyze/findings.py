@@ -36,8 +36,10 @@ from itertools import compress
 from typing import Any
 from operator import itemgetter, not_
 
+import numpy as np
+
 from ..collect.records import SocketRecord, TcpState, TimerKind
-from ..model.aggregate import DEFAULT_EPHEMERAL_PORTS, LOCAL_PORT, REMOTE_PORT, STATE, ProcessGroup
+from ..model.aggregate import DEFAULT_EPHEMERAL_PORTS, LOCAL_PORT, ProcessGroup
 from ..model.history import process_series, rate_per_second, span_seconds
 from ..model.snapshot import HistoryPoint, Snapshot
 from ..safetext import printable
@@ -143,7 +145,6 @@ class _Scan:
         self.points: Sequence[HistoryPoint] = recent(snapshot.history, thresholds.rate_window_seconds)
         self.span = span_seconds(self.points)
         self.port_range = (self.kernel.port_range() if self.kernel else None) or DEFAULT_EPHEMERAL_PORTS
-        self._states: list[TcpState] | None = None
         self._by_state: dict[TcpState, list[SocketRecord]] = {}
         self._time_wait_sides: tuple[list[SocketRecord], list[SocketRecord]] | None = None
 
@@ -153,9 +154,7 @@ class _Scan:
         if found is None:
             found = []
             if self.snapshot.aggregates.by_state.get(state):
-                if self._states is None:
-                    self._states = list(map(STATE, self.snapshot.sockets))
-                found = list(compress(self.snapshot.sockets, map(state.__eq__, self._states)))
+                found = list(self.snapshot.select(self.snapshot.columns.state == state))
             self._by_state[state] = found
         return found
 
@@ -498,8 +497,8 @@ def _time_wait_destinations(scan: _Scan) -> Iterable[Finding]:
         return
     # every socket from that address to that destination holds one of its ports, whatever its state
     toward = {port for _, _, port in candidates}
-    sockets = scan.snapshot.sockets
-    in_use = Counter(map(DESTINATION, compress(sockets, map(toward.__contains__, map(REMOTE_PORT, sockets)))))
+    snapshot = scan.snapshot
+    in_use = Counter(map(DESTINATION, snapshot.select(np.isin(snapshot.columns.remote_port, list(toward)))))
     port_range = scan.port_range
     range_size = port_range[1] - port_range[0] + 1
     for (local, remote, port), records in candidates.items():
@@ -852,6 +851,7 @@ def _closing_buildups(scan: _Scan) -> Iterable[Finding]:
         if len(records) < limits.closing_warning:
             continue
         orphaned = sum(1 for record in records if not record.inode)
+        timewait = sum(1 for record in records if record.timer is TimerKind.TIME_WAIT)
         advisor = scan.advisor()
         if orphaned * 2 >= len(records):
             why = f"{orphaned} orphaned {state.label} wait on peers that do not answer or do not close"
@@ -863,7 +863,10 @@ def _closing_buildups(scan: _Scan) -> Iterable[Finding]:
             f"{len(records)} {state.label} sockets, {orphaned} orphaned; top peers {_peers_text(records)}",
             Subject("state", state), state,
             evidence=[f"{len(records)} {state.label}; a finding from {limits.closing_warning}",
-                      f"{orphaned} orphaned (closed by their process, no descriptor)", *peer_hint],
+                      f"{orphaned} orphaned (closed by their process, no descriptor)"
+                      + (f", {timewait} of them timewait sockets (tcp_fin_timeout at most 60): they end after "
+                         "tcp_fin_timeout and count in sockstat tw against tcp_max_tw_buckets, not as orphans"
+                         if timewait else ""), *peer_hint],
             metrics={"count": len(records), "orphaned": orphaned},
             ss=ss_sockets(state),
             advisor=advisor,

@@ -62,7 +62,7 @@ SETTINGS: dict[str, Setting] = {s.key: s for s in (
     _s("net.ipv4.tcp_max_tw_buckets", "most timewait sockets in this network namespace (sockstat tw, orphaned "
        "FIN_WAIT_2 included); past it new ones are destroyed at once (TCPTimeWaitOverflow)",
        "scaled with memory at boot", "Raising it stops the early destruction (about 256 bytes each).",
-       "Lowering it removes TIME_WAIT's protection, not the short connections that cause it."),
+       "The short connections that cause TIME_WAIT; lowering it only removes TIME_WAIT's protection."),
     _s("net.ipv4.ip_local_port_range", "ephemeral ports: bounds the connections one source address holds to "
        "one destination address and port", "32768 60999",
        f"Wider, more connections per destination. {EPHEMERAL_PORTS_TEXT}",
@@ -106,7 +106,7 @@ SETTINGS: dict[str, Setting] = {s.key: s for s in (
        "The overload itself; with 0 a burst recovers by itself, with 1 it becomes failed connections."),
     _s("net.ipv4.tcp_syn_retries", "SYN retransmissions before connect() gives up (ETIMEDOUT)", "6",
        "Lower, connect() to a dead destination fails sooner (6 with 4 linear timeouts: about 131 s).",
-       "An application's own connect timeout, which is the better place."),
+       "Slow failures inside one application: its own connect timeout is the better place for that."),
     _s("net.ipv4.tcp_syn_linear_timeouts", "SYN retransmissions at a fixed 1 s before the backoff doubles; "
        "they add to tcp_syn_retries", "4",
        "Faster recovery from short losses while connecting.", "SYN-ACK retransmissions on the server.",

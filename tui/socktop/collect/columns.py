@@ -251,8 +251,24 @@ class SocketTable(Sequence[SocketRecord]):
         return records
 
     def take(self, rows: np.ndarray) -> SocketTable:
-        """The table of the rows picked (indices or a boolean mask), in that order."""
-        return SocketTable(self.columns.take(rows))
+        """The table of the rows picked (indices or a boolean mask), in that order; records
+        already built are shared, not built again."""
+        picked = SocketTable(self.columns.take(rows))
+        if self._records is not None:
+            indices = np.flatnonzero(rows) if rows.dtype == bool else rows
+            picked._records = list(map(self._records.__getitem__, indices.tolist()))
+        return picked
+
+    def sorted_by(self, keys: Sequence[np.ndarray], reverse: bool = False) -> SocketTable:
+        """The table sorted on ``keys`` (most significant first), stably, as `sorted` would sort
+        records on the tuple of those keys: an argsort over columns, no record built."""
+        size = len(self)
+        if reverse:  # descending, equal rows kept in table order: sort the reversed table ascending
+            order = size - 1 - np.lexsort([key[::-1] for key in reversed(keys)])[::-1]
+        else:
+            order = np.lexsort(list(reversed(keys)))
+        return self.take(order)
+
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Sequence) and not isinstance(other, (str, bytes)):
@@ -263,6 +279,18 @@ class SocketTable(Sequence[SocketRecord]):
 
     def __repr__(self) -> str:
         return f"SocketTable({len(self)} sockets)"
+
+
+def address_order(column: np.ndarray) -> np.ndarray:
+    """Per row, the rank of its address's text among the column's addresses: sorting on it
+    sorts as the text does ("10.0.0.10" before "10.0.0.9"), converting each address once."""
+    if not len(column):
+        return np.zeros(0, np.int64)
+    addresses, inverse = np.unique(column, return_inverse=True)
+    texts = ADDRESSES.texts(addresses.tolist())
+    rank = np.empty(len(texts), np.int64)
+    rank[sorted(range(len(texts)), key=texts.__getitem__)] = np.arange(len(texts))
+    return rank[inverse.reshape(-1)]
 
 
 def table_of(records: Sequence[SocketRecord]) -> SocketTable:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..collect.columns import SocketColumns, table_of
+from ..collect.columns import SocketColumns, SocketTable, table_of
 from ..collect.kernelstate import KernelState
 from ..collect.records import ProcessInfo, SocketRecord, TcpState
 from .aggregate import (CONNECTION, Aggregates, Ownership, OwnerKind, Pids, RowKind, RowOwners, StateCounts, aggregate,
@@ -90,6 +90,10 @@ class Snapshot:
     def columns(self) -> SocketColumns:
         """The sockets as arrays, for code that groups, filters or sorts all of them."""
         return table_of(self.sockets).columns
+
+    def select(self, rows: np.ndarray) -> SocketTable:
+        """The sockets picked by a boolean mask (or indices) over `columns`; records are built as they are read."""
+        return table_of(self.sockets).take(rows)
 
     @property
     def coverage(self) -> float:

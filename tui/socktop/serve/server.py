@@ -135,7 +135,7 @@ class Exporter(Collector):
             return None
         body = published.json_cache.get("body")
         if body is None:
-            document = snapshot_document(published.snapshot, {"state": None, "port": None, "pid": None}, False,
+            document = snapshot_document(published.snapshot, {"state": None, "port": None, "pid": None},
                                          published.analysis)
             for process in document["processes"]:
                 process["cmdline"] = None  # over HTTP never: command lines can carry passwords and tokens

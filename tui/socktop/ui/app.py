@@ -213,6 +213,11 @@ class SocktopApp(App[int]):
         yield KeyBar(id="keybar")
         yield Static("socktop needs at least 60x15: please enlarge the terminal.", id="too-small")
 
+    def get_css_variables(self) -> dict[str, str]:
+        """The theme's variables, and socktop's readable tones for it (`style.readable_variables`)."""
+        variables = super().get_css_variables()
+        return {**variables, **style.readable_variables(variables)}
+
     def on_mount(self) -> None:
         if self.handle_signals:
             self._quit_on_signals()

@@ -62,15 +62,15 @@ class Bar(Widget):
     DEFAULT_CSS = """
     Bar { height: 1; }
     Bar > .bar--muted { color: $text-muted; }
-    Bar > .bar--accent { color: $accent; text-style: bold; }
-    Bar > .bar--good { color: $success; }
-    Bar > .bar--warning { color: $warning; text-style: bold; }
-    Bar > .bar--danger { color: $error; text-style: bold; }
+    Bar > .bar--accent { color: $socktop-accent; text-style: bold; }
+    Bar > .bar--good { color: $socktop-success; }
+    Bar > .bar--warning { color: $socktop-warning; text-style: bold; }
+    Bar > .bar--danger { color: $socktop-error; text-style: bold; }
     Bar > .bar--chip { background: $panel-lighten-2; color: $foreground; }
-    Bar > .bar--chip-warning { background: $warning; color: $background; text-style: bold; }
-    Bar > .bar--chip-danger { background: $error; color: $foreground; text-style: bold; }
-    Bar > .bar--paused { background: $warning; color: $background; text-style: bold; }
-    Bar > .bar--tab-active { background: $accent; color: $background; text-style: bold; }
+    Bar > .bar--chip-warning { background: $warning; color: $socktop-on-warning; text-style: bold; }
+    Bar > .bar--chip-danger { background: $error; color: $socktop-on-error; text-style: bold; }
+    Bar > .bar--paused { background: $warning; color: $socktop-on-warning; text-style: bold; }
+    Bar > .bar--tab-active { background: $accent; color: $socktop-on-accent; text-style: bold; }
     """
 
     def __init__(self, **kwargs: Any) -> None:

@@ -42,9 +42,9 @@ class SocketList(LineTable):
     KIND = "sockets"
     COLUMNS = COLUMNS
     DEFAULT_CSS = """
-    SocketList > .sockets--new { color: $success; text-style: bold; }
-    SocketList > .sockets--warning { color: $warning; }
-    SocketList > .sockets--danger { color: $error; text-style: bold; }
+    SocketList > .sockets--new { color: $socktop-success; text-style: bold; }
+    SocketList > .sockets--warning { color: $socktop-warning; }
+    SocketList > .sockets--danger { color: $socktop-error; text-style: bold; }
     SocketList > .sockets--muted { color: $text-muted; }
     """
     COMPONENT_CLASSES: ClassVar[set[str]] = LineTable.COMPONENT_CLASSES | {

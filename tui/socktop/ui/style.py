@@ -1,4 +1,56 @@
-"""The layout and colours of the app (Textual CSS), kept in Python so every install ships it."""
+"""The layout and colours of the app (Textual CSS), kept in Python so every install ships it.
+
+Text is never drawn in a theme's raw $warning, $error, $success or $accent: on textual-light the orange
+reads at 1.3:1. `readable_variables` derives, for the theme in force, $socktop-warning (and error,
+success, accent) moved away from the theme's backgrounds until they read at 4.5:1 on all of them, and
+$socktop-on-warning (...) for text on a chip of that colour (tests/test_ui_contrast.py checks every style).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from textual.color import Color
+
+TONES = ("warning", "error", "success", "accent")
+BACKGROUNDS = ("background", "surface", "panel")
+TEXT_CONTRAST = 4.6  # WCAG asks 4.5:1 for text; a little over it, for the blending of alpha colours
+
+
+def luminance(color: Color) -> float:
+    """WCAG 2 relative luminance."""
+
+    def channel(value: int) -> float:
+        c = value / 255
+        return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+
+    return 0.2126 * channel(color.r) + 0.7152 * channel(color.g) + 0.0722 * channel(color.b)
+
+
+def contrast(foreground: Color, background: Color) -> float:
+    """WCAG 2 contrast ratio, 1 to 21."""
+    light, dark = sorted((luminance(foreground), luminance(background)), reverse=True)
+    return (light + 0.05) / (dark + 0.05)
+
+
+def readable_variables(variables: Mapping[str, str]) -> dict[str, str]:
+    """$socktop-TONE and $socktop-on-TONE for the theme whose CSS ``variables`` are given."""
+    backgrounds = [Color.parse(variables[name]) for name in BACKGROUNDS if name in variables]
+    dark = sum(map(luminance, backgrounds)) / max(1, len(backgrounds)) < 0.18
+    ink = [Color.parse("#000000"), Color.parse("#FFFFFF")]
+    readable = {}
+    for tone in TONES:
+        base = color = Color.parse(variables[tone])
+        for _ in range(40):  # bounded: 40 steps of 3% reach white or black from anything
+            if min(contrast(color, background) for background in backgrounds) >= TEXT_CONTRAST:
+                break
+            color = color.lighten(0.03) if dark else color.darken(0.03)
+        readable[f"socktop-{tone}"] = color.hex
+        readable[f"socktop-on-{tone}"] = max(ink, key=lambda text: contrast(text, base)).hex
+    cursor = Color.parse(variables.get("block-cursor-background", "#0178D4"))
+    readable["socktop-on-cursor"] = max(ink, key=lambda text: contrast(text, cursor)).hex
+    return readable
+
 
 CSS = """
 /* socktop layout. The app carries one size class, -wide (>= 140x34), -medium (>= 100x28), -small or
@@ -37,11 +89,11 @@ Screen {
     border-title-style: bold;
 }
 
-Pane > .pane--warning { color: $warning; text-style: bold; }
-Pane > .pane--danger { color: $error; text-style: bold; }
+Pane > .pane--warning { color: $socktop-warning; text-style: bold; }
+Pane > .pane--danger { color: $socktop-error; text-style: bold; }
 Pane > .pane--muted { color: $text-muted; }
-Pane > .pane--good { color: $success; }
-Pane > .pane--accent { color: $accent; }
+Pane > .pane--good { color: $socktop-success; }
+Pane > .pane--accent { color: $socktop-accent; }
 
 /* wide: the three aggregate panes side by side, the sockets and findings below */
 #states { width: 45; }
@@ -96,12 +148,12 @@ Pane > .pane--accent { color: $accent; }
 }
 
 #drawer > .drawer--title { text-style: bold; color: $text; }
-#drawer > .drawer--heading { text-style: bold; color: $accent; }
+#drawer > .drawer--heading { text-style: bold; color: $socktop-accent; }
 #drawer > .drawer--muted { color: $text-muted; }
-#drawer > .drawer--warning { color: $warning; text-style: bold; }
-#drawer > .drawer--danger { color: $error; text-style: bold; }
-#drawer > .drawer--command { color: $success; text-style: bold; }
-#drawer > .drawer--key { background: $accent; color: $background; text-style: bold; }
+#drawer > .drawer--warning { color: $socktop-warning; text-style: bold; }
+#drawer > .drawer--danger { color: $socktop-error; text-style: bold; }
+#drawer > .drawer--command { color: $socktop-success; text-style: bold; }
+#drawer > .drawer--key { background: $accent; color: $socktop-on-accent; text-style: bold; }
 
 .-drawer #drawer {
     display: block;

@@ -68,8 +68,9 @@ class LineTable(ScrollView, can_focus=True):
     DEFAULT_CSS = """
     LineTable { height: 1fr; overflow-x: hidden; }
     LineTable > .table--header { text-style: bold; color: $text-muted; }
-    LineTable > .table--cursor { background: $block-cursor-blurred-background; }
-    LineTable:focus > .table--cursor { background: $block-cursor-background; color: $block-cursor-foreground;
+    /* out of focus the highlighted row keeps its colours (all readable on $panel), underlined */
+    LineTable > .table--cursor { background: $panel; text-style: underline; }
+    LineTable:focus > .table--cursor { background: $block-cursor-background; color: $socktop-on-cursor;
                                        text-style: bold; }
     LineTable > .table--empty { color: $text-muted; text-style: italic; }
     """

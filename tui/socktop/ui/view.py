@@ -24,7 +24,10 @@ from dataclasses import dataclass, field
 from itertools import compress
 from operator import indexOf, itemgetter
 
-from ..collect.records import DISPLAY_STATES, SocketRecord, TcpState
+import numpy as np
+
+from ..collect.columns import SocketColumns, SocketTable, address_order
+from ..collect.records import DISPLAY_STATES, STATE_BY_CODE, SocketRecord, TcpState
 from ..model.aggregate import Aggregates, Direction, ProcessGroup
 from ..model.snapshot import HistoryPoint, Snapshot
 
@@ -311,7 +314,10 @@ def select_records(snapshot: Snapshot, levels: Iterable[Level], query: Query) ->
     predicates += [term_predicate(snapshot, prefix, value) for prefix, value in query.terms]
     records: Sequence[SocketRecord] = snapshot.sockets
     for predicate in predicates:
-        records = list(compress(records, map(predicate, records)))
+        if isinstance(records, SocketTable):  # stays columnar: regrouping and sorting it need no records
+            records = records.take(np.fromiter(map(predicate, records), bool, len(records)))
+        else:
+            records = list(compress(records, map(predicate, records)))
     return records
 
 
@@ -382,9 +388,28 @@ def owner_name_key(snapshot: Snapshot) -> Callable[[SocketRecord], str]:
     return key
 
 
-def sort_sockets(snapshot: Snapshot, records: Sequence[SocketRecord], column: str, reverse: bool) -> list[SocketRecord]:
+def sort_sockets(snapshot: Snapshot, records: Sequence[SocketRecord], column: str, reverse: bool
+                 ) -> Sequence[SocketRecord]:
+    if isinstance(records, SocketTable) and column != "owner":  # an argsort over the columns, as SOCKET_SORTS sorts
+        return records.sorted_by(_sort_columns(records.columns, column if column in SOCKET_SORTS else "state"),
+                                 reverse)
     key = owner_name_key(snapshot) if column == "owner" else SOCKET_SORTS.get(column, SOCKET_SORTS["state"])
     return sorted(records, key=key, reverse=reverse)
+
+
+_STATE_RANK_BY_CODE = np.array([STATE_RANK.get(STATE_BY_CODE.get(code), 0) for code in range(256)], np.int64)
+
+
+def _sort_columns(columns: SocketColumns, column: str) -> list[np.ndarray]:
+    """The keys of SOCKET_SORTS[column], as columns."""
+    if column == "local":
+        return [address_order(columns.local_addr), columns.local_port]
+    if column == "remote":
+        return [address_order(columns.remote_addr), columns.remote_port]
+    if column == "state":
+        return [_STATE_RANK_BY_CODE[columns.state], columns.local_port, address_order(columns.remote_addr),
+                columns.remote_port]
+    return [{"recv_q": columns.recv_q, "send_q": columns.send_q, "timer": columns.timer_ms}[column]]
 
 
 def index_of(records: Sequence[SocketRecord], connection: tuple, hint: int = 0) -> int | None:

@@ -1,0 +1,34 @@
+"""The columnar table: records built on demand equal the records it was made of; sorts are argsorts
+that agree with `sorted` on records."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_aggregate import random_case
+
+from socktop.collect.columns import SocketColumns, SocketTable, table_of
+from socktop.model.snapshot import Snapshot, SourceInfo
+from socktop.ui.view import SOCKET_SORTS, sort_sockets
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_a_table_gives_back_the_records_it_was_made_of(seed: int) -> None:
+    records = random_case(seed).records
+    table = SocketTable(SocketColumns.from_records(records))
+    assert table[:] == records and list(table) == records
+    if records:
+        assert table[len(records) // 2] == records[len(records) // 2] and table[-1] == records[-1]
+    picked = [index for index in range(len(records)) if index % 3 == 0]
+    assert list(table.take(np.array(picked, np.int64))) == [records[index] for index in picked]
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_sorting_the_columns_sorts_as_the_records_sort(seed: int) -> None:
+    case = random_case(seed)
+    snapshot = Snapshot(1, 0.0, 0.0, 0.0, SourceInfo("h", "k", "netlink", "", True, ""), table_of(case.records),
+                        case.ownership, case.aggregate())
+    for column in [*SOCKET_SORTS, "unknown"]:
+        for reverse in (False, True):
+            expected = sorted(case.records, key=SOCKET_SORTS.get(column, SOCKET_SORTS["state"]), reverse=reverse)
+            assert list(sort_sockets(snapshot, snapshot.sockets, column, reverse)) == expected, (column, reverse)
