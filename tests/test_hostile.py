@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from frozen import frozen_snapshot, make_app, press, settle
+from nobody import as_nobody
 from test_ui_e2e import TMUX, Terminal, terminal, wait_exit  # noqa: F401 - terminal is a fixture
 
 from socktop.analyze.config import DEFAULT_THRESHOLDS, ConfigError, load_config
@@ -400,38 +401,6 @@ def test_2_a_default_config_that_cannot_be_read_is_a_warning(tmp_path: Path) -> 
 
 
 # --- 10: psutil without root --------------------------------------------------------------------------
-
-def as_nobody(work):
-    """``work()`` in a forked child that has dropped to user nobody; its JSON-able result, or None."""
-    if os.geteuid() != 0:
-        return None
-    read_end, write_end = os.pipe()
-    child = os.fork()
-    if child == 0:  # pragma: no cover - runs in the child
-        status = 1
-        try:
-            devnull = os.open(os.devnull, os.O_RDONLY)
-            for fd in map(int, os.listdir("/proc/self/fd")):  # hold none of the parent's sockets
-                if fd > 2 and fd not in (write_end, devnull):
-                    try:
-                        os.dup2(devnull, fd)
-                    except OSError:
-                        pass
-            os.setgroups([])
-            os.setgid(65534)
-            os.setuid(65534)
-            os.write(write_end, json.dumps(work()).encode())
-            status = 0
-        finally:
-            os._exit(status)
-    os.close(write_end)
-    chunks = []
-    while chunk := os.read(read_end, 65536):
-        chunks.append(chunk)
-    os.close(read_end)
-    _, status = os.waitpid(child, 0)
-    return json.loads(b"".join(chunks)) if status == 0 else None
-
 
 def test_10_psutil_without_root_is_honest_about_coverage_and_finds_the_leak() -> None:
     with SocketFarm() as sockets:

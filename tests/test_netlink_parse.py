@@ -371,11 +371,13 @@ def own_cgroup_inode() -> int | None:
     return None
 
 
-@pytest.mark.parametrize("lookups", [netlink.EXACT_LOOKUPS_MAX, 0], ids=["by-socket", "by-dump"])
-def test_close_wait_sockets_say_how_long_ago_the_peer_acked(lookups: int, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("by_socket", [True, False], ids=["by-socket", "by-dump"])
+def test_close_wait_sockets_say_how_long_ago_the_peer_acked(by_socket: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """tcpi_last_ack_recv, as `ss -ti` shows lastack: at least the time waited since the peer's FIN; our own
     sockets carry our cgroup."""
-    monkeypatch.setattr(netlink, "EXACT_LOOKUPS_MAX", lookups)
+    if not by_socket:
+        monkeypatch.setattr(netlink, "EXACT_LOOKUPS_MIN", 0)
+        monkeypatch.setattr(netlink, "LOOKUP_COST", 10**9)
     with SocketFarm() as farm:
         built = farm.close_wait(3)
         time.sleep(0.3)
@@ -386,3 +388,12 @@ def test_close_wait_sockets_say_how_long_ago_the_peer_acked(lookups: int, monkey
     cgroup = own_cgroup_inode()
     if cgroup is not None:
         assert {record.cgroup_id for record in records if record.inode} == {cgroup}
+
+
+def test_a_chunk_may_end_the_dump_only_with_done_or_a_control_message() -> None:
+    sockets = socket_run(3)
+    assert not netlink.may_end(sockets, 1, SOCK_DIAG_BY_FAMILY)
+    assert netlink.may_end(sockets + done_message(), 1, SOCK_DIAG_BY_FAMILY)
+    assert not netlink.may_end(sockets + done_message(), 2, SOCK_DIAG_BY_FAMILY)  # another request's
+    error = struct.pack("=IHHIIi", 36, NLMSG_ERROR, 0, 1, 0, -errno.EPERM) + b"\0" * 16
+    assert netlink.may_end(error, 1, SOCK_DIAG_BY_FAMILY)

@@ -7,12 +7,11 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
+from nobody import run_cli_as_nobody
 
 from socktop.collect.records import TcpState, TimerKind
 from socktop.demo.builders import Built, SocketFarm
@@ -169,28 +168,10 @@ def test_backends_fall_back_visibly(monkeypatch: pytest.MonkeyPatch) -> None:
         Engine("carrier-pigeon")
 
 
-PACKAGE_ROOT = str(Path(__file__).resolve().parents[1] / "tui")
-
-
 def run_as_nobody(args: list[str]) -> subprocess.CompletedProcess[str] | None:
-    """Run socktop's CLI as user nobody, or None where this machine does not allow it.
-
-    The collector needs only the standard library, so when nobody may not
-    run this interpreter (a venv under /root) the system's python3 will do.
-    """
-    if os.geteuid() != 0:
-        return None
-    for python in dict.fromkeys((sys.executable, "/usr/bin/python3")):
-        try:
-            result = subprocess.run(
-                [python, "-m", "socktop", *args], capture_output=True, text=True, timeout=60, cwd="/",
-                user=65534, group=65534, extra_groups=[], env={**os.environ, "PYTHONPATH": PACKAGE_ROOT},
-            )
-        except (OSError, subprocess.SubprocessError):
-            continue
-        if result.returncode == 0:
-            return result
-    return None
+    """Run socktop's CLI as user nobody, or None where this machine does not allow it."""
+    result = run_cli_as_nobody(args)
+    return result if result is not None and result.returncode == 0 else None
 
 
 def test_without_root_every_socket_is_counted_and_coverage_reported(farm: SocketFarm) -> None:

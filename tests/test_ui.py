@@ -376,7 +376,7 @@ async def test_pause_and_interval():
         assert app.refresh_count == count
         await pilot.press("space")
         await settle(pilot)
-        assert not app.paused and app.refresh_count == count + 1
+        assert not app.paused and app.refresh_count >= count + 1  # at once (and on the interval after)
         await pilot.press("plus", "plus")
         assert app.interval == 2.0 and "every 2s" in plain(app.query_one(TopBar))
         await pilot.press("minus", "minus", "minus")
@@ -517,6 +517,7 @@ async def test_each_size_class_shows_what_is_wrong_first(size, mode, panes, stri
         states = app.pane("states")
         if "states" in panes and len(panes) > 1:  # fitted to its rows: no empty half pane
             assert states.region.height <= states.row_count + 3 or mode != "small"
+        assert "▏" not in app.export_screenshot()  # no horizontal scrollbar stub in any pane
         main = app.query_one("#main").region
         used = sum(app.pane(name).region.height for name in panes if app.pane(name).region.x == main.x)
         assert used == main.height  # the panes in the first column fill the height
@@ -694,7 +695,7 @@ async def test_the_findings_pane_shows_its_titles_whole_or_visibly_cut():
     async with app.run_test(size=(200, 50)) as pilot:
         await settle(pilot)
         findings: FindingsPane = app.pane("findings")
-        assert findings.region.width >= 78 and app.query_one(SocketList).region.width <= 120
+        assert findings.region.width >= 88 and app.query_one(SocketList).region.width <= 110
         for size in ((200, 50), (140, 40)):
             await pilot.resize_terminal(*size)
             await settle(pilot)
@@ -703,7 +704,7 @@ async def test_the_findings_pane_shows_its_titles_whole_or_visibly_cut():
             titles = [findings.cells_of(key)[1].plain for key in findings.keys]
             assert all(len(line) == width for line in shown)
             for line, title in zip(shown, titles):
-                text = line[10:].rstrip()
+                text = line[6:].rstrip()
                 assert text == title or (text.endswith("…") and title.startswith(text[:-1])
                                          and title[len(text) - 1] in " ,:("), (text, title)
         assert any(line.rstrip().endswith("…") for line in shown)  # the frozen machine has long titles
@@ -809,3 +810,13 @@ async def test_function_keys_and_vi_moves():
         assert processes.cursor == 0
         await press(pilot, "f10")
         assert app.return_code == 0
+
+
+async def test_the_inferred_legend_shows_only_while_a_row_has_one():
+    app = make_app()
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot)
+        processes = app.pane("processes")
+        assert "9*: 9 inferred" in processes.border_subtitle  # the crawler's and nginx's TIME_WAIT
+        await press(pilot, "slash", *"proc:leaky", "enter")
+        assert "inferred" not in processes.border_subtitle and keys_of(processes) == ["pid:4242"]

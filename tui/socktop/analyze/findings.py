@@ -145,16 +145,16 @@ class _Scan:
         self.points: Sequence[HistoryPoint] = recent(snapshot.history, thresholds.rate_window_seconds)
         self.span = span_seconds(self.points)
         self.port_range = (self.kernel.port_range() if self.kernel else None) or DEFAULT_EPHEMERAL_PORTS
-        self._by_state: dict[TcpState, list[SocketRecord]] = {}
+        self._by_state: dict[TcpState, Sequence[SocketRecord]] = {}
         self._time_wait_sides: tuple[list[SocketRecord], list[SocketRecord]] | None = None
 
-    def records(self, state: TcpState) -> list[SocketRecord]:
-        """The sockets in one state: C-level passes, only for states the snapshot has, each once."""
+    def records(self, state: TcpState) -> Sequence[SocketRecord]:
+        """The sockets in one state, picked from the columns (their records built as they are read), each once."""
         found = self._by_state.get(state)
         if found is None:
             found = []
             if self.snapshot.aggregates.by_state.get(state):
-                found = list(self.snapshot.select(self.snapshot.columns.state == state))
+                found = self.snapshot.select(self.snapshot.columns.state == state)
             self._by_state[state] = found
         return found
 

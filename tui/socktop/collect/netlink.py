@@ -40,7 +40,11 @@ INET_DIAG_CGROUP_ID = 21  # u64, on full sockets
 NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
 TCPI_LAST_ACK_RECV = 56  # offset of tcpi_last_ack_recv (u32, ms) in struct tcp_info (include/uapi/linux/tcp.h)
 MAX_ATTRIBUTES = 32  # per message: bounds the attribute walk on a corrupt buffer
-EXACT_LOOKUPS_MAX = 2048  # CLOSE_WAIT sockets asked for one by one; beyond, one dump of that state
+# CLOSE_WAIT sockets are asked for one by one while there are at most this many, or a quarter of
+# the table (a lookup costs about as much as a dump's walk over 4 sockets: 5.5 µs against 1.35 µs
+# a socket, measured at 20k); beyond, one dump of that state
+EXACT_LOOKUPS_MIN = 2048
+LOOKUP_COST = 4  # in sockets walked
 LOOKUP_BATCH = 32  # requests per send: their answers (with tcp_info) fit the default receive buffer
 
 _REQUEST = struct.Struct("=IHHII" "BBBxI" "HH16s16sI8s")  # inet_diag_req_v2
@@ -48,6 +52,8 @@ _COMPAT_REQUEST = struct.Struct("=IHHII" "BBBB" "HH16s16sI8s" "II")  # inet_diag
 _HEADER = struct.Struct("=IH")  # nlmsg_len, nlmsg_type
 _ERRNO = struct.Struct("=i")
 HEADER_SIZE = 16  # struct nlmsghdr
+_DONE = struct.Struct("=IHHI")  # the start of NLMSG_DONE's nlmsghdr: len type flags seq
+DONE_SIZE = HEADER_SIZE + 4  # nlmsghdr and the dump's final errno
 MIN_MESSAGE = HEADER_SIZE + 72  # + struct inet_diag_msg
 _NO_COOKIE = b"\xff" * 8  # INET_DIAG_NOCOOKIE
 
@@ -164,7 +170,7 @@ def parse_dump_chunk(data: bytes | bytearray | memoryview, length: int, dump: Du
     if (kinds[:good + 1] >> 16 & NLM_F_DUMP_INTR).any():
         dump.interrupted = True
     if good:
-        dump.chunks.append(bytes(memoryview(data)[:length]))
+        dump.chunks.append(data if isinstance(data, bytes) and len(data) == length else bytes(memoryview(data)[:length]))
         dump.starts.append(starts[:good] + dump.received)
         dump.sizes.append(sizes[:good])
         dump.received += length
@@ -174,6 +180,24 @@ def parse_dump_chunk(data: bytes | bytearray | memoryview, length: int, dump: Du
     if not is_socket[good]:
         return _control_message(data, offset, int(sizes[good]), int(types[good]), dump.message_type)
     raise CollectError(f"sock_diag: unknown TCP state {codes[good]} at offset {offset}")
+
+
+def may_end(chunk: bytes, seq: int, message_type: int) -> bool:
+    """Whether a received chunk may end the dump, checked without parsing it: it starts with a
+    control message (an error), or its last 20 bytes read as the NLMSG_DONE of request ``seq``.
+
+    The kernel puts NLMSG_DONE after the last socket, in the last chunk
+    (net/netlink/af_netlink.c, netlink_dump). Chunks are parsed together
+    when one may end the dump: numpy's cost per call is then paid per
+    dump, not per 32 KiB; a chunk that only looked like the end is parsed
+    and the dump read on.
+    """
+    if len(chunk) >= HEADER_SIZE and _HEADER.unpack_from(chunk)[1] != message_type:
+        return True
+    if len(chunk) < DONE_SIZE:
+        return True
+    length, kind, _flags, done_seq = _DONE.unpack_from(chunk, len(chunk) - DONE_SIZE)
+    return length == DONE_SIZE and kind == NLMSG_DONE and done_seq == seq
 
 
 def _message_starts(data: bytes | bytearray | memoryview, length: int) -> np.ndarray:
@@ -395,7 +419,7 @@ class NetlinkBackend:
         state instead.
         """
         ext = 1 << (INET_DIAG_INFO - 1)
-        if len(rows) <= EXACT_LOOKUPS_MAX:
+        if len(rows) <= max(EXACT_LOOKUPS_MIN, len(columns) // LOOKUP_COST):
             info = self._look_up(columns, rows, ext)
         else:
             info = SocketColumns.concat([self.dump_family(family, states=1 << TcpState.CLOSE_WAIT, ext=ext)
@@ -410,6 +434,14 @@ class NetlinkBackend:
         slot = np.minimum(np.searchsorted(cookies, wanted), len(cookies) - 1)
         found = cookies[slot] == wanted
         columns.lastack_ms[rows[found]] = lastack[slot[found]]
+
+    def still_listed(self, columns: SocketColumns, rows: np.ndarray) -> set[int]:
+        """The inodes of ``rows`` that the kernel lists now, each asked for by 4-tuple and cookie (a hash
+        lookup, not a second dump): a socket closed since answers ENOENT, or comes back with inode 0 as
+        the TIME_WAIT or orphan it became (the kernel keeps the cookie into TIME_WAIT)."""
+        if len(rows) > EXACT_LOOKUPS_MAX:
+            return set(self.columns().inode.tolist())
+        return set(self._look_up(columns, rows, 0).inode.tolist())
 
     def _look_up(self, columns: SocketColumns, rows: np.ndarray, ext: int) -> SocketColumns:
         """The sockets of ``rows`` asked for by 4-tuple and cookie (not dumped), with the attributes of ``ext``.
@@ -459,11 +491,16 @@ class NetlinkBackend:
             sock.settimeout(5.0)
             sock.send(build_request(family, self._seq, states, ext))
             done = False
+            pending: list[bytes] = []  # chunks received since the last parse
             while not done:
                 size = sock.recv_into(self._buffer, RECV_BUFFER, socket.MSG_TRUNC)
                 if size > RECV_BUFFER:
                     raise CollectError(f"sock_diag: a {size}-byte chunk did not fit the {RECV_BUFFER}-byte buffer")
                 if size == 0:
                     raise CollectError("sock_diag: the kernel closed the dump without NLMSG_DONE")
-                done = parse_dump_chunk(self._buffer, size, dump)
+                pending.append(bytes(self._buffer[:size]))
+                if may_end(pending[-1], self._seq, dump.message_type):
+                    data = pending[0] if len(pending) == 1 else b"".join(pending)
+                    pending.clear()
+                    done = parse_dump_chunk(data, len(data), dump)
         return dump

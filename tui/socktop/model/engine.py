@@ -13,10 +13,11 @@ import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 
 import numpy as np
 
-from ..collect.columns import SocketTable, table_of
+from ..collect.columns import SocketColumns, SocketTable, table_of
 from ..collect.kernelstate import read_kernel_state
 from ..collect.destroy import DestroyFeed, FeedReader
 from ..collect.owners import OwnerScanner, owner_note_for, user_name
@@ -109,7 +110,7 @@ class Engine:
         started = time.perf_counter()
         with gc_paused():
             table = table_of(self.backend.sockets())
-            ownership = self._ownership(table.columns.inode)
+            ownership = self._ownership(table.columns)
             kernel = read_kernel_state()
             aggregates = aggregate(table, ownership, user_name, self._last_owners,
                                    ephemeral_ports=kernel.port_range() or DEFAULT_EPHEMERAL_PORTS)
@@ -163,17 +164,22 @@ class Engine:
             self.destroy_feed.close()
             self.destroy_feed = None
 
-    def _ownership(self, inodes: np.ndarray) -> Ownership:
+    def _ownership(self, columns: SocketColumns) -> Ownership:
         if isinstance(self.backend, OwnerAwareBackend):
             pids_by_inode = self.backend.owner_hint()
             return Ownership(pids_by_inode, self.backend.processes(
                 {pid for pids in pids_by_inode.values() for pid in pids}))
-        self.scanner.update(set(inodes.tolist()), self._still_listed)
+        self.scanner.update(set(columns.inode.tolist()), partial(self._still_listed, columns))
         return Ownership(self.scanner.pids_by_inode, self.scanner.processes, self.scanner.closed)
 
-    def _still_listed(self, inodes: set[int]) -> set[int]:
-        """Those of ``inodes`` the socket table lists now: a second read, only when the owner scan
-        could not place a socket (one that closed meanwhile is no longer listed)."""
+    def _still_listed(self, columns: SocketColumns, inodes: set[int]) -> set[int]:
+        """Those of ``inodes`` the socket table lists now, asked only when the owner scan could not place
+        a socket (one that closed meanwhile is no longer listed): netlink looks each one up, the other
+        backends read the table again."""
+        look_up = getattr(self.backend, "still_listed", None)
+        if look_up is not None:
+            rows = np.flatnonzero(np.isin(columns.inode, np.fromiter(inodes, np.uint64, len(inodes))))
+            return inodes.intersection(look_up(columns, rows))
         return inodes.intersection(table_of(self.backend.sockets()).columns.inode.tolist())
 
     def _source(self, aggregates: Aggregates) -> SourceInfo:

@@ -47,7 +47,7 @@ from .fleet import FleetScreen, FleetWatch
 from .panes import FindingsPane, Pane, PortsPane, ProcessesPane, StatesPane
 from .screens import CommandDialog, HelpScreen
 from .sockets import SocketList
-from .view import CONNECTION, PORT, PROCESS, STATE, Level, Query, View, ViewSpec, build_view, with_level
+from .view import CONNECTION, PORT, PROCESS, STATE, Level, Query, View, ViewSpec, build_view, with_cursor, with_level
 
 PANE_ORDER = ("states", "ports", "processes", "sockets", "findings")
 PANE_TITLES = {"states": "1 States", "ports": "2 Ports", "processes": "3 Processes", "sockets": "4 Sockets",
@@ -283,9 +283,10 @@ class SocktopApp(App[int]):
             self._flex = active
         body = self.size.height - FIXED_LINES[mode]
         states_fit = self.pane("states").row_count + 3  # header and borders
-        if mode == "wide":
+        if mode == "wide":  # the top row as tall as its longest pane needs, up to 2/5: the sockets get the rest
             shown = frozenset(PANE_ORDER)
-            heights = {"top-row": "2fr", "bottom-row": "3fr", "states": "1fr"}
+            top_fit = max(self.pane(name).row_count for name in ("states", "ports", "processes")) + 3
+            heights = {"top-row": str(max(8, min(top_fit, body * 2 // 5))), "bottom-row": "1fr", "states": "1fr"}
         elif mode == "medium":
             shown = frozenset({"states", self._side, self._bottom})
             side_fit = self.pane(self._side).row_count + 3
@@ -398,15 +399,16 @@ class SocktopApp(App[int]):
         error = "; ".join(errors)
         view = build_view(snapshot, spec, prior if prior is not None and prior.seq < snapshot.seq else None)
         connections = frozenset(map(CONNECTION, snapshot.sockets))
+        view = with_cursor(view, self.query_one(SocketList).cursor_connection)
         self.post_message(Refreshed(snapshot, analysis, view, connections, error, started))
 
     def on_refreshed(self, message: Refreshed) -> None:
         try:
-            self._on_refreshed(message)
+            self._apply_refresh(message)
         except NoMatches:  # a refresh that lands while the app closes: its widgets are gone
             pass
 
-    def _on_refreshed(self, message: Refreshed) -> None:
+    def _apply_refresh(self, message: Refreshed) -> None:
         self._refreshing = False
         self.refresh_count += 1
         self.collect_failed = message.snapshot is None
@@ -461,7 +463,7 @@ class SocktopApp(App[int]):
         snapshot, spec, prior = self.snapshot, self.spec, self.view  # immutable
         view = build_view(snapshot, spec, prior if prior is not None and prior.seq < snapshot.seq else None)
         if generation == self._view_generation:
-            self.post_message(ViewBuilt(view))
+            self.post_message(ViewBuilt(with_cursor(view, self.query_one(SocketList).cursor_connection)))
 
     def on_view_built(self, message: ViewBuilt) -> None:
         view = message.view
@@ -498,7 +500,7 @@ class SocktopApp(App[int]):
         previous = self.previous_connections
         is_new: Callable[[Any], bool] = (lambda record: CONNECTION(record) not in previous) if previous else (
             lambda record: False)
-        self.query_one(SocketList).set_data(self.snapshot, view.sockets, is_new,
+        self.query_one(SocketList).set_data(self.snapshot, view.sockets, is_new, view.cursor_hint,
                                             (view.spec.socket_sort, view.spec.socket_reverse))
         self._show_filter()
         self._refresh_drawer()

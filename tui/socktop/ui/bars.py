@@ -21,6 +21,7 @@ from ..model.history import rate_per_second, state_series
 from ..model.snapshot import Snapshot, coverage_text, plural
 from ..safetext import printable
 from . import format as fmt
+from .style import CachedComponentStyles
 from .view import bucket_max, trend_groups, trend_span
 
 Part = tuple[str, Style, int]  # text, style, priority (0 = never dropped; higher goes first)
@@ -52,7 +53,7 @@ def fit(parts: Sequence[Part], width: int, separator: str = "", separator_style:
     return line
 
 
-class Bar(Widget):
+class Bar(CachedComponentStyles, Widget):
     """A widget drawn from a list of `Part`s, refitted when its width changes."""
 
     COMPONENT_CLASSES: ClassVar[set[str]] = {
@@ -79,7 +80,7 @@ class Bar(Widget):
 
     def style(self, name: str) -> Style:
         # the full style (not partial): colours with alpha, such as $text-muted, blended over the background
-        return self.get_component_rich_style(f"bar--{name}") if name else Style()
+        return self.component_style(f"bar--{name}") if name else Style()
 
     def set_lines(self, lines: list[list[Part]]) -> None:
         if lines != self._lines:
@@ -248,8 +249,7 @@ class FilterLine(Bar):
 
 
 
-SEVERITY_CHIP = {"critical": (" CRIT ", "chip-danger"), "warning": (" WARN ", "chip-warning"),
-                 "info": (" INFO ", "chip")}
+SEVERITY_CHIP = {"critical": "chip-danger", "warning": "chip-warning", "info": "chip"}
 
 
 class FindingsStrip(Bar):
@@ -283,7 +283,7 @@ class FindingsStrip(Bar):
         lines = []
         self._ids = [finding_id for finding_id, _, _ in shown]
         for index, (_, severity, title) in enumerate(shown):
-            chip, tone = SEVERITY_CHIP.get(severity, SEVERITY_CHIP["info"])
+            chip, tone = f" {fmt.SEVERITY_SHORT.get(severity, 'INFO')} ", SEVERITY_CHIP.get(severity, "chip")
             tail = f"  +{more} more: 5" if more and index == len(shown) - 1 else ""
             line = Text(no_wrap=True, end="")
             line.append(chip, self.style(tone))

@@ -16,6 +16,10 @@ WARNING_STATES = frozenset({TcpState.CLOSE_WAIT, TcpState.FIN_WAIT1, TcpState.LA
 DANGER_STATES = frozenset({TcpState.SYN_RECV, TcpState.NEW_SYN_RECV})
 
 
+#: a finding's severity in four letters, in the findings strip and the Findings pane alike
+SEVERITY_SHORT = {"critical": "CRIT", "warning": "WARN", "info": "INFO"}
+
+
 def tone_of_state(state: TcpState) -> str:
     if state in DANGER_STATES:
         return "danger"

@@ -28,6 +28,7 @@ from .table import SORT_MARK, ColumnSpec, LineTable
 from .view import PORT, PROCESS, STATE, STATE_RANK, TREND_CELLS, PortRow, ProcessRow, StateRow
 
 _MISSING = object()
+PLAIN = Style()
 
 
 class Cell:
@@ -39,7 +40,7 @@ class Cell:
         # tables have no cell padding: every cell starts with a one-space gutter instead, which
         # saves a column per cell (three panes must fit side by side on 140 columns)
         self.plain = " " + text
-        self.style = Style.parse(style) if isinstance(style, str) else style
+        self.style = (Style.parse(style) if style else PLAIN) if isinstance(style, str) else style
         self.right = right
         self.sort = (text.lower(),) if sort is None else sort
 
@@ -247,8 +248,8 @@ class Pane(LineTable):
         """A cell's colour and weight, blended for this theme (a partial style would drop the alpha of
         $text-muted), without a background, which would hide the cursor row."""
         if not name:
-            return Style()
-        full = self.get_component_rich_style(f"pane--{name}")
+            return PLAIN
+        full = self.component_style(f"pane--{name}")
         return Style(color=full.color, bold=full.bold, dim=full.dim, italic=full.italic)
 
 
@@ -389,7 +390,7 @@ class FindingsPane(Pane):
 
     KIND, LEVEL, TITLE = "findings", None, "5 Findings"
     COLUMNS = (
-        ColumnSpec("severity", "Severity", 10),
+        ColumnSpec("severity", "Sev", 6),
         ColumnSpec("title", "Finding", 24, flex=True),
     )
     DEFAULT_SORT = ("severity", False)
@@ -401,7 +402,7 @@ class FindingsPane(Pane):
         rank, finding = item
         severity = finding.severity.value
         return [
-            Cell(severity.upper(), (SEVERITY_RANK.get(severity, 9), rank),
+            Cell(fmt.SEVERITY_SHORT.get(severity, severity.upper()), (SEVERITY_RANK.get(severity, 9), rank),
                  self.tone(SEVERITY_TONE.get(severity, ""))),
             ProseCell(printable(finding.title), None),
         ]

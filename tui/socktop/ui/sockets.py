@@ -82,13 +82,18 @@ class SocketList(LineTable):
 
     # --- data -----------------------------------------------------------------------------------
 
-    def set_data(self, snapshot: Snapshot, records: Sequence[SocketRecord],
-                 is_new: Callable[[SocketRecord], bool], sort: tuple[str, bool]) -> None:
-        """Show ``records`` (already filtered and sorted); the cursor stays on its socket, or its neighbour."""
+    def set_data(self, snapshot: Snapshot, records: Sequence[SocketRecord], is_new: Callable[[SocketRecord], bool],
+                 found: tuple[tuple, int] | None, sort: tuple[str, bool]) -> None:
+        """Show ``records`` (already filtered and sorted); the cursor stays on its socket, or its neighbour.
+        ``found``: where the view thread found the cursor's socket in ``records`` (`view.with_cursor`)."""
         hint, on_screen, resorted = self.cursor, self.cursor_on_screen(), sort != (self.sort_column, self.sort_reverse)
         self.snapshot, self.records, self.is_new = snapshot, records, is_new
         self.sort_column, self.sort_reverse = sort
-        index = index_of(records, self._cursor_connection, hint) if self._cursor_connection else None
+        connection = self._cursor_connection
+        if found is not None and found[0] == connection:
+            index: int | None = found[1]
+        else:
+            index = index_of(records, connection, hint) if connection else None
         self._lines.clear()
         self.update_size()
         self.cursor = min(hint if index is None else index, max(0, len(records) - 1))
@@ -106,6 +111,11 @@ class SocketList(LineTable):
     @property
     def selected(self) -> SocketRecord | None:
         return self.records[self.cursor] if 0 <= self.cursor < len(self.records) else None
+
+    @property
+    def cursor_connection(self) -> tuple | None:
+        """The 4-tuple of the socket under the cursor (read by the view thread: an immutable tuple)."""
+        return self._cursor_connection
 
     def _remember_cursor(self) -> None:
         record = self.selected

@@ -24,6 +24,7 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from . import format as fmt
+from .style import CachedComponentStyles
 
 SORT_MARK = {False: " ▲", True: " ▼"}
 
@@ -61,7 +62,7 @@ def header_cell(spec: ColumnSpec, width: int, mark: str) -> str:
     return text.rjust(width) if spec.numeric else text.ljust(width)
 
 
-class LineTable(ScrollView, can_focus=True):
+class LineTable(CachedComponentStyles, ScrollView, can_focus=True):
     """Header, rows and cursor; the subclass says how many rows there are and draws one (`row_strip`)."""
 
     COLUMNS: ClassVar[tuple[ColumnSpec, ...]] = ()
@@ -133,7 +134,9 @@ class LineTable(ScrollView, can_focus=True):
         return max(1, self.scrollable_content_region.height - 1)  # less the header
 
     def update_size(self) -> None:
-        self.virtual_size = Size(self.scrollable_content_region.width, self.row_total + 1)
+        size = Size(self.scrollable_content_region.width, self.row_total + 1)
+        if size != self.virtual_size:
+            self.virtual_size = size
 
     def on_resize(self, event: events.Resize) -> None:
         self.update_size()
@@ -187,7 +190,7 @@ class LineTable(ScrollView, can_focus=True):
     # --- drawing -----------------------------------------------------------------------------------
 
     def style_of(self, name: str) -> Style:
-        return self.get_component_rich_style(name)  # full: colours with alpha blended over the background
+        return self.component_style(name)  # full: colours with alpha blended over the background
 
     def render_line(self, y: int) -> Strip:
         width = self.scrollable_content_region.width

@@ -20,7 +20,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import compress
 from operator import indexOf, itemgetter
 
@@ -207,6 +207,16 @@ class View:
     counts: dict[str, dict[str, int]] = field(default_factory=dict)  # pane → key → count, for deltas
     build_seconds: float = 0.0
     inferred: int = 0  # when a pid narrows the view: its sockets without a descriptor (owner inferred)
+    cursor_hint: tuple[tuple, int] | None = None  # (a socket's 4-tuple, its index in ``sockets``): see `with_cursor`
+
+
+def with_cursor(view: View, connection: tuple | None) -> View:
+    """``view`` knowing where the socket under the Sockets cursor now is, searched off the UI thread
+    (50,000 comparisons); the UI uses it when its cursor is still on that socket."""
+    if connection is None:
+        return view
+    index = index_of(view.sockets, connection)
+    return replace(view, cursor_hint=(connection, index)) if index is not None else view
 
 
 # --- socket selection ------------------------------------------------------------------------------
