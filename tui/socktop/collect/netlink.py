@@ -439,7 +439,7 @@ class NetlinkBackend:
         """The inodes of ``rows`` that the kernel lists now, each asked for by 4-tuple and cookie (a hash
         lookup, not a second dump): a socket closed since answers ENOENT, or comes back with inode 0 as
         the TIME_WAIT or orphan it became (the kernel keeps the cookie into TIME_WAIT)."""
-        if len(rows) > EXACT_LOOKUPS_MAX:
+        if len(rows) > max(EXACT_LOOKUPS_MIN, len(columns) // LOOKUP_COST):
             return set(self.columns().inode.tolist())
         return set(self._look_up(columns, rows, 0).inode.tolist())
 

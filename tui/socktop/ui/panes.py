@@ -139,6 +139,8 @@ class Pane(LineTable):
         self._data = new
         if changed:
             self._resort([key for key in dict.fromkeys([*old_order, *new]) if key in new])
+        if not self.chosen:  # nobody chose a row here yet: the highlight stays on top
+            before = self._order[0] if self._order else None
         target = before if before in self._index else self._neighbour(before, old_order)
         self.cursor = self._index.get(target, 0) if target is not None else min(self.cursor, max(0, self.row_total - 1))
         self.update_size()
@@ -171,6 +173,7 @@ class Pane(LineTable):
         index = self._index.get(key)
         if index is None:
             return False
+        self.chosen = True
         if index != self.cursor:
             self.cursor = index
             self.scroll_to_cursor()
