@@ -46,7 +46,8 @@ def serve_and_close(listener: socket.socket, stop: threading.Event) -> None:
         except TimeoutError:
             continue
         with conn:
-            conn.settimeout(2.0)
+            conn.settimeout(30.0)  # a bound, not a pace: on a loaded machine the test's first refresh takes
+            # seconds, and a server that gave up first would be the side left in TIME_WAIT
             conn.recv(1)
 
 

@@ -291,7 +291,7 @@ def test_8_sockets_closed_before_their_owner_was_read_are_no_unknown_owner() -> 
 
 
 def test_8_a_churning_server_never_forms_an_unknown_owner_group() -> None:
-    """A server that accepts and closes at once, clients that connect in a loop: over 25 refreshes
+    """A server that accepts and closes at once, clients that connect in a loop: over 15 refreshes
     no socket is grouped as an owner we may not see, and the note states no unchecked reason."""
     listener = socket.create_server(("127.0.0.1", 0), backlog=512)
     stop = threading.Event()
@@ -316,7 +316,7 @@ def test_8_a_churning_server_never_forms_an_unknown_owner_group() -> None:
         thread.start()
     try:
         engine = Engine("netlink")
-        for _ in range(25):
+        for _ in range(15):
             snapshot = engine.refresh()
             assert not unknown_owners(snapshot, listener.getsockname()[1])
             assert "PID namespace" not in snapshot.source.owner_note
