@@ -21,6 +21,7 @@ from . import __version__
 from .collect.netns import Selection
 from .collect.records import BackendUnavailable, CollectError, TcpState
 from .model.engine import BACKENDS
+from .safetext import printable
 from .serve import DEFAULT_TOP
 
 if TYPE_CHECKING:
@@ -281,10 +282,13 @@ def _fail(message: str, status: int = 1) -> int:
 
 
 def _say(line: str) -> None:
-    """``socktop: LINE`` on stderr, unless stderr is closed too (print would then write to stdout)."""
+    """``socktop: LINE`` on stderr, unless stderr is closed too (print would then write to stdout).
+
+    The line may quote what the user typed or a path (a --config, a --listen host): escapes in it are
+    shown, never sent to the terminal."""
     if sys.stderr is not None:
         try:
-            print(f"socktop: {line}", file=sys.stderr, flush=True)
+            print(f"socktop: {printable(line)}", file=sys.stderr, flush=True)
         except (OSError, ValueError):
             pass
 

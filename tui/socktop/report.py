@@ -271,7 +271,7 @@ def churn_line(snapshot: Snapshot) -> str:
 
 
 def _process_order(group: ProcessGroup) -> tuple[int, str]:
-    return (-(group.total + group.inferred_time_wait), group.key)
+    return (-group.total, group.key)  # total counts held and inferred sockets alike
 
 
 def render_json(snapshot: Snapshot, filters: dict[str, Any], with_sockets: bool,
@@ -386,7 +386,7 @@ def render_summary(snapshot: Snapshot, width: int | None = None, analysis: Analy
 
     processes = Table(title=f"Top processes (of {len(aggregates.by_process)})", title_justify="left")
     for column, justify in (("pid", "right"), ("name", "left"), ("user", "left"), ("total", "right"),
-                            ("states", "left"), ("TW inferred", "right"), ("fds/limit", "right")):
+                            ("states", "left"), ("inferred", "left"), ("fds/limit", "right")):
         processes.add_column(column, justify=justify)  # type: ignore[arg-type]
     for group in sorted(aggregates.by_process.values(), key=_process_order)[:TOP_ROWS]:
         process = group.process
@@ -394,7 +394,7 @@ def render_summary(snapshot: Snapshot, width: int | None = None, analysis: Analy
         processes.add_row(
             str(group.pid or ""), Text(printable(group.name if process else f"(unknown, uid {group.uid})")),
             Text(printable(group.user)), str(group.total), Text(_states_text(group.counts)),
-            str(group.inferred_time_wait or ""), fds,
+            Text(_states_text(group.inferred)), fds,
         )
     console.print(processes)
     if len(snapshot.places) > 1 or any(place.kind != "host" for place in snapshot.places.values()):
