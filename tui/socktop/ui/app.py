@@ -36,6 +36,7 @@ from textual.screen import Screen
 from textual.widgets import Input, Static
 
 from ..analyze.config import DEFAULT_THRESHOLDS, Config, Thresholds
+from ..collect.netns import Selection as NetnsSelection
 from ..collect.records import TcpState
 from ..model.snapshot import Snapshot
 from ..safetext import printable
@@ -43,6 +44,7 @@ from . import analysis as analysis_api
 from . import clipboard, keys, style
 from .bars import FilterLine, FindingsStrip, KeyBar, TabLine, TopBar, TrendStrip
 from .details import COPY_ACTIONS, Copyable, Selection, Styles, commands_for, describe
+from .containers import ContainersScreen
 from .fleet import FleetScreen, FleetWatch
 from .panes import FindingsPane, Pane, PortsPane, ProcessesPane, StatesPane
 from .screens import CommandDialog, HelpScreen
@@ -681,6 +683,13 @@ class SocktopApp(App[int]):
         elif pane.KIND == "findings" and self.picked_finding() is None:
             self._select_finding(key)
 
+    def action_containers(self) -> None:
+        self.push_screen(ContainersScreen(lambda: self.snapshot, self.show_place, self.copy_command, self.interval))
+
+    def show_place(self, key: str) -> None:
+        """The Containers view's drill-down: the panes filtered to one place."""
+        self._commit_filter(f"container:{key}")
+
     def action_fleet(self) -> None:
         if self.fleet is None:
             self.notify("start socktop with --prometheus URL to see the fleet", title="Fleet", timeout=6)
@@ -928,7 +937,7 @@ def run(options: argparse.Namespace, config: Config) -> int:
         scenario = DemoScenario(MAX_DURATION)  # runs until socktop quits (its roles also end with this process)
         scenario.start()
     try:
-        engine = Engine(getattr(options, "backend", "auto"), interval=interval)
+        engine = Engine(getattr(options, "backend", "auto"), interval=interval, netns=NetnsSelection.chosen(getattr(options, "netns", None)))
     except BackendUnavailable as exc:
         if scenario is not None:
             scenario.stop()
