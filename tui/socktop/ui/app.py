@@ -186,6 +186,7 @@ class SocktopApp(App[int]):
         self._jobs_lock = threading.Lock()
         self.background_jobs = 0  # threads running (poller, view builder, clipboard): tests wait for none
         self._view_generation = 0
+        self._sockets_widget: SocketList | None = None
         self.refresh_count = 0
         self.collect_failed = False
         self.snapshot_at = 0.0  # time.monotonic() of the snapshot shown: its age shows while collection fails
@@ -221,6 +222,7 @@ class SocktopApp(App[int]):
         return {**variables, **style.readable_variables(variables)}
 
     def on_mount(self) -> None:
+        self._sockets_widget = self.query_one(SocketList)
         if self.handle_signals:
             self._quit_on_signals()
         if self.keymap_overrides:
@@ -373,6 +375,11 @@ class SocktopApp(App[int]):
     def _poll(self, spec: ViewSpec, new_interval: float | None) -> None:
         self._background(self._poll_thread, spec, new_interval)
 
+    def _socket_cursor(self) -> tuple | None:
+        """The Sockets cursor's 4-tuple, for the view threads (no DOM query there: the app may be closing)."""
+        sockets = self._sockets_widget
+        return sockets.cursor_connection if sockets is not None else None
+
     def _poll_thread(self, spec: ViewSpec, new_interval: float | None) -> None:
         """One refresh, analysed and viewed, posted as `Refreshed` (in the poller thread)."""
         started = time.perf_counter()
@@ -399,9 +406,13 @@ class SocktopApp(App[int]):
             except Exception as exc:
                 errors.append(f"analysis error: {type(exc).__name__}: {exc}")
         error = "; ".join(errors)
-        view = build_view(snapshot, spec, prior if prior is not None and prior.seq < snapshot.seq else None)
-        connections = frozenset(map(CONNECTION, snapshot.sockets))
-        view = with_cursor(view, self.query_one(SocketList).cursor_connection)
+        try:
+            view = build_view(snapshot, spec, prior if prior is not None and prior.seq < snapshot.seq else None)
+            connections = frozenset(map(CONNECTION, snapshot.sockets))
+            view = with_cursor(view, self._socket_cursor())
+        except Exception as exc:  # a bug here must not stop the refreshes: say it, and try again next time
+            self.post_message(Refreshed(None, None, None, None, f"view error: {type(exc).__name__}: {exc}", started))
+            return
         self.post_message(Refreshed(snapshot, analysis, view, connections, error, started))
 
     def on_refreshed(self, message: Refreshed) -> None:
@@ -465,7 +476,7 @@ class SocktopApp(App[int]):
         snapshot, spec, prior = self.snapshot, self.spec, self.view  # immutable
         view = build_view(snapshot, spec, prior if prior is not None and prior.seq < snapshot.seq else None)
         if generation == self._view_generation:
-            self.post_message(ViewBuilt(with_cursor(view, self.query_one(SocketList).cursor_connection)))
+            self.post_message(ViewBuilt(with_cursor(view, self._socket_cursor())))
 
     def on_view_built(self, message: ViewBuilt) -> None:
         view = message.view
