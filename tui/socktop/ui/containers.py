@@ -28,12 +28,15 @@ from ..safetext import printable
 STATE_COLUMNS = (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT, TcpState.TIME_WAIT, TcpState.LISTEN)
 
 
-def place_cells(place: Place) -> tuple[Any, ...]:
-    """A row: the place, its namespace, totals by state, its top ports and processes."""
+def place_cells(place: Place, snapshot: Snapshot) -> tuple[Any, ...]:
+    """A row: the place, its namespace, totals by state, its top ports and processes (by name)."""
     ports = ", ".join(key for key, _ in place.ports[:3])
+    names = []
+    for key, _count in place.processes[:3]:
+        process = snapshot.process(int(key[4:])) if key.startswith("pid:") else None
+        names.append(f"{process.name} ({process.pid})" if process else key)
     return (Text(printable(place.label), style="bold"), str(place.netns), f"{place.total:,}",
-            *(f"{place.counts.get(state, 0):,}" for state in STATE_COLUMNS), ports,
-            ", ".join(key for key, _ in place.processes[:3]))
+            *(f"{place.counts.get(state, 0):,}" for state in STATE_COLUMNS), ports, Text(printable(", ".join(names))))
 
 
 def ordered(snapshot: Snapshot) -> list[Place]:
@@ -91,7 +94,7 @@ class ContainersScreen(Screen[None]):
         self.places = ordered(snapshot)
         table.clear()
         for place in self.places:
-            table.add_row(*place_cells(place), key=place.key)
+            table.add_row(*place_cells(place, snapshot), key=place.key)
         keys = [place.key for place in self.places]
         if selected is not None and selected.key in keys:
             table.move_cursor(row=keys.index(selected.key))
