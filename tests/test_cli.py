@@ -41,7 +41,7 @@ def test_json_document_has_the_documented_fields(close_wait_port: int) -> None:
                   "processes", "remote_hosts", "sockets"):
         assert field in document
     assert document["backend"] == "netlink"
-    assert document["filters"] == {"state": None, "port": close_wait_port, "pid": None}
+    assert document["filters"] == {"state": None, "port": close_wait_port, "pid": None, "container": None}
     assert document["totals"] == {"sockets": 7, "by_state": {"FIN_WAIT2": 3, "CLOSE_WAIT": 3, "LISTEN": 1}}
     (inbound,) = [p for p in document["ports"] if p["direction"] == "in"]
     assert inbound == {"port": close_wait_port, "direction": "in", "total": 4,

@@ -138,6 +138,9 @@ class TopBar(Bar):
             (plural(snapshot.aggregates.total, "socket"), Style(bold=True), 0),
             (f"owners {coverage_text(snapshot.coverage)}", owners_tone, 2),
         ]
+        if source.netns != "self":  # several namespaces read, or why only socktop's own
+            first.insert(-1, (f"netns {printable(source.netns)}",
+                              self.style("warning") if "not root" in source.netns else muted, 3))
         if source.owner_note:
             first.append((printable(source.owner_note), owners_tone, 5))
         churn = snapshot.churn

@@ -29,6 +29,7 @@ import numpy as np
 from ..collect.columns import SocketColumns, SocketTable, address_order
 from ..collect.records import DISPLAY_STATES, STATE_BY_CODE, SocketRecord, TcpState
 from ..model.aggregate import Aggregates, Direction, ProcessGroup
+from ..model.places import place_predicate
 from ..model.snapshot import HistoryPoint, Snapshot
 
 CONNECTION = itemgetter(2, 3, 4, 5)
@@ -69,7 +70,7 @@ def with_level(levels: tuple[Level, ...], level: Level) -> tuple[Level, ...]:
     return levels + (level,)
 
 
-QUERY_PREFIXES = ("state", "port", "pid", "proc", "user", "addr")
+QUERY_PREFIXES = ("state", "port", "pid", "proc", "user", "addr", "container", "netns")
 
 
 def suggest_state(text: str) -> str | None:
@@ -293,6 +294,8 @@ def term_predicate(snapshot: Snapshot, prefix: str, value: str) -> Predicate:
         uids = {uid for uid in {r[11] for r in snapshot.sockets} if value in snapshot.user_of(uid).lower()} if value else set()
         holders = snapshot.ownership.pids_by_inode
         return lambda record: owners(record) or (record[12] != 0 and record[12] not in holders and record[11] in uids)
+    if prefix in ("container", "netns"):
+        return place_predicate(snapshot.place_slots, value, by_namespace=prefix == "netns")
     if prefix == "addr":
         address = full_address(value)
         if address is not None:  # a whole address matches itself only (10.0.0.5 is not in 10.0.0.50), as in ss
