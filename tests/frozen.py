@@ -21,6 +21,7 @@ from dataclasses import replace
 from socktop.collect.kernelstate import KernelState
 from socktop.collect.records import ProcessInfo, SocketRecord, TcpState, TimerKind
 from socktop.model.aggregate import Ownership, aggregate
+from socktop.model.churn import Churn, ChurnGroup
 from socktop.model.snapshot import HistoryPoint, Snapshot, SourceInfo
 
 AF4 = socket.AF_INET
@@ -164,7 +165,32 @@ def frozen_snapshot(scale: float = 1.0, *, seq: int = HISTORY_POINTS, hostile: b
         source=SourceInfo(host="demo-host", kernel="Linux 6.18.0", backend="netlink", backend_note="",
                           is_root=False, owner_note="run as root for all"),
         sockets=records, ownership=ownership, aggregates=aggregates, history=history, user_of=_user_of,
-        kernel=KERNEL,
+        kernel=KERNEL, churn=_churn(scale),
+    )
+
+
+CHURN_WINDOW = 10.0  # seconds of refreshes the rates are over
+
+
+def _churn(scale: float) -> Churn:
+    """Closes over the last 10 s as the populations imply: each TIME_WAIT lives 60 s, so the
+    crawler closes 1,500 / 60 a second toward 443 and nginx 900 / 60 on 80; the leak, 3 a second."""
+    rates = {"out:443": BASE["crawler_time_wait"] / 60, "in:80": BASE["nginx_time_wait"] / 60, "in:8080": 3.0}
+    owners = {"out:443": "pid:5151", "in:80": "pid:6161", "in:8080": "pid:4242"}
+
+    def group(key: str, per_second: float, exact: float = 0.0) -> ChurnGroup:
+        return ChurnGroup(key, round(per_second * scale * CHURN_WINDOW), per_second * scale,
+                          round(exact * scale * CHURN_WINDOW))
+
+    total = sum(rates.values()) * scale
+    return Churn(
+        closes=round(total), opens=round(total), unseen=round(BASE["crawler_time_wait"] / 60 * scale), seconds=CHURN_WINDOW,
+        closes_per_second=total, opens_per_second=total,
+        by_port={key: group(key, rate) for key, rate in rates.items()},
+        by_remote={CRAWLED: group(CRAWLED, rates["out:443"])},
+        by_process={owners[key]: group(owners[key], rate, rate / 2) for key, rate in rates.items()},
+        by_destination={f"{CRAWLED}:443": group(f"{CRAWLED}:443", rates["out:443"])},
+        overruns=0, lost=False, time_wait_owners={}, closed_by_port={}, closed_by_process={},
     )
 
 

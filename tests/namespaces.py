@@ -173,13 +173,7 @@ def _farm(prefix: list[str], established: int, close_wait: int,
             raise RuntimeError(f"the socket farm {' '.join(prefix)} did not start (exit {child.poll()})")
         yield child
     finally:
-        if child.stdin is not None:
-            child.stdin.close()
-        try:
-            child.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait(timeout=10)
+        stop(child, 10)
 
 
 def ss_counts(name: str) -> dict[str, int]:
@@ -225,10 +219,15 @@ def population_in_netns(name: str, total: int) -> Iterator[int]:
             raise RuntimeError(f"the population in {name} did not start (exit {child.poll()})")
         yield int(words[1])
     finally:
-        if child.stdin is not None:
-            child.stdin.close()
-        try:
-            child.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait(timeout=10)
+        stop(child, 30)
+
+
+def stop(child: subprocess.Popen[str], timeout: float) -> None:
+    """Close the child's stdin (its cue to let go of its sockets and exit), then wait; kill it if it does not."""
+    if child.stdin is not None:
+        child.stdin.close()
+    try:
+        child.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait(timeout=10)

@@ -46,7 +46,8 @@ def serve_and_close(listener: socket.socket, stop: threading.Event) -> None:
         except TimeoutError:
             continue
         with conn:
-            conn.settimeout(2.0)
+            conn.settimeout(30.0)  # a bound, not a pace: on a loaded machine the test's first refresh takes
+            # seconds, and a server that gave up first would be the side left in TIME_WAIT
             conn.recv(1)
 
 
@@ -402,3 +403,20 @@ def test_once_says_the_churn(server: int) -> None:
     assert re.search(rf"churn: [\d.]+ closes/s, [\d.]+ opens/s over \d+ s: .*(in|out):{server} [\d.]+/s", sampled.stdout)
     once = subprocess.run([sys.executable, "-m", "socktop", "--once"], capture_output=True, text=True, timeout=60)
     assert "churn: closes and opens need two refreshes (--sample SECONDS)" in once.stdout
+
+
+def test_ports_and_processes_rows_carry_the_close_rate() -> None:
+    from dataclasses import replace as with_fields
+
+    from frozen import frozen_snapshot
+
+    from socktop.ui.view import ViewSpec, build_view
+
+    snapshot = frozen_snapshot()
+    view = build_view(snapshot, ViewSpec())
+    ports = {row.key: row.closes for row in view.ports}
+    processes = {row.key: row.closes for row in view.processes}
+    assert (ports["out:443"], ports["in:80"], ports["in:5432"]) == (25.0, 15.0, 0.0)
+    assert (processes["pid:5151"], processes["pid:7171"]) == (25.0, 0.0)
+    uncounted = build_view(with_fields(snapshot, churn=None), ViewSpec())
+    assert {row.closes for row in uncounted.ports} == {row.closes for row in uncounted.processes} == {None}

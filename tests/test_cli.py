@@ -41,7 +41,7 @@ def test_json_document_has_the_documented_fields(close_wait_port: int) -> None:
                   "processes", "remote_hosts", "sockets"):
         assert field in document
     assert document["backend"] == "netlink"
-    assert document["filters"] == {"state": None, "port": close_wait_port, "pid": None}
+    assert document["filters"] == {"state": None, "port": close_wait_port, "pid": None, "container": None}
     assert document["totals"] == {"sockets": 7, "by_state": {"FIN_WAIT2": 3, "CLOSE_WAIT": 3, "LISTEN": 1}}
     (inbound,) = [p for p in document["ports"] if p["direction"] == "in"]
     assert inbound == {"port": close_wait_port, "direction": "in", "total": 4,
@@ -103,3 +103,28 @@ def test_console_script_is_installed() -> None:
     script = Path(sys.executable).parent / "socktop"
     result = subprocess.run([str(script), "--once"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and socket.gethostname() in result.stdout
+
+
+def test_once_process_rows_add_up_to_their_total() -> None:
+    """A listener's queued connections have no descriptor yet: they are inferred for it. The row shows
+    them beside the held sockets, so the states it lists add up to its total."""
+    from socktop.model.engine import Engine
+    from socktop.report import render_summary
+
+    with SocketFarm() as farm:
+        port = farm.full_accept_queue(backlog=2).port
+        snapshot = Engine().refresh().filtered(port=port)
+    text = render_summary(snapshot, width=200)
+    (row,) = [line for line in text.splitlines() if f" {os.getpid()} " in line]
+    assert "inferred" in text
+    assert row.count("ESTAB 3") == 2 and "LISTEN 1" in row  # 3 clients held, 3 queued inferred
+    assert " 7 " in row
+
+
+@pytest.mark.parametrize("args", [["--config", "/tmp/\x1b[31mred", "--once"],
+                                  ["serve", "--listen", "\x1b[31mred.invalid:1"]])
+def test_an_error_quoting_what_was_typed_shows_its_escapes(args: list[str]) -> None:
+    result = socktop(*args)
+    assert result.returncode != 0
+    assert "\x1b" not in result.stderr and "\\e[31mred" in result.stderr
+    assert len(result.stderr.splitlines()) == 1

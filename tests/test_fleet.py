@@ -168,6 +168,26 @@ async def test_a_dead_prometheus_is_an_error_in_the_top_bar() -> None:
         assert "does not answer" in str(app.query_one("#topbar").render())
 
 
+async def test_a_hostile_instance_or_error_is_a_title_of_text_not_markup() -> None:
+    """Border titles take markup: an instance label or error text with a stray closing tag must not
+    crash the screen, and bracketed words must be shown as they are."""
+    instance, error = "[/b]evil[bold]:9877", "[/x] scrape failed"
+    view = FleetView("http://prometheus:9090", hosts=(
+        HostRow(instance, True, None, 0, 1, 2, 3, {"CLOSE_WAIT": (1.0,), "TIME_WAIT": (2.0,)}),), taken_at=1e12)
+    app = make_app()
+    app.fleet = FleetWatch("http://prometheus:9090", poll=lambda: view,
+                           detail=lambda name: HostDetail(name, error=error))
+    async with app.run_test(size=(140, 40)) as pilot:
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, FleetScreen)
+        await pilot.press("enter")
+        await settle(pilot)
+        assert screen.drilled == instance
+        title = screen.query_one("#fleet-ports")._border_title
+        assert title is not None and title.plain == f"{instance}: ports · {error}"
+
+
 @pytest.fixture
 def utc(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
     """The top line's "polled at" in UTC, whatever the machine's zone."""

@@ -291,7 +291,7 @@ def test_8_sockets_closed_before_their_owner_was_read_are_no_unknown_owner() -> 
 
 
 def test_8_a_churning_server_never_forms_an_unknown_owner_group() -> None:
-    """A server that accepts and closes at once, clients that connect in a loop: over 25 refreshes
+    """A server that accepts and closes at once, clients that connect in a loop: over 15 refreshes
     no socket is grouped as an owner we may not see, and the note states no unchecked reason."""
     listener = socket.create_server(("127.0.0.1", 0), backlog=512)
     stop = threading.Event()
@@ -316,7 +316,7 @@ def test_8_a_churning_server_never_forms_an_unknown_owner_group() -> None:
         thread.start()
     try:
         engine = Engine("netlink")
-        for _ in range(25):
+        for _ in range(15):
             snapshot = engine.refresh()
             assert not unknown_owners(snapshot, listener.getsockname()[1])
             assert "PID namespace" not in snapshot.source.owner_note
@@ -570,3 +570,31 @@ def test_13_inferred_time_wait_is_credited_once_across_workers_sharing_a_listene
 def test_4_the_demo_survives_a_closed_pipe() -> None:
     result = shell("set -o pipefail; $SOCKTOP demo --duration 2 | head -c 1 >/dev/null; echo \"status $?\"")
     assert "Traceback" not in result.stderr and result.stdout.strip() == "status 0", result.stderr
+
+
+# --- churn: the owner scan's cost follows what changed -------------------------------------------------
+
+def test_churn_a_new_process_costs_its_own_descriptors_not_the_whole_of_proc() -> None:
+    """After the first full scan, a socket opened by a newly forked process is placed by reading the
+    fd tables of the new processes and the known socket holders only (counted, not timed)."""
+    idle = [subprocess.Popen(["sleep", "60"]) for _ in range(30)]  # processes that hold no socket
+    scanner = OwnerScanner()
+    mine = socket.create_server(("127.0.0.1", 0))
+    scanner.update({os.fstat(mine.fileno()).st_ino})
+    processes = len(scanner._list_pids())
+    child = subprocess.Popen([sys.executable, "-c", HOLDER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        port = int(child.stdout.readline())
+        (inode,) = [int(line.split()[9]) for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+                    if int(line.split()[1].split(":")[1], 16) == port and line.split()[3] == "0A"]
+        before = scanner.stats.fd_dirs_read
+        scanner.update({os.fstat(mine.fileno()).st_ino, inode})
+        assert scanner.pids_by_inode[inode] == (child.pid,)
+        read = scanner.stats.fd_dirs_read - before
+        assert read <= len(scanner.processes) + 10 and read < processes / 2, (read, processes)
+    finally:
+        for process in (child, *idle):
+            process.kill()
+            process.wait()
+        mine.close()

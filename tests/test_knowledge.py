@@ -88,6 +88,15 @@ def test_no_folklore_anywhere() -> None:
     assert "tcp_fin_timeout" not in time_wait_advice
 
 
+def test_close_wait_says_one_thing_about_keepalive() -> None:
+    """tcp_keepalive_timer() (net/ipv4/tcp_timer.c) probes in every state but CLOSE and SYN_SENT, and
+    resets the connection when the probes go unanswered: keepalive does end a CLOSE_WAIT socket that
+    has SO_KEEPALIVE; what it never ends is the leaked descriptor."""
+    for line in knowledge_for(TcpState.CLOSE_WAIT).not_fixes:
+        if "keepalive" in line.lower():
+            assert "SO_KEEPALIVE" in line and "descriptor" in line, line
+
+
 def test_the_other_pileups_are_explained() -> None:
     assert "SyncookiesSent" in knowledge_for(TcpState.SYN_RECV).symptom_when
     assert "ListenOverflows" in knowledge_for(TcpState.LISTEN).symptom_when

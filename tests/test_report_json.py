@@ -29,6 +29,7 @@ def expected_row(snapshot: Snapshot, record: SocketRecord) -> dict:
         "recv_q": record.recv_q, "send_q": record.send_q, "timer": record.timer.label or None,
         "timer_ms": record.timer_ms, "retransmits": record.retransmits, "uid": record.uid, "inode": record.inode,
         "lastack_ms": None if record.lastack_ms < 0 else record.lastack_ms, "cgroup_id": record.cgroup_id or None,
+        "netns": record.netns, "container": None,  # no Containers grouping in a constructed snapshot
         "pids": [process.pid for process in attribution.processes], "owner": attribution.kind.value,
     }
 

@@ -280,7 +280,7 @@ async def test_copy_keys_act_on_the_highlighted_row_which_follows_its_item():
                                                   **{950_000 + i: (4242,) for i in range(len(extra))}})
     second = replace(first, seq=first.seq + 1, sockets=sockets, ownership=ownership,
                      aggregates=aggregate(sockets, ownership, first.user_of, {}))
-    app = make_app([first, second, second])
+    app = make_app([first, second, first])
     async with app.run_test(size=WIDE) as pilot:
         await settle(pilot)
         processes = app.pane("processes")
@@ -289,15 +289,20 @@ async def test_copy_keys_act_on_the_highlighted_row_which_follows_its_item():
         await press(pilot, "k")
         assert "then kill -TERM 5151;" in app.clipboard
         assert copied_titles(app)[-1] == "Copied kill for pid 5151 crawler (1,500 TIME-WAIT of 1,520 sockets) (OSC 52)"
-        await press(pilot, "down", "down")
-        assert processes.selected_key == "pid:4242"
         app.refresh_now()
         await settle(pilot)
-        assert keys_of(processes)[0] == "pid:4242" and processes.selected_key == "pid:4242"  # followed it
-        assert processes.cursor_on_screen()
+        # leaky-api climbed to the top; nobody chose a row in this pane yet, so the highlight stayed on top
+        assert keys_of(processes)[0] == "pid:4242" and processes.selected_key == "pid:4242"
         await press(pilot, "k")
         assert "then kill -TERM 4242;" in app.clipboard
         assert "pid 4242 leaky-api (960 CLOSE-WAIT of 1,031 sockets)" in copied_titles(app)[-1]
+        await press(pilot, "down", "up")  # now chosen: leaky-api, on top
+        assert processes.selected_key == "pid:4242" and processes.cursor == 0
+        app.refresh_now()
+        await settle(pilot)
+        assert keys_of(processes).index("pid:4242") == 2  # back below crawler and nginx...
+        assert processes.cursor == 2 and processes.selected_key == "pid:4242"  # ...and the highlight followed it
+        assert processes.cursor_on_screen()
         await press(pilot, "escape", "l")  # unpicked as a drill-down level, still highlighted: l acts on it
         assert not app.spec.levels and app.clipboard == "lsof -nP -a -p 4242 -iTCP"
 

@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from . import __version__
+from .collect.netns import Selection
 from .collect.records import BackendUnavailable, CollectError, TcpState
 from .model.engine import BACKENDS
+from .safetext import printable
 from .serve import DEFAULT_TOP
 
 if TYPE_CHECKING:
@@ -93,6 +95,13 @@ def _seconds(low: float, high: float, what: str) -> Callable[[str], float]:
     return parse
 
 
+def _netns(text: str) -> Selection:
+    try:
+        return Selection.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _threshold(text: str) -> tuple[str, int | float]:
     from .analyze.config import parse_override
 
@@ -120,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--state", type=_state, help="only sockets in this state, e.g. close-wait")
     parser.add_argument("--port", type=_port, help="only sockets with this local or remote port")
     parser.add_argument("--pid", type=_pid, help="only sockets held by (or inferred for) this process")
+    parser.add_argument("--container", metavar="TEXT",
+                        help="only sockets of the containers, pods and namespaces whose name holds TEXT "
+                             "(or whose key is TEXT: pod:UID, docker:ID, netns:INODE)")
+    parser.add_argument("--netns", type=_netns, default=None, metavar="all|self|NAME|PID",
+                        help="network namespaces to read: all, self, a name in /var/run/netns or a pid's "
+                             "(several with commas); default $SOCKTOP_NETNS, else all as root, else self")
     parser.add_argument("--backend", choices=BACKENDS, default="auto",
                         help="how to read the socket table (default: auto = netlink, else /proc, else psutil)")
     parser.add_argument("-i", "--interval", type=_seconds(0.5, 10, "interval"), default=1.0, help="TUI refresh interval in seconds (0.5-10)")
@@ -224,6 +239,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         build_parser().error("--prometheus is for the TUI's Fleet view, not --once or --json")
     if options.pid is not None and not pid_exists(options.pid):
         return _fail(f"no such process: {options.pid}", USAGE_ERROR)
+    try:
+        options.netns = Selection.chosen(options.netns)
+    except ValueError as exc:
+        return _fail(str(exc), USAGE_ERROR)
     config = _load_config(options)
     if config is None:
         return USAGE_ERROR
@@ -263,10 +282,13 @@ def _fail(message: str, status: int = 1) -> int:
 
 
 def _say(line: str) -> None:
-    """``socktop: LINE`` on stderr, unless stderr is closed too (print would then write to stdout)."""
+    """``socktop: LINE`` on stderr, unless stderr is closed too (print would then write to stdout).
+
+    The line may quote what the user typed or a path (a --config, a --listen host): escapes in it are
+    shown, never sent to the terminal."""
     if sys.stderr is not None:
         try:
-            print(f"socktop: {line}", file=sys.stderr, flush=True)
+            print(f"socktop: {printable(line)}", file=sys.stderr, flush=True)
         except (OSError, ValueError):
             pass
 
@@ -317,7 +339,7 @@ def _run_once(options: argparse.Namespace, config: Config) -> int:
     for warning in config.warnings:
         _say(f"warning: {warning}")
     try:
-        engine = Engine(options.backend, options.interval)
+        engine = Engine(options.backend, options.interval, netns=options.netns)
         snapshot = engine.refresh()
         deadline = time.monotonic() + options.sample
         while time.monotonic() < deadline:
@@ -328,8 +350,9 @@ def _run_once(options: argparse.Namespace, config: Config) -> int:
     analysis = analyze(snapshot, config.thresholds, config.warnings)  # host-wide: the filters narrow the tables
     filters: dict[str, Any] = {
         "state": options.state.name if options.state else None, "port": options.port, "pid": options.pid,
+        "container": options.container,
     }
-    snapshot = snapshot.filtered(state=options.state, port=options.port, pid=options.pid)
+    snapshot = snapshot.filtered(state=options.state, port=options.port, pid=options.pid, place=options.container)
     if options.json:
         return write_output(lambda out: write_json(out, snapshot, filters, options.sockets, analysis))
     return write_output(lambda out: out.write(render_summary(snapshot, analysis=analysis)))

@@ -26,6 +26,8 @@ from .collect.columns import ADDRESSES
 from .collect.records import DISPLAY_STATES, STATE_BY_CODE, TcpState, TimerKind
 from .model.aggregate import OwnerKind, ProcessGroup, RowKind, StateCounts
 from .model.churn import ChurnGroup
+from .collect.nswatch import NamespaceInfo
+from .model.places import Place
 from .model.snapshot import Snapshot, coverage_text, plural
 from .safetext import printable
 
@@ -56,7 +58,8 @@ def process_dict(group: ProcessGroup) -> dict[str, Any]:
 
 
 SOCKET_FIELDS = ("state", "family", "local", "local_port", "remote", "remote_port", "recv_q", "send_q", "timer",
-                 "timer_ms", "retransmits", "uid", "inode", "lastack_ms", "cgroup_id", "pids", "owner")
+                 "timer_ms", "retransmits", "uid", "inode", "lastack_ms", "cgroup_id", "netns", "container", "pids",
+                 "owner")
 SOCKET_BATCH = 4096  # sockets made into dicts and encoded at a time: memory stays flat however many there are
 _STATE_NAMES = [STATE_BY_CODE[code].name if code in STATE_BY_CODE else str(code) for code in range(256)]
 _TIMER_LABELS = [TimerKind(code).label or None if code <= 4 else None for code in range(256)]
@@ -81,6 +84,8 @@ def socket_batches(snapshot: Snapshot) -> Iterator[list[dict[str, Any]]]:
         owner_kinds.append(kind.value)
     index = index.reshape(-1)
     lastack, cgroup = _UNKNOWN_AS_NULL
+    place_keys = [slot.key for slot in snapshot.place_slots] + [None]  # code -1: a namespace not read
+    codes = snapshot.place_codes if snapshot.place_codes is not None else np.full(len(columns), -1, np.int64)
     for start in range(0, len(columns), SOCKET_BATCH):
         rows = slice(start, start + SOCKET_BATCH)
         pair = index[rows].tolist()
@@ -94,9 +99,41 @@ def socket_batches(snapshot: Snapshot) -> Iterator[list[dict[str, Any]]]:
             map(_TIMER_LABELS.__getitem__, columns.timer[rows].tolist()), columns.timer_ms[rows].tolist(),
             columns.retransmits[rows].tolist(), columns.uid[rows].tolist(), columns.inode[rows].tolist(),
             map(lastack.get, lastack_ms, lastack_ms), map(cgroup.get, cgroup_id, cgroup_id),
+            columns.netns[rows].tolist(), map(place_keys.__getitem__, codes[rows].tolist()),
             map(pid_lists.__getitem__, pair), map(owner_kinds.__getitem__, pair),
         )
         yield list(map(dict, map(zip, repeat(SOCKET_FIELDS), values)))
+
+
+def place_dict(place: Place) -> dict[str, Any]:
+    """One row of the Containers grouping (names are the containers' own: untrusted text)."""
+    container = place.container
+    return {
+        "key": place.key, "label": place.label, "kind": place.kind, "netns": place.netns,
+        "netns_label": place.namespace.label, "total": place.total, "by_state": state_dict(place.counts),
+        "ports": [{"key": key, "sockets": count} for key, count in place.ports],
+        "processes": [{"key": key, "sockets": count} for key, count in place.processes],
+        "container": None if container is None else {
+            "kind": container.kind, "name": container.name, "runtime": container.runtime or None,
+            "id": container.container_id or None, "pod_uid": container.pod_uid or None,
+            "pod_namespace": container.pod_namespace or None},
+    }
+
+
+def namespace_dict(info: NamespaceInfo) -> dict[str, Any]:
+    """One network namespace read (or not: ``note`` says why); its own settings when not socktop's."""
+    namespace, kernel = info.namespace, info.kernel
+    own_settings = kernel is not None and not namespace.own
+    return {
+        "inode": namespace.inode, "label": info.label, "own": namespace.own, "pid": namespace.pid,
+        "names": list(namespace.names), "read": not info.note, "note": info.note or None,
+        "settings": dict(kernel.sysctls) if own_settings else None,
+        "host_wide_settings": sorted(kernel.host_wide) if own_settings else None,
+    }
+
+
+def _place_order(place: Place) -> tuple[bool, int, str]:
+    return (place.kind != "host", -place.total, place.key)
 
 
 def command_dict(command: Command) -> dict[str, str]:
@@ -159,6 +196,7 @@ def snapshot_document(snapshot: Snapshot, filters: dict[str, Any], analysis: Ana
         "backend": source.backend,
         "backend_note": source.backend_note or None,
         "root": source.is_root,
+        "netns": source.netns,
         "filters": filters,
         "coverage": {
             "sockets_with_inode": aggregates.with_inode,
@@ -179,6 +217,8 @@ def snapshot_document(snapshot: Snapshot, filters: dict[str, Any], analysis: Ana
         ],
     }
     document["churn"] = churn_dict(snapshot)
+    document["namespaces"] = [namespace_dict(info) for info in snapshot.namespaces]
+    document["containers"] = [place_dict(place) for place in sorted(snapshot.places.values(), key=_place_order)]
     if analysis is not None:
         document.update(analysis_fields(analysis))
     return document
@@ -231,7 +271,7 @@ def churn_line(snapshot: Snapshot) -> str:
 
 
 def _process_order(group: ProcessGroup) -> tuple[int, str]:
-    return (-(group.total + group.inferred_time_wait), group.key)
+    return (-group.total, group.key)  # total counts held and inferred sockets alike
 
 
 def render_json(snapshot: Snapshot, filters: dict[str, Any], with_sockets: bool,
@@ -317,7 +357,7 @@ def render_summary(snapshot: Snapshot, width: int | None = None, analysis: Analy
     aggregates = snapshot.aggregates
     source = snapshot.source
     for line in phrase_lines(("socktop", source.host, source.kernel, f"backend {source.backend}",
-                              plural(aggregates.total, "socket"),
+                              plural(aggregates.total, "socket"), f"netns {printable(source.netns)}",
                               f"owners {coverage_text(aggregates.coverage)}, {source.owner_note}"
                               if source.owner_note else "all owners visible"), console.width):
         console.print(Text(line), overflow="fold")
@@ -346,7 +386,7 @@ def render_summary(snapshot: Snapshot, width: int | None = None, analysis: Analy
 
     processes = Table(title=f"Top processes (of {len(aggregates.by_process)})", title_justify="left")
     for column, justify in (("pid", "right"), ("name", "left"), ("user", "left"), ("total", "right"),
-                            ("states", "left"), ("TW inferred", "right"), ("fds/limit", "right")):
+                            ("states", "left"), ("inferred", "left"), ("fds/limit", "right")):
         processes.add_column(column, justify=justify)  # type: ignore[arg-type]
     for group in sorted(aggregates.by_process.values(), key=_process_order)[:TOP_ROWS]:
         process = group.process
@@ -354,12 +394,31 @@ def render_summary(snapshot: Snapshot, width: int | None = None, analysis: Analy
         processes.add_row(
             str(group.pid or ""), Text(printable(group.name if process else f"(unknown, uid {group.uid})")),
             Text(printable(group.user)), str(group.total), Text(_states_text(group.counts)),
-            str(group.inferred_time_wait or ""), fds,
+            Text(_states_text(group.inferred)), fds,
         )
     console.print(processes)
+    if len(snapshot.places) > 1 or any(place.kind != "host" for place in snapshot.places.values()):
+        console.print(_containers_table(snapshot))
     if analysis is not None:
         _print_analysis(console, analysis)
     return console.export_text()
+
+
+def _containers_table(snapshot: Snapshot) -> Any:
+    """The Containers grouping: one row per namespace, or per container, pod or service in socktop's own."""
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=f"Containers (of {len(snapshot.places)})", title_justify="left")
+    for column, justify in (("container", "left"), ("netns", "right"), ("total", "right"), ("states", "left"),
+                            ("top ports", "left"), ("processes", "left")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for place in sorted(snapshot.places.values(), key=_place_order)[:TOP_ROWS]:
+        names = ", ".join(_process_label(snapshot, int(key[4:])) for key, _ in place.processes[:3]
+                          if key.startswith("pid:"))
+        table.add_row(Text(printable(place.label)), str(place.netns), str(place.total),
+                      Text(_states_text(place.counts)), ", ".join(key for key, _ in place.ports[:3]), Text(names))
+    return table
 
 
 def _print_analysis(console: Any, analysis: Analysis) -> None:

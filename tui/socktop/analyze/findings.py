@@ -47,6 +47,7 @@ from .commands import Command, kill_commands, lsof_sockets, nstat_counters, ss_s
 from .config import DEFAULT_THRESHOLDS, Thresholds
 from .knowledge import (EPHEMERAL_PORTS_TEXT, TIME_WAIT_SECONDS, duration_text, knowledge_for, orphan_retries,
                         time_budget)
+from .nsfindings import localize, split
 from .sysctl import Advisor, Suggestion, SysctlContext, counter_rate, doubled, recent, sysctl_context, wider_port_range
 
 TIME_WAIT_BYTES = 256  # a tw_sock_TCP slab object
@@ -112,7 +113,21 @@ class Analysis:
 
 def analyze(snapshot: Snapshot, thresholds: Thresholds = DEFAULT_THRESHOLDS,
             warnings: Sequence[str] = ()) -> Analysis:
-    """Every finding for this snapshot, most severe first, and the sysctl context."""
+    """Every finding for this snapshot, most severe first, and the sysctl context.
+
+    Each network namespace is judged on its own sockets and settings (`nsfindings`).
+    """
+    findings: list[Finding] = []
+    for part, namespace in split(snapshot, thresholds.rate_window_seconds):
+        found = _findings(part, thresholds)
+        findings += found if namespace is None else [localize(finding, namespace) for finding in found]
+    findings.sort(key=lambda f: (-f.severity.rank, f.runs_out_s if f.runs_out_s is not None else math.inf,
+                                 -f.weight, f.id))
+    context = sysctl_context(snapshot, thresholds, (s for f in findings for s in f.suggestions))
+    return Analysis(tuple(findings), context, thresholds, tuple(warnings))
+
+
+def _findings(snapshot: Snapshot, thresholds: Thresholds) -> list[Finding]:
     scan = _Scan(snapshot, thresholds)
     findings = [
         *_close_wait_leaks(scan),
@@ -129,10 +144,7 @@ def analyze(snapshot: Snapshot, thresholds: Thresholds = DEFAULT_THRESHOLDS,
     ]
     if not any(finding.kind == "accept-queue" for finding in findings):
         findings += _listen_overflows(scan)
-    findings.sort(key=lambda f: (-f.severity.rank, f.runs_out_s if f.runs_out_s is not None else math.inf,
-                                 -f.weight, f.id))
-    context = sysctl_context(snapshot, thresholds, (s for f in findings for s in f.suggestions))
-    return Analysis(tuple(findings), context, thresholds, tuple(warnings))
+    return findings
 
 
 class _Scan:

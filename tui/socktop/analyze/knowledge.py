@@ -370,7 +370,9 @@ KNOWLEDGE: dict[TcpState, StateKnowledge] = {k.state: k for k in (
             Remedy("Pools: validate idle connections and keep the pool's idle timeout below the server's."),
         ),
         not_fixes=(
-            "No sysctl governs CLOSE_WAIT: tcp_fin_timeout, keepalive and TIME_WAIT settings do not end it.",
+            "No sysctl fixes a CLOSE_WAIT leak: tcp_fin_timeout and the TIME_WAIT settings do not touch "
+            "CLOSE_WAIT, and the keepalive settings act only on sockets with SO_KEEPALIVE, where they can end "
+            "the connection but never close the descriptor (below).",
             DESCRIPTOR_LEAK_TEXT,
             "Restarting the network service: the socket belongs to this process, not to the network.",
             "ss -K aborts one connection but the process keeps the descriptor: the leak stays.",

@@ -13,6 +13,7 @@ uid and inode).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
@@ -404,15 +405,20 @@ class NetlinkBackend:
     def sockets(self) -> SocketTable:
         return SocketTable(self.columns())
 
-    def columns(self) -> SocketColumns:
-        """Every TCP socket, as columns; CLOSE_WAIT ones with ``lastack_ms``."""
-        columns = SocketColumns.concat([self.dump_family(family) for family in self._families])
+    def columns(self, sock: socket.socket | None = None) -> SocketColumns:
+        """Every TCP socket, as columns; CLOSE_WAIT ones with ``lastack_ms``.
+
+        ``sock``: a sock_diag socket to ask through, kept open by the caller
+        (one per network namespace: the kernel answers about the namespace
+        the socket was made in); by default a new one per request, here.
+        """
+        columns = SocketColumns.concat([self.dump_family(family, sock=sock) for family in self._families])
         close_wait = np.flatnonzero(columns.state == TcpState.CLOSE_WAIT)
         if len(close_wait):
-            self._fill_lastack(columns, close_wait)
+            self._fill_lastack(columns, close_wait, sock)
         return columns
 
-    def _fill_lastack(self, columns: SocketColumns, rows: np.ndarray) -> None:
+    def _fill_lastack(self, columns: SocketColumns, rows: np.ndarray, sock: socket.socket | None = None) -> None:
         """tcpi_last_ack_recv for the CLOSE_WAIT ``rows``, joined by cookie.
 
         Each dump walks every socket of the kernel's tables, so a few
@@ -422,9 +428,9 @@ class NetlinkBackend:
         """
         ext = 1 << (INET_DIAG_INFO - 1)
         if len(rows) <= max(EXACT_LOOKUPS_MIN, len(columns) // LOOKUP_COST):
-            info = self._look_up(columns, rows, ext)
+            info = self._look_up(columns, rows, ext, sock)
         else:
-            info = SocketColumns.concat([self.dump_family(family, states=1 << TcpState.CLOSE_WAIT, ext=ext)
+            info = SocketColumns.concat([self.dump_family(family, states=1 << TcpState.CLOSE_WAIT, ext=ext, sock=sock)
                                          for family in self._families])
         known = info.lastack_ms >= 0
         cookies, lastack = info.cookie[known], info.lastack_ms[known]
@@ -437,15 +443,17 @@ class NetlinkBackend:
         found = cookies[slot] == wanted
         columns.lastack_ms[rows[found]] = lastack[slot[found]]
 
-    def still_listed(self, columns: SocketColumns, rows: np.ndarray) -> set[int]:
+    def still_listed(self, columns: SocketColumns, rows: np.ndarray, sock: socket.socket | None = None) -> set[int]:
         """The inodes of ``rows`` that the kernel lists now, each asked for by 4-tuple and cookie (a hash
         lookup, not a second dump): a socket closed since answers ENOENT, or comes back with inode 0 as
-        the TIME_WAIT or orphan it became (the kernel keeps the cookie into TIME_WAIT)."""
+        the TIME_WAIT or orphan it became (the kernel keeps the cookie into TIME_WAIT). ``sock``: as in
+        `columns`, for the rows of another namespace."""
         if len(rows) > max(EXACT_LOOKUPS_MIN, len(columns) // LOOKUP_COST):
-            return set(self.columns().inode.tolist())
-        return set(self._look_up(columns, rows, 0).inode.tolist())
+            return set(self.columns(sock).inode.tolist())
+        return set(self._look_up(columns, rows, 0, sock).inode.tolist())
 
-    def _look_up(self, columns: SocketColumns, rows: np.ndarray, ext: int) -> SocketColumns:
+    def _look_up(self, columns: SocketColumns, rows: np.ndarray, ext: int,
+                 reused: socket.socket | None = None) -> SocketColumns:
         """The sockets of ``rows`` asked for by 4-tuple and cookie (not dumped), with the attributes of ``ext``.
 
         The kernel answers each request with the socket or, when it has
@@ -453,7 +461,7 @@ class NetlinkBackend:
         """
         requests = exact_requests(columns, rows, ext)
         replies: list[bytes] = []
-        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG) as sock:
+        with _opened(reused) as sock:
             sock.settimeout(5.0)
             for first in range(0, len(requests), LOOKUP_BATCH):
                 batch = requests[first:first + LOOKUP_BATCH]
@@ -475,10 +483,11 @@ class NetlinkBackend:
         sizes = np.frombuffer(data, np.uint32, count=len(data) // 4)[starts // 4].astype(np.int64)
         return _columns(data, len(data), starts, sizes)
 
-    def dump_family(self, family: int, states: int = ALL_STATES, ext: int = 0) -> SocketColumns:
+    def dump_family(self, family: int, states: int = ALL_STATES, ext: int = 0,
+                    sock: socket.socket | None = None) -> SocketColumns:
         """Every TCP socket of one family (of both with AF_UNSPEC) in ``states``; retaken when the dump was interrupted."""
         for _attempt in range(MAX_DUMP_ATTEMPTS):
-            dump = self._dump_once(family, states, ext)
+            dump = self._dump_once(family, states, ext, sock)
             if not dump.interrupted:
                 break
             self.interrupted_dumps += 1
@@ -486,10 +495,11 @@ class NetlinkBackend:
         self.duplicates_dropped += dropped
         return columns
 
-    def _dump_once(self, family: int, states: int = ALL_STATES, ext: int = 0) -> Dump:
+    def _dump_once(self, family: int, states: int = ALL_STATES, ext: int = 0,
+                   reused: socket.socket | None = None) -> Dump:
         dump = Dump(family)
         self._seq += 1
-        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG) as sock:
+        with _opened(reused) as sock:
             sock.settimeout(5.0)
             sock.send(build_request(family, self._seq, states, ext))
             done = False
@@ -506,3 +516,10 @@ class NetlinkBackend:
                     pending.clear()
                     done = parse_dump_chunk(data, len(data), dump)
         return dump
+
+
+def _opened(reused: socket.socket | None) -> contextlib.AbstractContextManager[socket.socket]:
+    """``reused`` as it is (its owner closes it), else a new sock_diag socket closed after use."""
+    if reused is not None:
+        return contextlib.nullcontext(reused)
+    return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG)

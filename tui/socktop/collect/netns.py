@@ -30,13 +30,14 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from .kernelstate import COUNTER_KEYS, KernelState, read_counters, read_sysctls
 
 PROC = "/proc"
 CLONE_NEWNET = 0x40000000
 NAMED_DIRS = ("/var/run/netns", "/var/run/docker/netns")
+NETNS_VARIABLE = "SOCKTOP_NETNS"  # the default of --netns, when set
 NETLINK_SOCK_DIAG = 4
 ENTER_TIMEOUT = 5.0  # seconds a helper thread may take: it only opens a socket or reads small files
 RETRY_FAILED_AFTER = 10.0  # a namespace that could not be entered is retried this much later
@@ -49,6 +50,13 @@ _READ_KEYS = COUNTER_KEYS | frozenset(ACTIVITY_KEYS)
 _LINK_PREFIX = "net:["
 
 T = TypeVar("T")
+
+
+class Closable(Protocol):
+    def close(self) -> None: ...
+
+
+S = TypeVar("S", bound=Closable)
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,22 +239,23 @@ def sock_diag_socket() -> socket.socket:
 
 
 @dataclass(slots=True)
-class NamespaceSockets:
+class NamespaceSockets(Generic[S]):
     """One socket per namespace, opened once inside it by ``opener``, closed when the namespace goes.
 
-    The sock_diag dump uses the default opener; the destroy feed passes
-    its own (one that also joins the destroy multicast groups). A
-    namespace that cannot be entered (not root, gone mid-way) is noted in
-    ``failures`` with the reason and retried after RETRY_FAILED_AFTER.
+    The sock_diag dump uses the default opener; the destroy feeds pass
+    their own (a `DestroyFeed` made inside: it joins the destroy groups of
+    that namespace). A namespace that cannot be entered (not root, gone
+    mid-way) is noted in ``failures`` with the reason and retried after
+    RETRY_FAILED_AFTER.
     """
 
-    opener: Callable[[], socket.socket] = sock_diag_socket
+    opener: Callable[[], S] = sock_diag_socket  # type: ignore[assignment]
     clock: Callable[[], float] = time.monotonic
-    sockets: dict[int, socket.socket] = field(default_factory=dict)
+    sockets: dict[int, S] = field(default_factory=dict)
     failures: dict[int, str] = field(default_factory=dict)
     _failed_at: dict[int, float] = field(default_factory=dict)
 
-    def sync(self, namespaces: Mapping[int, Namespace]) -> dict[int, socket.socket]:
+    def sync(self, namespaces: Mapping[int, Namespace]) -> dict[int, S]:
         """Open sockets for namespaces new since the last call, close those of namespaces gone."""
         for inode in [inode for inode in self.sockets if inode not in namespaces]:
             self.sockets.pop(inode).close()
@@ -311,6 +320,20 @@ class Selection:
     def default(cls, is_root: bool) -> Selection:
         """Every namespace as root (entering one needs CAP_SYS_ADMIN), only socktop's own otherwise."""
         return cls("all" if is_root else "self")
+
+    @classmethod
+    def chosen(cls, option: Selection | None, environ: Mapping[str, str] = os.environ) -> Selection:
+        """``--netns`` as given, else ``$SOCKTOP_NETNS``, else the default for this process's
+        privileges; ValueError naming the variable when it holds no valid selection."""
+        if option is not None:
+            return option
+        text = environ.get(NETNS_VARIABLE, "")
+        if not text:
+            return cls.default(os.geteuid() == 0)
+        try:
+            return cls.parse(text)
+        except ValueError as exc:
+            raise ValueError(f"{NETNS_VARIABLE}: {exc}") from None
 
     def describe(self) -> str:
         return self.mode if self.mode != "some" else ",".join([*self.names, *(f"pid {pid}" for pid in self.pids)])

@@ -50,7 +50,7 @@ class NamespaceWatch:
     def __init__(self, selection: Selection, resolver: ContainerResolver | None = None) -> None:
         self.selection = selection
         self.resolver = resolver if resolver is not None else ContainerResolver()
-        self.sockets = NamespaceSockets()
+        self.sockets: NamespaceSockets[socket.socket] = NamespaceSockets()
         self.kernel = NamespaceKernel()
 
     def refresh(self, host: KernelState) -> list[tuple[NamespaceInfo, socket.socket | None]]:

@@ -237,7 +237,8 @@ class OwnerScanner:
             unplaced = present - self.pids_by_inode.keys() - self.unowned
             self._find_closed(unplaced, still_present)
             unplaced -= self.closed
-            if unplaced:
+            if unplaced:  # every other process, listed again: one born since the first listing counts too
+                pids = self._list_pids()
                 self._scan(present - self.closed, full=False, pids=pids - likely, all_pids=pids)
                 unplaced -= self.pids_by_inode.keys()
             if unplaced and now - self._last_unknown_retry >= RETRY_UNKNOWN_AFTER:

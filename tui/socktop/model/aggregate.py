@@ -179,6 +179,14 @@ class Aggregates:
     ephemeral_ports: tuple[int, int] = DEFAULT_EPHEMERAL_PORTS  # the ip_local_port_range these were grouped by
     connection_owners: ConnectionOwners | None = field(default=None, compare=False)  # ``last_owners`` as arrays
     rows: RowOwners | None = field(default=None, compare=False)  # per socket of the table: who it is counted for
+    netns_listener_pids: Mapping[int, Pids] = field(default_factory=dict)  # netns_port_key → listeners, when
+    # the table spans namespaces (each has its own ports: every replica of a pod listens on the same one)
+
+    def listeners_of(self, netns: int, port: int) -> Pids:
+        """The processes listening on ``port`` in the namespace ``netns`` (`SocketRecord.netns`)."""
+        if self.netns_listener_pids:
+            return self.netns_listener_pids.get(netns_port_key(netns, port), ())
+        return self.listener_pids.get(port, ())
 
     def direction(self, local_port: int, remote_port: int) -> Direction:
         """The rule the port groups were made by, for one socket: the view's drill-down
@@ -349,6 +357,7 @@ def aggregate(
     last_owners: Mapping[Connection, Pids] | ConnectionOwners,
     listeners: Mapping[int, Pids] | None = None,
     ephemeral_ports: tuple[int, int] = DEFAULT_EPHEMERAL_PORTS,
+    netns_listeners: Mapping[int, Pids] | None = None,
 ) -> Aggregates:
     """All the panes' groups of a table (a `SocketTable`, or records, turned into columns).
 
@@ -357,7 +366,10 @@ def aggregate(
     joins fastest): a client socket that closed first turns into an
     inode-0 TIME_WAIT, and this is how it stays tied (as inferred) to the
     process that held it. ``listeners`` (port → pids) replaces the
-    listeners found in ``records`` when those are a filtered subset.
+    listeners found in ``records`` when those are a filtered subset, and
+    ``netns_listeners`` (`netns_port_key` → pids) those of a table that
+    spans network namespaces: there an inode-0 socket is inferred to the
+    listener of its own namespace only.
 
     A socket is "in" under its local port when that port listens, or when
     it is a fixed port talking to an ephemeral one (``ephemeral_ports``,
@@ -396,6 +408,11 @@ def aggregate(
     queued = np.flatnonzero(unheld & inbound & (states != TcpState.LISTEN))
     if len(queued):
         codes[queued] = port_listener[local_ports[queued]]
+    if netns_listeners is None and np.any(columns.netns):
+        netns_keys = columns.netns.astype(np.int64) << 16 | local_ports
+        netns_listeners = _listener_pids(netns_keys, states, held, owners.pid_sets)
+    if netns_listeners:
+        pid_sets, codes[queued] = _in_own_namespace(columns, queued, netns_listeners, pid_sets, processes)
     # inode-0 outgoing sockets: the connection's holder, now or when last held
     outbound = ~inbound
     closed = np.flatnonzero(unheld & outbound)
@@ -426,6 +443,7 @@ def aggregate(
         owned=int(np.count_nonzero(kinds == RowKind.DIRECT)),
         connection_owners=connection_owners,
         rows=RowOwners(kinds, codes, pid_sets),
+        netns_listener_pids=netns_listeners or {},
     )
 
 
@@ -442,14 +460,35 @@ def credited(pids: Pids, processes: Mapping[int, ProcessInfo]) -> Pids:
     return (min(visible),) if visible else ()
 
 
+def netns_port_key(netns: int, port: int) -> int:
+    """One key for a port in a network namespace (`SocketRecord.netns`, 0 for socktop's own)."""
+    return netns << 16 | port
+
+
+def _in_own_namespace(columns: SocketColumns, rows: np.ndarray, listeners: Mapping[int, Pids],
+                      pid_sets: tuple[Pids, ...], processes: Mapping[int, ProcessInfo]
+                      ) -> tuple[tuple[Pids, ...], np.ndarray]:
+    """``pid_sets`` with the namespaces' listener sets added (each `credited`), and the code of each
+    of ``rows``: the listeners of its local port in its own namespace (0: none there)."""
+    keys = np.fromiter(listeners, np.int64, len(listeners))
+    order = np.argsort(keys)
+    keys = keys[order]
+    sets = tuple(credited(pids, processes) for pids in listeners.values())
+    base = len(pid_sets)
+    wanted = columns.netns[rows].astype(np.int64) << 16 | columns.local_port[rows]
+    slot = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+    codes = np.where(keys[slot] == wanted, base + order[slot], 0)
+    return pid_sets + sets, codes
+
+
 def _listener_pids(local_ports: np.ndarray, states: np.ndarray, held: np.ndarray,
                    pid_sets: tuple[Pids, ...]) -> dict[int, Pids]:
-    """Listening port → the processes holding a listener on it (empty when none is visible)."""
+    """Listening port (or `netns_port_key`) → the processes holding a listener on it (empty when none is visible)."""
     rows = np.flatnonzero(states == TcpState.LISTEN)
     found: dict[int, set[int]] = {}
-    pairs = np.unique(local_ports[rows].astype(np.int64) << 32 | np.maximum(held[rows], 0))
-    for pair in pairs.tolist():
-        found.setdefault(pair >> 32, set()).update(pid_sets[pair & 0xFFFFFFFF])
+    pairs = np.unique(np.stack([local_ports[rows].astype(np.int64), np.maximum(held[rows], 0)], axis=1), axis=0)
+    for key, code in pairs.tolist():
+        found.setdefault(key, set()).update(pid_sets[code])
     return {port: tuple(sorted(pids)) for port, pids in found.items()}
 
 

@@ -11,20 +11,24 @@ import os
 import socket
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from functools import partial
 
 import numpy as np
 
 from ..collect.columns import SocketColumns, SocketTable, table_of
-from ..collect.kernelstate import read_kernel_state
+from ..collect.containers import ContainerResolver
 from ..collect.destroy import DestroyFeed, FeedReader
+from ..collect.kernelstate import read_kernel_state
+from ..collect.netns import NamespaceSockets, Selection, sock_diag_socket
+from ..collect.nswatch import NamespaceInfo
 from ..collect.owners import OwnerScanner, owner_note_for, user_name
 from ..collect.records import Backend, BackendUnavailable, OwnerAwareBackend
 from .aggregate import DEFAULT_EPHEMERAL_PORTS, Aggregates, ConnectionOwners, Ownership, aggregate
 from .churn import Churn, ChurnTracker
 from .history import DEFAULT_WINDOW_SECONDS, History, history_capacity
+from .places import NamespaceReader, assign_places, group_places
 from .snapshot import Snapshot, SourceInfo
 
 BACKENDS = ("auto", "netlink", "proc", "psutil")
@@ -88,8 +92,12 @@ class Engine:
     """Owns the backend, the owner scanner and the history; makes snapshots."""
 
     def __init__(self, backend: str = "auto", interval: float = 1.0,
-                 history_seconds: float = DEFAULT_WINDOW_SECONDS) -> None:
+                 history_seconds: float = DEFAULT_WINDOW_SECONDS, netns: Selection | None = None) -> None:
         self.backend, self.backend_note = open_backend(backend)
+        self.netns = netns if netns is not None else Selection("self")  # the CLI defaults to all as root
+        self.containers = ContainerResolver()
+        self.namespaces = NamespaceReader(self.netns, self.containers) if self.backend.name == "netlink" else None
+        self._feeds: NamespaceSockets[DestroyFeed] = NamespaceSockets(lambda: DestroyFeed(sock_diag_socket()))
         self.scanner = OwnerScanner()
         self.history_seconds = history_seconds
         self.history = History(history_capacity(history_seconds, interval))
@@ -109,21 +117,31 @@ class Engine:
         """Take one snapshot. Raises CollectError/OSError when the table cannot be read."""
         started = time.perf_counter()
         with gc_paused():
-            table = table_of(self.backend.sockets())
-            ownership = self._ownership(table.columns)
             kernel = read_kernel_state()
+            if self.namespaces is not None:
+                columns, namespaces = self.namespaces.read(self.backend, kernel)
+                table = SocketTable(columns)
+            else:
+                table, namespaces = table_of(self.backend.sockets()), ()
+            ownership = self._ownership(table.columns)
             aggregates = aggregate(table, ownership, user_name, self._last_owners,
                                    ephemeral_ports=kernel.port_range() or DEFAULT_EPHEMERAL_PORTS)
+            codes, slots = assign_places(table.columns, namespaces, self.containers.for_cgroup_id)
+            places = group_places(table.columns, codes, slots, aggregates.rows, aggregates.listening_ports,
+                                  aggregates.ephemeral_ports)
             taken_at, monotonic = time.time(), time.monotonic()
-            churn = self._churn(table, ownership, aggregates, monotonic)
+            churn = self._churn(table, ownership, aggregates, monotonic, namespaces)
         self._last_owners = aggregates.connection_owners or {}
         self._seq += 1
-        history = self.history.record(self._seq, taken_at, monotonic, aggregates, kernel.counters)
+        history = self.history.record(self._seq, taken_at, monotonic, aggregates, kernel.counters,
+                                      {info.key: info.kernel.counters for info in namespaces
+                                       if not info.own and info.kernel is not None})
         return Snapshot(
             seq=self._seq, taken_at=taken_at, monotonic=monotonic,
             collect_seconds=time.perf_counter() - started,
-            source=self._source(aggregates), sockets=table, ownership=ownership,
+            source=self._source(aggregates, namespaces), sockets=table, ownership=ownership,
             aggregates=aggregates, history=history, user_of=user_name, kernel=kernel, churn=churn,
+            namespaces=namespaces, places=places, place_slots=tuple(slots), place_codes=codes,
         )
 
     def _open_destroy_feed(self) -> tuple[DestroyFeed | None, str]:
@@ -136,33 +154,45 @@ class Engine:
             return None, f"no close events: the kernel refused the sock_diag destroy groups ({exc.strerror or exc})"
 
     def _churn(self, table: SocketTable, ownership: Ownership, aggregates: Aggregates,
-               now: float) -> Churn | None:
+               now: float, namespaces: tuple[NamespaceInfo, ...] = ()) -> Churn | None:
         """The churn since the previous refresh. From the second refresh on, a reader thread
         drains the feed between refreshes (a one-shot `--json` starts none)."""
         feed = self.destroy_feed
         if feed is None:
             return None
-        lost_before = feed.overruns + (self._reader.dropped if self._reader else 0)
+        others = list(self._namespace_feeds(namespaces))  # the other namespaces': drained here, at each refresh
+        lost_before = feed.overruns + (self._reader.dropped if self._reader else 0) + sum(f.overruns for f in others)
         try:
             closed = self._reader.take() if self._reader else feed.drain()
+            for other in others:
+                closed += other.drain()
         except OSError as exc:  # the table is still worth showing: churn stops, and says why
             self.close()
             self.churn_note = f"close events stopped: {exc.strerror or exc}"
             return None
-        lost = feed.overruns + (self._reader.dropped if self._reader else 0)
+        lost = feed.overruns + (self._reader.dropped if self._reader else 0) + sum(f.overruns for f in others)
         if self._reader is None:
             self._reader = FeedReader(feed)
             weakref.finalize(self, self._reader.stop, False)  # an engine dropped without close() stops it too
         return self.churn.update(table, ownership, aggregates, closed, now, lost, lost > lost_before)
 
+    def _namespace_feeds(self, namespaces: tuple[NamespaceInfo, ...]) -> Iterable[DestroyFeed]:
+        """A destroy feed in each namespace read other than socktop's own (destroy events are per namespace)."""
+        wanted = {info.inode: info.namespace for info in namespaces if not info.own and not info.note}
+        return self._feeds.sync(wanted).values() if wanted or self._feeds.sockets else ()
+
     def close(self) -> None:
-        """Stop the destroy feed's reader and let go of its socket (the backend opens one per dump)."""
+        """Stop the destroy feed's reader, let go of its socket and of the sockets held in other
+        namespaces (each keeps its namespace alive)."""
         if self._reader is not None:
             self._reader.stop()
             self._reader = None
         if self.destroy_feed is not None:
             self.destroy_feed.close()
             self.destroy_feed = None
+        if self.namespaces is not None:
+            self.namespaces.close()
+        self._feeds.close()
 
     def _ownership(self, columns: SocketColumns) -> Ownership:
         if isinstance(self.backend, OwnerAwareBackend):
@@ -174,15 +204,17 @@ class Engine:
 
     def _still_listed(self, columns: SocketColumns, inodes: set[int]) -> set[int]:
         """Those of ``inodes`` the socket table lists now, asked only when the owner scan could not place
-        a socket (one that closed meanwhile is no longer listed): netlink looks each one up, the other
-        backends read the table again."""
+        a socket (one that closed meanwhile is no longer listed): netlink looks each one up (in its own
+        namespace), the other backends read the table again."""
         look_up = getattr(self.backend, "still_listed", None)
         if look_up is not None:
             rows = np.flatnonzero(np.isin(columns.inode, np.fromiter(inodes, np.uint64, len(inodes))))
+            if self.namespaces is not None:
+                return inodes.intersection(self.namespaces.still_listed(self.backend, columns, rows))
             return inodes.intersection(look_up(columns, rows))
         return inodes.intersection(table_of(self.backend.sockets()).columns.inode.tolist())
 
-    def _source(self, aggregates: Aggregates) -> SourceInfo:
+    def _source(self, aggregates: Aggregates, namespaces: tuple[NamespaceInfo, ...]) -> SourceInfo:
         if isinstance(self.backend, OwnerAwareBackend):  # psutil leaves out, unsaid, the processes it may not read
             closed, denied = 0, int(not self._is_root)
         else:
@@ -192,4 +224,17 @@ class Engine:
             host=self._host, kernel=self._kernel, backend=self.backend.name, backend_note=self.backend_note,
             is_root=self._is_root, owner_note=owner_note, churn_note=self.churn_note,
             unavailable=getattr(self.backend, "unavailable", frozenset()),
+            netns=netns_scope(self.netns, namespaces, self._is_root, self.namespaces is not None),
         )
+
+
+def netns_scope(selection: Selection, namespaces: tuple[NamespaceInfo, ...], is_root: bool, can_enter: bool) -> str:
+    """What the top bar and --json say about the namespaces read: ``all (4)``, ``all (4 of 5 read)``,
+    ``self``, or why only socktop's own."""
+    if not can_enter:
+        return "self (only the netlink backend reads other namespaces)"
+    text = selection.describe()
+    if selection.mode == "self":
+        return text if is_root else f"{text} (not root: other namespaces cannot be entered)"
+    read = sum(1 for info in namespaces if not info.note)
+    return f"{text} ({read} of {len(namespaces)} read)" if read < len(namespaces) else f"{text} ({read})"

@@ -24,7 +24,8 @@ class History:
         self._points: deque[HistoryPoint] = deque(maxlen=capacity)
 
     def record(self, seq: int, taken_at: float, monotonic: float, aggregates: Aggregates,
-               counters: Mapping[str, int] | None = None) -> tuple[HistoryPoint, ...]:
+               counters: Mapping[str, int] | None = None,
+               netns_counters: Mapping[int, dict[str, int]] | None = None) -> tuple[HistoryPoint, ...]:
         by_process: dict[str, StateCounts] = {}
         for key, group in aggregates.by_process.items():
             counts = dict(group.counts)
@@ -32,7 +33,7 @@ class History:
                 counts[state] = counts.get(state, 0) + inferred
             by_process[key] = counts
         self._points.append(HistoryPoint(seq, taken_at, monotonic, dict(aggregates.by_state), by_process,
-                                         dict(counters or {})))
+                                         dict(counters or {}), dict(netns_counters or {})))
         return tuple(self._points)
 
     def resize(self, capacity: int) -> None:

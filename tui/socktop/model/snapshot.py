@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import compress
 from typing import TYPE_CHECKING
@@ -13,9 +13,11 @@ import numpy as np
 
 from ..collect.columns import SocketColumns, SocketTable, table_of
 from ..collect.kernelstate import KernelState
+from ..collect.nswatch import NamespaceInfo
 from ..collect.records import ProcessInfo, SocketRecord, TcpState
 from .aggregate import (CONNECTION, Aggregates, Ownership, OwnerKind, Pids, RowKind, RowOwners, StateCounts, aggregate,
                         credited)
+from .places import Place, PlaceSlot, group_places, matching_codes
 
 if TYPE_CHECKING:
     from .churn import Churn
@@ -33,6 +35,7 @@ class SourceInfo:
     owner_note: str  # why some owners are missing ("run as root for all"), or "" when every owner is visible
     churn_note: str = ""  # why closes and opens are not counted (no destroy feed), or ""
     unavailable: frozenset[str] = frozenset()  # what this backend cannot know, e.g. "listen_backlog" (proc)
+    netns: str = "self"  # the network namespaces read (--netns) and how many, or why only socktop's own
 
 
 def plural(count: int, noun: str) -> str:
@@ -66,6 +69,7 @@ class HistoryPoint:
     by_state: StateCounts
     by_process: dict[str, StateCounts]  # process key → counts, held and inferred
     counters: dict[str, int] = field(default_factory=dict)  # kernel counters (nstat names), for rates
+    netns_counters: Mapping[int, dict[str, int]] = field(default_factory=dict)  # other namespaces' own, by netns key
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +89,10 @@ class Snapshot:
     user_of: Callable[[int], str] = field(default=str, repr=False, compare=False)
     kernel: KernelState | None = None  # sysctls and counters at this refresh; None when not read
     churn: Churn | None = None  # closes and opens since the previous refresh; None without the destroy feed
+    namespaces: tuple[NamespaceInfo, ...] = ()  # the network namespaces read (socktop's own first)
+    places: Mapping[str, Place] = field(default_factory=dict)  # the Containers grouping, by place key
+    place_slots: tuple[PlaceSlot, ...] = ()  # every place a socket may be in, by code
+    place_codes: np.ndarray | None = field(default=None, repr=False, compare=False)  # per socket: its place_slots index
 
     @property
     def columns(self) -> SocketColumns:
@@ -113,7 +121,7 @@ class Snapshot:
         if held:
             return Attribution(held, OwnerKind.COOKIE)
         if record.state is not TcpState.LISTEN and record.local_port in self.aggregates.listening_ports:
-            inferred: Pids = self.aggregates.listener_pids.get(record.local_port, ())
+            inferred: Pids = self.aggregates.listeners_of(record.netns, record.local_port)
         else:
             inferred = self.aggregates.last_owners.get(CONNECTION(record), ())
         inferred = credited(inferred, self.ownership.processes)  # once, as the aggregates count it
@@ -161,14 +169,24 @@ class Snapshot:
         aggregates = self.aggregates
         last_owners = aggregates.connection_owners if aggregates.connection_owners is not None else aggregates.last_owners
         return aggregate(records, self.ownership, self.user_of, last_owners,
-                         listeners=aggregates.listener_pids, ephemeral_ports=aggregates.ephemeral_ports)
+                         listeners=aggregates.listener_pids, ephemeral_ports=aggregates.ephemeral_ports,
+                         netns_listeners=aggregates.netns_listener_pids or None)
 
-    def filtered(self, state: TcpState | None = None, port: int | None = None, pid: int | None = None) -> Snapshot:
+    def in_namespace(self, key: int) -> Snapshot:
+        """Only the sockets of one namespace (`SocketRecord.netns`: 0 for socktop's own), regrouped."""
+        table = table_of(self.sockets)
+        keep = table.columns.netns == key
+        codes = self.place_codes[keep] if self.place_codes is not None else np.full(int(keep.sum()), -1, np.int64)
+        return self._narrowed(table.take(keep), codes, with_places=False)
+
+    def filtered(self, state: TcpState | None = None, port: int | None = None, pid: int | None = None,
+                 place: str | None = None) -> Snapshot:
         """The same snapshot narrowed to matching sockets, with its aggregates recomputed.
 
-        ``port`` matches either end; ``pid`` matches held and inferred owners.
+        ``port`` matches either end; ``pid`` matches held and inferred owners;
+        ``place`` the containers, pods and namespaces `matching_codes` names.
         """
-        if state is None and port is None and pid is None:
+        if state is None and port is None and pid is None and place is None:
             return self
         table = table_of(self.sockets)
         columns = table.columns
@@ -179,10 +197,20 @@ class Snapshot:
             keep &= (columns.local_port == port) | (columns.remote_port == port)
         if pid is not None:
             keep &= self.holding(pid)
-        kept = table.take(keep)
+        codes = self.place_codes if self.place_codes is not None else np.full(len(columns), -1, np.int64)
+        if place is not None:
+            keep &= np.isin(codes, matching_codes(self.place_slots, place))
+        return self._narrowed(table.take(keep), codes[keep])
+
+    def _narrowed(self, kept: SocketTable, codes: np.ndarray, with_places: bool = True) -> Snapshot:
+        """This snapshot with only the ``kept`` sockets (whose places are ``codes``), regrouped
+        (the Containers grouping too, unless ``with_places`` is False: one namespace's findings need none)."""
         aggregates = self.regroup(kept)
+        places = group_places(kept.columns, codes, self.place_slots, aggregates.rows, aggregates.listening_ports,
+                              aggregates.ephemeral_ports) if with_places else {}
         return Snapshot(
             seq=self.seq, taken_at=self.taken_at, monotonic=self.monotonic, collect_seconds=self.collect_seconds,
             source=self.source, sockets=kept, ownership=self.ownership, aggregates=aggregates,
             history=self.history, warnings=self.warnings, user_of=self.user_of, kernel=self.kernel, churn=self.churn,
+            namespaces=self.namespaces, places=places, place_slots=self.place_slots, place_codes=codes,
         )

@@ -36,6 +36,7 @@ from textual.screen import Screen
 from textual.widgets import Input, Static
 
 from ..analyze.config import DEFAULT_THRESHOLDS, Config, Thresholds
+from ..collect.netns import Selection as NetnsSelection
 from ..collect.records import TcpState
 from ..model.snapshot import Snapshot
 from ..safetext import printable
@@ -43,6 +44,7 @@ from . import analysis as analysis_api
 from . import clipboard, keys, style
 from .bars import FilterLine, FindingsStrip, KeyBar, TabLine, TopBar, TrendStrip
 from .details import COPY_ACTIONS, Copyable, Selection, Styles, commands_for, describe
+from .containers import ContainersScreen
 from .fleet import FleetScreen, FleetWatch
 from .panes import FindingsPane, Pane, PortsPane, ProcessesPane, StatesPane
 from .screens import CommandDialog, HelpScreen
@@ -184,6 +186,7 @@ class SocktopApp(App[int]):
         self._jobs_lock = threading.Lock()
         self.background_jobs = 0  # threads running (poller, view builder, clipboard): tests wait for none
         self._view_generation = 0
+        self._sockets_widget: SocketList | None = None
         self.refresh_count = 0
         self.collect_failed = False
         self.snapshot_at = 0.0  # time.monotonic() of the snapshot shown: its age shows while collection fails
@@ -219,6 +222,7 @@ class SocktopApp(App[int]):
         return {**variables, **style.readable_variables(variables)}
 
     def on_mount(self) -> None:
+        self._sockets_widget = self.query_one(SocketList)
         if self.handle_signals:
             self._quit_on_signals()
         if self.keymap_overrides:
@@ -371,6 +375,11 @@ class SocktopApp(App[int]):
     def _poll(self, spec: ViewSpec, new_interval: float | None) -> None:
         self._background(self._poll_thread, spec, new_interval)
 
+    def _socket_cursor(self) -> tuple | None:
+        """The Sockets cursor's 4-tuple, for the view threads (no DOM query there: the app may be closing)."""
+        sockets = self._sockets_widget
+        return sockets.cursor_connection if sockets is not None else None
+
     def _poll_thread(self, spec: ViewSpec, new_interval: float | None) -> None:
         """One refresh, analysed and viewed, posted as `Refreshed` (in the poller thread)."""
         started = time.perf_counter()
@@ -397,9 +406,13 @@ class SocktopApp(App[int]):
             except Exception as exc:
                 errors.append(f"analysis error: {type(exc).__name__}: {exc}")
         error = "; ".join(errors)
-        view = build_view(snapshot, spec, prior if prior is not None and prior.seq < snapshot.seq else None)
-        connections = frozenset(map(CONNECTION, snapshot.sockets))
-        view = with_cursor(view, self.query_one(SocketList).cursor_connection)
+        try:
+            view = build_view(snapshot, spec, prior if prior is not None and prior.seq < snapshot.seq else None)
+            connections = frozenset(map(CONNECTION, snapshot.sockets))
+            view = with_cursor(view, self._socket_cursor())
+        except Exception as exc:  # a bug here must not stop the refreshes: say it, and try again next time
+            self.post_message(Refreshed(None, None, None, None, f"view error: {type(exc).__name__}: {exc}", started))
+            return
         self.post_message(Refreshed(snapshot, analysis, view, connections, error, started))
 
     def on_refreshed(self, message: Refreshed) -> None:
@@ -463,7 +476,7 @@ class SocktopApp(App[int]):
         snapshot, spec, prior = self.snapshot, self.spec, self.view  # immutable
         view = build_view(snapshot, spec, prior if prior is not None and prior.seq < snapshot.seq else None)
         if generation == self._view_generation:
-            self.post_message(ViewBuilt(with_cursor(view, self.query_one(SocketList).cursor_connection)))
+            self.post_message(ViewBuilt(with_cursor(view, self._socket_cursor())))
 
     def on_view_built(self, message: ViewBuilt) -> None:
         view = message.view
@@ -669,6 +682,13 @@ class SocktopApp(App[int]):
             self._set_spec(replace(self.spec, levels=with_level(self.spec.levels, Level(pane.LEVEL, key))))
         elif pane.KIND == "findings" and self.picked_finding() is None:
             self._select_finding(key)
+
+    def action_containers(self) -> None:
+        self.push_screen(ContainersScreen(lambda: self.snapshot, self.show_place, self.copy_command, self.interval))
+
+    def show_place(self, key: str) -> None:
+        """The Containers view's drill-down: the panes filtered to one place."""
+        self._commit_filter(f"container:{key}")
 
     def action_fleet(self) -> None:
         if self.fleet is None:
@@ -917,7 +937,7 @@ def run(options: argparse.Namespace, config: Config) -> int:
         scenario = DemoScenario(MAX_DURATION)  # runs until socktop quits (its roles also end with this process)
         scenario.start()
     try:
-        engine = Engine(getattr(options, "backend", "auto"), interval=interval)
+        engine = Engine(getattr(options, "backend", "auto"), interval=interval, netns=NetnsSelection.chosen(getattr(options, "netns", None)))
     except BackendUnavailable as exc:
         if scenario is not None:
             scenario.stop()

@@ -138,8 +138,18 @@ class TopBar(Bar):
             (plural(snapshot.aggregates.total, "socket"), Style(bold=True), 0),
             (f"owners {coverage_text(snapshot.coverage)}", owners_tone, 2),
         ]
+        if source.netns != "self":  # several namespaces read, or why only socktop's own
+            first.insert(-1, (f"netns {printable(source.netns)}",
+                              self.style("warning") if "not root" in source.netns else muted, 3))
         if source.owner_note:
             first.append((printable(source.owner_note), owners_tone, 5))
+        churn = snapshot.churn
+        if churn is not None and churn.seconds:
+            # closes and opens over the last refreshes; "≥" when the kernel dropped events since the last one
+            at_least = "≥" if churn.lost else ""
+            first.append((f"closes {at_least}{fmt.count(round(churn.closes_per_second or 0))}/s "
+                          f"opens {at_least}{fmt.count(round(churn.opens_per_second or 0))}/s",
+                          self.style("warning") if churn.lost else Style(), 3))
         severity_parts = [(n, name) for name, n in findings.items() if n]
         if severity_parts:
             tone = self.style("danger" if findings.get("critical") else "warning" if findings.get("warning") else "")

@@ -218,7 +218,7 @@ class FleetScreen(Screen[None]):
         self.drilled = instance
         self.add_class("-drilled")
         for name in ("fleet-ports", "fleet-processes"):
-            self.query_one(f"#{name}", DataTable).border_title = f"{printable(instance)}: loading…"
+            self.query_one(f"#{name}", DataTable).border_title = Text(f"{printable(instance)}: loading…")
         self.run_worker(lambda: self.app.call_from_thread(self.show_detail, self.watch.detail(instance)),
                         thread=True, group="fleet-detail", exit_on_error=False, description="fleet host")
 
@@ -229,7 +229,8 @@ class FleetScreen(Screen[None]):
                                                                           "processes")):
             table = self.query_one(f"#{name}", DataTable)
             table.clear()
-            table.border_title = printable(f"{detail.instance}: {what}" + (f" · {detail.error}" if detail.error else ""))
+            title = f"{detail.instance}: {what}" + (f" · {detail.error}" if detail.error else "")
+            table.border_title = Text(printable(title))  # a str title is markup: a "[/x]" in it would raise
             for row in rows[:DETAIL_ROWS]:
                 table.add_row(*self._group_cells(row))
 

@@ -139,6 +139,8 @@ class Pane(LineTable):
         self._data = new
         if changed:
             self._resort([key for key in dict.fromkeys([*old_order, *new]) if key in new])
+        if not self.chosen:  # nobody chose a row here yet: the highlight stays on top
+            before = self._order[0] if self._order else None
         target = before if before in self._index else self._neighbour(before, old_order)
         self.cursor = self._index.get(target, 0) if target is not None else min(self.cursor, max(0, self.row_total - 1))
         self.update_size()
@@ -171,6 +173,7 @@ class Pane(LineTable):
         index = self._index.get(key)
         if index is None:
             return False
+        self.chosen = True
         if index != self.cursor:
             self.cursor = index
             self.scroll_to_cursor()
@@ -257,6 +260,14 @@ def _num(value: int | None, style: Style | str = "") -> Cell:
     return Cell(fmt.count(value), (value if value is not None else -1,), style, right=True)
 
 
+def _rate(per_second: float | None) -> Cell:
+    """Closes per second: "-" while not counted, "·" for none, else one decimal below 10."""
+    if per_second is None:
+        return Cell("-", (-1.0,), right=True)
+    text = "·" if not per_second else f"{per_second:.1f}" if per_second < 10 else fmt.count(round(per_second))
+    return Cell(text, (per_second,), right=True)
+
+
 def _held_inferred(total: int, inferred: int, style: Style | str = "") -> Cell:
     """A process's count in one state, held and inferred, the inferred part marked: ``40+9*``, ``1,500*``."""
     if not inferred:
@@ -302,7 +313,8 @@ class PortsPane(Pane):
         ColumnSpec("total", "Total", 8, numeric=True),
         ColumnSpec("cw", "CL-W", 7, numeric=True, drop=2),
         ColumnSpec("tw", "TI-W", 7, numeric=True, drop=2),
-        ColumnSpec("est", "EST", 7, numeric=True, drop=3),
+        ColumnSpec("est", "EST", 7, numeric=True, drop=4),  # leaves before the close rate: churn tells more
+        ColumnSpec("closes", "Cls/s", 7, numeric=True, drop=3),
         ColumnSpec("owner", "Process", 18, flex=True),
     )
     DEFAULT_SORT = ("total", True)
@@ -316,6 +328,7 @@ class PortsPane(Pane):
             _num(row.count(TcpState.CLOSE_WAIT), self.tone("warning") if row.count(TcpState.CLOSE_WAIT) else ""),
             _num(row.count(TcpState.TIME_WAIT)),
             _num(row.count(TcpState.ESTABLISHED)),
+            _rate(row.closes),
             Cell(owners, (owners.lower(),)),
         ]
 
@@ -332,6 +345,7 @@ class ProcessesPane(Pane):
         ColumnSpec("cw", "CL-W", 7, numeric=True, drop=2),
         ColumnSpec("tw", "TI-W", 8, numeric=True, drop=3),
         ColumnSpec("est", "EST", 7, numeric=True, drop=4),
+        ColumnSpec("closes", "Cls/s", 7, numeric=True, drop=5),
         ColumnSpec("user", "User", 10, drop=5),
         ColumnSpec("fds", "FDs/limit", 12, numeric=True, drop=6),
         ColumnSpec("trend", "Trend", 10, drop=7),
@@ -363,6 +377,7 @@ class ProcessesPane(Pane):
                            self.tone("warning") if row.close_wait else ""),
             _held_inferred(row.time_wait, row.inferred(TcpState.TIME_WAIT)),
             _held_inferred(row.established, row.inferred(TcpState.ESTABLISHED)),
+            _rate(row.closes),
             Cell(printable(group.user), None),
             Cell(fd_text, (fd_ratio, fds or 0), self.tone("danger") if fd_ratio >= 0.8 else "", right=True),
             Cell(fmt.sparkline(row.trend, TREND_CELLS), (row.trend[-1] - row.trend[0] if row.trend else 0,),

@@ -89,9 +89,11 @@ class SocketList(LineTable):
         hint, on_screen, resorted = self.cursor, self.cursor_on_screen(), sort != (self.sort_column, self.sort_reverse)
         self.snapshot, self.records, self.is_new = snapshot, records, is_new
         self.sort_column, self.sort_reverse = sort
-        connection = self._cursor_connection
-        if found is not None and found[0] == connection:
-            index: int | None = found[1]
+        connection = self._cursor_connection if self.chosen else None  # not chosen yet: the top row
+        if connection is None:
+            index: int | None = 0
+        elif found is not None and found[0] == connection:
+            index = found[1]
         else:
             index = index_of(records, connection, hint) if connection else None
         self._lines.clear()

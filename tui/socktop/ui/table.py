@@ -6,7 +6,8 @@ Columns that do not fit the pane are left out whole, the least important first (
 to stubs; a flexible column takes what is left. There is no horizontal scrolling.
 
 The cursor row is the selection (htop's model): it is drawn highlighted, it follows its row when the rows
-re-sort, and when it was on screen before a refresh it stays on screen after it.
+re-sort, and when it was on screen before a refresh it stays on screen after it. Until the user moves in a
+pane, its highlight stays on the top row, whatever comes to the top: a row nobody chose is never followed.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ class LineTable(CachedComponentStyles, ScrollView, can_focus=True):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.cursor = 0
+        self.chosen = False  # the user has moved in this pane: until then the highlight stays on the top row
         self.empty_text = "none"  # what an empty table says (the app: "no match" under a filter)
         self._columns: list[tuple[int, int]] = []
         self._fitted_width = -1
@@ -159,6 +161,7 @@ class LineTable(CachedComponentStyles, ScrollView, can_focus=True):
     # --- keys and mouse ----------------------------------------------------------------------------
 
     def move_to(self, index: int) -> None:
+        self.chosen = True
         self.cursor = max(0, min(index, self.row_total - 1))
         self.scroll_to_cursor()
         self.refresh()

@@ -29,6 +29,7 @@ import numpy as np
 from ..collect.columns import SocketColumns, SocketTable, address_order
 from ..collect.records import DISPLAY_STATES, STATE_BY_CODE, SocketRecord, TcpState
 from ..model.aggregate import Aggregates, Direction, ProcessGroup
+from ..model.places import place_predicate
 from ..model.snapshot import HistoryPoint, Snapshot
 
 CONNECTION = itemgetter(2, 3, 4, 5)
@@ -69,7 +70,7 @@ def with_level(levels: tuple[Level, ...], level: Level) -> tuple[Level, ...]:
     return levels + (level,)
 
 
-QUERY_PREFIXES = ("state", "port", "pid", "proc", "user", "addr")
+QUERY_PREFIXES = ("state", "port", "pid", "proc", "user", "addr", "container", "netns")
 
 
 def suggest_state(text: str) -> str | None:
@@ -164,6 +165,7 @@ class PortRow:
     total: int
     owners: tuple[str, ...]  # process names (untrusted), most sockets first
     pids: tuple[int, ...]
+    closes: float | None = None  # connections closed per second in this group (host-wide); None: not counted
 
     def count(self, state: TcpState) -> int:
         return self.counts.get(state, 0)
@@ -185,6 +187,7 @@ class ProcessRow:
     close_wait: int
     time_wait: int
     trend: tuple[int, ...]  # the largest count in each group of refreshes (trend_groups), oldest first
+    closes: float | None = None  # its connections closed per second (exact or inferred); None: not counted
 
     @property
     def pid(self) -> int | None:
@@ -291,6 +294,8 @@ def term_predicate(snapshot: Snapshot, prefix: str, value: str) -> Predicate:
         uids = {uid for uid in {r[11] for r in snapshot.sockets} if value in snapshot.user_of(uid).lower()} if value else set()
         holders = snapshot.ownership.pids_by_inode
         return lambda record: owners(record) or (record[12] != 0 and record[12] not in holders and record[11] in uids)
+    if prefix in ("container", "netns"):
+        return place_predicate(snapshot.place_slots, value, by_namespace=prefix == "netns")
     if prefix == "addr":
         address = full_address(value)
         if address is not None:  # a whole address matches itself only (10.0.0.5 is not in 10.0.0.50), as in ss
@@ -561,11 +566,23 @@ def port_rows(scopes: Scopes, spec: ViewSpec) -> tuple[PortRow, ...]:
     levels, query = spec.scope(without=PORT)
     aggregates = scopes.aggregates(levels, query)
     processes = scopes.snapshot.ownership.processes
+    closes = closes_per_second(scopes.snapshot, "ports")
     rows = []
     for key, group in aggregates.by_port.items():
         names = tuple(dict.fromkeys(processes[pid].name for pid in group.pids if pid in processes))
-        rows.append(PortRow(key, group.port, group.direction, dict(group.counts), group.total, names, group.pids))
+        rows.append(PortRow(key, group.port, group.direction, dict(group.counts), group.total, names, group.pids,
+                            closes(key)))
     return tuple(rows)
+
+
+def closes_per_second(snapshot: Snapshot, pane: str) -> Callable[[str], float | None]:
+    """A row key's connections closed per second (`Snapshot.churn`), 0 for a row that closed none;
+    None for every row while churn is not counted (no destroy feed, or one refresh so far)."""
+    churn = snapshot.churn
+    if churn is None or not churn.seconds:
+        return lambda key: None
+    groups = churn.by_port if pane == "ports" else churn.by_process
+    return lambda key: group.per_second if (group := groups.get(key)) else 0.0
 
 
 def process_rows(scopes: Scopes, spec: ViewSpec) -> tuple[ProcessRow, ...]:
@@ -573,6 +590,7 @@ def process_rows(scopes: Scopes, spec: ViewSpec) -> tuple[ProcessRow, ...]:
     aggregates = scopes.aggregates(levels, query)
     groups = trend_groups(scopes.snapshot.history, TREND_CELLS)  # a process's own total, whatever the filter
     trends = _PROCESS_MAXIMA.trends(groups, aggregates.by_process)
+    closes = closes_per_second(scopes.snapshot, "processes")
     rows = []
     for key, group in aggregates.by_process.items():
         counts, inferred = group.counts, group.inferred
@@ -581,7 +599,7 @@ def process_rows(scopes: Scopes, spec: ViewSpec) -> tuple[ProcessRow, ...]:
             return counts.get(state, 0) + inferred.get(state, 0)
 
         rows.append(ProcessRow(key, group, group.total, both(TcpState.ESTABLISHED), both(TcpState.CLOSE_WAIT),
-                               both(TcpState.TIME_WAIT), trends[key]))
+                               both(TcpState.TIME_WAIT), trends[key], closes(key)))
     return tuple(rows)
 
 
