@@ -31,6 +31,8 @@ test: $(TEST_STAMP)
 bench: $(TEST_STAMP)
 	$(BIN)/python tests/perf/bench.py $(ARGS)
 	$(BIN)/python tests/perf/ui_bench.py $(ARGS)
+	@if [ "$$(id -u)" = 0 ]; then $(BIN)/python tests/perf/netns_bench.py; \
+		else echo "netns bench: skipped (creating namespaces needs root)"; fi
 	$(BIN)/python tests/perf/fork_churn.py
 
 screenshots: $(TEST_STAMP)

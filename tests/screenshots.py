@@ -1,7 +1,8 @@
 """`make screenshots`: the README's SVGs of the TUI, drawn from the frozen snapshot (tests/frozen.py).
 
 Writes screenshots/main.svg (200x50), drill-down-close-wait.svg, drawer-time-wait.svg,
-medium-120x40.svg and small-80x24.svg. The frozen snapshot is deterministic, so the files
+medium-120x40.svg, small-80x24.svg and containers.svg (the Containers view, from the same snapshot on a
+container host: tests/frozen_places.py). The frozen snapshot is deterministic, so the files
 only change when the UI does.
 """
 
@@ -17,6 +18,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from frozen import make_app, press, settle  # noqa: E402
+from frozen_places import containers_snapshot  # noqa: E402
+
+from socktop.model.snapshot import Snapshot  # noqa: E402
 
 OUT = HERE.parent / "screenshots"
 
@@ -30,8 +34,9 @@ SHOTS: dict[str, tuple[tuple[int, int], tuple[str, ...], str]] = {
 }
 
 
-async def shoot(name: str, size: tuple[int, int], keys: tuple[str, ...], title: str) -> Path:
-    app = make_app()
+async def shoot(name: str, size: tuple[int, int], keys: tuple[str, ...], title: str,
+                snapshot: Snapshot | None = None) -> Path:
+    app = make_app(snapshot)
     async with app.run_test(size=size) as pilot:
         await settle(pilot)
         await press(pilot, *keys)
@@ -48,6 +53,9 @@ def main() -> int:
     for name, (size, keys, title) in SHOTS.items():
         path = asyncio.run(shoot(name, size, keys, title))
         print(f"wrote {path.relative_to(HERE.parent)} ({size[0]}x{size[1]})")
+    path = asyncio.run(shoot("containers.svg", (200, 50), ("N",), "socktop: the Containers view (N) on a container host",
+                             containers_snapshot()))
+    print(f"wrote {path.relative_to(HERE.parent)} (200x50)")
     return 0
 
 

@@ -17,7 +17,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import replace
 
 import numpy as np
@@ -45,7 +45,7 @@ def serve_and_close(listener: socket.socket, stop: threading.Event) -> None:
             conn, _peer = listener.accept()
         except TimeoutError:
             continue
-        with conn:
+        with conn, suppress(OSError):  # a client that aborts resets the connection
             conn.settimeout(30.0)  # a bound, not a pace: on a loaded machine the test's first refresh takes
             # seconds, and a server that gave up first would be the side left in TIME_WAIT
             conn.recv(1)
@@ -420,3 +420,18 @@ def test_ports_and_processes_rows_carry_the_close_rate() -> None:
     assert (processes["pid:5151"], processes["pid:7171"]) == (25.0, 0.0)
     uncounted = build_view(with_fields(snapshot, churn=None), ViewSpec())
     assert {row.closes for row in uncounted.ports} == {row.closes for row in uncounted.processes} == {None}
+
+
+def test_an_aborted_connection_counts_but_joins_no_port_group(server: int) -> None:
+    """close() with SO_LINGER 0 sends an RST through tcp_disconnect(), which clears the remote port
+    before the socket is freed: its close event has remote port 0."""
+    engine = Engine()
+    engine.refresh()
+    client = socket.create_connection(("127.0.0.1", server))
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_ABORT)
+    client.close()
+    counted = count_closes(engine, {f"in:{server}": 0}, 1)
+    assert counted == {f"in:{server}": 1}
+    churn = engine.refresh().churn
+    assert churn is not None and "out:0" not in churn.by_port and "in:0" not in churn.by_port
+    engine.close()

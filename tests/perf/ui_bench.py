@@ -262,9 +262,12 @@ def main() -> int:
     print("== socktop UI benchmark ==")
     if tmux:
         frames, data = startup_in_tmux()
-        print(f"  start-up to first frame (tmux)       {statistics.median(frames) * 1000:8.0f} ms median "
-              f"(max {max(frames) * 1000:.0f}); first data {statistics.median(data) * 1000:.0f} ms   "
-              f"[{TARGETS['startup']}]")
+        if frames:
+            print(f"  start-up to first frame (tmux)       {statistics.median(frames) * 1000:8.0f} ms median "
+                  f"(max {max(frames) * 1000:.0f}); first data {statistics.median(data) * 1000:.0f} ms   "
+                  f"[{TARGETS['startup']}]")
+        else:
+            print("  start-up to first frame (tmux)       no data on screen within 15 s in any of the runs")
     else:
         print(f"  start-up to first frame (headless)   {asyncio.run(startup_headless()) * 1000:8.0f} ms   "
               f"[{TARGETS['startup']}]")

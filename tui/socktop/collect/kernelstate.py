@@ -168,13 +168,13 @@ def read_sysctls(proc: str = PROC) -> dict[str, str | None]:
     return {key: read_sysctl(key, proc) for key in SYSCTL_KEYS}
 
 
-def read_counters(net: str = f"{PROC}/net",
-                  keys: Iterable[str] = COUNTER_KEYS) -> tuple[dict[str, int], dict[str, int]]:
-    """The ``keys`` counters and the sockstat TCP line of the namespace ``net`` belongs to
-    (``/proc/PID/net`` is PID's network namespace)."""
+def read_counters(net: str = f"{PROC}/net", keys: Iterable[str] = COUNTER_KEYS,
+                  tables: Iterable[str] = ("netstat", "snmp")) -> tuple[dict[str, int], dict[str, int]]:
+    """The ``keys`` counters (of ``tables``) and the sockstat TCP line of the namespace ``net`` belongs
+    to (``/proc/PID/net`` is PID's network namespace)."""
     counters: dict[str, int] = {}
     wanted = frozenset(keys)
-    for table in ("netstat", "snmp"):
+    for table in tables:
         counters.update(parse_counter_table(read_text(f"{net}/{table}", 1 << 16) or "", wanted))
     return counters, parse_sockstat(read_text(f"{net}/sockstat") or "")
 

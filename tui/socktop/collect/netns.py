@@ -364,13 +364,16 @@ class NamespaceKernel:
     Settings are read from a thread inside the namespace, the only way
     (see the module docstring), every SETTINGS_EVERY seconds; counters at
     every call, through ``/proc/PID/net`` of a process in it, or from such
-    a thread when no process is. Settings the kernel keeps host-wide are
+    a thread when no process is; /proc/PID/net/netstat (long, a few
+    hundred counters) only when `activity` moved since the last call (its
+    counters count events that move it too). Settings the kernel keeps host-wide are
     absent inside a non-initial namespace (``tcp_max_orphans``): they are
     taken from ``host`` and named in ``KernelState.host_wide``.
     """
 
     clock: Callable[[], float] = time.monotonic
     _settings: dict[int, tuple[float, dict[str, str | None]]] = field(default_factory=dict)
+    _counted: dict[int, KernelState] = field(default_factory=dict)  # the last state read, by inode
 
     def read(self, namespace: Namespace, host: KernelState) -> KernelState:
         """``namespace``'s state; ``host`` (socktop's own) for its own namespace. Raises OSError when it cannot be entered."""
@@ -381,20 +384,30 @@ class NamespaceKernel:
         counters, sockstat = {}, {}
         if cached is not None and now - cached[0] < SETTINGS_EVERY and namespace.pid is not None:
             sysctls = cached[1]
-            counters, sockstat = read_counters(f"{PROC}/{namespace.pid}/net", _READ_KEYS)
+            net = f"{PROC}/{namespace.pid}/net"
+            counters, sockstat = read_counters(net, _READ_KEYS, ("snmp",))
+            last = self._counted.get(namespace.inode)
+            moved = activity(KernelState(counters=counters, sockstat=sockstat))
+            if last is not None and moved is not None and moved == activity(last):
+                counters = dict(last.counters)
+            elif sockstat:
+                counters.update(read_counters(net, _READ_KEYS, ("netstat",))[0])
         if not sockstat:  # settings due, no process to read through, or it just left
             sysctls, (counters, sockstat) = in_namespace(
                 namespace, lambda: (read_sysctls(), read_counters(f"{PROC}/thread-self/net", _READ_KEYS)))
             self._settings[namespace.inode] = (now, sysctls)
         host_wide = frozenset(key for key, value in sysctls.items() if value is None and host.sysctls.get(key) is not None)
         merged = {**sysctls, **{key: host.sysctls[key] for key in host_wide}}
-        return KernelState(sysctls=merged, counters=counters, sockstat=sockstat, host_wide=host_wide)
+        state = self._counted[namespace.inode] = KernelState(sysctls=merged, counters=counters, sockstat=sockstat,
+                                                             host_wide=host_wide)
+        return state
 
     def forget(self, alive: Iterable[int]) -> None:
         """Drop namespaces no longer present."""
         keep = set(alive)
         for inode in [inode for inode in self._settings if inode not in keep]:
             del self._settings[inode]
+            self._counted.pop(inode, None)
 
 
 def activity(state: KernelState | None) -> tuple[int, ...] | None:

@@ -28,12 +28,16 @@ from ..safetext import printable
 STATE_COLUMNS = (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT, TcpState.TIME_WAIT, TcpState.LISTEN)
 
 
-def place_cells(place: Place) -> tuple[Any, ...]:
-    """A row: the place, its namespace, totals by state, its top ports and processes."""
+def place_cells(place: Place, snapshot: Snapshot) -> tuple[Any, ...]:
+    """A row: the place, its namespace, totals by state, its top ports and processes (by name)."""
     ports = ", ".join(key for key, _ in place.ports[:3])
+    names = []
+    for key, _count in place.processes[:3]:
+        process = snapshot.process(int(key[4:])) if key.startswith("pid:") else None
+        names.append(f"{process.name} ({process.pid})" if process else key)
     return (Text(printable(place.label), style="bold"), str(place.netns), f"{place.total:,}",
-            *(f"{place.counts.get(state, 0):,}" for state in STATE_COLUMNS), ports,
-            ", ".join(key for key, _ in place.processes[:3]))
+            *(f"{place.counts.get(state, 0):,}" for state in STATE_COLUMNS),
+            "" if place.closes is None else f"{place.closes:,}", ports, Text(printable(", ".join(names))))
 
 
 def ordered(snapshot: Snapshot) -> list[Place]:
@@ -73,8 +77,8 @@ class ContainersScreen(Screen[None]):
     def on_mount(self) -> None:
         table = self.query_one("#containers-table", DataTable)
         table.border_title = "Containers: sockets by namespace, container, pod and service"
-        table.add_columns("container", "netns", "total", *(state.label for state in STATE_COLUMNS), "top ports",
-                          "processes")
+        table.add_columns("container", "netns", "total", *(state.label for state in STATE_COLUMNS), "closed",
+                          "top ports", "processes")
         self.show()
         self.set_interval(self.interval, self.show)
         table.focus()
@@ -91,7 +95,7 @@ class ContainersScreen(Screen[None]):
         self.places = ordered(snapshot)
         table.clear()
         for place in self.places:
-            table.add_row(*place_cells(place), key=place.key)
+            table.add_row(*place_cells(place, snapshot), key=place.key)
         keys = [place.key for place in self.places]
         if selected is not None and selected.key in keys:
             table.move_cursor(row=keys.index(selected.key))
