@@ -230,8 +230,9 @@ def test_connections_closed_inside_a_namespace_are_counted() -> None:
                             "for _ in range(5):\n"
                             "    c = socket.create_connection(l.getsockname()); s = l.accept()[0]\n"
                             "    c.close(); s.close()\n"], check=True)
-            churn = engine.refresh().churn
-            assert churn is not None and churn.closes >= 5
+            snapshot = engine.refresh()
+            assert snapshot.churn is not None and snapshot.churn.closes >= 5
+            assert snapshot.places[f"netns:{netns_inode(name)}"].closes == snapshot.churn.closes
         finally:
             engine.close()
 

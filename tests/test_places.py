@@ -16,7 +16,7 @@ from socktop.collect.kernelstate import KernelState
 from socktop.collect.netns import Namespace
 from socktop.collect.nswatch import NamespaceInfo
 from socktop.collect.records import SocketRecord, TcpState, TimerKind
-from socktop.model.places import aged, assign_places, group_places, matching_codes, place_predicate
+from socktop.model.places import aged, assign_places, group_places, matching_codes, place_predicate, with_closes
 
 HOST = NamespaceInfo(Namespace(4026531840, pids=(1,), own=True), "host")
 POD = Container("pod", "pod:5f0c3a1e", "checkout-7f9c", "containerd", "ab" * 32, "5f0c3a1e", "shop")
@@ -125,3 +125,12 @@ def test_a_suggestion_for_a_pod_is_applied_inside_and_kept_by_its_spec() -> None
                          Command("echo", ""))
     assert localize_suggestion(orphans, host_wide).runtime.line == "sysctl -w x=2"
     assert "host-wide" in localize_suggestion(orphans, host_wide).why
+
+
+def test_closes_go_to_whole_namespaces_only() -> None:
+    columns, codes, slots = placed()
+    places = with_closes(group_places(columns, codes, slots, None, frozenset(), (32768, 60999)),
+                         {0: 7, POD_NS.key: 3})
+    assert places["netns:4026531840"].closes == 7 and places["netns:4026532316"].closes == 3
+    assert places[WEB.key].closes is None  # a container in socktop's own namespace: close events carry no cgroup
+    assert places["netns:4026532400"].closes is None  # no feed counted there

@@ -111,6 +111,7 @@ def place_dict(place: Place) -> dict[str, Any]:
     return {
         "key": place.key, "label": place.label, "kind": place.kind, "netns": place.netns,
         "netns_label": place.namespace.label, "total": place.total, "by_state": state_dict(place.counts),
+        "closes": place.closes,
         "ports": [{"key": key, "sockets": count} for key, count in place.ports],
         "processes": [{"key": key, "sockets": count} for key, count in place.processes],
         "container": None if container is None else {

@@ -28,7 +28,7 @@ from ..collect.records import Backend, BackendUnavailable, OwnerAwareBackend
 from .aggregate import DEFAULT_EPHEMERAL_PORTS, Aggregates, ConnectionOwners, Ownership, aggregate
 from .churn import Churn, ChurnTracker
 from .history import DEFAULT_WINDOW_SECONDS, History, history_capacity
-from .places import NamespaceReader, assign_places, group_places
+from .places import NamespaceReader, assign_places, group_places, with_closes
 from .snapshot import Snapshot, SourceInfo
 
 BACKENDS = ("auto", "netlink", "proc", "psutil")
@@ -109,6 +109,7 @@ class Engine:
         self.churn = ChurnTracker()
         self.destroy_feed, self.churn_note = self._open_destroy_feed()
         self._reader: FeedReader | None = None
+        self.closes_by_netns: dict[int, int] = {}  # connections closed since the previous refresh, by netns key
 
     def set_interval(self, interval: float) -> None:
         self.history.resize(history_capacity(self.history_seconds, interval))
@@ -131,6 +132,8 @@ class Engine:
                                   aggregates.ephemeral_ports)
             taken_at, monotonic = time.time(), time.monotonic()
             churn = self._churn(table, ownership, aggregates, monotonic, namespaces)
+            if churn is not None:
+                places = with_closes(places, self.closes_by_netns)
         self._last_owners = aggregates.connection_owners or {}
         self._seq += 1
         history = self.history.record(self._seq, taken_at, monotonic, aggregates, kernel.counters,
@@ -160,26 +163,31 @@ class Engine:
         feed = self.destroy_feed
         if feed is None:
             return None
-        others = list(self._namespace_feeds(namespaces))  # the other namespaces': drained here, at each refresh
-        lost_before = feed.overruns + (self._reader.dropped if self._reader else 0) + sum(f.overruns for f in others)
+        others = dict(self._namespace_feeds(namespaces))  # the other namespaces': drained here, at each refresh
+        lost_before = feed.overruns + (self._reader.dropped if self._reader else 0) + sum(
+            f.overruns for f in others.values())
         try:
             closed = self._reader.take() if self._reader else feed.drain()
-            for other in others:
-                closed += other.drain()
+            self.closes_by_netns = {0: len(closed)}
+            for inode, other in others.items():
+                drained = other.drain()
+                self.closes_by_netns[inode] = len(drained)
+                closed += drained
         except OSError as exc:  # the table is still worth showing: churn stops, and says why
             self.close()
             self.churn_note = f"close events stopped: {exc.strerror or exc}"
             return None
-        lost = feed.overruns + (self._reader.dropped if self._reader else 0) + sum(f.overruns for f in others)
+        lost = feed.overruns + (self._reader.dropped if self._reader else 0) + sum(f.overruns for f in others.values())
         if self._reader is None:
             self._reader = FeedReader(feed)
             weakref.finalize(self, self._reader.stop, False)  # an engine dropped without close() stops it too
         return self.churn.update(table, ownership, aggregates, closed, now, lost, lost > lost_before)
 
-    def _namespace_feeds(self, namespaces: tuple[NamespaceInfo, ...]) -> Iterable[DestroyFeed]:
-        """A destroy feed in each namespace read other than socktop's own (destroy events are per namespace)."""
+    def _namespace_feeds(self, namespaces: tuple[NamespaceInfo, ...]) -> Iterable[tuple[int, DestroyFeed]]:
+        """A destroy feed in each namespace read other than socktop's own (destroy events are per namespace),
+        by inode."""
         wanted = {info.inode: info.namespace for info in namespaces if not info.own and not info.note}
-        return self._feeds.sync(wanted).values() if wanted or self._feeds.sockets else ()
+        return self._feeds.sync(wanted).items() if wanted or self._feeds.sockets else ()
 
     def close(self) -> None:
         """Stop the destroy feed's reader, let go of its socket and of the sockets held in other

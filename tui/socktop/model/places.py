@@ -14,7 +14,7 @@ from __future__ import annotations
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -52,6 +52,8 @@ class Place:
     total: int
     ports: tuple[tuple[str, int], ...] = ()  # ("in:8080", sockets), most first
     processes: tuple[tuple[str, int], ...] = ()  # ("pid:42", sockets), most first
+    closes: int | None = None  # connections its namespace's destroy feed saw close since the previous refresh
+    # (a whole namespace's; None for a container inside socktop's own: close events carry no cgroup)
 
     @property
     def netns(self) -> int:
@@ -144,6 +146,12 @@ def group_places(columns: SocketColumns, codes: np.ndarray, slots: Sequence[Plac
                         tuple(processes[index].most_common(TOP)))
         for index, slot in enumerate(slots) if state_counts[index]
     }
+
+
+def with_closes(places: Mapping[str, Place], closes_by_netns: Mapping[int, int]) -> dict[str, Place]:
+    """``places`` with the closes of each whole namespace (`SocketRecord.netns` keys) where they were counted."""
+    return {key: replace(place, closes=closes_by_netns.get(place.namespace.key))
+            if place.kind == "host" or not place.namespace.own else place for key, place in places.items()}
 
 
 def matching_codes(slots: Sequence[PlaceSlot], text: str) -> list[int]:

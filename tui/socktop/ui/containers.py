@@ -36,7 +36,8 @@ def place_cells(place: Place, snapshot: Snapshot) -> tuple[Any, ...]:
         process = snapshot.process(int(key[4:])) if key.startswith("pid:") else None
         names.append(f"{process.name} ({process.pid})" if process else key)
     return (Text(printable(place.label), style="bold"), str(place.netns), f"{place.total:,}",
-            *(f"{place.counts.get(state, 0):,}" for state in STATE_COLUMNS), ports, Text(printable(", ".join(names))))
+            *(f"{place.counts.get(state, 0):,}" for state in STATE_COLUMNS),
+            "" if place.closes is None else f"{place.closes:,}", ports, Text(printable(", ".join(names))))
 
 
 def ordered(snapshot: Snapshot) -> list[Place]:
@@ -76,8 +77,8 @@ class ContainersScreen(Screen[None]):
     def on_mount(self) -> None:
         table = self.query_one("#containers-table", DataTable)
         table.border_title = "Containers: sockets by namespace, container, pod and service"
-        table.add_columns("container", "netns", "total", *(state.label for state in STATE_COLUMNS), "top ports",
-                          "processes")
+        table.add_columns("container", "netns", "total", *(state.label for state in STATE_COLUMNS), "closed",
+                          "top ports", "processes")
         self.show()
         self.set_interval(self.interval, self.show)
         table.focus()
