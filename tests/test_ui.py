@@ -518,6 +518,8 @@ async def test_each_size_class_shows_what_is_wrong_first(size, mode, panes, stri
                        for t in titles), line
         if lines:
             assert "320 CLOSE_WAIT leak +6.7/s in pid 4242 leaky-api" in lines[0]
+            more = len(titles) - len(lines)  # the rest are one key away, and the strip says which
+            assert lines[-1].endswith(f"+{more} more finding{'s' if more > 1 else ''} (5: Findings)")
         assert "findings" in plain(app.query_one(TopBar))  # the count stays, down to 60 columns
         states = app.pane("states")
         if "states" in panes and len(panes) > 1:  # fitted to its rows: no empty half pane

@@ -298,7 +298,7 @@ class FindingsStrip(Bar):
         self._ids = [finding_id for finding_id, _, _ in shown]
         for index, (_, severity, title) in enumerate(shown):
             chip, tone = f" {fmt.SEVERITY_SHORT.get(severity, 'INFO')} ", SEVERITY_CHIP.get(severity, "chip")
-            tail = f"  +{more} more: 5" if more and index == len(shown) - 1 else ""
+            tail = f"  +{plural(more, 'more finding')} (5: Findings)" if more and index == len(shown) - 1 else ""
             line = Text(no_wrap=True, end="")
             line.append(chip, self.style(tone))
             line.append(" " + fmt.fit_tokens(printable(title), max(1, width - len(chip) - 1 - len(tail))))
