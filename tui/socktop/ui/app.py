@@ -122,7 +122,6 @@ class ClipboardDone(Message):
 
 class Drawer(VerticalScroll):
     """The details drawer: on the right when wide, the whole body when narrow."""
-
     COMPONENT_CLASSES = {"drawer--muted", "drawer--warning", "drawer--danger", "drawer--command", "drawer--key",
                          "drawer--heading", "drawer--title"}
 
@@ -902,9 +901,9 @@ class SocktopApp(App[int]):
         if plan.osc52 and plan.trust_osc52:
             self.notify(printable(text), title=f"Copied {printable(what)} (OSC 52)", markup=False, timeout=6)
             return
-        how = "sent to the terminal by OSC 52, which cannot confirm it" if plan.osc52 else "clipboard is off"
-        self.notify(printable(text), title=f"{printable(what)}: {how}", markup=False, timeout=6)
-        why = "Your terminal may not have taken it" if plan.osc52 else "The clipboard is off (--clipboard off)"
+        # the dialog says it all: a notification would be drawn over its instructions
+        why = ("Sent to the terminal by OSC 52, which cannot confirm it: your terminal may not have taken it"
+               if plan.osc52 else "The clipboard is off (--clipboard off)")
         self.push_screen(CommandDialog(f"Copy by hand: {what}", text,
                                        f"{why}. Copy the line above with your terminal: Shift+drag selects it in "
                                        "most terminals. --clipboard osc52 trusts the terminal and skips this "
@@ -917,8 +916,6 @@ class SocktopApp(App[int]):
         if not message.error:
             self.notify(printable(message.text), title=f"Copied {printable(message.what)}", markup=False, timeout=6)
             return
-        self.notify(printable(message.text), title=f"{printable(message.what)}: {printable(message.error)}",
-                    severity="warning", markup=False, timeout=6)
         self.push_screen(CommandDialog(f"Copy by hand: {message.what}", message.text,
                                        f"{message.error}. Copy the line above with your terminal: Shift+drag "
                                        "selects it in most terminals."))
