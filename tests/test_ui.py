@@ -466,6 +466,7 @@ async def test_help_lists_every_key_and_palette_runs_actions():
         assert ("General", "? F1", "Show every key", "help") in rows and ("General", "q F10", "Leave socktop",
                                                                          "quit") in rows
         assert any("k is Copy kill" in row[2] for row in rows)
+        assert not any(re.search(r"\d s\b", row[2]) for row in rows)  # "10 s)" wrapped, leaving "s)" alone
         await pilot.press("escape")
         assert not isinstance(app.screen, HelpScreen)
         titles = [command.title for command in app.get_system_commands(app.screen)]
