@@ -867,3 +867,19 @@ async def test_at_80_columns_the_smallest_state_counts_drop_first():
         assert shown == ["ESTAB", "SYN-RECV", "FIN-WAIT-2", "TIME-WAIT", "CLOSE-WAIT"]  # display order kept
         assert "…" not in chips
 
+
+async def test_the_drawer_takes_the_vi_keys_where_it_has_the_focus():
+    from socktop.ui.app import Drawer
+
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await press(pilot, "5", "d")  # small: the drawer takes the body and the keys
+        drawer = app.query_one(Drawer)
+        assert app.focused is drawer and drawer.max_scroll_y > 1
+        await press(pilot, "j")
+        assert drawer.scroll_y == 1
+        await press(pilot, "G")
+        assert drawer.scroll_y == drawer.max_scroll_y
+        await press(pilot, "g")
+        assert drawer.scroll_y == 0

@@ -121,7 +121,12 @@ class ClipboardDone(Message):
 
 
 class Drawer(VerticalScroll):
-    """The details drawer: on the right when wide, the whole body when narrow."""
+    """The details drawer: on the right when wide, the whole body when narrow. With the focus (narrow) it
+    takes the panes' vi keys too: j down, g and G top and bottom (k stays Copy kill)."""
+
+    BINDINGS = [Binding("j", "scroll_down", "Down", show=False),
+                Binding("g", "scroll_home", "Top", show=False),
+                Binding("G", "scroll_end", "Bottom", show=False)]
     COMPONENT_CLASSES = {"drawer--muted", "drawer--warning", "drawer--danger", "drawer--command", "drawer--key",
                          "drawer--heading", "drawer--title"}
 
