@@ -128,3 +128,24 @@ def test_an_error_quoting_what_was_typed_shows_its_escapes(args: list[str]) -> N
     assert result.returncode != 0
     assert "\x1b" not in result.stderr and "\\e[31mred" in result.stderr
     assert len(result.stderr.splitlines()) == 1
+
+
+def test_once_writes_counts_as_the_header_does() -> None:
+    from frozen import frozen_snapshot
+
+    from socktop.report import render_summary
+
+    text = render_summary(frozen_snapshot(), width=200)
+    assert "2,992 sockets" in text
+    (row,) = [line for line in text.splitlines() if "TIME-WAIT" in line and "%" in line]
+    assert "2,400" in row  # not 2400 under a header that says 2,992
+
+
+def test_once_in_an_empty_namespace_says_so_in_one_line() -> None:
+    if subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode:
+        pytest.skip("needs unshare -n (root)")
+    result = subprocess.run(["unshare", "-n", sys.executable, "-m", "socktop", "--once", "--netns", "self"], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "no TCP sockets in this network namespace" in result.stdout
+    assert "By state" not in result.stdout and "Top ports" not in result.stdout

@@ -355,7 +355,8 @@ def _run_once(options: argparse.Namespace, config: Config) -> int:
     snapshot = snapshot.filtered(state=options.state, port=options.port, pid=options.pid, place=options.container)
     if options.json:
         return write_output(lambda out: write_json(out, snapshot, filters, options.sockets, analysis))
-    return write_output(lambda out: out.write(render_summary(snapshot, analysis=analysis)))
+    return write_output(lambda out: out.write(render_summary(snapshot, analysis=analysis,
+                                                             filtered=any(value is not None for value in filters.values()))))
 
 
 def _run_tui(options: argparse.Namespace, config: Config) -> int:

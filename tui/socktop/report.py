@@ -348,8 +348,10 @@ def phrase_lines(phrases: Sequence[str], width: int, separator: str = "  ") -> l
 TOP_ROWS = 10
 
 
-def render_summary(snapshot: Snapshot, width: int | None = None, analysis: Analysis | None = None) -> str:
-    """The `--once` summary as plain text with Rich tables (untrusted names stay text)."""
+def render_summary(snapshot: Snapshot, width: int | None = None, analysis: Analysis | None = None,
+                   filtered: bool = False) -> str:
+    """The `--once` summary as plain text with Rich tables (untrusted names stay text); counts as the header
+    writes them (1,486); no sockets at all is one line, not three empty tables."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
@@ -365,6 +367,13 @@ def render_summary(snapshot: Snapshot, width: int | None = None, analysis: Analy
     if source.backend_note:
         console.print(Text(f"note: {source.backend_note}"))
     console.print(Text(churn_line(snapshot)))
+    if not aggregates.total:
+        console.print(Text("no TCP sockets match the filters" if filtered else
+                           "no TCP sockets in this network namespace" if source.netns == "self" else
+                           "no TCP sockets in the network namespaces read"))
+        if analysis is not None:
+            _print_analysis(console, analysis)
+        return console.export_text()
 
     states = Table(title="By state", title_justify="left")
     states.add_column("state")
@@ -373,7 +382,7 @@ def render_summary(snapshot: Snapshot, width: int | None = None, analysis: Analy
     for state in DISPLAY_STATES:
         count = aggregates.by_state.get(state, 0)
         if count:
-            states.add_row(state.label, str(count), f"{count / aggregates.total:.0%}")
+            states.add_row(state.label, f"{count:,}", f"{count / aggregates.total:.0%}")
     console.print(states)
 
     ports = Table(title=f"Top ports (of {len(aggregates.by_port)})", title_justify="left")
@@ -381,7 +390,7 @@ def render_summary(snapshot: Snapshot, width: int | None = None, analysis: Analy
         ports.add_column(column, justify=justify)  # type: ignore[arg-type]
     for group in sorted(aggregates.by_port.values(), key=lambda g: (-g.total, g.port))[:TOP_ROWS]:
         names = ", ".join(_process_label(snapshot, pid) for pid in group.pids[:3])
-        ports.add_row(str(group.port), group.direction.value, str(group.total),
+        ports.add_row(str(group.port), group.direction.value, f"{group.total:,}",
                       Text(_states_text(group.counts)), Text(names))
     console.print(ports)
 
@@ -391,10 +400,11 @@ def render_summary(snapshot: Snapshot, width: int | None = None, analysis: Analy
         processes.add_column(column, justify=justify)  # type: ignore[arg-type]
     for group in sorted(aggregates.by_process.values(), key=_process_order)[:TOP_ROWS]:
         process = group.process
-        fds = f"{process.fd_count}/{process.fd_limit or '∞'}" if process and process.fd_count is not None else ""
+        limit = f"{process.fd_limit:,}" if process and process.fd_limit else "∞"
+        fds = f"{process.fd_count:,}/{limit}" if process and process.fd_count is not None else ""
         processes.add_row(
             str(group.pid or ""), Text(printable(group.name if process else f"(unknown, uid {group.uid})")),
-            Text(printable(group.user)), str(group.total), Text(_states_text(group.counts)),
+            Text(printable(group.user)), f"{group.total:,}", Text(_states_text(group.counts)),
             Text(_states_text(group.inferred)), fds,
         )
     console.print(processes)
@@ -417,7 +427,7 @@ def _containers_table(snapshot: Snapshot) -> Any:
     for place in sorted(snapshot.places.values(), key=_place_order)[:TOP_ROWS]:
         names = ", ".join(_process_label(snapshot, int(key[4:])) for key, _ in place.processes[:3]
                           if key.startswith("pid:"))
-        table.add_row(Text(printable(place.label)), str(place.netns), str(place.total),
+        table.add_row(Text(printable(place.label)), str(place.netns), f"{place.total:,}",
                       Text(_states_text(place.counts)), ", ".join(key for key, _ in place.ports[:3]), Text(names))
     return table
 
@@ -470,7 +480,7 @@ def _print_analysis(console: Any, analysis: Analysis) -> None:
 
 
 def _states_text(counts: StateCounts) -> str:
-    return " ".join(f"{state.label} {counts[state]}" for state in DISPLAY_STATES if counts.get(state))
+    return " ".join(f"{state.label} {counts[state]:,}" for state in DISPLAY_STATES if counts.get(state))
 
 
 def _process_label(snapshot: Snapshot, pid: int) -> str:
