@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import re
 import subprocess
-import time
-import urllib.error
-import urllib.request
 
 from namespaces import farm_in_netns, named_netns, needs_root
-from test_serve import samples, scrape, socktop, value
-
+from test_serve import healthy, samples, scrape, socktop, value
 
 
 def ss_state(name: str, state: str) -> int:
@@ -25,18 +20,7 @@ def test_serve_exports_each_namespace_as_ss_inside_it_counts() -> None:
             farm_in_netns(leaky, established=4, close_wait=9) as farm, farm_in_netns(quiet, established=6):
         process = socktop("serve", "--netns", f"{leaky},{quiet}", "--listen", "127.0.0.1:0", "--interval", "1")
         try:
-            line = process.stderr.readline()
-            match = re.search(r"http://127\.0\.0\.1:(\d+)/metrics", line)
-            assert match, line
-            base = f"http://127.0.0.1:{match[1]}"
-            deadline = time.monotonic() + 90
-            while True:  # the first collection may take a moment on a busy machine
-                try:
-                    with urllib.request.urlopen(base + "/healthz", timeout=5):
-                        break
-                except urllib.error.HTTPError:
-                    assert time.monotonic() < deadline, "no collection within 90 s"
-                    time.sleep(0.2)
+            base = healthy(process)
             found = samples(scrape(base)[1])
             close_wait, established = ss_state(leaky, "close-wait"), ss_state(quiet, "established")
         finally:

@@ -249,7 +249,7 @@ def build_families(snapshot: Snapshot, analysis: Analysis, top: int = DEFAULT_TO
 
 def _socket_families(snapshot: Snapshot, top: int) -> Iterator[Metric]:
     aggregates = snapshot.aggregates
-    by_state = _gauge("socktop_sockets", "TCP sockets by state, as ss -tan counts them (this network namespace)",
+    by_state = _gauge("socktop_sockets", "TCP sockets by state, as ss -tan counts them (every network namespace read)",
                       ["state"])
     for state in DISPLAY_STATES:
         by_state.add_metric([state.name], aggregates.by_state.get(state, 0))
@@ -257,12 +257,9 @@ def _socket_families(snapshot: Snapshot, top: int) -> Iterator[Metric]:
 
     ports = top_per_state((((port_label(aggregates, g.port), g.direction.value), g.counts) for g in aggregates.by_port.values()),
                           top, (OTHER, ""))
-    family = _gauge("socktop_port_sockets",
-                    "TCP sockets by service port and direction (in: served here, out: called), top ports per state",
-                    ["port", "direction", "state"])
-    for (port, direction), state, count in ports.series:
-        family.add_metric([port, direction, state.name], count)
-    yield family
+    yield _per_state("socktop_port_sockets",
+                     "TCP sockets by service port and direction (in: served here, out: called), top ports per state",
+                     ["port", "direction"], ports)
 
     processes = {group.key: group for group in aggregates.by_process.values()}
     containers = process_containers(snapshot)
@@ -271,12 +268,9 @@ def _socket_families(snapshot: Snapshot, top: int) -> Iterator[Metric]:
           _held_and_inferred(group.counts, group.inferred))
          for group in processes.values()),
         top, (OTHER, "", "", ""))
-    family = _gauge("socktop_process_sockets",
-                    "TCP sockets by process (held or inferred, as the TUI counts them), top processes per state",
-                    ["process", "name", "user", "container", "state"])
-    for labels, state, count in kept.series:
-        family.add_metric([*labels, state.name], count)
-    yield family
+    yield _per_state("socktop_process_sockets",
+                     "TCP sockets by process (held or inferred, as the TUI counts them), top processes per state",
+                     ["process", "name", "user", "container"], kept)
 
     fds = _gauge("socktop_process_fds", "Open file descriptors of a process in socktop_process_sockets",
                  ["process", "name", "user", "container"])
@@ -292,20 +286,22 @@ def _socket_families(snapshot: Snapshot, top: int) -> Iterator[Metric]:
     yield limits
 
     remotes = top_per_state((((g.address,), g.counts) for g in aggregates.by_remote.values()), top, (OTHER,))
-    family = _gauge("socktop_remote_sockets", "Connected TCP sockets by remote address, top addresses per state",
-                    ["remote", "state"])
-    for (remote,), state, count in remotes.series:
-        family.add_metric([remote, state.name], count)
-    yield family
+    yield _per_state("socktop_remote_sockets", "Connected TCP sockets by remote address, top addresses per state",
+                     ["remote"], remotes)
 
     places = top_per_state((((label_text(p.label), p.kind), p.counts) for p in snapshot.places.values()),
                            top, (OTHER, ""))
-    family = _gauge("socktop_container_sockets",
-                    "TCP sockets by namespace, pod, container or service (the Containers grouping), top per state",
-                    ["container", "kind", "state"])
-    for (container, kind), state, count in places.series:
-        family.add_metric([container, kind, state.name], count)
-    yield family
+    yield _per_state("socktop_container_sockets",
+                     "TCP sockets by namespace, pod, container or service (the Containers grouping), top per state",
+                     ["container", "kind"], places)
+
+
+def _per_state(name: str, documentation: str, labels: list[str], kept: Kept) -> GaugeMetricFamily:
+    """A gauge family of `top_per_state` series: ``labels`` then ``state``."""
+    family = _gauge(name, documentation, [*labels, "state"])
+    for values, state, count in kept.series:
+        family.add_metric([*values, state.name], count)
+    return family
 
 
 def process_containers(snapshot: Snapshot) -> dict[str, str]:
