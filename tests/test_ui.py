@@ -825,3 +825,40 @@ async def test_the_inferred_legend_shows_only_while_a_row_has_one():
         assert "9*: 9 inferred" in processes.border_subtitle  # the crawler's and nginx's TIME_WAIT
         await press(pilot, "slash", *"proc:leaky", "enter")
         assert "inferred" not in processes.border_subtitle and keys_of(processes) == ["pid:4242"]
+
+
+GUARD_CHILD = """
+import os, sys, threading
+from socktop.ui.app import ShutdownGuard
+read, write = os.pipe()
+guard = ShutdownGuard(0.05, fd=write)
+guard.arm(3)
+if sys.argv[1] == "disarm":
+    guard.disarm()
+    threading.Event().wait(0.5)
+    sys.exit(0)
+threading.Event().wait(60)  # a shutdown that never finishes
+"""
+
+
+@pytest.mark.parametrize("mode, status", [("hang", 3), ("disarm", 0)])
+def test_a_signalled_shutdown_that_hangs_is_ended_by_the_guard(mode: str, status: int) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", GUARD_CHILD, mode], capture_output=True, timeout=30)
+    assert result.returncode == status
+
+
+async def test_at_80_columns_the_smallest_state_counts_drop_first():
+    counts = {TcpState.ESTABLISHED: 252, TcpState.SYN_SENT: 2, TcpState.SYN_RECV: 5, TcpState.FIN_WAIT1: 1,
+              TcpState.FIN_WAIT2: 115, TcpState.TIME_WAIT: 2400, TcpState.CLOSE_WAIT: 320, TcpState.LAST_ACK: 3,
+              TcpState.LISTEN: 5, TcpState.CLOSING: 1}
+    snapshot = frozen_snapshot()
+    app = make_app(replace(snapshot, aggregates=replace(snapshot.aggregates, by_state=counts)))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        chips = plain(app.query_one(TopBar)).splitlines()[1]
+        shown = re.findall(r"([A-Z][A-Z0-9-]+) [\d,]+", chips)
+        assert shown == ["ESTAB", "SYN-RECV", "FIN-WAIT-2", "TIME-WAIT", "CLOSE-WAIT"]  # display order kept
+        assert "…" not in chips

@@ -1,10 +1,11 @@
 """Linux NETLINK_SOCK_DIAG (inet_diag): the socket table straight from the kernel, as columns.
 
 One dump of both address families (per family where the kernel refuses
-that), all states. Each received chunk is read with numpy: the message
-offsets are found in one vectorised pass (and checked against the chain
-of lengths), then every field is gathered for all messages at once, with
-the ports' byte swap done by a big-endian dtype. No Python object is made
+that), all states, read with numpy: the message offsets are found in one
+vectorised pass (and checked against the chain of lengths), then every
+field is gathered for all messages at once, with the ports' byte swap
+done by a big-endian dtype. CLOSE_WAIT sockets are then asked for their
+tcp_info (how long ago the peer last acknowledged). No Python object is made
 per socket; `SocketTable` builds records only for the rows shown. This
 needs no root (every socket of the network namespace is listed, with its
 uid and inode).
@@ -126,10 +127,10 @@ def exact_requests(columns: SocketColumns, rows: np.ndarray, ext: int) -> np.nda
 class Dump:
     """What one dump (of one family, or of both with AF_UNSPEC) has gathered so far, across its chunks.
 
-    Each chunk is checked as it arrives (to know when the dump ends), and
-    kept with where its socket messages start; the columns are gathered
-    once, over all chunks joined: numpy's cost per call would otherwise be
-    paid per 32 KiB chunk.
+    The chunks received until one may end the dump (`may_end`) are parsed
+    together and kept with where their socket messages start; the columns
+    are gathered once, over all of them joined: numpy's cost per call is
+    then paid per dump, not per 32 KiB chunk.
     """
 
     __slots__ = ("family", "message_type", "chunks", "starts", "sizes", "received", "interrupted")
@@ -156,7 +157,8 @@ def parse_dump_chunk(data: bytes | bytearray | memoryview, length: int, dump: Du
     Message sizes vary (attributes differ by state, privilege and kernel),
     so messages are found by their ``nlmsg_len``. Raises CollectError on a
     truncated or corrupt buffer and OSError when the kernel answers
-    NLMSG_ERROR. The chunk is copied: the buffer can be reused.
+    NLMSG_ERROR. The bytes are kept (copied unless given as ``bytes``): a
+    receive buffer can be reused.
     """
     starts = _message_starts(data, length)
     words = np.frombuffer(data, np.uint32, count=length // 4)

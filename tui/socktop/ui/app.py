@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -36,6 +38,7 @@ from textual.screen import Screen
 from textual.widgets import Input, Static
 
 from ..analyze.config import DEFAULT_THRESHOLDS, Config, Thresholds
+from ..collect.columns import ConnectionSet
 from ..collect.netns import Selection as NetnsSelection
 from ..collect.records import TcpState
 from ..model.snapshot import Snapshot
@@ -91,7 +94,7 @@ class Refreshed(Message):
     """Posted by the poller thread: one refresh, analysed and viewed, or why it failed."""
 
     def __init__(self, snapshot: Snapshot | None, analysis: Any, view: View | None,
-                 connections: frozenset | None, error: str, started: float) -> None:
+                 connections: ConnectionSet | None, error: str, started: float) -> None:
         super().__init__()
         self.snapshot = snapshot
         self.analysis = analysis
@@ -137,6 +140,55 @@ class Drawer(VerticalScroll):
         self.query_one("#drawer-text", Static).update(text)
 
 
+RESTORE_TERMINAL = ("\x1b[?1049l"  # leave the alternate screen
+                    "\x1b[?1000l\x1b[?1003l\x1b[?1015l\x1b[?1006l"  # mouse reporting off
+                    "\x1b[?25h")  # cursor shown
+SHUTDOWN_GRACE = 2.0  # seconds an orderly shutdown after SIGTERM/SIGHUP may take before the process is ended
+
+
+class ShutdownGuard:
+    """Ends the process if the orderly shutdown a signal asked for does not finish: with the terminal gone,
+    Textual's writer thread can block for ever (`WriterThread.stop` waits on its queue) and socktop stays alive."""
+
+    def __init__(self, grace: float = SHUTDOWN_GRACE, end: Callable[[int], object] = os._exit,
+                 fd: int | None = None) -> None:
+        self.grace = grace
+        self.end = end
+        self.fd = sys.__stderr__.fileno() if fd is None and sys.__stderr__ is not None else fd  # Textual's output
+        self._termios: Any = None
+        self._timer: threading.Timer | None = None
+        try:
+            import termios
+
+            self._termios = termios.tcgetattr(self.fd) if self.fd is not None else None
+        except Exception:  # no termios, or termios.error: not a terminal
+            self._termios = None
+
+    def arm(self, status: int) -> None:
+        """Start the countdown (once): after `grace` seconds, restore what can be and end with `status`."""
+        if self._timer is None:
+            self._timer = threading.Timer(self.grace, self._expire, (status,))
+            self._timer.daemon = True
+            self._timer.start()
+
+    def disarm(self) -> None:
+        """The shutdown finished: nothing to force."""
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _expire(self, status: int) -> None:
+        if self.fd is not None:
+            try:
+                os.write(self.fd, RESTORE_TERMINAL.encode())
+                if self._termios is not None:
+                    import termios
+
+                    termios.tcsetattr(self.fd, termios.TCSANOW, self._termios)
+            except Exception:  # the terminal vanished: nothing left to restore
+                pass
+        self.end(status)
+
+
 class SocktopApp(App[int]):
     """socktop's terminal UI over a snapshot source."""
 
@@ -156,6 +208,7 @@ class SocktopApp(App[int]):
         super().__init__()
         self.fleet = fleet  # `--prometheus URL`: polls the fleet; its error shows in the top bar
         self.handle_signals = handle_signals  # the real terminal only: a test's event loop keeps its own
+        self.shutdown_guard = ShutdownGuard() if handle_signals else None  # before Textual's raw mode: saves cooked
         self._source_or_factory = source
         self.source: SnapshotSource | None = None
         self.interval = interval
@@ -173,8 +226,8 @@ class SocktopApp(App[int]):
         self.view: View | None = None
         self.spec = ViewSpec(query=Query.parse(initial_filter))  # `socktop --state/--port/--pid` start filtered
         self._finding_levels: frozenset[Level] = frozenset()  # levels a picked finding set: never swapped
-        self.connections: frozenset | None = None
-        self.previous_connections: frozenset | None = None
+        self.connections: ConnectionSet | None = None  # this refresh's 4-tuples, to mark new sockets
+        self.previous_connections: ConnectionSet | None = None
         self.drawer_open = False
         self.active_pane = "states"
         self.layout_mode = ""
@@ -408,7 +461,7 @@ class SocktopApp(App[int]):
         error = "; ".join(errors)
         try:
             view = build_view(snapshot, spec, prior if prior is not None and prior.seq < snapshot.seq else None)
-            connections = frozenset(map(CONNECTION, snapshot.sockets))
+            connections = ConnectionSet.of(snapshot.columns)
             view = with_cursor(view, self._socket_cursor())
         except Exception as exc:  # a bug here must not stop the refreshes: say it, and try again next time
             self.post_message(Refreshed(None, None, None, None, f"view error: {type(exc).__name__}: {exc}", started))
@@ -901,7 +954,13 @@ class SocktopApp(App[int]):
         mouse reporting, cursor); without this the default action kills the process with them still on."""
         loop = asyncio.get_running_loop()
         for number in (signal.SIGTERM, signal.SIGHUP):
-            loop.add_signal_handler(number, self.exit, 0)
+            loop.add_signal_handler(number, self._quit_by_signal, 0)
+
+    def _quit_by_signal(self, status: int) -> None:
+        """Quit as q does, and arm the guard in case the terminal is gone and the shutdown hangs."""
+        if self.shutdown_guard is not None:
+            self.shutdown_guard.arm(status)
+        self.exit(status)
 
     def get_line_filters(self) -> Sequence[LineFilter]:
         """Under NO_COLOR no colour at all: Textual's own choice there is 256-colour greys (Monochrome)."""
@@ -922,8 +981,6 @@ def filter_from_options(options: argparse.Namespace) -> str:
 
 def run(options: argparse.Namespace, config: Config) -> int:
     """`socktop` (the TUI): open the engine, maybe start the demo, run the app; the exit status."""
-    import sys
-
     from ..collect.records import BackendUnavailable
     from ..model.engine import Engine
 
@@ -955,4 +1012,6 @@ def run(options: argparse.Namespace, config: Config) -> int:
     finally:
         if scenario is not None:
             scenario.stop()
+        if app.shutdown_guard is not None:
+            app.shutdown_guard.disarm()
     return result if isinstance(result, int) else 0

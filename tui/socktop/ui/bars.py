@@ -7,7 +7,7 @@ Parts have priorities: on a narrow terminal the least useful ones go first.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from rich.style import Style
@@ -160,17 +160,21 @@ class TopBar(Bar):
             first.append(("no findings", self.style("good"), 2))
         if note:
             first.append((printable(note), muted, 8))
+        self.set_lines([first, self._state_chips(snapshot.aggregates.by_state)])
+
+    def _state_chips(self, by_state: Mapping[TcpState, int]) -> list[Part]:
+        """One chip per state present, in display order; where they do not all fit the smallest counts go
+        first (a FIN-WAIT-2 of 115 outlives a FIN-WAIT-1 of 1), on equal counts the untoned ones."""
+        present = [state for state in DISPLAY_STATES if by_state.get(state, 0)]
+        # sorted is stable: equal counts of equal tone drop from the end of the display order
+        by_size = sorted(present, key=lambda state: (-by_state[state], not fmt.tone_of_state(state)))
+        priority = {state: 1 + index for index, state in enumerate(by_size)}
         chips: list[Part] = []
-        by_state = snapshot.aggregates.by_state
-        for rank, state in enumerate(DISPLAY_STATES):
-            number = by_state.get(state, 0)
-            if not number:
-                continue
+        for state in present:
             tone = fmt.tone_of_state(state)
-            priority = 0 if tone or state in (TcpState.ESTABLISHED, TcpState.TIME_WAIT) else 1 + rank
-            chips.append((f" {state.label} {fmt.count(number)} ", self.style(f"chip-{tone}" if tone else "chip"),
-                          priority))
-        self.set_lines([first, chips])
+            chips.append((f" {state.label} {fmt.count(by_state[state])} ",
+                          self.style(f"chip-{tone}" if tone else "chip"), priority[state]))
+        return chips
 
 
 TREND_STATES = (TcpState.TIME_WAIT, TcpState.CLOSE_WAIT, TcpState.ESTABLISHED)
