@@ -210,6 +210,22 @@ def socktop(*args: str, **kwargs: object) -> subprocess.Popen[str]:
                             stderr=subprocess.PIPE, text=True, **kwargs)  # type: ignore[call-overload]
 
 
+def healthy(process: subprocess.Popen[str]) -> str:
+    """The base URL a `socktop serve --listen 127.0.0.1:0` said it serves, once /healthz answers 200."""
+    line = process.stderr.readline()
+    match = re.search(r"http://127\.0\.0\.1:(\d+)/metrics", line)
+    assert match, line
+    base = f"http://127.0.0.1:{match[1]}"
+    deadline = time.monotonic() + 90
+    while True:  # the first collection may take a moment on a busy machine
+        try:
+            with urllib.request.urlopen(base + "/healthz", timeout=5):
+                return base
+        except urllib.error.HTTPError:
+            assert time.monotonic() < deadline, "no good collection within 90 s"
+            time.sleep(0.2)
+
+
 @pytest.mark.parametrize("listen", ["nonsense", "127.0.0.1:99999", "256.1.1.1:9877"])
 def test_bad_listen_is_one_line_and_status_2(listen: str) -> None:
     process = socktop("serve", "--listen", listen)
@@ -230,18 +246,7 @@ def test_busy_port_is_one_line_and_status_2() -> None:
 def test_serve_answers_then_stops_on_sigterm() -> None:
     process = socktop("serve", "--listen", "127.0.0.1:0", "--interval", "1")
     try:
-        line = process.stderr.readline()
-        match = re.search(r"http://127\.0\.0\.1:(\d+)/metrics", line)
-        assert match, line
-        base = f"http://127.0.0.1:{match[1]}"
-        deadline = time.monotonic() + 90
-        while True:  # the first collection may take a moment on a busy machine
-            try:
-                with urllib.request.urlopen(base + "/healthz", timeout=5) as reply:
-                    break
-            except urllib.error.HTTPError:
-                assert time.monotonic() < deadline
-                time.sleep(0.2)
+        base = healthy(process)
         assert "socktop_sockets" in scrape(base)[1]
         process.send_signal(signal.SIGTERM)
         assert process.wait(15) == 0

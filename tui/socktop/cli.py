@@ -102,6 +102,24 @@ def _netns(text: str) -> Selection:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def add_netns_argument(parser: argparse.ArgumentParser) -> None:
+    """``--netns``, the same for the TUI and `socktop serve`; `chosen_netns` resolves its default."""
+    parser.add_argument("--netns", type=_netns, default=None, metavar="all|self|NAME|PID",
+                        help="network namespaces to read: all, self, a name in /var/run/netns or a pid's "
+                             "(several with commas); default $SOCKTOP_NETNS, else all as root, else self")
+
+
+def chosen_netns(options: argparse.Namespace) -> bool:
+    """Replace ``options.netns`` by the selection to read (its default filled in); False, said in one
+    line, when $SOCKTOP_NETNS is bad."""
+    try:
+        options.netns = Selection.chosen(options.netns)
+    except ValueError as exc:
+        _fail(str(exc))
+        return False
+    return True
+
+
 def _threshold(text: str) -> tuple[str, int | float]:
     from .analyze.config import parse_override
 
@@ -132,9 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--container", metavar="TEXT",
                         help="only sockets of the containers, pods and namespaces whose name holds TEXT "
                              "(or whose key is TEXT: pod:UID, docker:ID, netns:INODE)")
-    parser.add_argument("--netns", type=_netns, default=None, metavar="all|self|NAME|PID",
-                        help="network namespaces to read: all, self, a name in /var/run/netns or a pid's "
-                             "(several with commas); default $SOCKTOP_NETNS, else all as root, else self")
+    add_netns_argument(parser)
     parser.add_argument("--backend", choices=BACKENDS, default="auto",
                         help="how to read the socket table (default: auto = netlink, else /proc, else psutil)")
     parser.add_argument("-i", "--interval", type=_seconds(0.5, 10, "interval"), default=1.0, help="TUI refresh interval in seconds (0.5-10)")
@@ -160,8 +176,9 @@ def build_demo_parser() -> argparse.ArgumentParser:
 
 
 SERVE_EPILOG = """\
-what it exposes: socket counts by state, service port, remote address and process
-(pid, process name, user), findings, kernel TCP counters and settings; never command
+what it exposes: socket counts by state, service port, remote address, container
+(namespace, pod, container or service) and process (pid, process name, user,
+container), findings, kernel TCP counters and settings; never command
 lines, never the sockets' contents. It reads only; it never runs a program or
 changes a setting.
 
@@ -213,6 +230,7 @@ def build_serve_parser() -> argparse.ArgumentParser:
                              f"their own series; the rest are summed as 'other' (default: [serve] top in the "
                              f"config file, else {DEFAULT_TOP})")
     parser.add_argument("--backend", choices=BACKENDS, default="auto", help="how to read the socket table")
+    add_netns_argument(parser)
     parser.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate (PEM; with --tls-key)")
     parser.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
     parser.add_argument("--tls-client-ca", metavar="FILE",
@@ -239,10 +257,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         build_parser().error("--prometheus is for the TUI's Fleet view, not --once or --json")
     if options.pid is not None and not pid_exists(options.pid):
         return _fail(f"no such process: {options.pid}", USAGE_ERROR)
-    try:
-        options.netns = Selection.chosen(options.netns)
-    except ValueError as exc:
-        return _fail(str(exc), USAGE_ERROR)
+    if not chosen_netns(options):
+        return USAGE_ERROR
     config = _load_config(options)
     if config is None:
         return USAGE_ERROR
@@ -373,6 +389,8 @@ def _run_tui(options: argparse.Namespace, config: Config) -> int:
 def _run_serve(options: argparse.Namespace) -> int:
     from .serve.server import Tls, run_serve
 
+    if not chosen_netns(options):
+        return USAGE_ERROR
     config = _load_config(options)
     if config is None:
         return USAGE_ERROR
@@ -390,7 +408,7 @@ def _run_serve(options: argparse.Namespace) -> int:
             _say(f"warning: {config.path}: [serve] top must be 1-1000, not {configured!r}; using {DEFAULT_TOP}")
             top = DEFAULT_TOP
     return run_serve(options.listen, options.interval, top, options.backend, config.thresholds,
-                     lambda line: _say(f"serve: {line}"), tls)
+                     lambda line: _say(f"serve: {line}"), tls, options.netns)
 
 
 def _run_demo(options: argparse.Namespace) -> int:

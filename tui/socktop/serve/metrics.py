@@ -4,7 +4,7 @@ Built once per collection (never per scrape) by `build_families`; every
 family is documented in the README ("Watching a fleet"). Cardinality is
 bounded by design, whatever the host holds:
 
-- the per-group families (ports, processes, remote hosts) keep, for each
+- the per-group families (ports, processes, remote hosts, containers) keep, for each
   state, the ``top`` groups with the most sockets in that state and fold
   the rest into one ``other`` series, so the leaking process's CLOSE_WAIT
   series exists even when it holds few sockets in other states;
@@ -12,7 +12,10 @@ bounded by design, whatever the host holds:
   folded into ``port="ephemeral"`` before ranking;
 - the per-process descriptor gauges cover only the processes kept above;
 - findings: the ``top`` most severe;
-- no command lines in labels; label values (process and user names) go to
+- a process's ``container`` label is the Containers grouping's name of the
+  place most of its sockets are in ("" for socktop's own namespace outside
+  any container): one value per process, so it adds no series;
+- no command lines in labels; label values (process, user and container names) go to
   the client library as they are, which escapes them for the text formats.
 
 `series_bound(top)` is the documented ceiling, tested at 50k sockets.
@@ -24,13 +27,14 @@ import heapq
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
+import numpy as np
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 
 from .. import __version__
 from ..analyze.findings import Analysis, Finding, Severity
 from ..collect.kernelstate import COUNTER_KEYS, SYSCTL_KEYS
 from ..collect.records import DISPLAY_STATES, TcpState
-from ..model.aggregate import Aggregates
+from ..model.aggregate import Aggregates, RowKind, process_key
 from ..model.snapshot import Snapshot
 from . import DEFAULT_TOP
 
@@ -59,13 +63,13 @@ Counts = Mapping[TcpState, int]
 def series_bound(top: int) -> int:
     """The most series `build_families` can yield for a given ``top``.
 
-    Per state S: three grouped families of at most top + 1 series each
-    (ports, processes, remote hosts), the state totals, and the descriptor
+    Per state S: four grouped families of at most top + 1 series each
+    (ports, processes, remote hosts, containers), the state totals, and the descriptor
     gauges (two per kept process, at most S * top processes); then the
     findings, the kernel counters, sockstat, sysctls and a fixed handful.
     """
     states = len(DISPLAY_STATES)
-    grouped = 3 * states * (top + 1)
+    grouped = 4 * states * (top + 1)
     descriptors = 2 * states * top
     findings = top + len(Severity)
     closes = 2 * (top + 1) + 3  # per port and per process, each top + other; closed, opened, overruns
@@ -245,7 +249,7 @@ def build_families(snapshot: Snapshot, analysis: Analysis, top: int = DEFAULT_TO
 
 def _socket_families(snapshot: Snapshot, top: int) -> Iterator[Metric]:
     aggregates = snapshot.aggregates
-    by_state = _gauge("socktop_sockets", "TCP sockets by state, as ss -tan counts them (this network namespace)",
+    by_state = _gauge("socktop_sockets", "TCP sockets by state, as ss -tan counts them (every network namespace read)",
                       ["state"])
     for state in DISPLAY_STATES:
         by_state.add_metric([state.name], aggregates.by_state.get(state, 0))
@@ -253,30 +257,26 @@ def _socket_families(snapshot: Snapshot, top: int) -> Iterator[Metric]:
 
     ports = top_per_state((((port_label(aggregates, g.port), g.direction.value), g.counts) for g in aggregates.by_port.values()),
                           top, (OTHER, ""))
-    family = _gauge("socktop_port_sockets",
-                    "TCP sockets by service port and direction (in: served here, out: called), top ports per state",
-                    ["port", "direction", "state"])
-    for (port, direction), state, count in ports.series:
-        family.add_metric([port, direction, state.name], count)
-    yield family
+    yield _per_state("socktop_port_sockets",
+                     "TCP sockets by service port and direction (in: served here, out: called), top ports per state",
+                     ["port", "direction"], ports)
 
     processes = {group.key: group for group in aggregates.by_process.values()}
+    containers = process_containers(snapshot)
     kept = top_per_state(
-        (((group.key, label_text(group.name), label_text(group.user)), _held_and_inferred(group.counts, group.inferred))
+        (((group.key, label_text(group.name), label_text(group.user), containers.get(group.key, "")),
+          _held_and_inferred(group.counts, group.inferred))
          for group in processes.values()),
-        top, (OTHER, "", ""))
-    family = _gauge("socktop_process_sockets",
-                    "TCP sockets by process (held or inferred, as the TUI counts them), top processes per state",
-                    ["process", "name", "user", "state"])
-    for labels, state, count in kept.series:
-        family.add_metric([*labels, state.name], count)
-    yield family
+        top, (OTHER, "", "", ""))
+    yield _per_state("socktop_process_sockets",
+                     "TCP sockets by process (held or inferred, as the TUI counts them), top processes per state",
+                     ["process", "name", "user", "container"], kept)
 
     fds = _gauge("socktop_process_fds", "Open file descriptors of a process in socktop_process_sockets",
-                 ["process", "name", "user"])
+                 ["process", "name", "user", "container"])
     limits = _gauge("socktop_process_fd_limit", "RLIMIT_NOFILE (soft) of a process in socktop_process_sockets",
-                    ["process", "name", "user"])
-    for labels in sorted(kept.kept - {(OTHER, "", "")}):
+                    ["process", "name", "user", "container"])
+    for labels in sorted(kept.kept - {(OTHER, "", "", "")}):
         process = processes[labels[0]].process
         if process is not None and process.fd_count is not None:
             fds.add_metric(list(labels), process.fd_count)
@@ -286,11 +286,41 @@ def _socket_families(snapshot: Snapshot, top: int) -> Iterator[Metric]:
     yield limits
 
     remotes = top_per_state((((g.address,), g.counts) for g in aggregates.by_remote.values()), top, (OTHER,))
-    family = _gauge("socktop_remote_sockets", "Connected TCP sockets by remote address, top addresses per state",
-                    ["remote", "state"])
-    for (remote,), state, count in remotes.series:
-        family.add_metric([remote, state.name], count)
-    yield family
+    yield _per_state("socktop_remote_sockets", "Connected TCP sockets by remote address, top addresses per state",
+                     ["remote"], remotes)
+
+    places = top_per_state((((label_text(p.label), p.kind), p.counts) for p in snapshot.places.values()),
+                           top, (OTHER, ""))
+    yield _per_state("socktop_container_sockets",
+                     "TCP sockets by namespace, pod, container or service (the Containers grouping), top per state",
+                     ["container", "kind"], places)
+
+
+def _per_state(name: str, documentation: str, labels: list[str], kept: Kept) -> GaugeMetricFamily:
+    """A gauge family of `top_per_state` series: ``labels`` then ``state``."""
+    family = _gauge(name, documentation, [*labels, "state"])
+    for values, state, count in kept.series:
+        family.add_metric([*values, state.name], count)
+    return family
+
+
+def process_containers(snapshot: Snapshot) -> dict[str, str]:
+    """Per process key, the label of the place (Containers grouping) holding most of its sockets;
+    processes only in socktop's own namespace outside any container are left out (no container)."""
+    rows, codes, slots = snapshot.aggregates.rows, snapshot.place_codes, snapshot.place_slots
+    if rows is None or codes is None or len(rows.codes) != len(codes):
+        return {}
+    held = (rows.kinds == RowKind.DIRECT) & (codes >= 0)
+    keys, counts = np.unique(codes[held].astype(np.int64) << 32 | rows.codes[held], return_counts=True)
+    best: dict[str, tuple[int, str]] = {}
+    for key, count in zip(keys.tolist(), counts.tolist()):
+        slot = slots[key >> 32]
+        label = "" if slot.kind == "host" else label_text(slot.label)
+        for pid in rows.pid_sets[key & 0xFFFFFFFF]:
+            process = process_key(pid)
+            if count > best.get(process, (0, ""))[0]:
+                best[process] = (count, label)
+    return {process: label for process, (_, label) in best.items() if label}
 
 
 def port_label(aggregates: Aggregates, port: int) -> str:

@@ -29,6 +29,7 @@ from prometheus_client.registry import Collector
 
 from ..analyze.config import Thresholds
 from ..analyze.findings import Analysis, analyze
+from ..collect.netns import Selection
 from ..collect.records import BackendUnavailable, CollectError
 from ..model.engine import Engine
 from ..model.snapshot import Snapshot
@@ -251,12 +252,12 @@ def serve(exporter: Exporter, server: WSGIServer, stop: threading.Event) -> None
 
 
 def run_serve(listen: str, interval: float, top: int, backend: str, thresholds: Thresholds,
-              warn: Callable[[str], None], tls: Tls | None = None) -> int:
+              warn: Callable[[str], None], tls: Tls | None = None, netns: Selection | None = None) -> int:
     """`socktop serve`: 0 after SIGTERM, 1 when the table cannot be read, 2 for a bad or busy --listen."""
     host, port = parse_listen(listen)
     stop = stop_on_signals()
     try:
-        engine = Engine(backend, interval)
+        engine = Engine(backend, interval, netns=netns)
     except BackendUnavailable as exc:
         warn(f"error: {exc}")
         return 1

@@ -38,6 +38,7 @@ from textual.screen import Screen
 from textual.widgets import Input, Static
 
 from ..analyze.config import DEFAULT_THRESHOLDS, Config, Thresholds
+from ..collect.columns import ConnectionSet
 from ..collect.netns import Selection as NetnsSelection
 from ..collect.records import TcpState
 from ..model.snapshot import Snapshot
@@ -93,7 +94,7 @@ class Refreshed(Message):
     """Posted by the poller thread: one refresh, analysed and viewed, or why it failed."""
 
     def __init__(self, snapshot: Snapshot | None, analysis: Any, view: View | None,
-                 connections: frozenset | None, error: str, started: float) -> None:
+                 connections: ConnectionSet | None, error: str, started: float) -> None:
         super().__init__()
         self.snapshot = snapshot
         self.analysis = analysis
@@ -229,8 +230,8 @@ class SocktopApp(App[int]):
         self.view: View | None = None
         self.spec = ViewSpec(query=Query.parse(initial_filter))  # `socktop --state/--port/--pid` start filtered
         self._finding_levels: frozenset[Level] = frozenset()  # levels a picked finding set: never swapped
-        self.connections: frozenset | None = None
-        self.previous_connections: frozenset | None = None
+        self.connections: ConnectionSet | None = None  # this refresh's 4-tuples, to mark new sockets
+        self.previous_connections: ConnectionSet | None = None
         self.drawer_open = False
         self.active_pane = "states"
         self.layout_mode = ""
@@ -464,7 +465,7 @@ class SocktopApp(App[int]):
         error = "; ".join(errors)
         try:
             view = build_view(snapshot, spec, prior if prior is not None and prior.seq < snapshot.seq else None)
-            connections = frozenset(map(CONNECTION, snapshot.sockets))
+            connections = ConnectionSet.of(snapshot.columns)
             view = with_cursor(view, self._socket_cursor())
         except Exception as exc:  # a bug here must not stop the refreshes: say it, and try again next time
             self.post_message(Refreshed(None, None, None, None, f"view error: {type(exc).__name__}: {exc}", started))
