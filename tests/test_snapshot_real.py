@@ -205,3 +205,18 @@ def test_a_process_row_agrees_with_a_drill_down_into_it(farm: SocketFarm) -> Non
     assert me.inferred.get(TcpState.ESTABLISHED, 0) >= 3  # the accept queue: no descriptor yet
     assert me.inferred_time_wait >= 1
     assert me.total == len(snapshot.filtered(pid=os.getpid()).sockets)
+
+
+def test_refreshes_from_two_threads_never_mix_their_dumps() -> None:
+    """A quit leaves the TUI's poller in a daemon thread: a refresh that overlaps it must still read
+    whole dumps (interleaved netlink chunks once gave 'message ... claims 0 bytes')."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from socktop.demo.builders import build_population
+
+    with build_population(3000):
+        engine = Engine()
+        expected = len(engine.refresh().sockets)
+        with ThreadPoolExecutor(2) as pool:
+            sizes = list(pool.map(lambda _: len(engine.refresh().sockets), range(8)))
+    assert all(abs(size - expected) <= 10 for size in sizes), (expected, sizes)

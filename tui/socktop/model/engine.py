@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import os
 import socket
+import threading
 import time
 import weakref
 from collections.abc import Iterable, Iterator
@@ -110,12 +111,20 @@ class Engine:
         self.destroy_feed, self.churn_note = self._open_destroy_feed()
         self._reader: FeedReader | None = None
         self.closes_by_netns: dict[int, int] = {}  # connections closed since the previous refresh, by netns key
+        # A dump reads its netlink socket chunk by chunk: two refreshes at once (a quit that leaves its
+        # poller running while the caller refreshes again) would interleave chunks and misparse both.
+        self._one_refresh = threading.Lock()
 
     def set_interval(self, interval: float) -> None:
         self.history.resize(history_capacity(self.history_seconds, interval))
 
     def refresh(self) -> Snapshot:
-        """Take one snapshot. Raises CollectError/OSError when the table cannot be read."""
+        """Take one snapshot. Raises CollectError/OSError when the table cannot be read.
+        Callers in several threads are served one after the other."""
+        with self._one_refresh:
+            return self._refresh()
+
+    def _refresh(self) -> Snapshot:
         started = time.perf_counter()
         with gc_paused():
             kernel = read_kernel_state()
