@@ -48,6 +48,7 @@ def test_json_document_has_the_documented_fields(close_wait_port: int) -> None:
                        "by_state": {"CLOSE_WAIT": 3, "LISTEN": 1}, "pids": [os.getpid()]}
     (me,) = [p for p in document["processes"] if p["pid"] == os.getpid()]
     assert me["by_state"]["CLOSE_WAIT"] == 3 and me["fds"] and me["uid"] == os.geteuid()
+    assert me["tcp_fds"] >= 4  # the 3 CLOSE_WAIT and the listener are descriptors of this process
     assert len(document["sockets"]) == 7
     sample = document["sockets"][0]
     assert set(sample) >= {"state", "local", "local_port", "remote", "remote_port", "recv_q", "send_q", "timer",

@@ -53,6 +53,7 @@ def process_dict(group: ProcessGroup) -> dict[str, Any]:
         "inferred": state_dict(group.inferred),
         "inferred_time_wait": group.inferred_time_wait,
         "fds": process.fd_count if process else None,
+        "tcp_fds": process.tcp_fds if process else None,
         "fd_limit": process.fd_limit if process else None,
     }
 
