@@ -32,14 +32,14 @@ from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from itertools import compress
 from typing import Any
-from operator import itemgetter, not_
+from operator import itemgetter
 
 import numpy as np
 
+from ..collect.columns import SocketTable, table_of
 from ..collect.records import SocketRecord, TcpState, TimerKind
-from ..model.aggregate import DEFAULT_EPHEMERAL_PORTS, LOCAL_PORT, ProcessGroup
+from ..model.aggregate import DEFAULT_EPHEMERAL_PORTS, LOCAL_PORT, ProcessGroup, inbound_flags
 from ..model.history import process_series, rate_per_second, span_seconds
 from ..model.snapshot import HistoryPoint, Snapshot
 from ..safetext import printable
@@ -54,6 +54,7 @@ TIME_WAIT_BYTES = 256  # a tw_sock_TCP slab object
 CLOSING_STATES = (TcpState.FIN_WAIT1, TcpState.FIN_WAIT2, TcpState.LAST_ACK, TcpState.CLOSING)
 TOP_PEERS = 3
 DESTINATION = itemgetter(2, 4, 5)  # (local address, remote address, remote port)
+DESTINATION_COLUMNS = ("local_addr", "remote_addr", "remote_port")  # the same, as SocketColumns names
 
 
 class Severity(str, Enum):
@@ -158,7 +159,7 @@ class _Scan:
         self.span = span_seconds(self.points)
         self.port_range = (self.kernel.port_range() if self.kernel else None) or DEFAULT_EPHEMERAL_PORTS
         self._by_state: dict[TcpState, Sequence[SocketRecord]] = {}
-        self._time_wait_sides: tuple[list[SocketRecord], list[SocketRecord]] | None = None
+        self._time_wait_sides: tuple[SocketTable, SocketTable] | None = None
 
     def records(self, state: TcpState) -> Sequence[SocketRecord]:
         """The sockets in one state, picked from the columns (their records built as they are read), each once."""
@@ -170,13 +171,15 @@ class _Scan:
             self._by_state[state] = found
         return found
 
-    def time_wait_sides(self) -> tuple[list[SocketRecord], list[SocketRecord]]:
+    def time_wait_sides(self) -> tuple[SocketTable, SocketTable]:
         """TIME_WAIT split into (client side, server side) by the rule the port groups were made by
-        (`Aggregates.inbound_flags`): "in" serves, "out" called out."""
+        (`inbound_flags`): "in" serves, "out" called out. Split over the columns: no record is built."""
         if self._time_wait_sides is None:
-            records = self.records(TcpState.TIME_WAIT)
-            serving = self.snapshot.aggregates.inbound_flags(records)
-            self._time_wait_sides = (list(compress(records, map(not_, serving))), list(compress(records, serving)))
+            table = table_of(self.records(TcpState.TIME_WAIT))
+            aggregates = self.snapshot.aggregates
+            serving = inbound_flags(table.columns.local_port, table.columns.remote_port,
+                                    aggregates.listening_ports, aggregates.ephemeral_ports)
+            self._time_wait_sides = (table.take(~serving), table.take(serving))
         return self._time_wait_sides
 
     def rate(self, counter: str) -> float | None:
@@ -504,13 +507,15 @@ def _process_actions(group: ProcessGroup, state: TcpState | None) -> list[Comman
 def _time_wait_destinations(scan: _Scan) -> Iterable[Finding]:
     """Client-side TIME_WAIT per (local address, remote address, remote port) against the ephemeral range."""
     limits = scan.thresholds
-    candidates = _groups_of_at_least(scan.time_wait_sides()[0], DESTINATION, limits.time_wait_group)
+    candidates = _groups_of_at_least(scan.time_wait_sides()[0], DESTINATION, DESTINATION_COLUMNS,
+                                     limits.time_wait_group)
     if not candidates:
         return
     # every socket from that address to that destination holds one of its ports, whatever its state
     toward = {port for _, _, port in candidates}
     snapshot = scan.snapshot
-    in_use = Counter(map(DESTINATION, snapshot.select(np.isin(snapshot.columns.remote_port, list(toward)))))
+    in_use = _group_sizes(snapshot.select(np.isin(snapshot.columns.remote_port, list(toward))), DESTINATION,
+                          DESTINATION_COLUMNS)
     port_range = scan.port_range
     range_size = port_range[1] - port_range[0] + 1
     for (local, remote, port), records in candidates.items():
@@ -573,16 +578,36 @@ def _time_wait_destinations(scan: _Scan) -> Iterable[Finding]:
         )
 
 
+def _grouped(records: Sequence[SocketRecord], names: tuple[str, ...]
+             ) -> tuple[SocketTable, np.ndarray, np.ndarray, np.ndarray]:
+    """The rows grouped by the columns ``names``, at C speed: the table, each row's group,
+    each group's first row and each group's size."""
+    table = table_of(records)
+    if not len(table):
+        empty = np.zeros(0, np.intp)
+        return table, empty, empty, empty
+    columns = table.columns
+    parts = [np.ascontiguousarray(getattr(columns, name)).view(np.uint8).reshape(len(table), -1) for name in names]
+    packed = np.ascontiguousarray(np.concatenate(parts, axis=1))
+    keys = packed.view(np.dtype(f"V{packed.shape[1]}")).reshape(-1)
+    _, first, inverse, sizes = np.unique(keys, return_index=True, return_inverse=True, return_counts=True)
+    return table, inverse.reshape(-1), first, sizes
+
+
+def _group_sizes(records: Sequence[SocketRecord], key: Callable[[SocketRecord], Hashable],
+                 names: tuple[str, ...]) -> Counter:
+    """How many records share each ``key`` (the columns ``names`` hold it); one record built per group."""
+    table, _, first, sizes = _grouped(records, names)
+    return Counter({key(table[row]): size for row, size in zip(first.tolist(), sizes.tolist())})
+
+
 def _groups_of_at_least(records: Sequence[SocketRecord], key: Callable[[SocketRecord], Hashable],
-                        minimum: int) -> dict[Any, list[SocketRecord]]:
-    """The records grouped by ``key``, only the groups of ``minimum`` or more (counted in C first)."""
-    big = {value: [] for value, size in Counter(map(key, records)).items() if size >= max(minimum, 1)}
-    if big:
-        for record in records:
-            group = big.get(key(record))
-            if group is not None:
-                group.append(record)
-    return big
+                        names: tuple[str, ...], minimum: int) -> dict[Any, SocketTable]:
+    """The records grouped by ``key`` (the columns ``names`` hold it), only the groups of ``minimum``
+    or more; counted over the columns, so only the big groups' records are ever built."""
+    table, inverse, first, sizes = _grouped(records, names)
+    return {key(table[int(first[group])]): table.take(np.flatnonzero(inverse == group))
+            for group in np.flatnonzero(sizes >= max(minimum, 1)).tolist()}
 
 
 def _close_rate_toward(scan: _Scan, remote: str, port: int) -> tuple[float, float] | None:
@@ -597,7 +622,7 @@ def _close_rate_toward(scan: _Scan, remote: str, port: int) -> tuple[float, floa
 
 def _time_wait_rate(records: Sequence[SocketRecord]) -> float:
     """New TIME_WAIT per second: the count over the age of the oldest (each starts with 60 s on its timer)."""
-    oldest_age = TIME_WAIT_SECONDS - min(record.timer_ms for record in records) / 1000
+    oldest_age = TIME_WAIT_SECONDS - int(table_of(records).columns.timer_ms.min()) / 1000
     return len(records) / max(oldest_age, 1.0)
 
 
@@ -643,7 +668,8 @@ def _advise_port_pressure(scan: _Scan, advisor: Advisor, destination: str, count
 def _time_wait_served_ports(scan: _Scan) -> Iterable[Finding]:
     """Server-side TIME_WAIT: on a port we serve, the server closes first."""
     limits = scan.thresholds
-    for port, records in _groups_of_at_least(scan.time_wait_sides()[1], LOCAL_PORT, limits.time_wait_group).items():
+    for port, records in _groups_of_at_least(scan.time_wait_sides()[1], LOCAL_PORT, ("local_port",),
+                                             limits.time_wait_group).items():
         count, rate = len(records), _time_wait_rate(records)
         yield _finding(
             "time-wait-server", f"in:{port}", Severity.INFO,
