@@ -294,17 +294,22 @@ class OwnerScanner:
         self.denied_pids = denied
         self.stats.denied_pids = len(denied)
         pids_by_inode: dict[int, list[int]] = {}
-        unlisted: dict[int, bool] = {}
         for pid, fds in self._fds_by_pid.items():
             fds.tcp_fds = 0
-            for name, inode in fds.inode_by_fd.items():
+            for inode in fds.inode_by_fd.values():
                 if inode in present:
                     fds.tcp_fds += 1
                     holders = pids_by_inode.setdefault(inode, [])
                     if pid not in holders:
                         holders.append(pid)
-                elif inode != NOT_A_SOCKET:
-                    fds.tcp_fds += self._is_unlisted_tcp(pid, name, inode, unlisted)
+        # Only a holder's descriptor counts are shown: the others' sockets (UNIX, other namespaces'),
+        # thousands on a busy host, are not asked their protocol.
+        unlisted: dict[int, bool] = {}
+        for pid, fds in self._fds_by_pid.items():
+            if fds.tcp_fds:
+                for name, inode in fds.inode_by_fd.items():
+                    if inode != NOT_A_SOCKET and inode not in present:
+                        fds.tcp_fds += self._is_unlisted_tcp(pid, name, inode, unlisted)
         self._unlisted_tcp = unlisted
         self._refresh_processes({pid for holders in pids_by_inode.values() for pid in holders})
         # a holder whose /proc entry is gone by now exited: its descriptors are closed, and a
@@ -340,14 +345,24 @@ class OwnerScanner:
 
     def _read_fds(self, pid: int, present: set[int], full: bool, denied: set[int]) -> _ProcessFds | None:
         """This pid's fd → inode table, re-reading only what may have changed."""
-        fd_dir = f"{self._proc}/{pid}/fd"
         self.stats.fd_dirs_read += 1
-        try:
-            names = os.listdir(fd_dir)
+        try:  # links read relative to the directory: the kernel walks /proc/PID/fd once, not once a link
+            fd_dir = os.open(f"{self._proc}/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except PermissionError:
             denied.add(pid)
             return None
         except OSError:  # exited mid-scan, or a kernel thread
+            self.stats.vanished_pids += 1
+            return None
+        try:
+            return self._read_fd_dir(pid, fd_dir, present, full)
+        finally:
+            os.close(fd_dir)
+
+    def _read_fd_dir(self, pid: int, fd_dir: int, present: set[int], full: bool) -> _ProcessFds | None:
+        try:
+            names = os.listdir(fd_dir)
+        except OSError:  # exited between open and listing
             self.stats.vanished_pids += 1
             return None
         known = self._fds_by_pid.get(pid)
@@ -376,10 +391,10 @@ class OwnerScanner:
         started = start_ticks(stat_text)
         return started
 
-    def _read_link(self, fd_dir: str, name: str) -> int | None:
+    def _read_link(self, fd_dir: int, name: str) -> int | None:
         self.stats.links_read += 1
         try:
-            target = os.readlink(f"{fd_dir}/{name}")
+            target = os.readlink(name, dir_fd=fd_dir)
         except OSError:  # closed between listdir and readlink, or the process exited
             return None
         if target.startswith(SOCKET_LINK_PREFIX):
