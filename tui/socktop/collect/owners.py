@@ -20,8 +20,11 @@ the inode-0 sockets they now are), never to ``unowned``.
 
 from __future__ import annotations
 
+import contextlib
+import marshal
 import os
 import pwd
+import threading
 import time
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field, replace
@@ -199,7 +202,70 @@ class OwnerScanner:
         self._unlisted_tcp: dict[int, bool] = {}  # socket inode in no TCP table → is it TCP (sockprotoname)
         self._last_full_scan = float("-inf")
         self._last_unknown_retry = float("-inf")
+        self._prefetch: tuple[int, int] | None = None  # the child reading every table: its pid, its pipe
         self.stats = ScanStats()
+
+    def prefetch(self) -> None:
+        """Start reading every process's descriptors now, in a child process, before the table is known.
+
+        A one-shot run (`--json`, `--once`) calls this before it imports
+        numpy and dumps the table: the first scan, mostly readlinks waiting
+        in the kernel, then runs on the other core (a thread would share the
+        GIL with the imports and slow both). The next `update` places the
+        sockets from these tables and reads again only for sockets opened
+        after their holder's table was read. Nothing is started while other
+        threads run (a fork copies none of them); `update` then scans itself.
+        """
+        if threading.active_count() > 1:
+            return
+        reader, writer = os.pipe()
+        try:
+            child = os.fork()
+        except OSError:
+            os.close(reader)
+            os.close(writer)
+            return
+        if child == 0:  # the child: read, send, and never return into the caller's code
+            try:
+                os.close(reader)
+                self._scan(set(), full=True)
+                tables = {pid: (fds.start_ticks, fds.inode_by_fd) for pid, fds in self._fds_by_pid.items()}
+                stats = (self.stats.fd_dirs_read, self.stats.links_read, self.stats.vanished_pids)
+                payload = memoryview(marshal.dumps((tables, list(self._known_pids), list(self.denied_pids), stats)))
+                while payload:
+                    payload = payload[os.write(writer, payload):]
+            finally:
+                os._exit(0)
+        os.close(writer)
+        self._prefetch = (child, reader)
+
+    def _take_prefetched(self) -> bool:
+        """The tables the `prefetch` child read, installed as a full scan's; False when it sent none."""
+        assert self._prefetch is not None
+        child, reader = self._prefetch
+        self._prefetch = None
+        chunks = []
+        try:
+            while chunk := os.read(reader, 1 << 20):
+                chunks.append(chunk)
+        finally:
+            os.close(reader)
+            with contextlib.suppress(ChildProcessError):  # reaped already (SIGCHLD ignored)
+                os.waitpid(child, 0)
+        try:
+            tables, known_pids, denied, (dirs, links, vanished) = marshal.loads(b"".join(chunks))
+        except (EOFError, ValueError, TypeError):  # the child died before it sent everything
+            return False
+        self._fds_by_pid = {pid: _ProcessFds(started, fds) for pid, (started, fds) in tables.items()}
+        self._known_pids, self.denied_pids = set(known_pids), set(denied)
+        self.stats.scans += 1
+        self.stats.full_scans += 1
+        self.stats.fd_dirs_read += dirs
+        self.stats.links_read += links
+        self.stats.vanished_pids += vanished
+        self.stats.denied_pids = len(denied)
+        self._last_full_scan = self._clock()
+        return True
 
     @property
     def processes(self) -> dict[int, ProcessInfo]:
@@ -219,6 +285,9 @@ class OwnerScanner:
         """
         present = inodes if isinstance(inodes, (set, frozenset)) else set(inodes)
         present.discard(0)
+        if self._prefetch is not None and self._take_prefetched():
+            self._place_prefetched(present, still_present)
+            return
         now = self._clock()
         previous = self._present
         gone, self._present = previous - present, present
@@ -247,6 +316,26 @@ class OwnerScanner:
         else:
             self._forget_closed(gone)
             return
+        self.unowned |= present - self.pids_by_inode.keys() - self.closed
+
+    def _place_prefetched(self, present: set[int],
+                          still_present: Callable[[set[int]], Collection[int]] | None) -> None:
+        """The first update after `prefetch`: owners from the tables read, then, for the sockets still
+        listed that no table placed (opened after their holder was read, as a busy server's accepts
+        are), the likely holders read again, then every other process."""
+        self._present = present
+        self._scan(present, full=False, pids=(), all_pids=self._known_pids)  # reads nothing: places
+        unplaced = present - self.pids_by_inode.keys()
+        self._find_closed(unplaced, still_present)
+        unplaced -= self.closed
+        if unplaced:
+            pids = self._list_pids()
+            likely = (pids - self._known_pids) | self._processes.keys()
+            for group in (likely & pids, pids - likely):
+                self._scan(present - self.closed, full=False, pids=group, all_pids=pids)
+                unplaced -= self.pids_by_inode.keys()
+                if not unplaced:
+                    break
         self.unowned |= present - self.pids_by_inode.keys() - self.closed
 
     def _find_closed(self, unplaced: set[int],
