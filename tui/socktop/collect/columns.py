@@ -184,6 +184,16 @@ def v4_mapped(words: np.ndarray) -> np.ndarray:
     return out.view(ADDRESS).reshape(-1)
 
 
+def unique(values: np.ndarray, axis: int | None = None) -> np.ndarray:
+    """``np.unique(values, axis=axis)``: the sorted distinct values (or rows).
+
+    Asked with ``return_index``, which takes numpy's sort path: since numpy
+    2.3 the plain call first asks ``np.ma.is_masked``, and importing numpy.ma
+    costs a one-shot `--json` about 10 ms (a test keeps it out).
+    """
+    return np.unique(values, return_index=True, axis=axis)[0]
+
+
 CONNECTION_KEY = np.dtype("V36")
 
 

@@ -167,17 +167,29 @@ class ScanStats:
     vanished_pids: int = 0
 
 
-def _shared_holders(pids_by_inode: dict[int, list[int]]) -> dict[int, tuple[int, ...]]:
-    """inode → pids, with one tuple per distinct set of holders.
+def _holders_by_inode(fds_by_pid: dict[int, _ProcessFds], present: set[int]) -> dict[int, tuple[int, ...]]:
+    """inode → the pids whose descriptors hold it, for the inodes in ``present``; sets each table's
+    ``tcp_fds`` to its descriptors among them.
 
-    A process holds thousands of sockets; the aggregates hash and compare
-    these tuples once per socket, which is cheaper when equal ones are one.
+    One tuple per distinct set of holders, shared: the aggregates hash and
+    compare these once per socket, which is cheaper when equal ones are one.
+    Built a process at a time with list, dict and set operations, so that a
+    socket held by one process (nearly every one) costs no Python step.
     """
-    shared: dict[tuple[int, ...], tuple[int, ...]] = {}
     result: dict[int, tuple[int, ...]] = {}
-    for inode, pids in pids_by_inode.items():
-        holders = tuple(pids)
-        result[inode] = shared.setdefault(holders, holders)
+    shared: dict[tuple[int, ...], tuple[int, ...]] = {}
+    for pid, fds in fds_by_pid.items():
+        held = [inode for inode in fds.inode_by_fd.values() if inode in present]
+        fds.tcp_fds = len(held)
+        if not held:
+            continue
+        alone = (pid,)
+        mine = dict.fromkeys(held, shared.setdefault(alone, alone))
+        for inode in mine.keys() & result.keys():  # also held by a process seen before (a forked listener)
+            earlier = result[inode]
+            joined = earlier if pid in earlier else earlier + alone
+            mine[inode] = shared.setdefault(joined, joined)
+        result.update(mine)
     return result
 
 
@@ -382,36 +394,31 @@ class OwnerScanner:
         self._known_pids = all_pids
         self.denied_pids = denied
         self.stats.denied_pids = len(denied)
-        pids_by_inode: dict[int, list[int]] = {}
-        for pid, fds in self._fds_by_pid.items():
-            fds.tcp_fds = 0
-            for inode in fds.inode_by_fd.values():
-                if inode in present:
-                    fds.tcp_fds += 1
-                    holders = pids_by_inode.setdefault(inode, [])
-                    if pid not in holders:
-                        holders.append(pid)
+        pids_by_inode = _holders_by_inode(self._fds_by_pid, present)
         # Only a holder's descriptor counts are shown: the others' sockets (UNIX, other namespaces'),
         # thousands on a busy host, are not asked their protocol.
         unlisted: dict[int, bool] = {}
+        holder_pids = set()
         for pid, fds in self._fds_by_pid.items():
             if fds.tcp_fds:
+                holder_pids.add(pid)
                 for name, inode in fds.inode_by_fd.items():
                     if inode != NOT_A_SOCKET and inode not in present:
                         fds.tcp_fds += self._is_unlisted_tcp(pid, name, inode, unlisted)
         self._unlisted_tcp = unlisted
-        self._refresh_processes({pid for holders in pids_by_inode.values() for pid in holders})
+        self._refresh_processes(holder_pids)
         # a holder whose /proc entry is gone by now exited: its descriptors are closed, and a
         # process entry with no name, user or start time would be a half-null record
-        known = self._processes
-        for inode, holders in list(pids_by_inode.items()):
-            kept = [pid for pid in holders if pid in known]
-            if len(kept) != len(holders):
-                if kept:
-                    pids_by_inode[inode] = kept
-                else:
-                    del pids_by_inode[inode]
-        self.pids_by_inode = _shared_holders(pids_by_inode)
+        exited = holder_pids - self._processes.keys()
+        if exited:
+            for inode, holders in list(pids_by_inode.items()):
+                if not exited.isdisjoint(holders):
+                    kept = tuple(pid for pid in holders if pid not in exited)
+                    if kept:
+                        pids_by_inode[inode] = kept
+                    else:
+                        del pids_by_inode[inode]
+        self.pids_by_inode = pids_by_inode
 
     def _is_unlisted_tcp(self, pid: int, fd: str, inode: int, seen: dict[int, bool]) -> bool:
         """Whether a socket no TCP table lists is TCP all the same (bound only, or closed by the kernel

@@ -18,7 +18,8 @@ from typing import TypeVar
 
 import numpy as np
 
-from ..collect.columns import ADDRESSES, CONNECTION_KEY, SocketColumns, connection_key, connection_keys, table_of
+from ..collect.columns import (ADDRESSES, CONNECTION_KEY, SocketColumns, connection_key, connection_keys, table_of,
+                               unique)
 from ..collect.records import STATE_BY_CODE, ProcessInfo, SocketRecord, TcpState
 
 STATE = itemgetter(1)
@@ -486,7 +487,7 @@ def _listener_pids(local_ports: np.ndarray, states: np.ndarray, held: np.ndarray
     """Listening port (or `netns_port_key`) → the processes holding a listener on it (empty when none is visible)."""
     rows = np.flatnonzero(states == TcpState.LISTEN)
     found: dict[int, set[int]] = {}
-    pairs = np.unique(np.stack([local_ports[rows].astype(np.int64), np.maximum(held[rows], 0)], axis=1), axis=0)
+    pairs = unique(np.stack([local_ports[rows].astype(np.int64), np.maximum(held[rows], 0)], axis=1), axis=0)
     for key, code in pairs.tolist():
         found.setdefault(key, set()).update(pid_sets[code])
     return {port: tuple(sorted(pids)) for port, pids in found.items()}
@@ -514,7 +515,7 @@ def _port_groups(inbound: np.ndarray, local_ports: np.ndarray, remote_ports: np.
     keys, first, counts = np.unique(group << 8 | states, return_index=True, return_counts=True)
     counted = kinds == RowKind.DIRECT
     counted |= kinds == RowKind.INFERRED
-    holders = np.unique(group[counted] << 32 | codes[counted])
+    holders = unique(group[counted] << 32 | codes[counted])
     pids: dict[int, set[int]] = {}
     for pair in holders.tolist():
         pids.setdefault(pair >> 32, set()).update(pid_sets[pair & 0xFFFFFFFF])
