@@ -52,7 +52,7 @@ from .fleet import FleetScreen, FleetWatch
 from .panes import FindingsPane, Pane, PortsPane, ProcessesPane, StatesPane
 from .screens import CommandDialog, HelpScreen
 from .sockets import SocketList
-from .view import CONNECTION, PORT, PROCESS, STATE, Level, Query, View, ViewSpec, build_view, with_cursor, with_level
+from .view import PORT, PROCESS, STATE, Level, Query, View, ViewSpec, build_view, with_cursor, with_level, with_new
 
 PANE_ORDER = ("states", "ports", "processes", "sockets", "findings")
 PANE_TITLES = {"states": "1 States", "ports": "2 Ports", "processes": "3 Processes", "sockets": "4 Sockets",
@@ -231,7 +231,7 @@ class SocktopApp(App[int]):
         self.spec = ViewSpec(query=Query.parse(initial_filter))  # `socktop --state/--port/--pid` start filtered
         self._finding_levels: frozenset[Level] = frozenset()  # levels a picked finding set: never swapped
         self.connections: ConnectionSet | None = None  # this refresh's 4-tuples, to mark new sockets
-        self.previous_connections: ConnectionSet | None = None
+        self._before: tuple[int, ConnectionSet | None] = (-1, None)  # the snapshot's seq, the 4-tuples before it
         self.drawer_open = False
         self.active_pane = "states"
         self.layout_mode = ""
@@ -470,7 +470,7 @@ class SocktopApp(App[int]):
         try:
             view = build_view(snapshot, spec, prior if prior is not None and prior.seq < snapshot.seq else None)
             connections = ConnectionSet.of(snapshot.columns)
-            view = with_cursor(view, self._socket_cursor())
+            view = with_new(with_cursor(view, self._socket_cursor()), self.connections)  # the 4-tuples shown now
         except Exception as exc:  # a bug here must not stop the refreshes: say it, and try again next time
             self.post_message(Refreshed(None, None, None, None, f"view error: {type(exc).__name__}: {exc}", started))
             return
@@ -496,7 +496,7 @@ class SocktopApp(App[int]):
         self.snapshot_at = time.monotonic()
         self.snapshot = message.snapshot
         self.analysis = message.analysis
-        self.previous_connections = self.connections
+        self._before = (message.snapshot.seq, self.connections)  # one assignment: the view thread reads it
         self.connections = message.connections
         self._show_top()
         self.query_one(TrendStrip).show(message.snapshot)
@@ -536,8 +536,10 @@ class SocktopApp(App[int]):
         newer one has overtaken posts nothing."""
         snapshot, spec, prior = self.snapshot, self.spec, self.view  # immutable
         view = build_view(snapshot, spec, prior if prior is not None and prior.seq < snapshot.seq else None)
-        if generation == self._view_generation:
-            self.post_message(ViewBuilt(with_cursor(view, self._socket_cursor())))
+        seq, before = self._before
+        if generation == self._view_generation:  # (a view of an older snapshot than the one before is dropped)
+            self.post_message(ViewBuilt(with_new(with_cursor(view, self._socket_cursor()),
+                                                 before if seq == snapshot.seq else None)))
 
     def on_view_built(self, message: ViewBuilt) -> None:
         view = message.view
@@ -571,10 +573,7 @@ class SocktopApp(App[int]):
         for level in dropped:
             self.notify(self._vanished(level), title="Process selection dropped", severity="warning",
                         markup=False, timeout=8)
-        previous = self.previous_connections
-        is_new: Callable[[Any], bool] = (lambda record: CONNECTION(record) not in previous) if previous else (
-            lambda record: False)
-        self.query_one(SocketList).set_data(self.snapshot, view.sockets, is_new, view.cursor_hint,
+        self.query_one(SocketList).set_data(self.snapshot, view.sockets, view.new, view.cursor_hint,
                                             (view.spec.socket_sort, view.spec.socket_reverse))
         self._show_filter()
         self._refresh_drawer()
