@@ -158,7 +158,7 @@ def test_close_wait_count_threshold(count: int, severity: Severity | None) -> No
         return
     (leak,) = found
     assert leak.severity is severity
-    assert leak.title == f"{count} CLOSE_WAIT held by pid {LEAKY_PID} leaky-api"
+    assert leak.title == f"{count:,} CLOSE_WAIT held by pid {LEAKY_PID} leaky-api"
     assert leak.subject == Subject("process", f"pid:{LEAKY_PID}") and leak.state is TcpState.CLOSE_WAIT
     assert leak.id == f"close-wait-leak:pid:{LEAKY_PID}"
     assert "10.0.0.7" in text_of(leak) and "10.0.0.8" in text_of(leak)
@@ -220,7 +220,7 @@ def test_rates_use_only_the_recent_window() -> None:
 def test_leak_projects_too_many_open_files() -> None:
     leak = one(rising_leak(2.0, 60, fds=904, limit=1024), "close-wait-leak")
     assert leak.severity is Severity.CRITICAL  # 120 descriptors left at 2/s: 1 minute
-    assert "descriptors: 904 of 1024 (RLIMIT_NOFILE): \"Too many open files\" in about 60 s" in text_of(leak)
+    assert "descriptors: 904 of 1,024 (RLIMIT_NOFILE): \"Too many open files\" in about 60 s" in text_of(leak)
     assert leak.metrics["minutes_to_fd_limit"] == pytest.approx(1.0, abs=0.05)
     slow = one(rising_leak(0.2, 60, start=20, fds=100, limit=1024), "close-wait-leak")
     assert slow.severity is Severity.WARNING  # 924 left at 0.2/s: 77 minutes, beyond fd_exhaustion_minutes
@@ -264,7 +264,7 @@ def test_fd_exhaustion_thresholds(fds: int, severity: Severity | None) -> None:
     found = findings(snapshot_of(table), "fd-exhaustion")
     assert [f.severity for f in found] == ([severity] if severity else [])
     if found:
-        assert found[0].title == f"{fds // 10}% of file descriptors used ({fds} of 1000) by pid {LEAKY_PID} leaky-api"
+        assert found[0].title == f"{fds // 10}% of file descriptors used ({fds:,} of 1,000) by pid {LEAKY_PID} leaky-api"
         assert found[0].subject == Subject("process", f"pid:{LEAKY_PID}")
 
 
@@ -302,7 +302,7 @@ def test_port_share_thresholds(n: int, group: int, severity: Severity | None) ->
 
 def test_time_wait_destination_finding_in_full() -> None:
     tw = one(time_wait_toward(1200, ages_s=60), "time-wait-ports")
-    assert tw.title == "1200 TIME_WAIT toward 10.0.0.9:8080, +20/s: 60% of ports in use, steady near 60%"
+    assert tw.title == "1,200 TIME_WAIT toward 10.0.0.9:8080, +20/s: 60% of ports in use, steady near 60%"
     assert tw.runs_out_s is None and "EADDRNOTAVAIL" in text_of(tw) and "IP_BIND_ADDRESS_NO_PORT" in text_of(tw)
     assert tw.subject == Subject("port", "out:8080")
     assert tw.ss.line == "ss -tanp state time-wait '( src 10.0.0.1 and dst 10.0.0.9 and dport = :8080 )'"
@@ -405,7 +405,7 @@ def test_server_side_time_wait(n: int, expected: bool) -> None:
     if expected:
         (server,) = found
         assert server.severity is Severity.INFO and server.subject == Subject("port", "in:8080")
-        assert server.title == "1000 server-side TIME_WAIT on port 8080, +33/s: the server closes first"
+        assert server.title == "1,000 server-side TIME_WAIT on port 8080, +33/s: the server closes first"
         assert "tcp_tw_reuse does nothing for accepted connections" in text_of(server)
         assert server.ss.line == "ss -tanp state time-wait '( sport = :8080 )'"
 

@@ -24,16 +24,15 @@ The UI and the findings use:
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import os
 import shlex
-import subprocess
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..collect.records import ProcessInfo, SocketRecord, TcpState, TimerKind
+from ..collect.tools import ss_has_bound_inactive
 from ..safetext import printable
 
 #: Where persistent settings go. At boot the files under /etc/sysctl.d/ (and /run, /usr/lib) are applied in
@@ -100,19 +99,6 @@ def _ss_expression(local_addr: str | None, local_port: int | None,
     clauses += [f"( sport = :{int(port)} or dport = :{int(port)} )" for port in either_ports]
     clauses += [f"( src {address} or dst {address} )" for address in map(ss_address, either_addrs)]
     return " and ".join(clauses)
-
-
-@functools.cache
-def ss_has_bound_inactive() -> bool:
-    """Whether the installed ss takes -B (--bound-inactive); iproute2 6.1 (Debian 12, Ubuntu 24.04) does not.
-
-    Asked once per process from ss's own help text, which lists every option it has.
-    """
-    try:
-        result = subprocess.run(["ss", "-h"], capture_output=True, text=True, timeout=5, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return "--bound-inactive" in result.stdout + result.stderr
 
 
 def lsof_unlisted_tcp(pid: int | None = None) -> Command:

@@ -283,19 +283,19 @@ def _close_wait_leaks(scan: _Scan) -> Iterable[Finding]:
             minutes_left is not None and minutes_left <= limits.fd_exhaustion_minutes)
         owner = _owner_text(group)
         if rising_now:
-            title = f"{count} CLOSE_WAIT leak {_rate_text(rate)} in {owner}"
+            title = f"{count:,} CLOSE_WAIT leak {_rate_text(rate)} in {owner}"
             if minutes_left is not None:
                 title += f": fds run out in ~{duration_text(minutes_left * 60)}"
         elif confirmed or scan.trusted_trend():
-            title = f"{count} CLOSE_WAIT held by {owner}, stable" + (
+            title = f"{count:,} CLOSE_WAIT held by {owner}, stable" + (
                 f" (rose {_rate_text(trend.long_rate)} earlier)" if confirmed else "")
         else:
-            title = f"{count} CLOSE_WAIT held by {owner}"
+            title = f"{count:,} CLOSE_WAIT held by {owner}"
         yield _finding(
             "close-wait-leak", group.key, Severity.CRITICAL if critical else Severity.WARNING, title,
             Subject("process", group.key), TcpState.CLOSE_WAIT,
             evidence=[
-                f"{count} CLOSE_WAIT held; a finding from {limits.close_wait_warning}, or from "
+                f"{count:,} CLOSE_WAIT held; a finding from {limits.close_wait_warning}, or from "
                 f"{limits.close_wait_rise_min} when rising; critical from {limits.close_wait_critical}",
                 _leak_trend_text(scan, trend),
                 *_oldest_text(held),
@@ -388,7 +388,7 @@ def _descriptor_gap_text(group: ProcessGroup) -> list[str]:
     held = sum(group.counts.values())
     line = f"TCP descriptors: {held + unlisted} in /proc/{group.pid}/fd, {held} of them sockets in the table"
     if unlisted:
-        line += (f"; {unlisted} more the kernel no longer lists (aborted under the descriptor by keepalive, "
+        line += (f"; {unlisted:,} more the kernel no longer lists (aborted under the descriptor by keepalive, "
                  "a timeout or an RST, or bound only): leaked just the same")
     return [line]
 
@@ -404,10 +404,10 @@ def _tcp_fd_leaks(scan: _Scan) -> Iterable[Finding]:
         fds, fd_limit = _fds(group)
         yield _finding(
             "tcp-fd-leak", group.key, Severity.WARNING,
-            f"{unlisted} TCP descriptors with no connection left in {_owner_text(group)}: a descriptor leak",
+            f"{unlisted:,} TCP descriptors with no connection left in {_owner_text(group)}: a descriptor leak",
             Subject("process", group.key), TcpState.CLOSE,
             evidence=[*_descriptor_gap_text(group),
-                      f"{group.counts.get(TcpState.CLOSE_WAIT, 0)} CLOSE_WAIT held: a leak can show few once "
+                      f"{group.counts.get(TcpState.CLOSE_WAIT, 0):,} CLOSE_WAIT held: a leak can show few once "
                       "keepalive or a timeout has aborted the connections; a finding from "
                       f"{limits.close_wait_warning}",
                       *_fd_text(group, 0.0, None)],
@@ -431,13 +431,13 @@ def _fd_exhaustion(scan: _Scan) -> Iterable[Finding]:
         share = fds / limit
         yield _finding(
             "fd-exhaustion", group.key, Severity.CRITICAL if share >= limits.fd_critical else Severity.WARNING,
-            f"{math.floor(share * 100)}% of file descriptors used ({fds} of {limit}) by {_owner_text(group)}",
+            f"{math.floor(share * 100)}% of file descriptors used ({fds:,} of {limit:,}) by {_owner_text(group)}",
             Subject("process", group.key), TcpState.CLOSE_WAIT if group.counts.get(TcpState.CLOSE_WAIT) else
             TcpState.ESTABLISHED,
             evidence=[
-                f"{fds} descriptors open, RLIMIT_NOFILE {limit}: a finding from {limits.fd_warning:.0%}, "
+                f"{fds:,} descriptors open, RLIMIT_NOFILE {limit:,}: a finding from {limits.fd_warning:.0%}, "
                 f"critical from {limits.fd_critical:.0%}",
-                f"{group.total} TCP sockets held, {group.counts.get(TcpState.CLOSE_WAIT, 0)} of them CLOSE_WAIT",
+                f"{group.total:,} TCP sockets held, {group.counts.get(TcpState.CLOSE_WAIT, 0):,} of them CLOSE_WAIT",
                 "at the limit every open(), socket() and accept() fails with EMFILE (\"Too many open files\")",
             ],
             metrics={"fds": fds, "fd_limit": limit, "ratio": round(share, 4)},
@@ -447,6 +447,11 @@ def _fd_exhaustion(scan: _Scan) -> Iterable[Finding]:
                   "the load. Sockets in CLOSE_WAIT are the usual leak: each holds a descriptor.",
             weight=fds,
         )
+
+
+def _count_text(value: int | None) -> str:
+    """A count as the panes print it ("131,072"), or "unknown" when it could not be read."""
+    return f"{value:,}" if value is not None else "unknown"
 
 
 def _fds(group: ProcessGroup) -> tuple[int | None, int | None]:
@@ -466,8 +471,8 @@ def _fd_text(group: ProcessGroup, rate: float, minutes_left: float | None) -> li
     if fds is None:
         return ["descriptors: unknown (the owning process is not visible here)"]
     if not limit:
-        return [f"descriptors: {fds} open, no RLIMIT_NOFILE limit"]
-    line = f"descriptors: {fds} of {limit} (RLIMIT_NOFILE)"
+        return [f"descriptors: {fds:,} open, no RLIMIT_NOFILE limit"]
+    line = f"descriptors: {fds:,} of {limit:,} (RLIMIT_NOFILE)"
     if minutes_left is not None:
         line += f": \"Too many open files\" in about {duration_text(minutes_left * 60)} at {_rate_text(rate)}"
     return [line]
@@ -545,10 +550,10 @@ def _time_wait_destinations(scan: _Scan) -> Iterable[Finding]:
         group = scan.snapshot.aggregates.by_port.get(f"out:{port}")
         yield _finding(
             "time-wait-ports", f"{local}>{remote}:{port}", severity,
-            f"{count} TIME_WAIT toward {remote}:{port}, {_rate_text(rate)}: {share:.0%} of ports in use, {outlook}",
+            f"{count:,} TIME_WAIT toward {remote}:{port}, {_rate_text(rate)}: {share:.0%} of ports in use, {outlook}",
             Subject("port", f"out:{port}"), TcpState.TIME_WAIT,
             evidence=[
-                f"this host closes first (client side): {count} TIME_WAIT, {used} ports in use toward "
+                f"this host closes first (client side): {count:,} TIME_WAIT, {used:,} ports in use toward "
                 f"{remote}:{port} from {local}",
                 f"ip_local_port_range {port_range[0]}-{port_range[1]}: {range_size} ports per destination; "
                 f"a finding from {limits.port_range_warning:.0%}, critical from {limits.port_range_critical:.0%}",
@@ -645,7 +650,7 @@ def _advise_port_pressure(scan: _Scan, advisor: Advisor, destination: str, count
     else:
         advisor.propose(
             "net.ipv4.tcp_tw_reuse", "1",
-            f"{count} TIME_WAIT toward {destination} hold {share:.0%} of the ports; with reuse, new outgoing "
+            f"{count:,} TIME_WAIT toward {destination} hold {share:.0%} of the ports; with reuse, new outgoing "
             f"connections may take over TIME_WAIT ports instead of waiting 60 s, if that peer sends TCP "
             f"timestamps (ss -tni dst {destination.rpartition(':')[0]}: look for ts)",
             "relies on the peer's TCP timestamps to reject old duplicates (none from Windows by default or "
@@ -673,10 +678,10 @@ def _time_wait_served_ports(scan: _Scan) -> Iterable[Finding]:
         count, rate = len(records), _time_wait_rate(records)
         yield _finding(
             "time-wait-server", f"in:{port}", Severity.INFO,
-            f"{count} server-side TIME_WAIT on port {port}, {_rate_text(rate)}: the server closes first",
+            f"{count:,} server-side TIME_WAIT on port {port}, {_rate_text(rate)}: the server closes first",
             Subject("port", f"in:{port}"), TcpState.TIME_WAIT,
             evidence=[
-                f"{count} TIME_WAIT on served port {port} ({_pids_text(scan, scan.snapshot.aggregates.listener_pids.get(port, ()))}); "
+                f"{count:,} TIME_WAIT on served port {port} ({_pids_text(scan, scan.snapshot.aggregates.listener_pids.get(port, ()))}); "
                 f"a finding from {limits.time_wait_group}",
                 f"peers: {_peers_text(records)}",
                 "they use no ephemeral ports here and do not block clients (a new SYN reopens the 4-tuple); "
@@ -709,19 +714,19 @@ def _time_wait_table(scan: _Scan) -> Iterable[Finding]:
     needed = max(total, int(buckets or 0))
     advisor.propose(
         "net.ipv4.tcp_max_tw_buckets", doubled(buckets, 2 * needed),
-        f"{total} timewait sockets against a limit of {buckets}" + (f"; {overflow:.1f}/s destroyed early" if overflow else ""),
+        f"{total:,} timewait sockets against a limit of {_count_text(buckets)}" + (f"; {overflow:.1f}/s destroyed early" if overflow else ""),
         f"each costs about {TIME_WAIT_BYTES} bytes of kernel memory; the cause (short connections) remains",
     )
     overflow_text = f", {_rate_text(overflow)} destroyed early" if overflow else ""
     yield _finding(
         "time-wait-table", "", Severity.CRITICAL if critical else Severity.WARNING,
-        f"{total} timewait sockets: {share:.0%} of tcp_max_tw_buckets ({buckets}){overflow_text}",
+        f"{total:,} timewait sockets: {share:.0%} of tcp_max_tw_buckets ({_count_text(buckets)}){overflow_text}",
         Subject("state", TcpState.TIME_WAIT), TcpState.TIME_WAIT,
         evidence=[
-            (f"sockstat tw {tw} in this network namespace" if tw is not None else
-             f"{total} timewait sockets in the table (sockstat not readable)")
-            + f" ({rows} TIME_WAIT and {fin_wait2} orphaned FIN_WAIT_2 in the table; both count), "
-            f"tcp_max_tw_buckets {buckets}: a finding from {limits.tw_buckets_warning:.0%}, critical from "
+            (f"sockstat tw {tw:,} in this network namespace" if tw is not None else
+             f"{total:,} timewait sockets in the table (sockstat not readable)")
+            + f" ({rows:,} TIME_WAIT and {fin_wait2:,} orphaned FIN_WAIT_2 in the table; both count), "
+            f"tcp_max_tw_buckets {_count_text(buckets)}: a finding from {limits.tw_buckets_warning:.0%}, critical from "
             f"{limits.tw_buckets_critical:.0%}",
             f"TCPTimeWaitOverflow {_counter_text(scan, 'TcpExtTCPTimeWaitOverflow')}: past the limit new timewait "
             "sockets are destroyed at once and lose their protection",
@@ -835,7 +840,7 @@ def _syn_recv(scan: _Scan) -> Iterable[Finding]:
             continue
         advisor = scan.advisor()
         advisor.propose("net.ipv4.tcp_syncookies", "1",
-                        f"{count} half-open connections on port {port}; cookies answer a full SYN queue instead "
+                        f"{count:,} half-open connections on port {port}; cookies answer a full SYN queue instead "
                         "of dropping SYNs",
                         "connections made with cookies while the queue is full lose some TCP options "
                         "(kept only with timestamps)")
@@ -843,10 +848,10 @@ def _syn_recv(scan: _Scan) -> Iterable[Finding]:
                    "waiting for final ACKs: spoofed SYNs, lost ACKs or TCP_DEFER_ACCEPT")
         yield _finding(
             "syn-recv", f"in:{port}", Severity.CRITICAL if dropped else Severity.WARNING,
-            f"{count} SYN_RECV on port {port}: {reading}",
+            f"{count:,} SYN_RECV on port {port}: {reading}",
             Subject("port", f"in:{port}"), TcpState.SYN_RECV,
             evidence=[
-                f"{count} half-open connections on port {port}; a finding from {limits.syn_recv_warning}",
+                f"{count:,} half-open connections on port {port}; a finding from {limits.syn_recv_warning}",
                 f"SyncookiesSent {_counter_text(scan, 'TcpExtSyncookiesSent')}, TCPReqQFullDrop "
                 f"{_counter_text(scan, 'TcpExtTCPReqQFullDrop')}, ListenOverflows "
                 f"{_counter_text(scan, 'TcpExtListenOverflows')}",
@@ -892,16 +897,16 @@ def _closing_buildups(scan: _Scan) -> Iterable[Finding]:
         timewait = sum(1 for record in records if record.timer is TimerKind.TIME_WAIT)
         advisor = scan.advisor()
         if orphaned * 2 >= len(records):
-            why = f"{orphaned} orphaned {state.label} wait on peers that do not answer or do not close"
+            why = f"{orphaned:,} orphaned {state.label} wait on peers that do not answer or do not close"
             (_advise_fin_timeout if state is TcpState.FIN_WAIT2 else _advise_orphan_retries)(scan, advisor, why)
         peer_hint = (["the peers have not closed their end: look for CLOSE_WAIT on them"]
                      if state is TcpState.FIN_WAIT2 else [])
         yield _finding(
             "closing", state.slug, Severity.WARNING,
-            f"{len(records)} {state.label} sockets, {orphaned} orphaned; top peers {_peers_text(records)}",
+            f"{len(records):,} {state.label} sockets, {orphaned:,} orphaned; top peers {_peers_text(records)}",
             Subject("state", state), state,
             evidence=[f"{len(records)} {state.label}; a finding from {limits.closing_warning}",
-                      f"{orphaned} orphaned (closed by their process, no descriptor)"
+                      f"{orphaned:,} orphaned (closed by their process, no descriptor)"
                       + (f", {timewait} of them timewait sockets (tcp_fin_timeout at most 60): they end after "
                          "tcp_fin_timeout and count in sockstat tw against tcp_max_tw_buckets, not as orphans"
                          if timewait else ""), *peer_hint],
@@ -963,13 +968,13 @@ def _orphans(scan: _Scan) -> Iterable[Finding]:
     closing = _orphaned(scan)
     state = max(closing, key=closing.__getitem__)
     advisor = scan.advisor()
-    _advise_orphan_retries(scan, advisor, f"{orphans} orphans" + (f" against a limit of {maximum}" if maximum else "")
+    _advise_orphan_retries(scan, advisor, f"{orphans:,} orphans" + (f" against a limit of {maximum:,}" if maximum else "")
                            + ": fewer retries end them sooner")
     if maximum and share >= limits.orphans_warning:
         advisor.propose("net.ipv4.tcp_max_orphans", doubled(maximum),
-                        f"{orphans} orphans against a limit of {maximum}",
+                        f"{orphans:,} orphans against a limit of {maximum:,}",
                         "each orphan may hold up to about 64 KB of unswappable memory")
-    limit_text = f"tcp_max_orphans {maximum}" if maximum else (
+    limit_text = f"tcp_max_orphans {maximum:,}" if maximum else (
         f"tcp_max_orphans {kernel.scope_note('net.ipv4.tcp_max_orphans') if kernel else 'not read'}")
     memory_text = (f"TCP memory {mem} pages (sockstat mem, host-wide) against tcp_mem max {tcp_mem[2]}: "
                    + ("at the max, so the aborts may be memory too" if memory_full else "below it, so the aborts "
@@ -978,12 +983,12 @@ def _orphans(scan: _Scan) -> Iterable[Finding]:
                                                             "not read") + ", so the cause of aborts is not certain")
     yield _finding(
         "orphans", "", Severity.CRITICAL if critical else Severity.WARNING,
-        (f"{orphans} orphaned sockets: {share:.0%} of tcp_max_orphans ({maximum})" if maximum else
-         f"{orphans} orphaned sockets (host-wide)")
+        (f"{orphans:,} orphaned sockets: {share:.0%} of tcp_max_orphans ({maximum:,})" if maximum else
+         f"{orphans:,} orphaned sockets (host-wide)")
         + (f", {_rate_text(aborts)} aborted" if aborts else ""),
         Subject("state", state), state,
         evidence=[
-            f"{orphans} orphans (sockstat orphan, host-wide), {limit_text}: a finding from "
+            f"{orphans:,} orphans (sockstat orphan, host-wide), {limit_text}: a finding from "
             f"{limits.orphans_warning:.0%}, critical from {limits.orphans_critical:.0%}",
             "orphaned in this table by state: " + (", ".join(f"{s.label} {n}" for s, n in closing.items() if n)
                                                    or "none") + "; orphaned FIN_WAIT_2 turned timewait count in tw, "
@@ -1048,7 +1053,7 @@ def _pids_text(scan: _Scan, pids: Iterable[int]) -> str:
 
 def _peers_text(records: Iterable[SocketRecord], port: int | None = None) -> str:
     peers = Counter(record.remote_addr for record in records if port is None or record.local_port == port)
-    text = ", ".join(f"{address} ({count})" for address, count in peers.most_common(TOP_PEERS))
+    text = ", ".join(f"{address} ({count:,})" for address, count in peers.most_common(TOP_PEERS))
     more = len(peers) - TOP_PEERS
     return text + (f" and {more} more" if more > 0 else "")
 
