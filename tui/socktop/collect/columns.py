@@ -207,6 +207,15 @@ def distinct(values: np.ndarray) -> np.ndarray:
     return ordered
 
 
+def among(values: np.ndarray, pool: np.ndarray) -> np.ndarray:
+    """Per value, whether ``pool`` holds it: `np.isin` without the plain `np.unique` it calls,
+    which imports numpy.ma (numpy 2.3 and later; a one-shot run never needs it)."""
+    keys = distinct(pool)
+    if not len(keys):
+        return np.zeros(len(values), bool)
+    return keys[sorted_slots(keys, values)] == values
+
+
 _MIX = (np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), np.uint64(0x9E3779B97F4A7C15))
 
 

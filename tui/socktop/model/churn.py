@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..collect.columns import SocketColumns, SocketTable, distinct, sorted_slots, table_of
+from ..collect.columns import SocketColumns, SocketTable, among, distinct, sorted_slots, table_of
 from ..collect.records import ProcessInfo, SocketRecord, TcpState
 from .aggregate import (CONNECTION, Aggregates, Connection, Direction, Ownership, Pids, RowKind, aggregate,
                         inbound_flags, process_key)
@@ -300,7 +300,7 @@ class ChurnTracker:
         (a socket no dump asked for has no cookie yet when its timewait socket is made)."""
         cookies_before, connections_before = self._closed_before
         cookies = columns.cookie
-        new = ~np.isin(cookies, self._previous) & ~np.isin(cookies, closed_cookies) & ~np.isin(cookies, cookies_before)
+        new = ~among(cookies, self._previous) & ~among(cookies, closed_cookies) & ~among(cookies, cookies_before)
         new &= ~np.isin(columns.state, _NOT_NEW_CODES)
         rows = np.flatnonzero(new)
         closed_lately = closed_connections | connections_before
@@ -322,7 +322,7 @@ class ChurnTracker:
         port_keys = [f"{Direction.IN.value}:{local}" if flag else f"{Direction.OUT.value}:{remote}" if remote else None
                      for flag, local, remote in zip(inbound, local_ports, remote_ports)]
         owners = self.ledger.owners_of(cookies)
-        unseen_flags = ~np.isin(cookies, seen[0]) & ~np.isin(cookies, seen[1])
+        unseen_flags = ~among(cookies, seen[0]) & ~among(cookies, seen[1])
         by_process: Counter[str] = Counter()
         exact: Counter[str] = Counter()
         unseen = 0
