@@ -153,6 +153,8 @@ class SocketColumns:
 
     def take(self, rows: np.ndarray | slice) -> SocketColumns:
         """The rows picked by an index array, a boolean mask or a slice."""
+        if isinstance(rows, np.ndarray) and rows.dtype == bool:  # a mask is searched again by every column
+            rows = np.flatnonzero(rows)
         return SocketColumns(**{name: getattr(self, name)[rows] for name in DTYPES})
 
     def records(self, rows: np.ndarray | slice | None = None) -> list[SocketRecord]:
