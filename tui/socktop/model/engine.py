@@ -217,7 +217,7 @@ class Engine:
             pids_by_inode = self.backend.owner_hint()
             return Ownership(pids_by_inode, self.backend.processes(
                 {pid for pids in pids_by_inode.values() for pid in pids}))
-        self.scanner.update(set(columns.inode.tolist()), partial(self._still_listed, columns))
+        self.scanner.update(columns.inode, partial(self._still_listed, columns))
         return Ownership(self.scanner.pids_by_inode, self.scanner.processes, self.scanner.closed)
 
     def _still_listed(self, columns: SocketColumns, inodes: set[int]) -> set[int]:
