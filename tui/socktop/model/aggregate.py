@@ -501,8 +501,7 @@ def _listener_pids(local_ports: np.ndarray, states: np.ndarray, held: np.ndarray
     """Listening port (or `netns_port_key`) → the processes holding a listener on it (empty when none is visible)."""
     rows = np.flatnonzero(states == TcpState.LISTEN)
     found: dict[int, set[int]] = {}
-    pairs = np.unique(np.stack([local_ports[rows].astype(np.int64), np.maximum(held[rows], 0)], axis=1), axis=0)
-    for key, code in pairs.tolist():
+    for key, code in set(zip(local_ports[rows].tolist(), np.maximum(held[rows], 0).tolist())):  # listeners: few
         found.setdefault(key, set()).update(pid_sets[code])
     return {port: tuple(sorted(pids)) for port, pids in found.items()}
 
