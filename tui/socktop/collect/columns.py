@@ -200,6 +200,14 @@ def sorted_slots(keys: np.ndarray, queries: np.ndarray) -> np.ndarray:
     return np.minimum(slot, len(keys) - 1)
 
 
+def found_in(keys: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Per value whether the sorted ``keys`` hold it: `np.isin` without the `np.unique` it runs
+    on its arguments (slow on numpy 2.3 and later, and it imports numpy.ma)."""
+    if not len(keys):
+        return np.zeros(len(values), bool)
+    return keys[sorted_slots(keys, values)] == values
+
+
 def distinct(values: np.ndarray) -> np.ndarray:
     """The distinct values, sorted: `np.unique` without its hash path (numpy 2.3 and later),
     which is several times slower than a sort on the tables here."""

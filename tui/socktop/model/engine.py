@@ -18,7 +18,7 @@ from functools import partial
 
 import numpy as np
 
-from ..collect.columns import SocketColumns, SocketTable, table_of
+from ..collect.columns import SocketColumns, SocketTable, found_in, table_of
 from ..collect.containers import ContainerResolver
 from ..collect.destroy import DestroyFeed, FeedReader
 from ..collect.kernelstate import read_kernel_state
@@ -227,7 +227,7 @@ class Engine:
         namespace), the other backends read the table again."""
         look_up = getattr(self.backend, "still_listed", None)
         if look_up is not None:
-            rows = np.flatnonzero(np.isin(columns.inode, np.fromiter(inodes, np.uint64, len(inodes))))
+            rows = np.flatnonzero(found_in(np.sort(np.fromiter(inodes, np.uint64, len(inodes))), columns.inode))
             if self.namespaces is not None:
                 return inodes.intersection(self.namespaces.still_listed(self.backend, columns, rows))
             return inodes.intersection(look_up(columns, rows))
