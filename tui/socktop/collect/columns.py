@@ -153,6 +153,8 @@ class SocketColumns:
 
     def take(self, rows: np.ndarray | slice) -> SocketColumns:
         """The rows picked by an index array, a boolean mask or a slice."""
+        if isinstance(rows, np.ndarray) and rows.dtype == bool:  # a mask is searched again by every column
+            rows = np.flatnonzero(rows)
         return SocketColumns(**{name: getattr(self, name)[rows] for name in DTYPES})
 
     def records(self, rows: np.ndarray | slice | None = None) -> list[SocketRecord]:
@@ -198,6 +200,14 @@ def sorted_slots(keys: np.ndarray, queries: np.ndarray) -> np.ndarray:
     return np.minimum(slot, len(keys) - 1)
 
 
+def found_in(keys: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Per value whether the sorted ``keys`` hold it: `np.isin` without the `np.unique` it runs
+    on its arguments (slow on numpy 2.3 and later, and it imports numpy.ma)."""
+    if not len(keys):
+        return np.zeros(len(values), bool)
+    return keys[sorted_slots(keys, values)] == values
+
+
 def distinct(values: np.ndarray) -> np.ndarray:
     """The distinct values, sorted: `np.unique` without its hash path (numpy 2.3 and later),
     which is several times slower than a sort on the tables here."""
@@ -205,15 +215,6 @@ def distinct(values: np.ndarray) -> np.ndarray:
     if len(ordered) > 1:
         ordered = ordered[np.concatenate([[True], ordered[1:] != ordered[:-1]])]
     return ordered
-
-
-def among(values: np.ndarray, pool: np.ndarray) -> np.ndarray:
-    """Per value, whether ``pool`` holds it: `np.isin` without the plain `np.unique` it calls,
-    which imports numpy.ma (numpy 2.3 and later; a one-shot run never needs it)."""
-    keys = distinct(pool)
-    if not len(keys):
-        return np.zeros(len(values), bool)
-    return keys[sorted_slots(keys, values)] == values
 
 
 _MIX = (np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), np.uint64(0x9E3779B97F4A7C15))
