@@ -190,8 +190,8 @@ def sorted_slots(keys: np.ndarray, queries: np.ndarray) -> np.ndarray:
     """Per query, where it is (or would go) in ``keys`` (sorted, not empty), clipped to the last
     index: ``keys[slot] == queries`` tells the matches. Many queries are sorted first: binary
     searches in random order miss the cache at every step (6 ms for 50k queries into 50k keys
-    here, under 2 ms with the sort)."""
-    if len(queries) > 512:
+    here, under 2 ms with the sort; under 1 ms for queries given sorted)."""
+    if len(queries) > 512 and not (queries[1:] >= queries[:-1]).all():
         order = np.argsort(queries)
         slot = np.empty(len(queries), np.int64)
         slot[order] = np.searchsorted(keys, queries[order])
