@@ -205,6 +205,12 @@ def found_in(keys: np.ndarray, values: np.ndarray) -> np.ndarray:
     on its arguments (slow on numpy 2.3 and later, and it imports numpy.ma)."""
     if not len(keys):
         return np.zeros(len(values), bool)
+    if 8 * len(keys) < len(values) and (values[1:] >= values[:-1]).all():  # a few keys in many sorted values:
+        # each key's run among the values, marked by a running sum (one search per key, not per value)
+        edges = np.zeros(len(values) + 1, np.int64)
+        np.add.at(edges, np.searchsorted(values, keys, "left"), 1)
+        np.add.at(edges, np.searchsorted(values, keys, "right"), -1)
+        return np.cumsum(edges[:-1]) > 0
     return keys[sorted_slots(keys, values)] == values
 
 
