@@ -115,8 +115,9 @@ class Population:
             self.expected.add((self.layout.listen_family, TcpState.ESTABLISHED,
                                *_plain_end(client.getpeername()), *_plain_end(client.getsockname())))
 
-    def settle(self, read: Callable[[], list[SocketRecord]], timeout: float = 5.0) -> None:
-        """Wait (bounded) until ``read()`` lists exactly the expected sockets: FINs take a moment."""
+    def settle(self, read: Callable[[], list[SocketRecord]], timeout: float = 30.0) -> None:
+        """Wait (bounded) until ``read()`` lists exactly the expected sockets: FINs take a moment (longer on
+        a loaded machine)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if {socket_key(record) for record in self.ours(read())} == self.expected:

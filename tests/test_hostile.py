@@ -252,10 +252,11 @@ def close_wait_servers(count: int) -> tuple[socket.socket, list[socket.socket], 
     servers = [listener.accept()[0] for _ in range(count)]
     for client in clients:
         client.close()
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         states = {TcpState.parse(line.split()[0]) for line in subprocess.run(
-            ["ss", "-tanH", f"sport = :{listener.getsockname()[1]}"], capture_output=True, text=True).stdout.splitlines()}
+            ["ss", "-tanH", f"sport = :{listener.getsockname()[1]}"], capture_output=True, text=True,
+            timeout=60).stdout.splitlines()}
         if states == {TcpState.LISTEN, TcpState.CLOSE_WAIT}:
             break
         time.sleep(0.02)
@@ -446,8 +447,8 @@ def test_12_a_queued_listener_is_never_silent_with_the_proc_backend() -> None:
 def socktop_pid(term: Terminal) -> int:
     """The socktop process the pane's shell started."""
     shell = int(subprocess.run([*TMUX, "display-message", "-p", "-t", term.name, "#{pane_pid}"],
-                               capture_output=True, text=True, check=True).stdout)
-    deadline = time.monotonic() + 10
+                               capture_output=True, text=True, check=True, timeout=30).stdout)
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         for task in Path(f"/proc/{shell}/task").iterdir():
             for child in (task / "children").read_text().split():
@@ -460,7 +461,7 @@ def socktop_pid(term: Terminal) -> int:
 def pane_flags(term: Terminal) -> dict[str, str]:
     names = ("alternate_on", "mouse_any_flag", "mouse_standard_flag", "cursor_flag")
     shown = subprocess.run([*TMUX, "display-message", "-p", "-t", term.name, " ".join(f"#{{{n}}}" for n in names)],
-                           capture_output=True, text=True, check=True).stdout.split()
+                           capture_output=True, text=True, check=True, timeout=30).stdout.split()
     return dict(zip(names, shown))
 
 
@@ -493,11 +494,16 @@ def test_18_no_color_means_no_colour_at_all(tmp_path: Path) -> None:
     term = Terminal(f"rel-nocolor-{os.getpid()}", f"{shlex.quote(sys.executable)} -m socktop; sleep 30", env)
     try:
         term.wait_for(lambda s: " sockets" in s)
-        time.sleep(1)
-        escaped = subprocess.run([*TMUX, "capture-pane", "-p", "-e", "-t", term.name], capture_output=True,
-                                 text=True, check=True).stdout
+        highlighted = re.compile(r"\x1b\[[0-9;]*7[;m]")  # the highlighted row: reverse video, not a colour
+        deadline = time.monotonic() + 60
+        while True:  # the table's rows come with the first refresh's view: seconds on a loaded machine
+            escaped = subprocess.run([*TMUX, "capture-pane", "-p", "-e", "-t", term.name], capture_output=True,
+                                     text=True, check=True, timeout=30).stdout
+            if highlighted.search(escaped) or time.monotonic() > deadline:
+                break
+            time.sleep(0.25)
         assert " sockets" in escaped and not colours(escaped)
-        assert re.search(r"\x1b\[[0-9;]*7[;m]", escaped)  # the highlighted row: reverse video, not a colour
+        assert highlighted.search(escaped)
     finally:
         term.close()
 

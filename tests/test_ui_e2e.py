@@ -38,7 +38,7 @@ class Terminal:
         exports = [f"-e{key}={value}" for key, value in env.items()]
         for attempt in range(5):  # the server of a session just killed may still be exiting
             started = subprocess.run([*TMUX, "new-session", "-d", "-s", name, "-x", str(size[0]), "-y", str(size[1]),
-                                      *exports, command], capture_output=True, text=True)
+                                      *exports, command], capture_output=True, text=True, timeout=30)
             if started.returncode == 0:
                 return
             time.sleep(0.2 * (attempt + 1))
@@ -46,18 +46,18 @@ class Terminal:
 
     def screen(self) -> str:
         return subprocess.run([*TMUX, "capture-pane", "-p", "-t", self.name], capture_output=True, text=True,
-                              check=False).stdout
+                              check=False, timeout=30).stdout
 
     def press(self, *keys: str) -> None:
         """Each key as a person would press it: one at a time, a moment apart."""
         for key in keys:
-            subprocess.run([*TMUX, "send-keys", "-t", self.name, key], check=True)
+            subprocess.run([*TMUX, "send-keys", "-t", self.name, key], check=True, timeout=30)
             time.sleep(0.15)
 
     def type(self, text: str) -> None:
-        subprocess.run([*TMUX, "send-keys", "-l", "-t", self.name, text], check=True)
+        subprocess.run([*TMUX, "send-keys", "-l", "-t", self.name, text], check=True, timeout=30)
 
-    def wait_for(self, test: Callable[[str], object], timeout: float = 30.0) -> str:
+    def wait_for(self, test: Callable[[str], object], timeout: float = 60.0) -> str:
         deadline = time.monotonic() + timeout
         while True:
             screen = self.screen()
@@ -68,7 +68,7 @@ class Terminal:
             time.sleep(0.25)
 
     def close(self) -> None:
-        subprocess.run([*TMUX, "kill-session", "-t", self.name], capture_output=True, check=False)
+        subprocess.run([*TMUX, "kill-session", "-t", self.name], capture_output=True, check=False, timeout=30)
 
 
 @pytest.fixture
@@ -91,7 +91,7 @@ def terminal(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callabl
         term.close()
 
 
-def wait_exit(term: Terminal, timeout: float = 15.0) -> str:
+def wait_exit(term: Terminal, timeout: float = 60.0) -> str:
     exit_file: Path = term.exit_file  # type: ignore[attr-defined]
     deadline = time.monotonic() + timeout
     while not exit_file.exists() or not exit_file.read_text().strip():
@@ -127,7 +127,7 @@ def test_demo_in_a_real_terminal(terminal):
     term.wait_for(lambda s: "socktop keys" not in s)
     term.press("q")
     assert wait_exit(term) == "0"
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while pid_alive(pid) and time.monotonic() < deadline:  # the demo stops with socktop
         time.sleep(0.2)
     assert not pid_alive(pid)
@@ -161,7 +161,7 @@ def test_hostile_process_name_is_shown_literally(terminal):
         lines = screen.splitlines()
         assert lines[0].startswith("socktop ") and len(lines) == HEIGHT  # nothing cleared or scrolled the screen
         title = subprocess.run([*TMUX, "display-message", "-p", "-t", term.name, "#{pane_title}"],
-                               capture_output=True, text=True, check=False).stdout
+                               capture_output=True, text=True, check=False, timeout=30).stdout
         assert "pwned" not in title
         term.press("q")
         assert wait_exit(term) == "0"
