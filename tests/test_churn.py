@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from loopback_sockets import alone
 
 from socktop.analyze.config import DEFAULT_THRESHOLDS
 from socktop.analyze.findings import analyze
@@ -55,14 +56,24 @@ def serve_and_close(listener: socket.socket, stop: threading.Event) -> None:
 
 @pytest.fixture
 def server() -> Iterator[int]:
-    listener = listen(socket.AF_INET, backlog=512)
+    """A port no earlier test's TIME_WAIT points to (its groups count this test's closes only), served
+    from a thread."""
+    listeners: list[socket.socket] = []
+
+    def listener() -> socket.socket:
+        listeners.append(listen(socket.AF_INET, backlog=512))
+        return listeners[-1]
+
+    served = alone(listener, port_of, lambda sock, record: record.local_port == port_of(sock)
+                   and record.state is TcpState.LISTEN)
     stop = threading.Event()
-    thread = threading.Thread(target=serve_and_close, args=(listener, stop), daemon=True)
+    thread = threading.Thread(target=serve_and_close, args=(served, stop), daemon=True)
     thread.start()
-    yield port_of(listener)
+    yield port_of(served)
     stop.set()
     thread.join()
-    listener.close()
+    for sock in listeners:
+        sock.close()
 
 
 def connect_and_close(port: int, n: int, rate: float, made: list[tuple[int, float]] | None = None) -> None:

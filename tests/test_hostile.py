@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from frozen import frozen_snapshot, make_app, press, settle
+from loopback_sockets import alone
 from nobody import as_nobody
 from test_ui_e2e import TMUX, Terminal, terminal, wait_exit  # noqa: F401 - terminal is a fixture
 
@@ -30,7 +31,7 @@ from socktop.analyze.config import DEFAULT_THRESHOLDS, ConfigError, load_config
 from socktop.analyze.findings import analyze
 from socktop.collect.owners import OwnerScanner
 from socktop.collect.records import TcpState
-from socktop.demo.builders import SocketFarm
+from socktop.demo.builders import Built, SocketFarm
 from socktop.model.aggregate import OwnerKind, ProcessGroup
 from socktop.model.engine import Engine
 from socktop.model.snapshot import plural
@@ -404,8 +405,8 @@ def test_2_a_default_config_that_cannot_be_read_is_a_warning(tmp_path: Path) -> 
 # --- 10: psutil without root --------------------------------------------------------------------------
 
 def test_10_psutil_without_root_is_honest_about_coverage_and_finds_the_leak() -> None:
-    with SocketFarm() as sockets:
-        port = sockets.close_wait(60).port
+    with SocketFarm() as sockets:  # a port no earlier test's TIME_WAIT points to: filtered(port=) holds only these
+        port = alone(lambda: sockets.close_wait(60), lambda built: built.port, Built.covers).port
 
         def look() -> dict:
             snapshot = Engine("psutil").refresh()
