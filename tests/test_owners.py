@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 
 from socktop.collect.owners import OwnerScanner, read_process, soft_fd_limit, start_ticks
 
@@ -130,3 +132,69 @@ def test_a_reused_fd_number_is_read_again(tmp_path) -> None:
         assert scanner.pids_by_inode.get(socket_inode(second)) == (os.getpid(),)
         assert socket_inode(second) not in scanner.unowned
         second.close()
+
+
+PREFETCH_PROBE = """
+import json, os, signal, socket, sys, time
+from socktop.collect.owners import OwnerScanner
+
+def inode(sock):
+    return os.fstat(sock.fileno()).st_ino
+
+kill_child = sys.argv[1] == "kill"
+before = socket.socket()
+scanner = OwnerScanner()
+scanner.prefetch()
+forked = scanner._prefetch is not None
+if kill_child:
+    os.kill(scanner._prefetch[0], signal.SIGKILL)
+time.sleep(0.3)  # the child has most likely read this process's table by now
+number = before.fileno()
+before.close()
+after = socket.socket()  # opened after the prefetch began, most likely in the closed one's descriptor number
+later = [socket.socket() for _ in range(3)]
+present = {inode(sock) for sock in (after, *later)}
+scanner.update(present)
+print(json.dumps({"forked": forked, "reused": after.fileno() == number,
+                  "owners": sorted(set(scanner.pids_by_inode.get(i, ()) for i in present)),
+                  "unowned": len(scanner.unowned), "closed": len(scanner.closed), "me": os.getpid(),
+                  "holders": sorted(scanner.processes), "scans": scanner.stats.full_scans}))
+"""
+
+
+def _prefetch_probe(mode: str) -> dict:
+    """The probe in a process of its own: `prefetch` forks only while a single thread runs."""
+    result = subprocess.run([sys.executable, "-c", PREFETCH_PROBE, mode], capture_output=True, text=True,
+                            timeout=60, check=True)
+    return json.loads(result.stdout)
+
+
+def test_prefetched_tables_place_sockets_opened_after_they_were_read() -> None:
+    seen = _prefetch_probe("keep")
+    assert seen["forked"] and seen["reused"]
+    assert seen["owners"] == [[seen["me"]]] and seen["unowned"] == seen["closed"] == 0
+    assert seen["holders"] == [seen["me"]] and seen["scans"] == 1  # the child's scan counts, none after it
+
+
+def test_a_prefetch_child_that_died_leaves_update_to_scan_itself() -> None:
+    seen = _prefetch_probe("kill")
+    assert seen["forked"]
+    assert seen["owners"] == [[seen["me"]]] and seen["unowned"] == seen["closed"] == 0
+    assert seen["scans"] == 1  # its own full scan
+
+
+def test_prefetch_forks_nothing_while_other_threads_run() -> None:
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        scanner = OwnerScanner()
+        scanner.prefetch()
+        assert scanner._prefetch is None
+        mine = socket.socket()
+        scanner.update({socket_inode(mine)})
+        assert scanner.pids_by_inode[socket_inode(mine)] == (os.getpid(),)
+        mine.close()
+    finally:
+        stop.set()
+        other.join()

@@ -67,6 +67,11 @@ class Terminal:
                 raise AssertionError(f"timed out; the screen was:\n{screen}")
             time.sleep(0.25)
 
+    def pane_pid(self) -> int:
+        """The pid of the shell the session runs its command in."""
+        return int(subprocess.run([*TMUX, "list-panes", "-t", self.name, "-F", "#{pane_pid}"], capture_output=True,
+                                  text=True, check=True, timeout=30).stdout.split()[0])
+
     def close(self) -> None:
         subprocess.run([*TMUX, "kill-session", "-t", self.name], capture_output=True, check=False, timeout=30)
 
@@ -101,13 +106,32 @@ def wait_exit(term: Terminal, timeout: float = 60.0) -> str:
 
 
 def pid_alive(pid: int) -> bool:
-    return Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+    except OSError:  # gone, even between two reads
+        return False
+
+
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc/*/stat; the comm may hold spaces and parentheses)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
 
 
 def test_demo_in_a_real_terminal(terminal):
     term = terminal("--demo --interval 0.5")
     screen = term.wait_for(lambda s: re.search(r"CLOSE-WAIT [1-9]", s) and "leaky-api" in s)
     assert re.search(r"socktop .* sockets", screen.splitlines()[0])
+    (socktop,) = children_of(term.pane_pid())  # the pane's shell runs socktop, and socktop the demo's roles
+    roles = children_of(socktop)
+    assert len(roles) >= 5, roles
     term.press("/")
     term.type("state:close-wait")
     term.press("Enter")
@@ -128,9 +152,9 @@ def test_demo_in_a_real_terminal(terminal):
     term.press("q")
     assert wait_exit(term) == "0"
     deadline = time.monotonic() + 30
-    while pid_alive(pid) and time.monotonic() < deadline:  # the demo stops with socktop
+    while any(map(pid_alive, roles)) and time.monotonic() < deadline:  # the demo stops with socktop
         time.sleep(0.2)
-    assert not pid_alive(pid)
+    assert not any(map(pid_alive, roles)), [pid for pid in roles if pid_alive(pid)]
 
 
 HOSTILE_CHILD = """

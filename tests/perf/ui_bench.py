@@ -50,6 +50,12 @@ TARGETS = {
 }
 BUILDERS = {"incident": build_incident, "idle": build_population}
 CPU_CASES = "incident:20000,incident:50000,idle:20000"
+#: the population lives in the benchmark's own network namespace: as root socktop would read every
+#: namespace on the machine by default, other people's sockets included (`--netns all`)
+SOCKTOP = "-m socktop --netns self"
+#: a tmux server of the benchmark's own, started from it: a server someone started elsewhere (the default
+#: socket) would run socktop in that server's network namespace, not beside the population
+TMUX = ["tmux", "-L", f"socktop-bench-{os.getpid()}"]
 
 
 class TimedApp(SocktopApp):
@@ -120,7 +126,7 @@ def percentile(values: list[float], fraction: float) -> float:
 def new_session(name: str, *arguments: str) -> None:
     """tmux new-session, retried: the server of a session just killed may still be exiting."""
     for attempt in range(5):
-        result = subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", str(SIZE[0]), "-y", str(SIZE[1]),
+        result = subprocess.run([*TMUX, "new-session", "-d", "-s", name, "-x", str(SIZE[0]), "-y", str(SIZE[1]),
                                  *arguments], capture_output=True, text=True)
         if result.returncode == 0:
             return
@@ -136,13 +142,13 @@ def startup_in_tmux(runs: int = 3) -> tuple[list[float], list[float]]:
         new_session(name, "sleep 30")
         try:
             time.sleep(0.3)
-            command = f"exec {shlex.quote(sys.executable)} -m socktop"
+            command = f"exec {shlex.quote(sys.executable)} {SOCKTOP}"
             started = time.perf_counter()
-            subprocess.run(["tmux", "respawn-pane", "-k", "-t", name, command], check=True)
+            subprocess.run([*TMUX, "respawn-pane", "-k", "-t", name, command], check=True)
             frame = None
             deadline = started + 15
             while time.perf_counter() < deadline:
-                screen = subprocess.run(["tmux", "capture-pane", "-p", "-t", name], capture_output=True,
+                screen = subprocess.run([*TMUX, "capture-pane", "-p", "-t", name], capture_output=True,
                                         text=True).stdout
                 now = time.perf_counter() - started
                 if frame is None and screen.startswith("socktop"):
@@ -153,7 +159,7 @@ def startup_in_tmux(runs: int = 3) -> tuple[list[float], list[float]]:
                     break
                 time.sleep(0.01)
         finally:
-            subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
+            subprocess.run([*TMUX, "kill-session", "-t", name], capture_output=True)
     return frames, data
 
 
@@ -221,9 +227,9 @@ def cpu_in_tmux(seconds: float) -> float:
     new_session(name, f"-eXDG_CONFIG_HOME={config}", "sleep 600")
     try:
         time.sleep(0.3)
-        subprocess.run(["tmux", "respawn-pane", "-k", "-t", name,
-                        f"exec {shlex.quote(sys.executable)} -m socktop --interval 1"], check=True)
-        pid = int(subprocess.run(["tmux", "display-message", "-p", "-t", name, "#{pane_pid}"],
+        subprocess.run([*TMUX, "respawn-pane", "-k", "-t", name,
+                        f"exec {shlex.quote(sys.executable)} {SOCKTOP} --interval 1"], check=True)
+        pid = int(subprocess.run([*TMUX, "display-message", "-p", "-t", name, "#{pane_pid}"],
                                  capture_output=True, text=True, check=True).stdout)
         time.sleep(5)  # start-up and the first full owner scan are not the steady state
         ticks = os.sysconf("SC_CLK_TCK")
@@ -236,7 +242,7 @@ def cpu_in_tmux(seconds: float) -> float:
         time.sleep(seconds)
         return (cpu() - before) / (time.monotonic() - started)
     finally:
-        subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
+        subprocess.run([*TMUX, "kill-session", "-t", name], capture_output=True)
 
 
 async def cpu_headless(engine: Engine, seconds: float) -> float:

@@ -1,5 +1,5 @@
 """`python -m socktop` runs the same entry point as the `socktop` script."""
 
-from socktop.cli import main
+from socktop.cli import run
 
-raise SystemExit(main())
+run()

@@ -14,8 +14,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-import numpy as np
-
+from ..collect.columns import distinct
 from ..collect.nswatch import NamespaceInfo
 from ..model.snapshot import Snapshot
 from .commands import Command
@@ -35,7 +34,7 @@ def split(snapshot: Snapshot, window_seconds: float) -> list[tuple[Snapshot, Nam
     """
     others = [info for info in snapshot.namespaces if not info.own and info.kernel is not None]
     netns = snapshot.columns.netns
-    present = set(np.unique(netns).tolist()) if len(netns) else set()
+    present = set(distinct(netns).tolist()) if len(netns) else set()
     if not any(info.key in present for info in others):
         return [(snapshot, None)]
     parts: list[tuple[Snapshot, NamespaceInfo | None]] = []

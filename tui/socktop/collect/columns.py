@@ -184,6 +184,53 @@ def v4_mapped(words: np.ndarray) -> np.ndarray:
     return out.view(ADDRESS).reshape(-1)
 
 
+def sorted_slots(keys: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """Per query, where it is (or would go) in ``keys`` (sorted, not empty), clipped to the last
+    index: ``keys[slot] == queries`` tells the matches. Many queries are sorted first: binary
+    searches in random order miss the cache at every step (6 ms for 50k queries into 50k keys
+    here, under 2 ms with the sort)."""
+    if len(queries) > 512:
+        order = np.argsort(queries)
+        slot = np.empty(len(queries), np.int64)
+        slot[order] = np.searchsorted(keys, queries[order])
+    else:
+        slot = np.searchsorted(keys, queries)
+    return np.minimum(slot, len(keys) - 1)
+
+
+def distinct(values: np.ndarray) -> np.ndarray:
+    """The distinct values, sorted: `np.unique` without its hash path (numpy 2.3 and later),
+    which is several times slower than a sort on the tables here."""
+    ordered = np.sort(values)
+    if len(ordered) > 1:
+        ordered = ordered[np.concatenate([[True], ordered[1:] != ordered[:-1]])]
+    return ordered
+
+
+_MIX = (np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), np.uint64(0x9E3779B97F4A7C15))
+
+
+def _mixed(words: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: every input bit moves every output bit (a plain weighted sum of
+    the words would collide for addresses that differ in a pattern)."""
+    words = (words ^ (words >> np.uint64(30))) * _MIX[0]
+    words = (words ^ (words >> np.uint64(27))) * _MIX[1]
+    return words ^ (words >> np.uint64(31))
+
+
+def connection_hashes(local_addr: np.ndarray, local_port: np.ndarray, remote_addr: np.ndarray,
+                      remote_port: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of each 4-tuple, made from the columns (no 36-byte key is built): joins by
+    connection sort these and check the matches field by field."""
+    local = np.ascontiguousarray(local_addr).view(np.uint64).reshape(-1, 2)
+    remote = np.ascontiguousarray(remote_addr).view(np.uint64).reshape(-1, 2)
+    ports = local_port.astype(np.uint64) << np.uint64(16) | remote_port
+    hashes = _mixed(local[:, 0] + _MIX[2])
+    for words in (local[:, 1], remote[:, 0], remote[:, 1], ports):
+        hashes = _mixed(hashes ^ words)
+    return hashes
+
+
 CONNECTION_KEY = np.dtype("V36")
 
 

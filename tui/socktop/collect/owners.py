@@ -20,8 +20,11 @@ the inode-0 sockets they now are), never to ``unowned``.
 
 from __future__ import annotations
 
+import contextlib
+import marshal
 import os
 import pwd
+import threading
 import time
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field, replace
@@ -164,17 +167,29 @@ class ScanStats:
     vanished_pids: int = 0
 
 
-def _shared_holders(pids_by_inode: dict[int, list[int]]) -> dict[int, tuple[int, ...]]:
-    """inode → pids, with one tuple per distinct set of holders.
+def _holders_by_inode(fds_by_pid: dict[int, _ProcessFds], present: set[int]) -> dict[int, tuple[int, ...]]:
+    """inode → the pids whose descriptors hold it, for the inodes in ``present``; sets each table's
+    ``tcp_fds`` to its descriptors among them.
 
-    A process holds thousands of sockets; the aggregates hash and compare
-    these tuples once per socket, which is cheaper when equal ones are one.
+    One tuple per distinct set of holders, shared: the aggregates hash and
+    compare these once per socket, which is cheaper when equal ones are one.
+    Built a process at a time with list, dict and set operations, so that a
+    socket held by one process (nearly every one) costs no Python step.
     """
-    shared: dict[tuple[int, ...], tuple[int, ...]] = {}
     result: dict[int, tuple[int, ...]] = {}
-    for inode, pids in pids_by_inode.items():
-        holders = tuple(pids)
-        result[inode] = shared.setdefault(holders, holders)
+    shared: dict[tuple[int, ...], tuple[int, ...]] = {}
+    for pid, fds in fds_by_pid.items():
+        held = [inode for inode in fds.inode_by_fd.values() if inode in present]
+        fds.tcp_fds = len(held)
+        if not held:
+            continue
+        alone = (pid,)
+        mine = dict.fromkeys(held, shared.setdefault(alone, alone))
+        for inode in mine.keys() & result.keys():  # also held by a process seen before (a forked listener)
+            earlier = result[inode]
+            joined = earlier if pid in earlier else earlier + alone
+            mine[inode] = shared.setdefault(joined, joined)
+        result.update(mine)
     return result
 
 
@@ -199,7 +214,70 @@ class OwnerScanner:
         self._unlisted_tcp: dict[int, bool] = {}  # socket inode in no TCP table → is it TCP (sockprotoname)
         self._last_full_scan = float("-inf")
         self._last_unknown_retry = float("-inf")
+        self._prefetch: tuple[int, int] | None = None  # the child reading every table: its pid, its pipe
         self.stats = ScanStats()
+
+    def prefetch(self) -> None:
+        """Start reading every process's descriptors now, in a child process, before the table is known.
+
+        A one-shot run (`--json`, `--once`) calls this before it imports
+        numpy and dumps the table: the first scan, mostly readlinks waiting
+        in the kernel, then runs on the other core (a thread would share the
+        GIL with the imports and slow both). The next `update` places the
+        sockets from these tables and reads again only for sockets opened
+        after their holder's table was read. Nothing is started while other
+        threads run (a fork copies none of them); `update` then scans itself.
+        """
+        if threading.active_count() > 1:
+            return
+        reader, writer = os.pipe()
+        try:
+            child = os.fork()
+        except OSError:
+            os.close(reader)
+            os.close(writer)
+            return
+        if child == 0:  # the child: read, send, and never return into the caller's code
+            try:
+                os.close(reader)
+                self._scan(set(), full=True)
+                tables = {pid: (fds.start_ticks, fds.inode_by_fd) for pid, fds in self._fds_by_pid.items()}
+                stats = (self.stats.fd_dirs_read, self.stats.links_read, self.stats.vanished_pids)
+                payload = memoryview(marshal.dumps((tables, list(self._known_pids), list(self.denied_pids), stats)))
+                while payload:
+                    payload = payload[os.write(writer, payload):]
+            finally:
+                os._exit(0)
+        os.close(writer)
+        self._prefetch = (child, reader)
+
+    def _take_prefetched(self) -> bool:
+        """The tables the `prefetch` child read, installed as a full scan's; False when it sent none."""
+        assert self._prefetch is not None
+        child, reader = self._prefetch
+        self._prefetch = None
+        chunks = []
+        try:
+            while chunk := os.read(reader, 1 << 20):
+                chunks.append(chunk)
+        finally:
+            os.close(reader)
+            with contextlib.suppress(ChildProcessError):  # reaped already (SIGCHLD ignored)
+                os.waitpid(child, 0)
+        try:
+            tables, known_pids, denied, (dirs, links, vanished) = marshal.loads(b"".join(chunks))
+        except (EOFError, ValueError, TypeError):  # the child died before it sent everything
+            return False
+        self._fds_by_pid = {pid: _ProcessFds(started, fds) for pid, (started, fds) in tables.items()}
+        self._known_pids, self.denied_pids = set(known_pids), set(denied)
+        self.stats.scans += 1
+        self.stats.full_scans += 1
+        self.stats.fd_dirs_read += dirs
+        self.stats.links_read += links
+        self.stats.vanished_pids += vanished
+        self.stats.denied_pids = len(denied)
+        self._last_full_scan = self._clock()
+        return True
 
     @property
     def processes(self) -> dict[int, ProcessInfo]:
@@ -219,6 +297,9 @@ class OwnerScanner:
         """
         present = inodes if isinstance(inodes, (set, frozenset)) else set(inodes)
         present.discard(0)
+        if self._prefetch is not None and self._take_prefetched():
+            self._place_prefetched(present, still_present)
+            return
         now = self._clock()
         previous = self._present
         gone, self._present = previous - present, present
@@ -247,6 +328,26 @@ class OwnerScanner:
         else:
             self._forget_closed(gone)
             return
+        self.unowned |= present - self.pids_by_inode.keys() - self.closed
+
+    def _place_prefetched(self, present: set[int],
+                          still_present: Callable[[set[int]], Collection[int]] | None) -> None:
+        """The first update after `prefetch`: owners from the tables read, then, for the sockets still
+        listed that no table placed (opened after their holder was read, as a busy server's accepts
+        are), the likely holders read again, then every other process."""
+        self._present = present
+        self._scan(present, full=False, pids=(), all_pids=self._known_pids)  # reads nothing: places
+        unplaced = present - self.pids_by_inode.keys()
+        self._find_closed(unplaced, still_present)
+        unplaced -= self.closed
+        if unplaced:
+            pids = self._list_pids()
+            likely = (pids - self._known_pids) | self._processes.keys()
+            for group in (likely & pids, pids - likely):
+                self._scan(present - self.closed, full=False, pids=group, all_pids=pids)
+                unplaced -= self.pids_by_inode.keys()
+                if not unplaced:
+                    break
         self.unowned |= present - self.pids_by_inode.keys() - self.closed
 
     def _find_closed(self, unplaced: set[int],
@@ -293,36 +394,31 @@ class OwnerScanner:
         self._known_pids = all_pids
         self.denied_pids = denied
         self.stats.denied_pids = len(denied)
-        pids_by_inode: dict[int, list[int]] = {}
-        for pid, fds in self._fds_by_pid.items():
-            fds.tcp_fds = 0
-            for inode in fds.inode_by_fd.values():
-                if inode in present:
-                    fds.tcp_fds += 1
-                    holders = pids_by_inode.setdefault(inode, [])
-                    if pid not in holders:
-                        holders.append(pid)
+        pids_by_inode = _holders_by_inode(self._fds_by_pid, present)
         # Only a holder's descriptor counts are shown: the others' sockets (UNIX, other namespaces'),
         # thousands on a busy host, are not asked their protocol.
         unlisted: dict[int, bool] = {}
+        holder_pids = set()
         for pid, fds in self._fds_by_pid.items():
             if fds.tcp_fds:
+                holder_pids.add(pid)
                 for name, inode in fds.inode_by_fd.items():
                     if inode != NOT_A_SOCKET and inode not in present:
                         fds.tcp_fds += self._is_unlisted_tcp(pid, name, inode, unlisted)
         self._unlisted_tcp = unlisted
-        self._refresh_processes({pid for holders in pids_by_inode.values() for pid in holders})
+        self._refresh_processes(holder_pids)
         # a holder whose /proc entry is gone by now exited: its descriptors are closed, and a
         # process entry with no name, user or start time would be a half-null record
-        known = self._processes
-        for inode, holders in list(pids_by_inode.items()):
-            kept = [pid for pid in holders if pid in known]
-            if len(kept) != len(holders):
-                if kept:
-                    pids_by_inode[inode] = kept
-                else:
-                    del pids_by_inode[inode]
-        self.pids_by_inode = _shared_holders(pids_by_inode)
+        exited = holder_pids - self._processes.keys()
+        if exited:
+            for inode, holders in list(pids_by_inode.items()):
+                if not exited.isdisjoint(holders):
+                    kept = tuple(pid for pid in holders if pid not in exited)
+                    if kept:
+                        pids_by_inode[inode] = kept
+                    else:
+                        del pids_by_inode[inode]
+        self.pids_by_inode = pids_by_inode
 
     def _is_unlisted_tcp(self, pid: int, fd: str, inode: int, seen: dict[int, bool]) -> bool:
         """Whether a socket no TCP table lists is TCP all the same (bound only, or closed by the kernel

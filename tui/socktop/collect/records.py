@@ -168,6 +168,9 @@ class ProcessInfo:
         return (self.pid, self.start_ticks)
 
 
+BACKENDS = ("auto", "netlink", "proc", "psutil")  # what --backend takes: auto picks the first that works
+
+
 class Backend(Protocol):
     """A way of reading the socket table. Every backend yields the same records."""
 

@@ -18,7 +18,8 @@ from typing import TypeVar
 
 import numpy as np
 
-from ..collect.columns import ADDRESSES, CONNECTION_KEY, SocketColumns, connection_key, connection_keys, table_of
+from ..collect.columns import (ADDRESS, ADDRESSES, SocketColumns, connection_hashes, distinct, sorted_slots,
+                               table_of)
 from ..collect.records import STATE_BY_CODE, ProcessInfo, SocketRecord, TcpState
 
 STATE = itemgetter(1)
@@ -267,9 +268,11 @@ class OwnerIndex:
         names one), 0 for an inode the scan could not place."""
         codes = np.where(inodes == 0, -1, 0)
         if len(self.inodes):
-            slot = np.minimum(np.searchsorted(self.inodes, inodes), len(self.inodes) - 1)
-            found = self.inodes[slot] == inodes
-            codes[found] = self.codes[slot[found]]
+            rows = np.flatnonzero(inodes) if self.inodes[0] else np.arange(len(inodes))  # 0: only a map that names it
+            wanted = inodes[rows]
+            slot = sorted_slots(self.inodes, wanted)
+            found = self.inodes[slot] == wanted
+            codes[rows[found]] = self.codes[slot[found]]
         return codes
 
 
@@ -278,56 +281,69 @@ _OWNER_INDEX: list[tuple[Mapping[int, Pids], OwnerIndex] | None] = [None]
 
 @dataclass(frozen=True, slots=True, eq=False)
 class ConnectionOwners:
-    """Outgoing connection → holders, as arrays: the 36-byte connection keys (held ones first,
-    in table order, then inferred ones) and each one's holders as an index into ``pid_sets``."""
+    """Outgoing connection → holders, as arrays: the connections' 4-tuples (held ones first, in
+    table order, then inferred ones) and each one's holders as an index into ``pid_sets``."""
 
-    keys: np.ndarray
+    local_addr: np.ndarray
+    local_port: np.ndarray
+    remote_addr: np.ndarray
+    remote_port: np.ndarray
     codes: np.ndarray
     pid_sets: tuple[Pids, ...]
-    _sorted: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list, repr=False, compare=False)
+    _index: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list, repr=False, compare=False)
+
+    @classmethod
+    def of_rows(cls, columns: SocketColumns, rows: np.ndarray, codes: np.ndarray,
+                pid_sets: tuple[Pids, ...]) -> ConnectionOwners:
+        """The connections of ``rows``, held by ``pid_sets[codes]``; only the pid sets used are kept
+        (so that they do not grow refresh after refresh)."""
+        used, renumbered = np.unique(codes, return_inverse=True)
+        return cls(columns.local_addr[rows], columns.local_port[rows], columns.remote_addr[rows],
+                   columns.remote_port[rows], renumbered.reshape(-1).astype(np.int64) + 1,
+                   ((), *(pid_sets[code] for code in used.tolist())))
 
     @classmethod
     def of_mapping(cls, table: Mapping[Connection, Pids]) -> ConnectionOwners:
         """From a text-keyed map (a caller's own, or a snapshot's ``last_owners``)."""
         kept = [(connection, pids) for connection, pids in table.items() if pids]
-        distinct = list(dict.fromkeys(pids for _, pids in kept))
-        number = {pids: index for index, pids in enumerate(distinct, 1)}
-        keys = np.array([connection_key(connection) for connection, _ in kept], CONNECTION_KEY)
-        return cls(keys, np.array([number[pids] for _, pids in kept], np.int64), ((), *distinct))
+        distinct_sets = list(dict.fromkeys(pids for _, pids in kept))
+        number = {pids: index for index, pids in enumerate(distinct_sets, 1)}
+        local, local_ports, remote, remote_ports = zip(*(connection for connection, _ in kept)) if kept else ((),) * 4
+        return cls(np.array(ADDRESSES.raws(local), ADDRESS), np.array(local_ports, np.uint16),
+                   np.array(ADDRESSES.raws(remote), ADDRESS), np.array(remote_ports, np.uint16),
+                   np.array([number[pids] for _, pids in kept], np.int64), ((), *distinct_sets))
 
-    def lookup(self, keys: np.ndarray) -> np.ndarray:
-        """Per key its holders' code, 0 when unknown; a key listed twice takes its later entry."""
-        if not len(self.keys) or not len(keys):
-            return np.zeros(len(keys), np.int64)
-        if not self._sorted:
-            order = np.argsort(_hashes(self.keys), kind="stable")
-            self._sorted.append((_hashes(self.keys)[order], order))
-        hashes, order = self._sorted[0]
-        slot = np.maximum(np.searchsorted(hashes, _hashes(keys), side="right") - 1, 0)
-        row = order[slot]
-        found = self.keys[row] == keys  # a hash collision is not a match
-        return np.where(found, self.codes[row], 0)
+    def lookup(self, columns: SocketColumns, rows: np.ndarray) -> np.ndarray:
+        """Per row its holders' code, 0 when unknown; a connection listed twice takes its later entry."""
+        if not len(self.codes) or not len(rows):
+            return np.zeros(len(rows), np.int64)
+        if not self._index:
+            self._index.append(_hash_index(connection_hashes(self.local_addr, self.local_port, self.remote_addr,
+                                                             self.remote_port)))
+        hashes, entries = self._index[0]
+        local_addr, local_port = columns.local_addr[rows], columns.local_port[rows]
+        remote_addr, remote_port = columns.remote_addr[rows], columns.remote_port[rows]
+        entry = entries[sorted_slots(hashes, connection_hashes(local_addr, local_port, remote_addr, remote_port))]
+        found = ((self.local_port[entry] == local_port) & (self.remote_port[entry] == remote_port)
+                 & (self.local_addr[entry] == local_addr) & (self.remote_addr[entry] == remote_addr))
+        return np.where(found, self.codes[entry], 0)  # a hash collision is not a match
 
     def table(self) -> dict[Connection, Pids]:
         """The text-keyed map (`Aggregates.last_owners`)."""
-        if not len(self.keys):
-            return {}
-        raw = self.keys.view(np.uint8).reshape(-1, 36)
-        local = ADDRESSES.texts(np.ascontiguousarray(raw[:, :16]).view("V16").reshape(-1).tolist())
-        remote = ADDRESSES.texts(np.ascontiguousarray(raw[:, 18:34]).view("V16").reshape(-1).tolist())
-        local_ports = np.ascontiguousarray(raw[:, 16:18]).view(np.uint16).reshape(-1).tolist()
-        remote_ports = np.ascontiguousarray(raw[:, 34:]).view(np.uint16).reshape(-1).tolist()
-        return dict(zip(zip(local, local_ports, remote, remote_ports),
+        local, remote = ADDRESSES.texts(self.local_addr.tolist()), ADDRESSES.texts(self.remote_addr.tolist())
+        return dict(zip(zip(local, self.local_port.tolist(), remote, self.remote_port.tolist()),
                         map(self.pid_sets.__getitem__, self.codes.tolist())))
 
 
-_HASH_MULTIPLIERS = np.array([0x9E3779B97F4A7C15 + 2 * i for i in range(9)], np.uint64)
-
-
-def _hashes(keys: np.ndarray) -> np.ndarray:
-    """A 64-bit hash per 36-byte key: sorting these is several times faster than sorting the keys."""
-    words = np.ascontiguousarray(keys).view(np.uint32).reshape(-1, 9).astype(np.uint64)
-    return (words * _HASH_MULTIPLIERS).sum(axis=1, dtype=np.uint64)
+def _hash_index(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct hashes, sorted, and for each the last entry that has it."""
+    order = np.argsort(hashes)
+    ordered = hashes[order]
+    if len(ordered) > 1:
+        starts = np.flatnonzero(np.concatenate([[True], ordered[1:] != ordered[:-1]]))
+        if len(starts) < len(ordered):
+            return ordered[starts], np.maximum.reduceat(order, starts)
+    return ordered, order
 
 
 class RowKind:
@@ -416,16 +432,15 @@ def aggregate(
     # inode-0 outgoing sockets: the connection's holder, now or when last held
     outbound = ~inbound
     closed = np.flatnonzero(unheld & outbound)
-    found = previous.lookup(connection_keys(columns, closed)) if len(closed) else np.zeros(0, np.int64)
+    found = previous.lookup(columns, closed)
     codes[closed] = np.where(found > 0, found + previous_base, 0)
     kinds[unheld & np.array(list(map(bool, pid_sets)), bool)[codes]] = RowKind.INFERRED
     codes[kinds == RowKind.NONE] = 0
 
     held_out = np.flatnonzero(outbound & (held > 0))
     inferred_out = closed[kinds[closed] == RowKind.INFERRED]  # a last owner that exited is forgotten
-    connection_owners = _compact(
-        np.concatenate([connection_keys(columns, held_out), connection_keys(columns, inferred_out)]),
-        np.concatenate([codes[held_out], codes[inferred_out]]), pid_sets)
+    owned_out = np.concatenate([held_out, inferred_out])
+    connection_owners = ConnectionOwners.of_rows(columns, owned_out, codes[owned_out], pid_sets)
 
     by_state = _state_counts(states)
     by_port = _port_groups(inbound, local_ports, remote_ports, states, kinds, codes, pid_sets)
@@ -486,17 +501,9 @@ def _listener_pids(local_ports: np.ndarray, states: np.ndarray, held: np.ndarray
     """Listening port (or `netns_port_key`) → the processes holding a listener on it (empty when none is visible)."""
     rows = np.flatnonzero(states == TcpState.LISTEN)
     found: dict[int, set[int]] = {}
-    pairs = np.unique(np.stack([local_ports[rows].astype(np.int64), np.maximum(held[rows], 0)], axis=1), axis=0)
-    for key, code in pairs.tolist():
+    for key, code in set(zip(local_ports[rows].tolist(), np.maximum(held[rows], 0).tolist())):  # listeners: few
         found.setdefault(key, set()).update(pid_sets[code])
     return {port: tuple(sorted(pids)) for port, pids in found.items()}
-
-
-def _compact(keys: np.ndarray, codes: np.ndarray, pid_sets: tuple[Pids, ...]) -> ConnectionOwners:
-    """Connection owners that keep only the pid sets they use (so they do not grow refresh after refresh)."""
-    used, renumbered = np.unique(codes, return_inverse=True)
-    return ConnectionOwners(keys, renumbered.reshape(-1).astype(np.int64) + 1,
-                            ((), *(pid_sets[code] for code in used.tolist())))
 
 
 def _state_counts(states: np.ndarray) -> StateCounts:
@@ -511,16 +518,17 @@ def _port_groups(inbound: np.ndarray, local_ports: np.ndarray, remote_ports: np.
                  ) -> dict[str, PortGroup]:
     """Service port groups: "in" under the local port, "out" under the remote one."""
     group = np.where(inbound, local_ports, remote_ports).astype(np.int64) | inbound.astype(np.int64) << 16
-    keys, first, counts = np.unique(group << 8 | states, return_index=True, return_counts=True)
+    keys, counts = np.unique(group << 8 | states, return_counts=True)
+    first = np.full(1 << 17, len(group))  # per port group (17 bits: direction, port), its first socket
+    np.minimum.at(first, group, np.arange(len(group)))
     counted = kinds == RowKind.DIRECT
     counted |= kinds == RowKind.INFERRED
-    holders = np.unique(group[counted] << 32 | codes[counted])
+    holders = distinct(group[counted] << 32 | codes[counted])
     pids: dict[int, set[int]] = {}
     for pair in holders.tolist():
         pids.setdefault(pair >> 32, set()).update(pid_sets[pair & 0xFFFFFFFF])
-    groups: dict[int, dict[TcpState, int]] = {}
-    for key in keys[np.argsort(first)].tolist():
-        groups.setdefault(key >> 8, {})
+    present = distinct(keys >> 8)
+    groups: dict[int, dict[TcpState, int]] = {key: {} for key in present[np.argsort(first[present])].tolist()}
     for key, count in zip(keys.tolist(), counts.tolist()):
         groups[key >> 8][_STATES[key & 0xFF]] = count
     by_port: dict[str, PortGroup] = {}

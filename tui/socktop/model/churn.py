@@ -13,7 +13,7 @@ listener, or those holding connections toward that port), marked inferred.
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import compress
 from operator import itemgetter, not_
@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..collect.columns import SocketTable, table_of
+from ..collect.columns import SocketColumns, SocketTable, distinct, sorted_slots, table_of
 from ..collect.records import ProcessInfo, SocketRecord, TcpState
-from .aggregate import CONNECTION, Aggregates, Connection, Direction, Ownership, Pids, RowKind, inbound_flags, process_key
+from .aggregate import (CONNECTION, Aggregates, Connection, Direction, Ownership, Pids, RowKind, aggregate,
+                        inbound_flags, process_key)
 
-COOKIE = itemgetter(13)
 CLOSED_LOCAL_PORT, CLOSED_REMOTE_ADDR, CLOSED_REMOTE_PORT, CLOSED_COOKIE = (itemgetter(i) for i in (2, 3, 4, 5))
 CLOSED_CONNECTION = itemgetter(1, 2, 3, 4)
 Owners = tuple[ProcessInfo, ...]
@@ -39,7 +39,67 @@ LEDGER_MAX = 262_144  # cookies remembered after their socket left the table (ab
 LEDGER_AGE = 130.0  # seconds: a cookie matters while its TIME_WAIT (60 s) or orphan (tcp_fin_timeout) lives
 WINDOW_SECONDS = 10.0  # rates are over the refreshes of about this long
 MAX_GROUPS = 2_000  # per kind of group in one interval: a scan of every port must not grow without bound
-_NOT_NEW = frozenset({TcpState.LISTEN, TcpState.SYN_RECV})  # a request socket's cookie is not its connection's
+_NOT_NEW_CODES = np.array([TcpState.LISTEN, TcpState.SYN_RECV], np.uint8)  # a request socket's cookie is not its
+# connection's
+
+
+class CookieOwners(Mapping[int, "Owners"]):
+    """Cookie → the processes that held that socket, as sorted arrays: a refresh asks about tens
+    of thousands of TIME_WAIT cookies at once (`lookup`), which a dict would answer one by one."""
+
+    __slots__ = ("cookies", "owners")
+
+    def __init__(self, cookies: np.ndarray, owners: np.ndarray) -> None:
+        self.cookies = cookies  # sorted, distinct
+        self.owners = owners  # an object array: the `Owners` of each cookie
+
+    @classmethod
+    def of(cls, cookies: np.ndarray, owners: np.ndarray) -> CookieOwners:
+        """From cookies in any order; a cookie given twice keeps one of its entries."""
+        order = np.argsort(cookies)
+        cookies, owners = cookies[order], owners[order]
+        if len(cookies) > 1:
+            distinct = np.concatenate([[True], cookies[1:] != cookies[:-1]])
+            if not distinct.all():
+                cookies, owners = cookies[distinct], owners[distinct]
+        return cls(cookies, owners)
+
+    @classmethod
+    def empty(cls) -> CookieOwners:
+        return cls(np.zeros(0, np.uint64), np.empty(0, object))
+
+    def lookup(self, cookies: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per cookie whether it is here, and its entry's index (where it is)."""
+        if not len(self.cookies) or not len(cookies):
+            return np.zeros(len(cookies), bool), np.zeros(len(cookies), np.int64)
+        slot = sorted_slots(self.cookies, cookies)
+        return self.cookies[slot] == cookies, slot
+
+    def owners_of(self, cookies: np.ndarray) -> np.ndarray:
+        """Per cookie its `Owners`, () where unknown (an object array)."""
+        found, slot = self.lookup(cookies)
+        result = np.empty(len(cookies), object)
+        result[:] = [()] * len(cookies)
+        result[found] = self.owners[slot[found]]
+        return result
+
+    def __getitem__(self, cookie: int) -> Owners:
+        found, slot = self.lookup(np.array([cookie], np.uint64))
+        if not found[0]:
+            raise KeyError(cookie)
+        return self.owners[slot[0]]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.cookies.tolist())
+
+    def __len__(self) -> int:
+        return len(self.cookies)
+
+    def values(self) -> list[Owners]:  # type: ignore[override]  # one list, not a lookup per key
+        return self.owners.tolist()
+
+    def __repr__(self) -> str:
+        return f"CookieOwners({len(self)} cookies)"
 
 
 class CookieLedger:
@@ -48,50 +108,74 @@ class CookieLedger:
     ``update`` takes each refresh's held sockets; a cookie that leaves the
     held set is kept ``max_age`` seconds, ``max_entries`` at most (oldest
     dropped first), which bounds memory however fast connections churn.
+    Both sets are sorted arrays: a refresh costs a few passes in C over
+    them, not a Python step per socket.
     """
 
-    __slots__ = ("_held", "_gone", "max_entries", "max_age")
+    __slots__ = ("_held", "_gone", "_left", "max_entries", "max_age")
 
     def __init__(self, max_entries: int = LEDGER_MAX, max_age: float = LEDGER_AGE) -> None:
-        self._held: dict[int, Owners] = {}
-        self._gone: dict[int, tuple[Owners, float]] = {}  # in order of leaving: oldest first
+        self._held = CookieOwners.empty()
+        self._gone = CookieOwners.empty()
+        self._left = np.zeros(0, np.float64)  # per gone cookie (same order): when it left the held set
         self.max_entries = max_entries
         self.max_age = max_age
 
     def update(self, cookies: Sequence[int], pids: Sequence[Pids | None], processes: Mapping[int, ProcessInfo],
                now: float) -> None:
         """Remember the held sockets of one dump: ``pids`` per cookie (empty or None: not held)."""
-        held_flags = list(map(bool, pids))
-        held_pids = list(compress(pids, held_flags))
-        owners_of = {group: tuple(processes[pid] for pid in group if pid in processes) for group in set(held_pids)}
-        held = dict(zip(compress(cookies, held_flags), map(owners_of.__getitem__, held_pids)))
-        previous, gone = self._held, self._gone
-        for cookie in previous.keys() - held.keys():
-            gone[cookie] = (previous[cookie], now)
+        owners_of = {group: tuple(processes[pid] for pid in group if pid in processes) for group in set(pids) if group}
+        owners = np.empty(len(pids), object)
+        owners[:] = [owners_of[group] if group else () for group in pids]
+        self.update_held(np.fromiter(cookies, np.uint64, len(cookies)), owners, now)
+
+    def update_held(self, cookies: np.ndarray, owners: np.ndarray, now: float) -> None:
+        """`update` with arrays: the cookies of one dump's held sockets, and each one's `Owners` (objects)."""
+        named = np.fromiter(map(bool, owners), bool, len(owners))
+        held = CookieOwners.of(cookies[named], owners[named])
+        previous = self._held
+        left = ~np.isin(previous.cookies, held.cookies, assume_unique=True)
+        if left.any():
+            self._add_gone(previous.cookies[left], previous.owners[left], now)
         self._held = held
         self._expire(now)
 
+    def _add_gone(self, cookies: np.ndarray, owners: np.ndarray, now: float) -> None:
+        """Insert sorted ``cookies`` into the sorted gone set (replacing entries of the same cookies)."""
+        gone, left = self._gone, self._left
+        again = np.isin(gone.cookies, cookies, assume_unique=True)
+        if again.any():
+            gone, left = CookieOwners(gone.cookies[~again], gone.owners[~again]), left[~again]
+        at = np.searchsorted(gone.cookies, cookies)
+        self._gone = CookieOwners(np.insert(gone.cookies, at, cookies), np.insert(gone.owners, at, owners))
+        self._left = np.insert(left, at, now)
+
     def _expire(self, now: float) -> None:
-        gone = self._gone
-        while gone:
-            cookie = next(iter(gone))
-            if len(gone) <= self.max_entries and now - gone[cookie][1] <= self.max_age:
-                break
-            del gone[cookie]
+        keep = self._left >= now - self.max_age
+        excess = int(keep.sum()) - self.max_entries
+        if excess > 0:  # the oldest go first
+            keep[np.flatnonzero(keep)[np.argsort(self._left[keep], kind="stable")[:excess]]] = False
+        if not keep.all():
+            self._gone = CookieOwners(self._gone.cookies[keep], self._gone.owners[keep])
+            self._left = self._left[keep]
 
     def owners(self, cookie: int) -> Owners:
         """The processes that hold, or held, the socket with this cookie; () when no dump saw it held."""
-        found = self._held.get(cookie)
-        if found is not None:
-            return found
-        gone = self._gone.get(cookie)
-        return gone[0] if gone is not None else ()
+        return self.owners_of(np.array([cookie], np.uint64))[0]
 
-    def gone_owners(self, cookies: Iterable[int]) -> dict[int, Owners]:
-        """Owners of the given cookies among sockets no longer held (TIME_WAIT, orphans), in C."""
-        cookies = list(cookies)
-        found = list(map(self._gone.get, cookies))
-        return {cookie: entry[0] for cookie, entry in compress(zip(cookies, found), found) if entry[0]}
+    def owners_of(self, cookies: np.ndarray) -> np.ndarray:
+        """`owners` of many cookies (an object array)."""
+        found = self._held.owners_of(cookies)
+        unknown = np.flatnonzero(np.fromiter(map(not_, found), bool, len(found)))
+        if len(unknown):
+            found[unknown] = self._gone.owners_of(cookies[unknown])
+        return found
+
+    def gone_owners(self, cookies: np.ndarray) -> CookieOwners:
+        """The entries of the given cookies among sockets no longer held (TIME_WAIT, orphans)."""
+        found, slot = self._gone.lookup(cookies)
+        slot = distinct(slot[found])
+        return CookieOwners(self._gone.cookies[slot], self._gone.owners[slot])
 
     def __len__(self) -> int:
         return len(self._held) + len(self._gone)
@@ -173,8 +257,9 @@ class ChurnTracker:
 
     def __init__(self, ledger: CookieLedger | None = None) -> None:
         self.ledger = ledger or CookieLedger()
-        self._previous: set[int] = set()  # cookies of the previous dump
-        self._closed_before: tuple[set[int], set[Connection]] = (set(), set())  # closed in the previous interval
+        self._previous = np.zeros(0, np.uint64)  # cookies of the previous dump, sorted
+        # closed in the previous interval: cookies and connections
+        self._closed_before: tuple[np.ndarray, set[Connection]] = (np.zeros(0, np.uint64), set())
         self._window: deque[_Tally] = deque()
         self._last: float | None = None
 
@@ -188,19 +273,19 @@ class ChurnTracker:
         a connection no dump saw alive: its close already counted it).
         """
         seconds = 0.0 if self._last is None else max(now - self._last, 1e-6)
-        table = table_of(records)
-        cookies, inodes = table.columns.cookie.tolist(), table.columns.inode.tolist()
-        current = set(cookies)
-        self.ledger.update(cookies, list(map(ownership.pids_by_inode.get, inodes)), ownership.processes, now)
-        closed_cookies = set(map(CLOSED_COOKIE, closed))
+        columns = table_of(records).columns
+        cookies = columns.cookie
+        self.ledger.update_held(*_held(columns, ownership, aggregates), now)
+        current = np.sort(cookies)
+        closed_cookies = np.fromiter(map(CLOSED_COOKIE, closed), np.uint64, len(closed))
         by_port, by_remote, by_process, exact, by_destination, unseen = self._closes(
-            closed, aggregates, (self._previous, current))
+            closed, closed_cookies, aggregates, (self._previous, current))
         closed_connections = set(map(CLOSED_CONNECTION, closed))
         opens = unseen
         if self._last is not None:
-            opens += self._opened(table, cookies, current, closed_cookies, closed_connections)
+            opens += self._opened(columns, closed_cookies, closed_connections)
         tally = _Tally(seconds, len(closed), opens, unseen, by_port, by_remote, by_process, exact, by_destination)
-        time_wait_owners = self.ledger.gone_owners(compress(cookies, map(not_, inodes)))
+        time_wait_owners = self.ledger.gone_owners(cookies[columns.inode == 0])
         self._previous = current
         self._closed_before = (closed_cookies, closed_connections)
         if self._last is not None:
@@ -208,27 +293,27 @@ class ChurnTracker:
         self._last = now
         return self._churn(tally, overruns, lost, time_wait_owners)
 
-    def _opened(self, table: SocketTable, cookies: list[int], current: set[int],
-                closed_cookies: set[int], closed_connections: set[Connection]) -> int:
+    def _opened(self, columns: SocketColumns, closed_cookies: np.ndarray, closed_connections: set[Connection]) -> int:
         """Connections new to this dump. Not new: request sockets (the connection gets another
         cookie), and the TIME_WAIT or orphan of a socket whose close was counted lately: by
         cookie when a dump saw it alive (the timewait socket keeps it), else by its 4-tuple
         (a socket no dump asked for has no cookie yet when its timewait socket is made)."""
         cookies_before, connections_before = self._closed_before
-        new = current - self._previous - closed_cookies - cookies_before
-        if not new:
-            return 0
+        cookies = columns.cookie
+        new = ~np.isin(cookies, self._previous) & ~np.isin(cookies, closed_cookies) & ~np.isin(cookies, cookies_before)
+        new &= ~np.isin(columns.state, _NOT_NEW_CODES)
+        rows = np.flatnonzero(new)
         closed_lately = closed_connections | connections_before
-        rows = np.fromiter(map(new.__contains__, cookies), bool, len(cookies))
-        return sum(1 for record in table.take(rows)
-                   if record.state not in _NOT_NEW
-                   and not (record.inode == 0 and CONNECTION(record) in closed_lately))
+        descriptorless = rows[columns.inode[rows] == 0]
+        if not len(descriptorless) or not closed_lately:
+            return len(rows)
+        return len(rows) - sum(1 for record in columns.records(descriptorless) if CONNECTION(record) in closed_lately)
 
-    def _closes(self, closed: Sequence[ClosedSocket], aggregates: Aggregates, seen: tuple[set[int], set[int]]
+    def _closes(self, closed: Sequence[ClosedSocket], cookies: np.ndarray, aggregates: Aggregates,
+                seen: tuple[np.ndarray, np.ndarray]
                 ) -> tuple[Counter[str], Counter[str], Counter[str], Counter[str], Counter[str], int]:
         """Closes by port, remote host and process (exact where the ledger knows the cookie, and
-        of those), and how many closed sockets no dump saw (``seen``: cookies of the last two)."""
-        seen_before, seen_now = seen
+        of those), and how many closed sockets no dump saw (``seen``: cookies of the last two dumps)."""
         local_ports = list(map(CLOSED_LOCAL_PORT, closed))
         remote_ports = list(map(CLOSED_REMOTE_PORT, closed))
         inbound = inbound_flags(local_ports, remote_ports, aggregates.listening_ports, aggregates.ephemeral_ports)
@@ -236,18 +321,17 @@ class ChurnTracker:
         # cleared its remote port: no port group (key None), only its totals, remote host and cookie
         port_keys = [f"{Direction.IN.value}:{local}" if flag else f"{Direction.OUT.value}:{remote}" if remote else None
                      for flag, local, remote in zip(inbound, local_ports, remote_ports)]
+        owners = self.ledger.owners_of(cookies)
+        unseen_flags = ~np.isin(cookies, seen[0]) & ~np.isin(cookies, seen[1])
         by_process: Counter[str] = Counter()
         exact: Counter[str] = Counter()
         unseen = 0
-        owners = self.ledger.owners
-        for event, key in zip(closed, port_keys):
-            found = owners(event.cookie)
+        for found, key, never_seen in zip(owners.tolist(), port_keys, unseen_flags.tolist()):
             if found:
                 for process in found:
                     exact[process_key(process.pid)] += 1
                 continue
-            if event.cookie not in seen_before and event.cookie not in seen_now:
-                unseen += 1
+            unseen += never_seen
             group = aggregates.by_port.get(key) if key else None
             for pid in group.pids if group else ():
                 by_process[process_key(pid)] += 1
@@ -284,6 +368,20 @@ class ChurnTracker:
             overruns=overruns, lost=lost, time_wait_owners=time_wait_owners, closed_by_port=tally.by_port,
             closed_by_process=tally.by_process,
         )
+
+
+def _held(columns: SocketColumns, ownership: Ownership, aggregates: Aggregates) -> tuple[np.ndarray, np.ndarray]:
+    """The cookies of the sockets a process holds, and each one's holders as `Owners` (an object array):
+    from the aggregates' attribution, one tuple of processes per distinct set of pids."""
+    rows = aggregates.rows
+    if rows is None or len(rows.kinds) != len(columns):  # aggregates made elsewhere: join by inode here
+        rows = aggregate(SocketTable(columns), ownership, str, {}).rows
+        assert rows is not None
+    held = np.flatnonzero(rows.kinds == RowKind.DIRECT)
+    processes = ownership.processes
+    owners = np.empty(len(rows.pid_sets), object)
+    owners[:] = [tuple(processes[pid] for pid in pids if pid in processes) for pids in rows.pid_sets]
+    return columns.cookie[held], owners[rows.codes[held]]
 
 
 @dataclass(frozen=True, slots=True)

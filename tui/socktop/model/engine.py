@@ -25,15 +25,13 @@ from ..collect.kernelstate import read_kernel_state
 from ..collect.netns import NamespaceSockets, Selection, sock_diag_socket
 from ..collect.nswatch import NamespaceInfo
 from ..collect.owners import OwnerScanner, owner_note_for, user_name
-from ..collect.records import Backend, BackendUnavailable, OwnerAwareBackend
+from ..collect.records import BACKENDS, Backend, BackendUnavailable, OwnerAwareBackend
 from ..collect.tools import ss_has_bound_inactive
 from .aggregate import DEFAULT_EPHEMERAL_PORTS, Aggregates, ConnectionOwners, Ownership, aggregate
 from .churn import Churn, ChurnTracker
 from .history import DEFAULT_WINDOW_SECONDS, History, history_capacity
 from .places import NamespaceReader, assign_places, group_places, with_closes
 from .snapshot import Snapshot, SourceInfo
-
-BACKENDS = ("auto", "netlink", "proc", "psutil")
 
 
 def _netlink() -> Backend:
@@ -94,13 +92,16 @@ class Engine:
     """Owns the backend, the owner scanner and the history; makes snapshots."""
 
     def __init__(self, backend: str = "auto", interval: float = 1.0,
-                 history_seconds: float = DEFAULT_WINDOW_SECONDS, netns: Selection | None = None) -> None:
+                 history_seconds: float = DEFAULT_WINDOW_SECONDS, netns: Selection | None = None,
+                 scanner: OwnerScanner | None = None) -> None:
+        """``scanner``: an owner scanner already started (a one-shot run begins reading /proc/*/fd
+        before it imports numpy, see `OwnerScanner.prefetch`)."""
         self.backend, self.backend_note = open_backend(backend)
         self.netns = netns if netns is not None else Selection("self")  # the CLI defaults to all as root
         self.containers = ContainerResolver()
         self.namespaces = NamespaceReader(self.netns, self.containers) if self.backend.name == "netlink" else None
         self._feeds: NamespaceSockets[DestroyFeed] = NamespaceSockets(lambda: DestroyFeed(sock_diag_socket()))
-        self.scanner = OwnerScanner()
+        self.scanner = scanner if scanner is not None else OwnerScanner()
         self.history_seconds = history_seconds
         self.history = History(history_capacity(history_seconds, interval))
         self._seq = 0

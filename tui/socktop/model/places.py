@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..collect.columns import SocketColumns, table_of
+from ..collect.columns import SocketColumns, distinct, table_of
 from ..collect.containers import Container, ContainerResolver
 from ..collect.kernelstate import KernelState
 from ..collect.netns import Selection, activity
@@ -240,7 +240,7 @@ class NamespaceReader:
         """`NetlinkBackend.still_listed` for ``rows`` of several namespaces: each asked in its own."""
         opened = self.watch.sockets.sockets  # by inode, which is the netns key of every namespace but socktop's
         listed: set[int] = set()
-        for key in np.unique(columns.netns[rows]).tolist():
+        for key in distinct(columns.netns[rows]).tolist():
             mine = rows[columns.netns[rows] == key]
             if key == 0:
                 listed |= backend.still_listed(columns, mine)

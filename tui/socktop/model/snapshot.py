@@ -17,6 +17,7 @@ from ..collect.nswatch import NamespaceInfo
 from ..collect.records import ProcessInfo, SocketRecord, TcpState
 from .aggregate import (CONNECTION, Aggregates, Ownership, OwnerKind, Pids, RowKind, RowOwners, StateCounts, aggregate,
                         credited)
+from .churn import CookieOwners
 from .places import Place, PlaceSlot, group_places, matching_codes
 
 if TYPE_CHECKING:
@@ -141,7 +142,10 @@ class Snapshot:
         if not by_cookie:
             return rows
         candidates = np.flatnonzero((rows.kinds == RowKind.NONE) | (rows.kinds == RowKind.INFERRED))
-        owners = list(map(by_cookie.get, self.columns.cookie[candidates].tolist()))
+        if isinstance(by_cookie, CookieOwners):
+            owners = by_cookie.owners_of(self.columns.cookie[candidates]).tolist()
+        else:
+            owners = list(map(by_cookie.get, self.columns.cookie[candidates].tolist()))
         hits = np.fromiter(map(bool, owners), bool, len(owners))
         if not hits.any():
             return rows

@@ -372,7 +372,11 @@ class SocktopApp(App[int]):
             if str(widget.styles.height) != value:
                 widget.styles.height = value
         self.query_one(TabLine).show(active, shown)
-        self.query_one(FindingsStrip).styles.height = STRIP_LINES.get(mode, 0) or None
+        strip = self.query_one(FindingsStrip)
+        strip_height = STRIP_LINES.get(mode, 0) or None
+        inline = strip.styles.inline.height
+        if (inline.value if inline is not None else None) != strip_height:
+            strip.styles.height = strip_height  # assigning, even the same value, lays the screen out anew
 
     def on_descendant_focus(self, event: Any) -> None:
         widget = event.widget

@@ -242,7 +242,7 @@ class Pane(LineTable):
         key = self._order[index]
         strip = self._strips.get(key)
         if strip is None:
-            base, cells = self.rich_style, self._cells[key]
+            base, cells = self.base_style, self._cells[key]
             strip = self._strips[key] = Strip([Segment(cells[column].fitted(width), base + cells[column].style)
                                               for column, width in self.shown_columns])
         return strip

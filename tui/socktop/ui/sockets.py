@@ -187,7 +187,7 @@ class SocketList(LineTable):
 
     def _line(self, index: int) -> Strip:
         record = self.records[index]
-        base = self.rich_style
+        base = self.base_style
         new = self.is_new(record)
         if new:
             base = base + self._style("new")

@@ -30,6 +30,16 @@ class CachedComponentStyles:
             style = cache[name] = self.get_component_rich_style(name)  # type: ignore[attr-defined]
         return style
 
+    @property
+    def base_style(self) -> Style:
+        """Textual's `rich_style` (the widget's colours over its ancestors' backgrounds), kept likewise: it
+        walks every ancestor each time, and each line a table draws asks for it."""
+        cache: dict[str, Style] = self.__dict__.setdefault("_socktop_rich_styles", {})
+        style = cache.get("")  # no component class is named ""
+        if style is None:
+            style = cache[""] = self.rich_style  # type: ignore[attr-defined]
+        return style
+
     def notify_style_update(self) -> None:
         super().notify_style_update()  # type: ignore[misc]
         self.__dict__.setdefault("_socktop_rich_styles", {}).clear()

@@ -136,9 +136,15 @@ class LineTable(CachedComponentStyles, ScrollView, can_focus=True):
         return max(1, self.scrollable_content_region.height - 1)  # less the header
 
     def update_size(self) -> None:
+        """The virtual size follows the row count. Only the scrollbars depend on it (the lines are this
+        widget's own), so it is set without the layout of the whole screen that assigning it asks for
+        (10 to 25 ms at 200x50, once a refresh as counts change); a scrollbar that comes or goes still
+        gets one (`_refresh_scrollbars`)."""
         size = Size(self.scrollable_content_region.width, self.row_total + 1)
         if size != self.virtual_size:
-            self.virtual_size = size
+            self.set_reactive(LineTable.virtual_size, size)
+            self._scroll_update(size)
+            self.refresh()
 
     def on_resize(self, event: events.Resize) -> None:
         self.update_size()
@@ -201,16 +207,16 @@ class LineTable(CachedComponentStyles, ScrollView, can_focus=True):
         if y == 0:
             text = "".join(header_cell(self.COLUMNS[index], size, self.sort_mark(self.COLUMNS[index]))
                            for index, size in columns)
-            return Strip([Segment(text, self.rich_style + self.style_of("table--header"))]).crop_extend(
-                0, width, self.rich_style)
+            return Strip([Segment(text, self.base_style + self.style_of("table--header"))]).crop_extend(
+                0, width, self.base_style)
         index = int(self.scroll_y) + y - 1
         if index >= self.row_total:
             if index == 0 and self.empty_text:
-                return Strip([Segment(" " + self.empty_text, self.rich_style + self.style_of("table--empty"))]
-                             ).crop_extend(0, width, self.rich_style)
-            return Strip.blank(width, self.rich_style)
+                return Strip([Segment(" " + self.empty_text, self.base_style + self.style_of("table--empty"))]
+                             ).crop_extend(0, width, self.base_style)
+            return Strip.blank(width, self.base_style)
         strip = self.row_strip(index)
         if index == self.cursor:
             cursor = self.style_of("table--cursor")
             strip = Strip([Segment(text, (style or Style()) + cursor) for text, style, _ in strip])
-        return strip.crop_extend(0, width, self.rich_style)
+        return strip.crop_extend(0, width, self.base_style)
