@@ -307,3 +307,5 @@ def test_new_sockets_are_those_whose_4_tuple_the_refresh_before_did_not_have():
     marked = {CONNECTION(record) for record, new in zip(view.sockets, view.new) if new}
     assert marked == {CONNECTION(record) for record in now[1:4]}
     assert with_new(fresh, ConnectionSet.of(SocketColumns.from_records([]))).new is None  # the first refresh
+    empty = build_view(replace(SNAPSHOT, sockets=[]), ViewSpec())  # a view of no socket (an empty namespace)
+    assert len(with_new(empty, ConnectionSet.of(SocketColumns.from_records(before))).new) == 0

@@ -314,6 +314,8 @@ class ConnectionSet:
     @classmethod
     def of(cls, columns: SocketColumns) -> ConnectionSet:
         fields = (columns.local_addr, columns.local_port, columns.remote_addr, columns.remote_port)
+        if not len(columns):
+            return cls(np.zeros(0, np.uint64), fields)
         hashes = connection_hashes(*fields)
         order = np.argsort(hashes)
         return cls(hashes[order], (fields[0][order], fields[1][order], fields[2][order], fields[3][order]))
@@ -324,7 +326,7 @@ class ConnectionSet:
     def holds(self, columns: SocketColumns) -> np.ndarray:
         """Per row of ``columns``, whether its 4-tuple is in the set."""
         theirs = (columns.local_addr, columns.local_port, columns.remote_addr, columns.remote_port)
-        if not len(self.hashes):
+        if not len(self.hashes) or not len(columns):
             return np.zeros(len(columns), bool)
         hashes = connection_hashes(*theirs)
         slot = sorted_slots(self.hashes, hashes)
