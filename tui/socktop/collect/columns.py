@@ -305,22 +305,35 @@ def connection_key(connection: tuple[str, int, str, int]) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class ConnectionSet:
-    """The 4-tuples of one refresh as sorted keys: built at C speed over the columns, asked
-    only about the rows on screen (which sockets are new since the last refresh)."""
+    """The 4-tuples of one refresh: their hashes sorted, and the 4-tuples in that order to check a
+    match field by field. Asked about a whole view at once (which sockets are new since then)."""
 
-    keys: np.ndarray
+    hashes: np.ndarray
+    fields: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # local address and port, remote ones
 
     @classmethod
     def of(cls, columns: SocketColumns) -> ConnectionSet:
-        return cls(np.sort(connection_keys(columns)))
+        fields = (columns.local_addr, columns.local_port, columns.remote_addr, columns.remote_port)
+        if not len(columns):
+            return cls(np.zeros(0, np.uint64), fields)
+        hashes = connection_hashes(*fields)
+        order = np.argsort(hashes)
+        return cls(hashes[order], (fields[0][order], fields[1][order], fields[2][order], fields[3][order]))
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return len(self.hashes)
 
-    def __contains__(self, connection: object) -> bool:
-        key = np.frombuffer(connection_key(connection), CONNECTION_KEY)  # type: ignore[arg-type]
-        at = int(np.searchsorted(self.keys, key[0]))
-        return at < len(self.keys) and self.keys[at] == key[0]
+    def holds(self, columns: SocketColumns) -> np.ndarray:
+        """Per row of ``columns``, whether its 4-tuple is in the set."""
+        theirs = (columns.local_addr, columns.local_port, columns.remote_addr, columns.remote_port)
+        if not len(self.hashes) or not len(columns):
+            return np.zeros(len(columns), bool)
+        hashes = connection_hashes(*theirs)
+        slot = sorted_slots(self.hashes, hashes)
+        found = self.hashes[slot] == hashes
+        for mine, field in zip(self.fields, theirs):
+            found &= mine[slot] == field
+        return found
 
 
 class SocketTable(Sequence[SocketRecord]):
