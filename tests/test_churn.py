@@ -11,6 +11,7 @@ import json
 import os
 import re
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -25,7 +26,7 @@ import pytest
 
 from socktop.analyze.config import DEFAULT_THRESHOLDS
 from socktop.analyze.findings import analyze
-from socktop.collect.destroy import NETLINK_SOCK_DIAG, DestroyFeed, FeedReader
+from socktop.collect.destroy import NETLINK_SOCK_DIAG, ClosedSocket, DestroyFeed, FeedReader, RawEvents, closed_sockets
 from socktop.collect.records import ProcessInfo, TcpState
 from socktop.demo.builders import LINGER_ABORT, listen, port_of
 from socktop.model.aggregate import OwnerKind, process_key
@@ -435,3 +436,63 @@ def test_an_aborted_connection_counts_but_joins_no_port_group(server: int) -> No
     churn = engine.refresh().churn
     assert churn is not None and "out:0" not in churn.by_port and "in:0" not in churn.by_port
     engine.close()
+
+
+def destroy_message(family: int, src: str, sport: int, dst: str, dport: int, cookie: int,
+                    info: tuple[int, int, int] | None) -> bytes:
+    """One SOCK_DIAG_BY_FAMILY message as the kernel broadcasts it, with a tcp_info attribute when
+    ``info`` (retransmits, acked, received) is given, after an attribute of another kind."""
+    def raw(address: str) -> bytes:
+        return socket.inet_pton(family, address).ljust(16, b"\0")
+
+    body = struct.pack("=BBBB", family, 7, 0, 0) + struct.pack(">HH", sport, dport) + raw(src) + raw(dst)
+    body += struct.pack("=III", 0, cookie & 0xFFFFFFFF, cookie >> 32) + bytes(20)
+    attributes = struct.pack("=HH", 8, 1) + bytes(4)  # INET_DIAG_MEMINFO-like: skipped
+    if info is not None:
+        tcp_info = bytearray(160)
+        struct.pack_into("=I", tcp_info, 100, info[0])
+        struct.pack_into("=QQ", tcp_info, 120, info[1], info[2])
+        attributes += struct.pack("=HH", 4 + len(tcp_info), 2) + tcp_info
+    length = 16 + len(body) + len(attributes)
+    return struct.pack("=IHHII", length, 20, 0, 0, 0) + body + attributes
+
+
+def test_raw_events_parse_every_message_of_a_batch() -> None:
+    """Datagrams as `DestroyFeed.receive` lays them out: one of two messages (walked), an IPv6 one
+    without tcp_info, and a message of another type (skipped)."""
+    first = destroy_message(socket.AF_INET, "127.0.0.1", 40000, "10.1.2.3", 443, 1 << 40 | 7, (2, 102, 5))
+    second = destroy_message(socket.AF_INET, "127.0.0.2", 80, "10.1.2.4", 50000, 8, (0, 1, 1))
+    third = destroy_message(socket.AF_INET6, "::1", 8080, "2001:db8::1", 51000, 9, None)
+    other = struct.pack("=IHHII", 20, 3, 0, 0, 0) + bytes(4)
+    raw = RawEvents(size=1 << 17)
+    for datagram in (first + second, third, other):
+        raw.view[raw.used:raw.used + len(datagram)] = datagram
+        raw.starts.append(raw.used)
+        raw.used += (len(datagram) + 3) & ~3
+    assert closed_sockets(raw.parse()) == [
+        ClosedSocket(socket.AF_INET, "127.0.0.1", 40000, "10.1.2.3", 443, 1 << 40 | 7, 102, 5, 2),
+        ClosedSocket(socket.AF_INET, "127.0.0.2", 80, "10.1.2.4", 50000, 8, 1, 1, 0),
+        ClosedSocket(socket.AF_INET6, "::1", 8080, "2001:db8::1", 51000, 9, -1, -1, -1),
+    ]
+    assert len(raw) == 0 and closed_sockets(raw.parse()) == []
+
+
+def test_refreshes_with_closes_never_import_numpy_ma(server: int) -> None:
+    """Closes and opens are matched against the dumps' cookies without the plain np.unique that
+    np.isin calls (it imports numpy.ma since numpy 2.3: --json is ~10 ms slower with it)."""
+    probe = ("import sys, socket, time\n"
+             "from socktop.model.engine import Engine\n"
+             f"held = [socket.create_connection(('127.0.0.1', {server})) for _ in range(5)]\n"
+             "engine = Engine()\n"
+             "engine.refresh()\n"
+             "for sock in held: sock.close()\n"
+             f"fresh = [socket.create_connection(('127.0.0.1', {server})) for _ in range(5)]\n"
+             "churn = engine.refresh().churn\n"
+             "opens, closes = churn.opens, churn.closes\n"
+             "for _ in range(300):  # the server ends close when the fixture's thread gets to them\n"
+             "    closes += engine.refresh().churn.closes\n"
+             "    if closes >= 10: break\n"
+             "    time.sleep(0.1)\n"
+             "print(opens >= 5, closes >= 10, 'numpy.ma' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=90, check=True)
+    assert result.stdout.split() == ["True", "True", "False"]

@@ -283,6 +283,26 @@ def test_cgroup_id_and_last_ack_come_from_the_attributes(monkeypatch: pytest.Mon
         (987654321, 4321), (0, -1), (987654321, -1)]
 
 
+
+def test_messages_of_one_size_with_other_attributes_are_read_each_by_its_own() -> None:
+    """Attributes are read where the first message of a size has them, for every message of that size
+    whose headers sit at the same places; the others (other attributes in as many bytes, a broken
+    chain, a first message whose chain is broken) are walked one by one."""
+    other = struct.pack("=HH", 12, 99) + bytes(8)  # 12 bytes, as a cgroup id's, of another type
+
+    def broken(size: int) -> bytes:  # claims more than the message holds
+        return struct.pack("=HH", 200, 21) + bytes(size - 4)
+
+    messages = [CGROUP_ATTRIBUTE + other, other + CGROUP_ATTRIBUTE, CGROUP_ATTRIBUTE + other, broken(32),
+                other + other + ATTRIBUTE_PADDING,  # 32 bytes of attributes each, then 40:
+                broken(40), ATTRIBUTE_PADDING + other + CGROUP_ATTRIBUTE]
+    chunk = b"".join(diag_message(1, LOOPBACK, 8080, OTHER, 50000 + index, cookie=index + 1, attributes=attributes)
+                     for index, attributes in enumerate(messages))
+    parsed, done = parse(chunk + done_message())
+    assert done
+    assert [record.cgroup_id for record in parsed.records] == [987654321, 987654321, 987654321, 0, 0, 0, 987654321]
+
+
 # --- one dump of both families (TCPDIAG_GETSOCK) ---------------------------------------------------------
 
 def as_compat(chunk: bytes) -> bytes:

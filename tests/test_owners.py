@@ -9,6 +9,8 @@ import subprocess
 import sys
 import threading
 
+import numpy as np
+
 from socktop.collect.owners import OwnerScanner, read_process, soft_fd_limit, start_ticks
 
 HOLDER = (
@@ -42,6 +44,27 @@ def test_finds_this_process_and_leaves_present_sockets_unread(tmp_path) -> None:
     for sock in (*held, new):
         sock.close()
 
+
+
+def test_a_column_of_inodes_is_read_as_the_set_would_be(tmp_path) -> None:
+    """The engine passes the table's inode column (numpy, zeros and repeats included): only what
+    opened and closed since the last update costs a Python step, and the result is the set's."""
+    (tmp_path / str(os.getpid())).symlink_to(f"/proc/{os.getpid()}")
+    held = [socket.socket() for _ in range(3)]
+    inodes = [socket_inode(sock) for sock in held]
+    scanner = OwnerScanner(proc=str(tmp_path))
+    scanner.update(np.array([0, inodes[0], inodes[1], 0, inodes[1]], np.uint64))
+    assert set(scanner.pids_by_inode) == set(inodes[:2])
+    links = scanner.stats.links_read
+    scanner.update(np.array([inodes[1], inodes[0], 0], np.uint64))  # the same sockets: nothing is read
+    assert scanner.stats.links_read == links
+    scanner.update(np.array([inodes[2], inodes[1]], np.uint64))  # one opened, one closed
+    assert set(scanner.pids_by_inode) == set(inodes[1:])
+    scanner.update({inodes[2]})  # a set after a column, and a column after a set
+    scanner.update(np.array([inodes[0], inodes[2]], np.uint64))
+    assert set(scanner.pids_by_inode) == {inodes[0], inodes[2]}
+    for sock in held:
+        sock.close()
 
 def test_unowned_inodes_do_not_trigger_a_scan_every_time() -> None:
     scanner = OwnerScanner()

@@ -153,6 +153,8 @@ class SocketColumns:
 
     def take(self, rows: np.ndarray | slice) -> SocketColumns:
         """The rows picked by an index array, a boolean mask or a slice."""
+        if isinstance(rows, np.ndarray) and rows.dtype == bool:  # a mask is searched again by every column
+            rows = np.flatnonzero(rows)
         return SocketColumns(**{name: getattr(self, name)[rows] for name in DTYPES})
 
     def records(self, rows: np.ndarray | slice | None = None) -> list[SocketRecord]:
@@ -196,6 +198,14 @@ def sorted_slots(keys: np.ndarray, queries: np.ndarray) -> np.ndarray:
     else:
         slot = np.searchsorted(keys, queries)
     return np.minimum(slot, len(keys) - 1)
+
+
+def found_in(keys: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Per value whether the sorted ``keys`` hold it: `np.isin` without the `np.unique` it runs
+    on its arguments (slow on numpy 2.3 and later, and it imports numpy.ma)."""
+    if not len(keys):
+        return np.zeros(len(values), bool)
+    return keys[sorted_slots(keys, values)] == values
 
 
 def distinct(values: np.ndarray) -> np.ndarray:

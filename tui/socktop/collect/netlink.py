@@ -21,6 +21,7 @@ import struct
 import sys
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
 from .columns import ADDRESS, SocketColumns, SocketTable, connection_keys, v4_mapped
 from .records import CANONICAL_STATE, BackendUnavailable, CollectError, TcpState
@@ -59,16 +60,22 @@ DONE_SIZE = HEADER_SIZE + 4  # nlmsghdr and the dump's final errno
 MIN_MESSAGE = HEADER_SIZE + 72  # + struct inet_diag_msg
 _NO_COOKIE = b"\xff" * 8  # INET_DIAG_NOCOOKIE
 
-# Within an inet_diag_msg: bytes family state timer retrans, then 16-bit
-# sport dport (big-endian), then 32-bit words: src 2-5, dst 6-9, if 10,
-# cookie 11-12, expires 13, rqueue 14, wqueue 15, uid 16, inode 17.
-_SPORT_HALF, _DPORT_HALF = 2, 3
-_SRC_WORDS, _DST_WORDS = np.arange(2, 6), np.arange(6, 10)
-_COOKIE_WORD, _EXPIRES_WORD, _RQUEUE_WORD, _WQUEUE_WORD, _UID_WORD, _INODE_WORD = 11, 13, 14, 15, 16, 17
-
 _CANONICAL = np.array([int(CANONICAL_STATE.get(code, 0)) for code in range(256)], np.uint8)
 _KNOWN_STATE = np.array([code in CANONICAL_STATE for code in range(256)])
 _TIMER_CODE = np.array([code & 7 if code & 7 <= 4 else 0 for code in range(256)], np.uint8)
+# The fixed part of every socket message (nlmsghdr, then inet_diag_msg), offsets from the message's start;
+# the addresses also as their first word, which is the whole address of an IPv4 socket
+_MESSAGE = np.dtype({
+    "names": ["family", "state", "timer", "retrans", "sport", "dport", "src4", "dst4",
+              "cookie_low", "cookie_high", "expires", "rqueue", "wqueue", "uid", "inode"],
+    "formats": ["u1", "u1", "u1", "u1", ">u2", ">u2", "=u4", "=u4", "=u4", "=u4", "=u4", "=u4", "=u4", "=u4", "=u4"],
+    "offsets": [16, 17, 18, 19, 20, 22, 24, 40, 60, 64, 68, 72, 76, 80, 84],
+    "itemsize": MIN_MESSAGE,
+})
+_MESSAGE_WORDS = MIN_MESSAGE // 4
+_SRC_WORD, _DST_WORD = 6, 10  # the addresses' first words, counted from the message's start
+_MAPPED_WORD = np.frombuffer(b"\x00\x00\xff\xff", np.uint32)[0]  # word 2 of an IPv4-mapped address
+_ATTRIBUTE = struct.Struct("=HH")  # struct nlattr: nla_len, nla_type
 
 
 def build_request(family: int, seq: int, states: int = ALL_STATES, ext: int = 0) -> bytes:
@@ -151,14 +158,15 @@ class Dump:
         return _columns(data, len(data), np.concatenate(self.starts), np.concatenate(self.sizes))
 
 
-def parse_dump_chunk(data: bytes | bytearray | memoryview, length: int, dump: Dump) -> bool:
+def parse_dump_chunk(data: bytes | bytearray | memoryview, length: int, dump: Dump, copy: bool = True) -> bool:
     """Parse the first ``length`` bytes of a received chunk into ``dump``; True once NLMSG_DONE is seen.
 
     Message sizes vary (attributes differ by state, privilege and kernel),
     so messages are found by their ``nlmsg_len``. Raises CollectError on a
     truncated or corrupt buffer and OSError when the kernel answers
-    NLMSG_ERROR. The bytes are kept (copied unless given as ``bytes``): a
-    receive buffer can be reused.
+    NLMSG_ERROR. The bytes are kept, copied unless given as ``bytes`` (a
+    receive buffer can be reused) or ``copy`` is False (the caller leaves
+    them as they are until it has taken the dump's columns).
     """
     starts = _message_starts(data, length)
     words = np.frombuffer(data, np.uint32, count=length // 4)
@@ -173,7 +181,8 @@ def parse_dump_chunk(data: bytes | bytearray | memoryview, length: int, dump: Du
     if (kinds[:good + 1] >> 16 & NLM_F_DUMP_INTR).any():
         dump.interrupted = True
     if good:
-        dump.chunks.append(data if isinstance(data, bytes) and len(data) == length else bytes(memoryview(data)[:length]))
+        whole = len(data) == length and (isinstance(data, bytes) or not copy)
+        dump.chunks.append(data if whole else bytes(memoryview(data)[:length]))
         dump.starts.append(starts[:good] + dump.received)
         dump.sizes.append(sizes[:good])
         dump.received += length
@@ -244,37 +253,41 @@ def _walk(data: bytes | bytearray | memoryview, length: int) -> np.ndarray:
 
 
 def _columns(data: bytes | bytearray | memoryview, length: int, starts: np.ndarray, sizes: np.ndarray) -> SocketColumns:
-    """Every field of the socket messages at ``starts``, gathered column by column."""
-    octets = np.frombuffer(data, np.uint8, count=length)
+    """Every field of the socket messages at ``starts``: the fixed part of each message is
+    gathered as one row (a strided view of the words, rows starting at every word), then
+    read field by field through a structured dtype."""
     words = np.frombuffer(data, np.uint32, count=length // 4)
-    big16 = np.frombuffer(data, ">u2", count=length // 2)  # ports: the dtype does the byte swap
-    body = starts + HEADER_SIZE
-    at = body // 4
-    family = octets[body]
-    timer_code = octets[body + 2]
-    src, dst = words[at[:, None] + _SRC_WORDS], words[at[:, None] + _DST_WORDS]
+    windows = as_strided(words, shape=(max(len(words) - _MESSAGE_WORDS + 1, 0), _MESSAGE_WORDS), strides=(4, 4),
+                         writeable=False)
+    block = windows[starts // 4]
+    fields = block.view(_MESSAGE).reshape(-1)
+    family, timer_code = fields["family"], fields["timer"]
     v4 = family == socket.AF_INET
-    local, remote = src.view(ADDRESS).reshape(-1), dst.view(ADDRESS).reshape(-1)
-    if v4.any():
-        local[v4], remote[v4] = v4_mapped(src[v4, 0]), v4_mapped(dst[v4, 0])
-    columns = SocketColumns.empty(len(starts))
-    columns.family[:] = family
-    columns.state[:] = _CANONICAL[octets[body + 1]]
-    columns.local_addr[:] = local
-    columns.local_port[:] = big16[body // 2 + _SPORT_HALF]
-    columns.remote_addr[:] = remote
-    columns.remote_port[:] = big16[body // 2 + _DPORT_HALF]
-    columns.recv_q[:] = words[at + _RQUEUE_WORD]
-    columns.send_q[:] = words[at + _WQUEUE_WORD]
-    columns.timer[:] = _TIMER_CODE[timer_code]
-    columns.timer_ms[:] = np.where(timer_code != 0, words[at + _EXPIRES_WORD], 0)  # 0 when there is no timer
-    columns.retransmits[:] = octets[body + 3]
-    columns.uid[:] = words[at + _UID_WORD]
-    columns.inode[:] = words[at + _INODE_WORD]
-    columns.cookie[:] = words[at + _COOKIE_WORD] | words[at + _COOKIE_WORD + 1].astype(np.uint64) << 32
+    size = len(starts)
+    columns = SocketColumns(
+        family=family.copy(), state=_CANONICAL[fields["state"]],
+        local_addr=_addresses(block, _SRC_WORD, v4), local_port=fields["sport"].astype(np.uint16),
+        remote_addr=_addresses(block, _DST_WORD, v4), remote_port=fields["dport"].astype(np.uint16),
+        recv_q=fields["rqueue"].copy(), send_q=fields["wqueue"].copy(), timer=_TIMER_CODE[timer_code],
+        timer_ms=np.where(timer_code != 0, fields["expires"], np.uint32(0)),  # 0 when there is no timer
+        retransmits=fields["retrans"].copy(), uid=fields["uid"].astype(np.int64), inode=fields["inode"].astype(np.uint64),
+        cookie=fields["cookie_low"] | fields["cookie_high"].astype(np.uint64) << np.uint64(32),
+        lastack_ms=np.full(size, -1, np.int64), cgroup_id=np.zeros(size, np.uint64), netns=np.zeros(size, np.uint64),
+    )
     if (sizes > MIN_MESSAGE).any():
-        _read_attributes(words, starts, sizes, columns)
+        _read_attributes(data, words, starts, sizes, columns)
     return columns
+
+
+def _addresses(block: np.ndarray, first: int, v4: np.ndarray) -> np.ndarray:
+    """The 16-byte addresses in words ``first`` to ``first + 3`` of each row; IPv4 ones (their
+    first word) made IPv4-mapped, as the columns keep them."""
+    out = np.empty((len(block), 4), np.uint32)
+    out[:, 0] = np.where(v4, np.uint32(0), block[:, first])
+    out[:, 1] = np.where(v4, np.uint32(0), block[:, first + 1])
+    out[:, 2] = np.where(v4, _MAPPED_WORD, block[:, first + 2])
+    out[:, 3] = np.where(v4, block[:, first], block[:, first + 3])
+    return out.view(ADDRESS).reshape(-1)
 
 
 def _native_u64(words: np.ndarray, at: np.ndarray) -> np.ndarray:
@@ -283,11 +296,61 @@ def _native_u64(words: np.ndarray, at: np.ndarray) -> np.ndarray:
     return low | high.astype(np.uint64) << 32
 
 
-def _read_attributes(words: np.ndarray, starts: np.ndarray, sizes: np.ndarray,
-                     columns: SocketColumns) -> None:
-    """The cgroup id and, when the dump asked for tcp_info, tcpi_last_ack_recv: one step of
-    the attribute walk for every message at once (attributes are 4-byte aligned)."""
+def _read_attributes(data: bytes | bytearray | memoryview, words: np.ndarray, starts: np.ndarray,
+                     sizes: np.ndarray, columns: SocketColumns) -> None:
+    """The cgroup id and, when the dump asked for tcp_info, tcpi_last_ack_recv.
+
+    Messages of one size nearly always carry the same attributes: the
+    first one's chain is walked here, and every other message of that size
+    whose attribute headers sit at the same places with the same lengths
+    and types (so its chain is the same) is read at those places; the rest
+    take `_walk_attributes`.
+    """
     rows = np.flatnonzero(sizes > MIN_MESSAGE)
+    row_sizes = sizes[rows]
+    sizes_present = np.unique(row_sizes, return_counts=True)[0].tolist()
+    unlike: list[np.ndarray] = []
+    for size in sizes_present:
+        group = rows[row_sizes == size] if len(sizes_present) > 1 else rows
+        first = int(starts[group[0]])
+        chain = _attribute_chain(data, first, size)
+        at = starts[group] // 4
+        alike = np.ones(len(group), bool)
+        for position, _kind, _length in chain:
+            alike &= words[at + position // 4] == words[(first + position) // 4]
+        if not alike.all():
+            unlike.append(group[~alike])
+            group, at = group[alike], at[alike]
+        for position, kind, attr_len in chain:
+            if kind == INET_DIAG_CGROUP_ID and attr_len >= 12:
+                columns.cgroup_id[group] = _native_u64(words, at + (position + 4) // 4)
+            elif kind == INET_DIAG_INFO and attr_len >= 4 + TCPI_LAST_ACK_RECV + 4:
+                columns.lastack_ms[group] = words[at + (position + 4 + TCPI_LAST_ACK_RECV) // 4]
+    if unlike:
+        _walk_attributes(words, starts, sizes, np.concatenate(unlike), columns)
+
+
+def _attribute_chain(data: bytes | bytearray | memoryview, start: int, size: int) -> list[tuple[int, int, int]]:
+    """(offset from the message's start, type, length) of each attribute header the walk of one
+    message reads; the last one has length 0 when it is not whole (the walk stops there)."""
+    chain = []
+    position = MIN_MESSAGE
+    for _step in range(MAX_ATTRIBUTES):
+        if position + 4 > size:
+            break
+        attr_len, kind = _ATTRIBUTE.unpack_from(data, start + position)
+        if attr_len < 4 or position + attr_len > size:
+            chain.append((position, kind & NLA_TYPE_MASK, 0))
+            break
+        chain.append((position, kind & NLA_TYPE_MASK, attr_len))
+        position += (attr_len + 3) & ~3
+    return chain
+
+
+def _walk_attributes(words: np.ndarray, starts: np.ndarray, sizes: np.ndarray, rows: np.ndarray,
+                     columns: SocketColumns) -> None:
+    """`_read_attributes` for the messages ``rows``, whatever their attributes: one step of the
+    attribute walk for all of them at once (attributes are 4-byte aligned)."""
     position, end = starts[rows] + MIN_MESSAGE, starts[rows] + sizes[rows]
     halves = words.view(np.uint16)
     for _step in range(MAX_ATTRIBUTES):
@@ -378,7 +441,8 @@ class NetlinkBackend:
     name = "netlink"
 
     def __init__(self) -> None:
-        self._buffer = bytearray(RECV_BUFFER)
+        self._buffer = bytearray(RECV_BUFFER)  # one answer to a lookup
+        self._dump_buffer = bytearray(16 * RECV_BUFFER)  # a whole dump; grows to the largest seen
         self._seq = 0
         self.interrupted_dumps = 0
         self.duplicates_dropped = 0
@@ -497,24 +561,30 @@ class NetlinkBackend:
 
     def _dump_once(self, family: int, states: int = ALL_STATES, ext: int = 0,
                    reused: socket.socket | None = None) -> Dump:
+        """One dump, received chunk after chunk into one buffer (no copy per chunk, no join): the
+        `Dump` reads that buffer, so take its columns before the next dump."""
         dump = Dump(family)
         self._seq += 1
         with _opened(reused) as sock:
             sock.settimeout(5.0)
             sock.send(build_request(family, self._seq, states, ext))
+            received = parsed = 0  # bytes in the buffer, and of those the bytes parsed
             done = False
-            pending: list[bytes] = []  # chunks received since the last parse
             while not done:
-                size = sock.recv_into(self._buffer, RECV_BUFFER, socket.MSG_TRUNC)
+                if len(self._dump_buffer) - received < RECV_BUFFER:  # a new buffer: a dump may still read the old
+                    grown = bytearray(max(2 * len(self._dump_buffer), received + RECV_BUFFER))
+                    grown[:received] = memoryview(self._dump_buffer)[:received]
+                    self._dump_buffer = grown
+                view = memoryview(self._dump_buffer)
+                size = sock.recv_into(view[received:], RECV_BUFFER, socket.MSG_TRUNC)
                 if size > RECV_BUFFER:
                     raise CollectError(f"sock_diag: a {size}-byte chunk did not fit the {RECV_BUFFER}-byte buffer")
                 if size == 0:
                     raise CollectError("sock_diag: the kernel closed the dump without NLMSG_DONE")
-                pending.append(bytes(self._buffer[:size]))
-                if may_end(pending[-1], self._seq, dump.message_type):
-                    data = pending[0] if len(pending) == 1 else b"".join(pending)
-                    pending.clear()
-                    done = parse_dump_chunk(data, len(data), dump)
+                received += size
+                if may_end(view[received - size:received], self._seq, dump.message_type):
+                    done = parse_dump_chunk(view[parsed:received], received - parsed, dump, copy=False)
+                    parsed = received
         return dump
 
 

@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from .records import ProcessInfo
 
@@ -211,6 +212,7 @@ class OwnerScanner:
         self.denied_pids: set[int] = set()
         self._known_pids: set[int] = set()  # /proc as last listed
         self._present: set[int] = set()  # the TCP inodes of the previous update
+        self._present_array: Any = None  # the same, sorted, when given as a numpy column
         self._unlisted_tcp: dict[int, bool] = {}  # socket inode in no TCP table → is it TCP (sockprotoname)
         self._last_full_scan = float("-inf")
         self._last_unknown_retry = float("-inf")
@@ -295,17 +297,13 @@ class OwnerScanner:
         still in the socket table) tells a socket that closed from one no
         visible process holds.
         """
-        present = inodes if isinstance(inodes, (set, frozenset)) else set(inodes)
-        present.discard(0)
+        present, gone, opened = self._changes(inodes)
         if self._prefetch is not None and self._take_prefetched():
             self._place_prefetched(present, still_present)
             return
         now = self._clock()
-        previous = self._present
-        gone, self._present = previous - present, present
         self.unowned -= gone
         self.closed = frozenset()
-        opened = present - previous if len(present) != len(previous) - len(gone) else set()
         unknown = opened - self.pids_by_inode.keys() - self.unowned
         if now - self._last_full_scan >= FULL_RESCAN_EVERY:
             self._scan(present, full=True)
@@ -329,6 +327,28 @@ class OwnerScanner:
             self._forget_closed(gone)
             return
         self.unowned |= present - self.pids_by_inode.keys() - self.closed
+
+    def _changes(self, inodes: Collection[int]) -> tuple[set[int], set[int], set[int]]:
+        """The inodes present now (0 left out), those gone and those opened since the last update;
+        ``_present`` becomes the first. A table's column (numpy) is sorted and compared in C:
+        sets are made only of what changed."""
+        previous = self._present
+        if not hasattr(inodes, "dtype"):
+            present = inodes if isinstance(inodes, (set, frozenset)) else set(inodes)
+            present.discard(0)
+            gone, self._present, self._present_array = previous - present, present, None
+            return present, gone, present - previous if len(present) != len(previous) - len(gone) else set()
+        import numpy as np  # here: a one-shot run imports this module before it needs numpy
+
+        from .columns import distinct
+        before = self._present_array
+        if before is None:
+            before = distinct(np.fromiter(previous, np.uint64, len(previous)))
+        now = self._present_array = distinct(inodes[inodes != 0].astype(np.uint64))
+        gone = set(before[~np.isin(before, now, assume_unique=True)].tolist())
+        opened = set(now[~np.isin(now, before, assume_unique=True)].tolist())
+        self._present = (previous - gone) | opened if gone or opened else previous
+        return self._present, gone, opened
 
     def _place_prefetched(self, present: set[int],
                           still_present: Callable[[set[int]], Collection[int]] | None) -> None:
@@ -356,6 +376,8 @@ class OwnerScanner:
         if unplaced and still_present is not None:
             self.closed = frozenset(unplaced.difference(still_present(unplaced)))
             self._present = self._present - self.closed
+            self._present_array = None
+            self._present_array = None
 
     def _forget_closed(self, closed: set[int]) -> None:
         """Drop closed sockets from a copy of the map: snapshots share the old one."""

@@ -18,8 +18,8 @@ from typing import TypeVar
 
 import numpy as np
 
-from ..collect.columns import (ADDRESS, ADDRESSES, SocketColumns, connection_hashes, distinct, sorted_slots,
-                               table_of)
+from ..collect.columns import (ADDRESS, ADDRESSES, SocketColumns, connection_hashes, distinct, found_in,
+                               sorted_slots, table_of)
 from ..collect.records import STATE_BY_CODE, ProcessInfo, SocketRecord, TcpState
 
 STATE = itemgetter(1)
@@ -398,7 +398,8 @@ def aggregate(
     states, local_ports, remote_ports = columns.state, columns.local_port, columns.remote_port
     inodes = columns.inode
     if ownership.closed:  # they are the orphans or TIME_WAIT (inode 0) they became: never "unknown owner"
-        inodes = np.where(np.isin(inodes, np.fromiter(ownership.closed, np.uint64, len(ownership.closed))), 0, inodes)
+        inodes = np.where(found_in(np.sort(np.fromiter(ownership.closed, np.uint64, len(ownership.closed))), inodes),
+                          0, inodes)
     owners = OwnerIndex.of(ownership.pids_by_inode)
     held = owners.lookup(inodes)  # -1 inode 0 (nobody can hold it), 0 unplaced, else owners.pid_sets
     if listeners is None:

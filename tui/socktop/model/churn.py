@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..collect.columns import SocketColumns, SocketTable, distinct, sorted_slots, table_of
+from ..collect.columns import SocketColumns, SocketTable, distinct, found_in, sorted_slots, table_of
 from ..collect.records import ProcessInfo, SocketRecord, TcpState
 from .aggregate import (CONNECTION, Aggregates, Connection, Direction, Ownership, Pids, RowKind, aggregate,
                         inbound_flags, process_key)
@@ -258,7 +258,7 @@ class ChurnTracker:
     def __init__(self, ledger: CookieLedger | None = None) -> None:
         self.ledger = ledger or CookieLedger()
         self._previous = np.zeros(0, np.uint64)  # cookies of the previous dump, sorted
-        # closed in the previous interval: cookies and connections
+        # closed in the previous interval: cookies (sorted) and connections
         self._closed_before: tuple[np.ndarray, set[Connection]] = (np.zeros(0, np.uint64), set())
         self._window: deque[_Tally] = deque()
         self._last: float | None = None
@@ -277,9 +277,9 @@ class ChurnTracker:
         cookies = columns.cookie
         self.ledger.update_held(*_held(columns, ownership, aggregates), now)
         current = np.sort(cookies)
-        closed_cookies = np.fromiter(map(CLOSED_COOKIE, closed), np.uint64, len(closed))
+        closed_cookies = np.sort(np.fromiter(map(CLOSED_COOKIE, closed), np.uint64, len(closed)))
         by_port, by_remote, by_process, exact, by_destination, unseen = self._closes(
-            closed, closed_cookies, aggregates, (self._previous, current))
+            closed, aggregates, (self._previous, current))
         closed_connections = set(map(CLOSED_CONNECTION, closed))
         opens = unseen
         if self._last is not None:
@@ -300,7 +300,7 @@ class ChurnTracker:
         (a socket no dump asked for has no cookie yet when its timewait socket is made)."""
         cookies_before, connections_before = self._closed_before
         cookies = columns.cookie
-        new = ~np.isin(cookies, self._previous) & ~np.isin(cookies, closed_cookies) & ~np.isin(cookies, cookies_before)
+        new = ~found_in(self._previous, cookies) & ~found_in(closed_cookies, cookies) & ~found_in(cookies_before, cookies)
         new &= ~np.isin(columns.state, _NOT_NEW_CODES)
         rows = np.flatnonzero(new)
         closed_lately = closed_connections | connections_before
@@ -309,11 +309,10 @@ class ChurnTracker:
             return len(rows)
         return len(rows) - sum(1 for record in columns.records(descriptorless) if CONNECTION(record) in closed_lately)
 
-    def _closes(self, closed: Sequence[ClosedSocket], cookies: np.ndarray, aggregates: Aggregates,
-                seen: tuple[np.ndarray, np.ndarray]
+    def _closes(self, closed: Sequence[ClosedSocket], aggregates: Aggregates, seen: tuple[np.ndarray, np.ndarray]
                 ) -> tuple[Counter[str], Counter[str], Counter[str], Counter[str], Counter[str], int]:
         """Closes by port, remote host and process (exact where the ledger knows the cookie, and
-        of those), and how many closed sockets no dump saw (``seen``: cookies of the last two dumps)."""
+        of those), and how many closed sockets no dump saw (``seen``: sorted cookies of the last two dumps)."""
         local_ports = list(map(CLOSED_LOCAL_PORT, closed))
         remote_ports = list(map(CLOSED_REMOTE_PORT, closed))
         inbound = inbound_flags(local_ports, remote_ports, aggregates.listening_ports, aggregates.ephemeral_ports)
@@ -321,8 +320,9 @@ class ChurnTracker:
         # cleared its remote port: no port group (key None), only its totals, remote host and cookie
         port_keys = [f"{Direction.IN.value}:{local}" if flag else f"{Direction.OUT.value}:{remote}" if remote else None
                      for flag, local, remote in zip(inbound, local_ports, remote_ports)]
+        cookies = np.fromiter(map(CLOSED_COOKIE, closed), np.uint64, len(closed))
         owners = self.ledger.owners_of(cookies)
-        unseen_flags = ~np.isin(cookies, seen[0]) & ~np.isin(cookies, seen[1])
+        unseen_flags = ~found_in(seen[0], cookies) & ~found_in(seen[1], cookies)
         by_process: Counter[str] = Counter()
         exact: Counter[str] = Counter()
         unseen = 0

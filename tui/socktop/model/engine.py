@@ -18,7 +18,7 @@ from functools import partial
 
 import numpy as np
 
-from ..collect.columns import SocketColumns, SocketTable, table_of
+from ..collect.columns import SocketColumns, SocketTable, found_in, table_of
 from ..collect.containers import ContainerResolver
 from ..collect.destroy import DestroyFeed, FeedReader
 from ..collect.kernelstate import read_kernel_state
@@ -218,7 +218,7 @@ class Engine:
             pids_by_inode = self.backend.owner_hint()
             return Ownership(pids_by_inode, self.backend.processes(
                 {pid for pids in pids_by_inode.values() for pid in pids}))
-        self.scanner.update(set(columns.inode.tolist()), partial(self._still_listed, columns))
+        self.scanner.update(columns.inode, partial(self._still_listed, columns))
         return Ownership(self.scanner.pids_by_inode, self.scanner.processes, self.scanner.closed)
 
     def _still_listed(self, columns: SocketColumns, inodes: set[int]) -> set[int]:
@@ -227,7 +227,7 @@ class Engine:
         namespace), the other backends read the table again."""
         look_up = getattr(self.backend, "still_listed", None)
         if look_up is not None:
-            rows = np.flatnonzero(np.isin(columns.inode, np.fromiter(inodes, np.uint64, len(inodes))))
+            rows = np.flatnonzero(found_in(np.sort(np.fromiter(inodes, np.uint64, len(inodes))), columns.inode))
             if self.namespaces is not None:
                 return inodes.intersection(self.namespaces.still_listed(self.backend, columns, rows))
             return inodes.intersection(look_up(columns, rows))
