@@ -11,8 +11,12 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
+from socktop.collect.netlink import NetlinkBackend
 from socktop.collect.records import SocketRecord, TcpState
+
+Made = TypeVar("Made")
 
 #: (family, state, local addr, local port, remote addr, remote port): what every backend must agree on.
 SocketKey = tuple[int, TcpState, str, int, str, int]
@@ -26,6 +30,20 @@ def plain_address(address: str) -> str:
     """An address as socktop prints it: IPv4-mapped IPv6 as IPv4 (worked out independently of AddressText)."""
     ip = ipaddress.ip_address(address)
     return str(getattr(ip, "ipv4_mapped", None) or ip)
+
+
+def alone(build: Callable[[], Made], port: Callable[[Made], int], ours: Callable[[Made, SocketRecord], bool],
+          tries: int = 50) -> Made:
+    """``build()`` again until no older socket has the port it got at either end (the earlier builds stay
+    open, so each gets a new port): a TIME_WAIT an earlier test left toward a listener that had the same
+    port would count in a filter by port. ``ours(made, record)`` tells the build's own sockets."""
+    backend = NetlinkBackend()
+    for _ in range(tries):
+        made = build()
+        if all(ours(made, record) for record in backend.sockets() if port(made) in (record.local_port,
+                                                                                   record.remote_port)):
+            return made
+    raise AssertionError(f"each of {tries} ports the kernel gave had older sockets on it")
 
 
 def ipv6_loopback_works() -> bool:
@@ -115,8 +133,9 @@ class Population:
             self.expected.add((self.layout.listen_family, TcpState.ESTABLISHED,
                                *_plain_end(client.getpeername()), *_plain_end(client.getsockname())))
 
-    def settle(self, read: Callable[[], list[SocketRecord]], timeout: float = 5.0) -> None:
-        """Wait (bounded) until ``read()`` lists exactly the expected sockets: FINs take a moment."""
+    def settle(self, read: Callable[[], list[SocketRecord]], timeout: float = 30.0) -> None:
+        """Wait (bounded) until ``read()`` lists exactly the expected sockets: FINs take a moment (longer on
+        a loaded machine)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if {socket_key(record) for record in self.ours(read())} == self.expected:

@@ -30,12 +30,12 @@ def unique_name(prefix: str) -> str:
 def named_netns(prefix: str = "socktop-test") -> Iterator[str]:
     """``ip netns add`` a namespace with loopback up; deleted on exit whatever happens."""
     name = unique_name(prefix)
-    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
+    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True, timeout=60)
     try:
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True, capture_output=True)
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True, capture_output=True, timeout=60)
         yield name
     finally:
-        subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
+        subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True, timeout=60)
 
 
 def netns_inode(name: str) -> int:
@@ -47,7 +47,7 @@ def process_in_new_netns() -> Iterator[subprocess.Popen[bytes]]:
     """A sleeping child in an unnamed namespace of its own (``unshare -n``); killed and reaped on exit."""
     child = subprocess.Popen(["unshare", "-n", "sleep", "120"])
     try:
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 30
         while os.readlink(f"/proc/{child.pid}/ns/net") == os.readlink("/proc/self/ns/net"):
             if time.monotonic() > deadline or child.poll() is not None:
                 raise RuntimeError("unshare -n did not enter a new namespace")
@@ -179,7 +179,7 @@ def _farm(prefix: list[str], established: int, close_wait: int,
 def ss_counts(name: str) -> dict[str, int]:
     """``ip netns exec NAME ss -tan``, counted by state as ss prints it."""
     return _counted(subprocess.run(["ip", "netns", "exec", name, "ss", "-tan"], capture_output=True, text=True,
-                                   check=True).stdout)
+                                   check=True, timeout=60).stdout)
 
 
 def _counted(output: str) -> dict[str, int]:
@@ -194,7 +194,7 @@ def _counted(output: str) -> dict[str, int]:
 def ss_counts_of_pid(pid: int) -> dict[str, int]:
     """``nsenter -t PID -n ss -tan``, counted by state."""
     return _counted(subprocess.run(["nsenter", "-t", str(pid), "-n", "ss", "-tan"], capture_output=True, text=True,
-                                   check=True).stdout)
+                                   check=True, timeout=60).stdout)
 
 
 _POPULATION = """

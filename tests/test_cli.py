@@ -10,9 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from loopback_sockets import alone
 
 from socktop import __version__
-from socktop.demo.builders import SocketFarm
+from socktop.demo.builders import Built, SocketFarm
 
 
 def socktop(*args: str) -> subprocess.CompletedProcess[str]:
@@ -21,8 +22,8 @@ def socktop(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def close_wait_port():
-    with SocketFarm() as farm:
-        yield farm.close_wait(3).port
+    with SocketFarm() as farm:  # a port no earlier test's TIME_WAIT points to: --port counts exactly
+        yield alone(lambda: farm.close_wait(3), lambda built: built.port, Built.covers).port
 
 
 def test_once_prints_states_ports_and_processes(close_wait_port: int) -> None:

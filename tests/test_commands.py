@@ -194,7 +194,7 @@ def close_wait_pair():
     client = socket.create_connection(listener.getsockname())
     server, _ = listener.accept()
     server.close()
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not _close_wait_of(client):
         time.sleep(0.01)
     yield listener, client

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shlex
 import socket
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 
@@ -17,6 +18,7 @@ from socktop.analyze.config import DEFAULT_THRESHOLDS, Thresholds
 from socktop.analyze.findings import Finding, Severity, Subject, analyze
 from socktop.collect.kernelstate import KernelState
 from socktop.collect.records import ProcessInfo, SocketRecord, TcpState, TimerKind
+from socktop.demo.builders import await_state
 from socktop.model.aggregate import Ownership, aggregate
 from socktop.model.snapshot import HistoryPoint, Snapshot, SourceInfo
 
@@ -650,16 +652,17 @@ def test_close_wait_recv_q_is_split_by_the_bug_it_points_at_on_real_sockets() ->
         servers[2].sendall(b"hello")  # 5 bytes the client will not read
         for server in servers:
             server.close()
-        deadline = __import__("time").monotonic() + 5
+        deadline = time.monotonic() + 30
         ports = {c.getsockname()[1]: i for i, c in enumerate(clients)}
-        clients[1].settimeout(5)
+        clients[1].settimeout(30)
         while clients[1].recv(100):  # read to end-of-file
             pass
         while True:
             records = {ports[r.local_port]: r for r in NetlinkBackend().sockets()
                        if r.state is TcpState.CLOSE_WAIT and r.local_port in ports}
-            if len(records) == 3 or __import__("time").monotonic() > deadline:
+            if len(records) == 3 or time.monotonic() > deadline:
                 break
+            time.sleep(0.02)
         assert [records[i].recv_q for i in range(3)] == [1, 0, 6]  # 5 bytes + the FIN
         table = Table()
         owner = process()
@@ -737,7 +740,6 @@ def test_a_connection_aborted_under_its_descriptor_is_counted_on_a_real_process(
     """An RST ends the connection, the descriptor stays: /proc/PID/fd has one TCP socket more than the table."""
     import os
     import struct
-    import time
 
     from socktop.model.engine import Engine
 
@@ -749,7 +751,7 @@ def test_a_connection_aborted_under_its_descriptor_is_counted_on_a_real_process(
     server.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     server.close()  # RST: the client's connection goes to CLOSE, its descriptor stays
     try:
-        time.sleep(0.05)
+        await_state([client], TcpState.CLOSE)
         snapshot = Engine("netlink", 1.0).refresh()
         group = snapshot.aggregates.by_process[f"pid:{os.getpid()}"]
         assert group.process is not None and group.process.tcp_fds is not None
@@ -795,7 +797,6 @@ def test_tcp_memory_is_told_apart_from_orphans() -> None:
 def test_the_kernels_lastack_ages_a_real_close_wait_leak() -> None:
     """tcp_info's last ACK received (ss -tni: lastack) reaches the leak finding as the oldest socket's age."""
     import os
-    import time
 
     from socktop.model.engine import Engine
 
@@ -806,7 +807,7 @@ def test_the_kernels_lastack_ages_a_real_close_wait_leak() -> None:
     for server in [listener.accept()[0] for _ in clients]:
         server.close()
     try:
-        time.sleep(0.1)
+        await_state(clients, TcpState.CLOSE_WAIT)
         snapshot = Engine("netlink", 1.0).refresh()
         ports = {c.getsockname()[1] for c in clients}
         ours = [r for r in snapshot.sockets if r.state is TcpState.CLOSE_WAIT and r.local_port in ports]

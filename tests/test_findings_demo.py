@@ -26,7 +26,7 @@ WITHIN_SECONDS = 30.0
 LEAK_RATE = 10.0  # CLOSE_WAIT a second at leaky-api (its client, api-client, is paced at this rate)
 
 
-def await_names(demo: DemoScenario, timeout: float = 5.0) -> None:
+def await_names(demo: DemoScenario, timeout: float = 30.0) -> None:
     """Workers rename themselves just after they start; the owner cache keeps the name it saw first."""
     deadline = time.monotonic() + timeout
     for role, pid in demo.pids.items():

@@ -38,7 +38,7 @@ class Terminal:
         exports = [f"-e{key}={value}" for key, value in env.items()]
         for attempt in range(5):  # the server of a session just killed may still be exiting
             started = subprocess.run([*TMUX, "new-session", "-d", "-s", name, "-x", str(size[0]), "-y", str(size[1]),
-                                      *exports, command], capture_output=True, text=True)
+                                      *exports, command], capture_output=True, text=True, timeout=30)
             if started.returncode == 0:
                 return
             time.sleep(0.2 * (attempt + 1))
@@ -46,18 +46,18 @@ class Terminal:
 
     def screen(self) -> str:
         return subprocess.run([*TMUX, "capture-pane", "-p", "-t", self.name], capture_output=True, text=True,
-                              check=False).stdout
+                              check=False, timeout=30).stdout
 
     def press(self, *keys: str) -> None:
         """Each key as a person would press it: one at a time, a moment apart."""
         for key in keys:
-            subprocess.run([*TMUX, "send-keys", "-t", self.name, key], check=True)
+            subprocess.run([*TMUX, "send-keys", "-t", self.name, key], check=True, timeout=30)
             time.sleep(0.15)
 
     def type(self, text: str) -> None:
-        subprocess.run([*TMUX, "send-keys", "-l", "-t", self.name, text], check=True)
+        subprocess.run([*TMUX, "send-keys", "-l", "-t", self.name, text], check=True, timeout=30)
 
-    def wait_for(self, test: Callable[[str], object], timeout: float = 30.0) -> str:
+    def wait_for(self, test: Callable[[str], object], timeout: float = 60.0) -> str:
         deadline = time.monotonic() + timeout
         while True:
             screen = self.screen()
@@ -70,10 +70,10 @@ class Terminal:
     def pane_pid(self) -> int:
         """The pid of the shell the session runs its command in."""
         return int(subprocess.run([*TMUX, "list-panes", "-t", self.name, "-F", "#{pane_pid}"], capture_output=True,
-                                  text=True, check=True).stdout.split()[0])
+                                  text=True, check=True, timeout=30).stdout.split()[0])
 
     def close(self) -> None:
-        subprocess.run([*TMUX, "kill-session", "-t", self.name], capture_output=True, check=False)
+        subprocess.run([*TMUX, "kill-session", "-t", self.name], capture_output=True, check=False, timeout=30)
 
 
 @pytest.fixture
@@ -96,7 +96,7 @@ def terminal(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callabl
         term.close()
 
 
-def wait_exit(term: Terminal, timeout: float = 15.0) -> str:
+def wait_exit(term: Terminal, timeout: float = 60.0) -> str:
     exit_file: Path = term.exit_file  # type: ignore[attr-defined]
     deadline = time.monotonic() + timeout
     while not exit_file.exists() or not exit_file.read_text().strip():
@@ -185,7 +185,7 @@ def test_hostile_process_name_is_shown_literally(terminal):
         lines = screen.splitlines()
         assert lines[0].startswith("socktop ") and len(lines) == HEIGHT  # nothing cleared or scrolled the screen
         title = subprocess.run([*TMUX, "display-message", "-p", "-t", term.name, "#{pane_title}"],
-                               capture_output=True, text=True, check=False).stdout
+                               capture_output=True, text=True, check=False, timeout=30).stdout
         assert "pwned" not in title
         term.press("q")
         assert wait_exit(term) == "0"

@@ -8,16 +8,16 @@ from frozen import CRAWLED, HOSTILE_NAME, frozen_snapshot
 from socktop.collect.records import TcpState
 from socktop.ui import format as fmt
 from socktop.ui.details import Selection, commands_for
-from socktop.ui.view import CONNECTION, Level, Query, ViewSpec, build_view, level_predicate, owned_by, select_records
+from socktop.ui.view import CONNECTION, Level, Masks, Query, ViewSpec, build_view, select_records
 
 SNAPSHOT = frozen_snapshot(hostile=True)
 
 
 def test_owned_by_agrees_with_the_model_for_every_process():
-    """The drill-down's per-socket test must pick exactly what Snapshot.owners_of attributes (held and inferred)."""
+    """The drill-down's selection must pick exactly what Snapshot.owners_of attributes (held and inferred)."""
+    masks = Masks(SNAPSHOT)
     for pid in SNAPSHOT.ownership.processes:
-        match = owned_by(SNAPSHOT, {pid})
-        mine = [r for r in SNAPSHOT.sockets if match(r)]
+        mine = [r for r, kept in zip(SNAPSHOT.sockets, masks.owned_by({pid})) if kept]
         model = [r for r in SNAPSHOT.sockets if pid in {p.pid for p in SNAPSHOT.owners_of(r).processes}]
         assert mine == model, pid
 
@@ -32,7 +32,7 @@ def test_levels_match_the_aggregates_they_come_from():
         if kind == "pid":  # held and inferred, as the model's own filter has it
             assert kept == SNAPSHOT.filtered(pid=int(number)).sockets, key
     for state, count in aggregates.by_state.items():
-        assert sum(map(level_predicate(SNAPSHOT, Level("state", state.name)), SNAPSHOT.sockets)) == count
+        assert len(select_records(SNAPSHOT, [Level("state", state.name)], Query())) == count
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -180,8 +180,8 @@ def test_a_port_drill_down_lists_what_the_row_counted() -> None:
     """Every Ports row, drilled into, lists exactly its total: the view uses the model's grouping rule."""
     snapshot = frozen_snapshot()
     for key, group in snapshot.aggregates.by_port.items():
-        predicate = level_predicate(snapshot, Level("port", key))
-        assert sum(1 for record in snapshot.sockets if predicate(record)) == group.total, key
+        kept = select_records(snapshot, [Level("port", key)], Query())
+        assert len(kept) == group.total and {snapshot.aggregates.port_key(record) for record in kept} == {key}, key
 
 
 # --- trends -------------------------------------------------------------------------------------------

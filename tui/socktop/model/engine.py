@@ -179,6 +179,8 @@ class Engine:
             f.overruns for f in others.values())
         try:
             closed = self._reader.take() if self._reader else feed.drain()
+            if namespaces and not any(info.own for info in namespaces):
+                closed = []  # drained, but socktop's own namespace is not read: its closes are not this view's
             self.closes_by_netns = {0: len(closed)}
             for inode, other in others.items():
                 drained = other.drain()

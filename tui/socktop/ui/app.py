@@ -1,11 +1,11 @@
 """The socktop TUI: top bar, trends, three drill-down panes, sockets, findings, drawer, copy keys.
 
 Threads:
-- the poller: one thread worker per refresh calls ``source.refresh()``,
+- the poller: a thread (`JobThread`) that, for each refresh, calls ``source.refresh()``,
   the analysis and `build_view`, then posts `Refreshed`; the next refresh
   is scheduled by the UI thread once that one has been applied, so two
   never overlap, and a slow UI slows the refresh rather than queueing;
-- the view builder: a thread worker re-filters and re-sorts the current
+- the view builder: a thread that re-filters and re-sorts the current
   snapshot when the user changes the drill-down, filter or socket sort;
 - pyperclip, when used, in a thread.
 None of them touches a widget: they post messages.
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import queue
 import signal
 import sys
 import threading
@@ -52,7 +53,7 @@ from .fleet import FleetScreen, FleetWatch
 from .panes import FindingsPane, Pane, PortsPane, ProcessesPane, StatesPane
 from .screens import CommandDialog, HelpScreen
 from .sockets import SocketList
-from .view import CONNECTION, PORT, PROCESS, STATE, Level, Query, View, ViewSpec, build_view, with_cursor, with_level
+from .view import PORT, PROCESS, STATE, Level, Query, View, ViewSpec, build_view, with_cursor, with_level, with_new
 
 PANE_ORDER = ("states", "ports", "processes", "sockets", "findings")
 PANE_TITLES = {"states": "1 States", "ports": "2 Ports", "processes": "3 Processes", "sockets": "4 Sockets",
@@ -119,6 +120,35 @@ class ClipboardDone(Message):
         self.text = text
         self.what = what
         self.error = error
+
+
+class JobThread:
+    """A daemon thread that runs the jobs handed to it one after the other. A thread started per job made
+    the UI thread wait at each refresh and each drill-down: `Thread.start` returns only once the new thread
+    has run, milliseconds on a loaded machine, while a key waited behind it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self._jobs.put(job)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """End the thread once the jobs handed to it so far are done."""
+        self._jobs.put(None)
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                job()
+            except Exception:  # as an ended thread would report it; the next job still runs
+                threading.excepthook(threading.ExceptHookArgs((*sys.exc_info(), threading.current_thread())))
+            del job  # it holds the app: not until the next job comes
 
 
 class Drawer(VerticalScroll):
@@ -231,7 +261,7 @@ class SocktopApp(App[int]):
         self.spec = ViewSpec(query=Query.parse(initial_filter))  # `socktop --state/--port/--pid` start filtered
         self._finding_levels: frozenset[Level] = frozenset()  # levels a picked finding set: never swapped
         self.connections: ConnectionSet | None = None  # this refresh's 4-tuples, to mark new sockets
-        self.previous_connections: ConnectionSet | None = None
+        self._before: tuple[int, ConnectionSet | None] = (-1, None)  # the snapshot's seq, the 4-tuples before it
         self.drawer_open = False
         self.active_pane = "states"
         self.layout_mode = ""
@@ -241,7 +271,8 @@ class SocktopApp(App[int]):
         self._query_before_edit = Query()
         self._refreshing = False
         self._jobs_lock = threading.Lock()
-        self.background_jobs = 0  # threads running (poller, view builder, clipboard): tests wait for none
+        self.background_jobs = 0  # jobs not finished (poller, view builder, clipboard): tests wait for none
+        self._poller, self._viewer = JobThread("socktop-poll"), JobThread("socktop-view")
         self._view_generation = 0
         self._sockets_widget: SocketList | None = None
         self.refresh_count = 0
@@ -296,6 +327,10 @@ class SocktopApp(App[int]):
             self.fleet.listeners.append(lambda _view: self._show_top())
             self.fleet.start(self)
             self.action_fleet()
+
+    def on_unmount(self) -> None:
+        self._poller.stop()
+        self._viewer.stop()
 
     def _first_frame(self) -> None:
         self.first_frame_at = time.perf_counter()
@@ -417,10 +452,11 @@ class SocktopApp(App[int]):
         self._poll(self.spec, self._pending_interval)
         self._pending_interval = None
 
-    def _background(self, target: Callable[..., None], *args: Any) -> None:
-        """Run ``target`` in a daemon thread, counted in `background_jobs`. Not a Textual thread worker:
-        those run in the event loop's executor, which asyncio.run joins on exit, so `q` waited for the
-        refresh in progress (seconds at 50,000 sockets). A daemon thread is left behind; it only reads."""
+    def _background(self, target: Callable[..., None], *args: Any, lane: JobThread | None = None) -> None:
+        """Run ``target`` in ``lane`` (else a thread of its own: a clipboard tool may hang), counted in
+        `background_jobs`. Not a Textual thread worker: those run in the event loop's executor, which
+        asyncio.run joins on exit, so `q` waited for the refresh in progress (seconds at 50,000 sockets).
+        Daemon threads are left behind; they only read."""
 
         def run() -> None:
             try:
@@ -431,10 +467,13 @@ class SocktopApp(App[int]):
 
         with self._jobs_lock:
             self.background_jobs += 1
-        threading.Thread(target=run, name=f"socktop-{target.__name__.strip('_')}", daemon=True).start()
+        if lane is not None:
+            lane.submit(run)
+        else:
+            threading.Thread(target=run, name=f"socktop-{target.__name__.strip('_')}", daemon=True).start()
 
     def _poll(self, spec: ViewSpec, new_interval: float | None) -> None:
-        self._background(self._poll_thread, spec, new_interval)
+        self._background(self._poll_thread, spec, new_interval, lane=self._poller)
 
     def _socket_cursor(self) -> tuple | None:
         """The Sockets cursor's 4-tuple, for the view threads (no DOM query there: the app may be closing)."""
@@ -470,7 +509,7 @@ class SocktopApp(App[int]):
         try:
             view = build_view(snapshot, spec, prior if prior is not None and prior.seq < snapshot.seq else None)
             connections = ConnectionSet.of(snapshot.columns)
-            view = with_cursor(view, self._socket_cursor())
+            view = with_new(with_cursor(view, self._socket_cursor()), self.connections)  # the 4-tuples shown now
         except Exception as exc:  # a bug here must not stop the refreshes: say it, and try again next time
             self.post_message(Refreshed(None, None, None, None, f"view error: {type(exc).__name__}: {exc}", started))
             return
@@ -496,7 +535,7 @@ class SocktopApp(App[int]):
         self.snapshot_at = time.monotonic()
         self.snapshot = message.snapshot
         self.analysis = message.analysis
-        self.previous_connections = self.connections
+        self._before = (message.snapshot.seq, self.connections)  # one assignment: the view thread reads it
         self.connections = message.connections
         self._show_top()
         self.query_one(TrendStrip).show(message.snapshot)
@@ -529,15 +568,19 @@ class SocktopApp(App[int]):
 
     def _build_view(self) -> None:
         self._view_generation += 1
-        self._background(self._build_view_thread, self._view_generation)
+        self._background(self._build_view_thread, self._view_generation, lane=self._viewer)
 
     def _build_view_thread(self, generation: int) -> None:
         """The panes' rows for the current drill-down, filter and sort (in the view thread); a build that a
-        newer one has overtaken posts nothing."""
+        newer one has overtaken posts nothing, or does not start."""
+        if generation != self._view_generation:
+            return
         snapshot, spec, prior = self.snapshot, self.spec, self.view  # immutable
         view = build_view(snapshot, spec, prior if prior is not None and prior.seq < snapshot.seq else None)
-        if generation == self._view_generation:
-            self.post_message(ViewBuilt(with_cursor(view, self._socket_cursor())))
+        seq, before = self._before
+        if generation == self._view_generation:  # (a view of an older snapshot than the one before is dropped)
+            self.post_message(ViewBuilt(with_new(with_cursor(view, self._socket_cursor()),
+                                                 before if seq == snapshot.seq else None)))
 
     def on_view_built(self, message: ViewBuilt) -> None:
         view = message.view
@@ -571,10 +614,7 @@ class SocktopApp(App[int]):
         for level in dropped:
             self.notify(self._vanished(level), title="Process selection dropped", severity="warning",
                         markup=False, timeout=8)
-        previous = self.previous_connections
-        is_new: Callable[[Any], bool] = (lambda record: CONNECTION(record) not in previous) if previous else (
-            lambda record: False)
-        self.query_one(SocketList).set_data(self.snapshot, view.sockets, is_new, view.cursor_hint,
+        self.query_one(SocketList).set_data(self.snapshot, view.sockets, view.new, view.cursor_hint,
                                             (view.spec.socket_sort, view.spec.socket_reverse))
         self._show_filter()
         self._refresh_drawer()

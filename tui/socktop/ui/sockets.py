@@ -8,8 +8,10 @@ carry a ``+`` and the "new" colour for one refresh.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar
+
+import numpy as np
 
 from rich.segment import Segment
 from textual.message import Message
@@ -74,7 +76,7 @@ class SocketList(LineTable):
         super().__init__(**kwargs)
         self.records: Sequence[SocketRecord] = ()
         self.snapshot: Snapshot | None = None
-        self.is_new: Callable[[SocketRecord], bool] = lambda record: False
+        self.new: np.ndarray | None = None  # per row: new since the refresh before (`view.with_new`)
         self.sort_column, self.sort_reverse = "state", False
         self._cursor_connection: tuple | None = None
         self._lines: dict[int, Strip] = {}
@@ -82,12 +84,13 @@ class SocketList(LineTable):
 
     # --- data -----------------------------------------------------------------------------------
 
-    def set_data(self, snapshot: Snapshot, records: Sequence[SocketRecord], is_new: Callable[[SocketRecord], bool],
+    def set_data(self, snapshot: Snapshot, records: Sequence[SocketRecord], new: np.ndarray | None,
                  found: tuple[tuple, int] | None, sort: tuple[str, bool]) -> None:
         """Show ``records`` (already filtered and sorted); the cursor stays on its socket, or its neighbour.
-        ``found``: where the view thread found the cursor's socket in ``records`` (`view.with_cursor`)."""
+        ``new``: which rows are new (None: none); ``found``: where the view thread found the cursor's socket
+        in ``records`` (`view.with_cursor`)."""
         hint, on_screen, resorted = self.cursor, self.cursor_on_screen(), sort != (self.sort_column, self.sort_reverse)
-        self.snapshot, self.records, self.is_new = snapshot, records, is_new
+        self.snapshot, self.records, self.new = snapshot, records, new
         self.sort_column, self.sort_reverse = sort
         connection = self._cursor_connection if self.chosen else None  # not chosen yet: the top row
         if connection is None:
@@ -109,6 +112,10 @@ class SocketList(LineTable):
     @property
     def row_total(self) -> int:
         return len(self.records)
+
+    def is_new(self, index: int) -> bool:
+        """Row ``index`` is a socket the refresh before did not have."""
+        return self.new is not None and bool(self.new[index])
 
     @property
     def selected(self) -> SocketRecord | None:
@@ -188,7 +195,7 @@ class SocketList(LineTable):
     def _line(self, index: int) -> Strip:
         record = self.records[index]
         base = self.base_style
-        new = self.is_new(record)
+        new = self.is_new(index)
         if new:
             base = base + self._style("new")
         tone = fmt.tone_of_state(record.state)

@@ -21,14 +21,14 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from itertools import compress
-from operator import indexOf, itemgetter
+from operator import itemgetter
 
 import numpy as np
 
-from ..collect.columns import SocketColumns, SocketTable, address_order
+from ..collect.columns import (ADDRESS, ADDRESSES, CONNECTION_KEY, ConnectionSet, SocketColumns, SocketTable,
+                               address_order, address_raw, connection_key, connection_keys, table_of)
 from ..collect.records import DISPLAY_STATES, STATE_BY_CODE, SocketRecord, TcpState
-from ..model.aggregate import Aggregates, Direction, ProcessGroup
+from ..model.aggregate import Aggregates, Direction, ProcessGroup, RowKind, RowOwners, inbound_flags
 from ..model.places import place_predicate
 from ..model.snapshot import HistoryPoint, Snapshot
 
@@ -211,6 +211,7 @@ class View:
     build_seconds: float = 0.0
     inferred: int = 0  # when a pid narrows the view: its sockets without a descriptor (owner inferred)
     cursor_hint: tuple[tuple, int] | None = None  # (a socket's 4-tuple, its index in ``sockets``): see `with_cursor`
+    new: np.ndarray | None = field(default=None, compare=False)  # per socket, new since the refresh before: `with_new`
 
 
 def with_cursor(view: View, connection: tuple | None) -> View:
@@ -222,47 +223,120 @@ def with_cursor(view: View, connection: tuple | None) -> View:
     return replace(view, cursor_hint=(connection, index)) if index is not None else view
 
 
+def with_new(view: View, before: ConnectionSet | None) -> View:
+    """``view`` knowing which of its sockets are new: not among the 4-tuples of the refresh ``before`` it
+    (none marked on the first refresh). Found for every socket at once off the UI thread: a lookup per
+    line drawn released the interpreter lock each time, and the UI thread waited to take it back."""
+    if not before:
+        return view
+    keys, known = connection_keys(table_of(view.sockets).columns), before.keys
+    found = known[np.minimum(np.searchsorted(known, keys), len(known) - 1)] == keys
+    return replace(view, new=~found)
+
+
 # --- socket selection ------------------------------------------------------------------------------
 
-Predicate = Callable[[SocketRecord], bool]
+PLACE_TERMS = ("container", "netns")  # tested per socket (`place_predicate`): the rest over the columns
 
 
-def owned_by(snapshot: Snapshot, pids: set[int]) -> Predicate:
-    """True for sockets held by ``pids`` or tied to them by inference, as `Snapshot.owners_of` does."""
-    aggregates = snapshot.aggregates
-    inodes = {inode for inode, holders in snapshot.ownership.pids_by_inode.items() if not pids.isdisjoint(holders)}
-    listening = aggregates.listening_ports
-    listener_ports = {port for port, holders in aggregates.listener_pids.items() if not pids.isdisjoint(holders)}
-    connections = {conn for conn, holders in aggregates.last_owners.items() if not pids.isdisjoint(holders)}
-    listen = TcpState.LISTEN
+class Masks:
+    """What each drill-down level and filter term keeps of a snapshot's sockets: one bool per row of its
+    table, computed over the columns and kept for the view's other scopes. A Python test per socket cost
+    50 to 150 ms a view at 50,000 sockets, all of it holding the interpreter lock that the UI thread
+    needs to answer a key."""
 
-    def match(record: SocketRecord) -> bool:
-        if record[12]:
-            return record[12] in inodes
-        if record[1] is not listen and record[3] in listening:
-            return record[3] in listener_ports
-        return CONNECTION(record) in connections
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+        self.table = table_of(snapshot.sockets)
+        self.columns = self.table.columns
+        self._owners: RowOwners | None = None
+        self._kept: dict[tuple[str, str], np.ndarray] = {}
 
-    return match
+    @property
+    def owners(self) -> RowOwners:
+        if self._owners is None:
+            self._owners = self.snapshot.row_owners()
+        return self._owners
 
+    def level(self, level: Level) -> np.ndarray:
+        return self._cached((level.kind, level.key), lambda: self._level(level.kind, level.key))
 
-def unplaced_of_uid(snapshot: Snapshot, uid: int) -> Predicate:
-    """Sockets with an inode but no known owner, of one uid (the "uid:N" process rows)."""
-    holders = snapshot.ownership.pids_by_inode
-    return lambda record: record[12] != 0 and record[11] == uid and record[12] not in holders
+    def term(self, prefix: str, value: str) -> np.ndarray:
+        return self._cached(("/" + prefix, value), lambda: self._term(prefix, value))
 
+    def _cached(self, key: tuple[str, str], make: Callable[[], np.ndarray]) -> np.ndarray:
+        kept = self._kept.get(key)
+        if kept is None:
+            kept = self._kept[key] = make()
+        return kept
 
-def level_predicate(snapshot: Snapshot, level: Level) -> Predicate:
-    if level.kind == STATE:
-        state = TcpState[level.key]
-        return lambda record: record[1] is state
-    if level.kind == PORT:  # the model's own grouping rule: a drill-down lists what the row counted
-        key, port_key = level.key, snapshot.aggregates.port_key
-        return lambda record: port_key(record) == key
-    kind, _, number = level.key.partition(":")
-    if kind == "uid":
-        return unplaced_of_uid(snapshot, int(number))
-    return owned_by(snapshot, {int(number)})
+    def _level(self, kind: str, key: str) -> np.ndarray:
+        if kind == STATE:
+            return self.columns.state == TcpState[key].value
+        if kind == PORT:  # the model's own grouping rule (`Aggregates.port_key`): a drill-down lists what the row counted
+            direction, _, port = key.partition(":")
+            aggregates, columns = self.snapshot.aggregates, self.columns
+            inbound = inbound_flags(columns.local_port, columns.remote_port, aggregates.listening_ports,
+                                    aggregates.ephemeral_ports)
+            if direction == Direction.IN.value:
+                return inbound & (columns.local_port == int(port))
+            return ~inbound & (columns.remote_port == int(port))
+        owner, _, number = key.partition(":")
+        if owner == "uid":  # sockets with an inode that no process we see holds, of one uid
+            return (self.owners.kinds == RowKind.UNKNOWN) & (self.columns.uid == int(number))
+        return self.owned_by({int(number)})
+
+    def owned_by(self, pids: set[int]) -> np.ndarray:
+        """The sockets held by one of ``pids`` or tied to it, as `Snapshot.owners_of` says."""
+        owners = self.owners
+        return np.array([not pids.isdisjoint(held) for held in owners.pid_sets], bool)[owners.codes]
+
+    def _term(self, prefix: str, value: str) -> np.ndarray:
+        snapshot, columns = self.snapshot, self.columns
+        if prefix == "state":
+            return columns.state == TcpState.parse(value).value
+        if prefix == "port":
+            return self._port(int(value))
+        if prefix == "pid":
+            return self.owned_by({int(value)})
+        if prefix == "proc":
+            return self.owned_by(_owner_pids(snapshot, lambda name, user, pid: value in name))
+        if prefix == "user":
+            uids = [uid for uid in np.unique(columns.uid).tolist() if value in snapshot.user_of(uid).lower()]
+            unplaced = (self.owners.kinds == RowKind.UNKNOWN) & np.isin(columns.uid, uids)
+            return self.owned_by(_owner_pids(snapshot, lambda name, user, pid: value in user)) | unplaced
+        if prefix == "addr":
+            address = full_address(value)
+            if address is not None:  # a whole address matches itself only (10.0.0.5 is not in 10.0.0.50), as in ss
+                raw = np.frombuffer(address_raw(address), ADDRESS)[0]
+                return (columns.local_addr == raw) | (columns.remote_addr == raw)
+            return self._address_text(value)
+        return self._word(value)
+
+    def _port(self, port: int) -> np.ndarray:
+        return (self.columns.local_port == port) | (self.columns.remote_port == port)
+
+    def _address_text(self, part: str) -> np.ndarray:
+        """The sockets one of whose addresses' text holds ``part``: each distinct address asked once."""
+        kept = []
+        for column in (self.columns.local_addr, self.columns.remote_addr):
+            distinct, inverse = np.unique(column, return_inverse=True)
+            texts = ADDRESSES.texts(distinct.tolist())
+            kept.append(np.fromiter((part in text for text in texts), bool, len(texts))[inverse.reshape(-1)])
+        return kept[0] | kept[1]
+
+    def _word(self, word: str) -> np.ndarray:
+        """A free word: in a state's name, a port on either end or an owner's pid (digits), part of an
+        address (with a dot or a colon), part of an owner's name or user."""
+        states = [state.value for state in DISPLAY_STATES if word in state.slug or word in state.name.lower()]
+        kept = np.isin(self.columns.state, states)
+        number = int(word) if word.isdigit() else None
+        if number is not None:
+            kept |= self._port(number)
+        if "." in word or ":" in word:
+            kept |= self._address_text(word)
+        pids = _owner_pids(self.snapshot, lambda name, user, pid: word in name or word in user or pid == number)
+        return kept | self.owned_by(pids) if pids else kept
 
 
 def full_address(text: str) -> str | None:
@@ -278,61 +352,25 @@ def _owner_pids(snapshot: Snapshot, test: Callable[[str, str, int], bool]) -> se
     return {pid for pid, info in snapshot.ownership.processes.items() if test(info.name.lower(), info.user.lower(), pid)}
 
 
-def term_predicate(snapshot: Snapshot, prefix: str, value: str) -> Predicate:
-    if prefix == "state":
-        state = TcpState.parse(value)
-        return lambda record: record[1] is state
-    if prefix == "port":
-        port = int(value)
-        return lambda record: record[3] == port or record[5] == port
-    if prefix == "pid":
-        return owned_by(snapshot, {int(value)})
-    if prefix == "proc":
-        return owned_by(snapshot, _owner_pids(snapshot, lambda name, user, pid: value in name))
-    if prefix == "user":
-        owners = owned_by(snapshot, _owner_pids(snapshot, lambda name, user, pid: value in user))
-        uids = {uid for uid in {r[11] for r in snapshot.sockets} if value in snapshot.user_of(uid).lower()} if value else set()
-        holders = snapshot.ownership.pids_by_inode
-        return lambda record: owners(record) or (record[12] != 0 and record[12] not in holders and record[11] in uids)
-    if prefix in ("container", "netns"):
-        return place_predicate(snapshot.place_slots, value, by_namespace=prefix == "netns")
-    if prefix == "addr":
-        address = full_address(value)
-        if address is not None:  # a whole address matches itself only (10.0.0.5 is not in 10.0.0.50), as in ss
-            return lambda record: record[2] == address or record[4] == address
-        return lambda record: value in record[2] or value in record[4]
-    return _word_predicate(snapshot, value)
-
-
-def _word_predicate(snapshot: Snapshot, word: str) -> Predicate:
-    states = {state for state in DISPLAY_STATES if word in state.slug or word in state.name.lower()}
-    number = int(word) if word.isdigit() else None
-    pids = _owner_pids(snapshot, lambda name, user, pid: word in name or word in user or pid == number)
-    owners = owned_by(snapshot, pids) if pids else None
-    addresses = "." in word or ":" in word
-
-    def match(record: SocketRecord) -> bool:
-        if record[1] in states:
-            return True
-        if number is not None and (record[3] == number or record[5] == number):
-            return True
-        if addresses and (word in record[2] or word in record[4]):
-            return True
-        return owners is not None and owners(record)
-
-    return match
-
-
-def select_records(snapshot: Snapshot, levels: Iterable[Level], query: Query) -> Sequence[SocketRecord]:
-    """The sockets every level and every query term lets through (the snapshot's own list when none)."""
-    predicates = [level_predicate(snapshot, level) for level in levels]
-    predicates += [term_predicate(snapshot, prefix, value) for prefix, value in query.terms]
-    records: Sequence[SocketRecord] = snapshot.sockets
-    for predicate in predicates:
-        if isinstance(records, SocketTable):  # stays columnar: regrouping and sorting it need no records
-            records = records.take(np.fromiter(map(predicate, records), bool, len(records)))
-        else:
-            records = list(compress(records, map(predicate, records)))
+def select_records(snapshot: Snapshot, levels: Iterable[Level], query: Query,
+                   masks: Masks | None = None) -> Sequence[SocketRecord]:
+    """The sockets every level and every query term lets through (the snapshot's own list when none):
+    a table of the rows kept, no record built (``masks``: those of the view's other scopes, to reuse)."""
+    levels = tuple(levels)
+    if not levels and not query:
+        return snapshot.sockets
+    masks = masks if masks is not None else Masks(snapshot)
+    kept = np.ones(len(masks.table), bool)
+    for level in levels:
+        kept &= masks.level(level)
+    for prefix, value in query.terms:
+        if prefix not in PLACE_TERMS:
+            kept &= masks.term(prefix, value)
+    records = masks.table.take(kept)
+    for prefix, value in query.terms:
+        if prefix in PLACE_TERMS:
+            test = place_predicate(snapshot.place_slots, value, by_namespace=prefix == "netns")
+            records = records.take(np.fromiter(map(test, records), bool, len(records)))
     return records
 
 
@@ -341,13 +379,14 @@ class Scopes:
 
     def __init__(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot
+        self.masks = Masks(snapshot)
         self._records: dict[tuple, Sequence[SocketRecord]] = {}
         self._aggregates: dict[tuple, Aggregates] = {}
 
     def records(self, levels: tuple[Level, ...], query: Query) -> Sequence[SocketRecord]:
         key = (frozenset(levels), query.terms)
         if key not in self._records:
-            self._records[key] = select_records(self.snapshot, levels, query)
+            self._records[key] = select_records(self.snapshot, levels, query, self.masks)
         return self._records[key]
 
     def aggregates(self, levels: tuple[Level, ...], query: Query) -> Aggregates:
@@ -409,6 +448,9 @@ def sort_sockets(snapshot: Snapshot, records: Sequence[SocketRecord], column: st
         return records.sorted_by(_sort_columns(records.columns, column if column in SOCKET_SORTS else "state"),
                                  reverse)
     key = owner_name_key(snapshot) if column == "owner" else SOCKET_SORTS.get(column, SOCKET_SORTS["state"])
+    if isinstance(records, SocketTable):  # stays a table (its new sockets are found over the columns)
+        keys = list(map(key, records))
+        return records.take(np.array(sorted(range(len(keys)), key=keys.__getitem__, reverse=reverse), np.int64))
     return sorted(records, key=key, reverse=reverse)
 
 
@@ -428,13 +470,12 @@ def _sort_columns(columns: SocketColumns, column: str) -> list[np.ndarray]:
 
 
 def index_of(records: Sequence[SocketRecord], connection: tuple, hint: int = 0) -> int | None:
-    """Where the socket with this 4-tuple now is: checks ``hint`` first, then searches (C speed)."""
+    """Where the socket with this 4-tuple now is: checks ``hint`` first, then searches the columns."""
     if 0 <= hint < len(records) and CONNECTION(records[hint]) == connection:
         return hint
-    try:
-        return indexOf(map(CONNECTION, records), connection)
-    except ValueError:
-        return None
+    key = np.frombuffer(connection_key(connection), CONNECTION_KEY)[0]
+    found = np.flatnonzero(connection_keys(table_of(records).columns) == key)
+    return int(found[0]) if len(found) else None
 
 
 # --- trends ------------------------------------------------------------------------------------------
@@ -620,4 +661,4 @@ def build_view(snapshot: Snapshot, spec: ViewSpec, prior: View | None = None) ->
     return View(spec, snapshot.seq, states, ports, processes, sockets,
                 counts={STATE: {row.key: row.count for row in states}},
                 build_seconds=time.perf_counter() - started,
-                inferred=sum(1 for record in sockets if not record[12]) if by_pid else 0)
+                inferred=int(np.count_nonzero(table_of(sockets).columns.inode == 0)) if by_pid else 0)
