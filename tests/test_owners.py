@@ -133,6 +133,23 @@ def test_a_process_that_renames_itself_is_shown_by_its_new_name() -> None:
         child.wait()
 
 
+def test_full_rescans_are_spread_over_updates_at_long_intervals(tmp_path) -> None:
+    """Every FULL_RESCAN_EVERY seconds, but at most once in SPREAD_UPDATES updates: at the exporter's
+    15 s a whole scan falls on one collection a minute, at the TUI's 1 s still every 30 s."""
+    (tmp_path / str(os.getpid())).symlink_to(f"/proc/{os.getpid()}")
+    for interval, updates, expected in ((15.0, 9, [1, 5, 9]), (1.0, 62, [1, 31, 61])):
+        now = [0.0]
+        scanner = OwnerScanner(proc=str(tmp_path), clock=lambda: now[0])
+        with socket.socket() as held:
+            full = []
+            for update in range(1, updates + 1):
+                before = scanner.stats.full_scans
+                scanner.update({socket_inode(held)})
+                full += [update] if scanner.stats.full_scans > before else []
+                now[0] += interval
+        assert full == expected, interval
+
+
 def test_a_reused_fd_number_is_read_again(tmp_path) -> None:
     """fd numbers are reused lowest first: a number that held a file, then a socket closed
     refreshes ago, may name a new socket now, and the incremental scan must see it (the

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from frozen import CRAWLED, HOSTILE_NAME, frozen_snapshot
 
@@ -131,7 +133,6 @@ def test_ss_with_a_pid_says_it_drops_the_inferred_sockets():
 def test_a_process_row_adds_up_with_its_inferred_sockets():
     """The slow acceptor's queued connections are ESTABLISHED without a descriptor: its row counts them in
     EST (marked inferred) as in its total, and as the drill-down into it finds them."""
-    from dataclasses import replace
 
     from frozen import _record
 
@@ -289,3 +290,22 @@ def test_long_titles_are_cut_at_a_word_with_an_ellipsis():
     assert fmt.ellipsize_words("averyveryverylongword and", 10) == "averyvery…"  # mid-word only when it must
     assert fmt.ellipsize_words(title, 1) == "…" and fmt.ellipsize_words(title, 0) == ""
     assert fmt.ellipsize_words("one two three", 8) == "one two…"  # "two" ends right at the cut: kept
+
+
+def test_new_sockets_are_those_whose_4_tuple_the_refresh_before_did_not_have():
+    """`with_new` over a whole view: a socket that differs from an old one in a single field of its 4-tuple
+    (a port, an address) is new; the same 4-tuple in another state is not."""
+    from socktop.collect.columns import ConnectionSet, SocketColumns
+    from socktop.ui.view import with_new
+
+    before = list(SNAPSHOT.sockets[:200])
+    old = before[7]
+    now = [old._replace(state=TcpState.TIME_WAIT), old._replace(remote_port=old.remote_port + 1),
+           old._replace(local_addr="192.0.2.99"), old._replace(remote_addr="2001:db8::9"), *before[100:150]]
+    fresh = build_view(replace(SNAPSHOT, sockets=now), ViewSpec())
+    view = with_new(fresh, ConnectionSet.of(SocketColumns.from_records(before)))
+    marked = {CONNECTION(record) for record, new in zip(view.sockets, view.new) if new}
+    assert marked == {CONNECTION(record) for record in now[1:4]}
+    assert with_new(fresh, ConnectionSet.of(SocketColumns.from_records([]))).new is None  # the first refresh
+    empty = build_view(replace(SNAPSHOT, sockets=[]), ViewSpec())  # a view of no socket (an empty namespace)
+    assert len(with_new(empty, ConnectionSet.of(SocketColumns.from_records(before))).new) == 0

@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 import psutil
 
+from socktop.analyze.findings import analyze
 from socktop.demo.builders import TIME_WAIT_LEN, Population, build_incident, build_population, sockstat_time_wait
 from socktop.model.engine import Engine
 
@@ -76,6 +77,7 @@ def bench_size(population: str, size: int, runs: int) -> dict[str, float]:
         actions: dict[str, Callable[[], object]] = {
             "socktop full refresh": engine.refresh,
             "ss -tan": run_quietly(["ss", "-tan"]),
+            "socktop refresh + findings": lambda: analyze(engine.refresh()),
             "socktop snapshot only": engine.backend.sockets,
             "ss -tanp": run_quietly(["ss", "-tanp"]),
             # --netns self: the namespace ss reads (as root the default reads every namespace on the host)
@@ -98,6 +100,7 @@ def report(population: str, size: int, figures: dict[str, float]) -> None:
     refresh = figures["socktop full refresh"]
     print(f"  {'peak RSS (this process)':34s} {figures['peak RSS MB (socktop)']:9.1f} MB")
     print(f"  full refresh / ss -tan             {refresh / ss:5.2f}   (target <= 0.5 at 50k, incident)")
+    print(f"  refresh + findings / ss -tan       {figures['socktop refresh + findings'] / ss:5.2f}")
     print(f"  snapshot only / ss -tan            {figures['socktop snapshot only'] / ss:5.2f}")
     if "psutil.net_connections" in figures:
         print(f"  psutil / full refresh              {figures['psutil.net_connections'] / refresh:5.1f}x")

@@ -169,7 +169,7 @@ def main() -> int:
     print(f"serve CPU: {used.sum():.2f} s over {wall:.1f} s = {100 * used.sum() / wall:.2f}% of one core "
           f"(target <= 2% at --interval 15); user {used[0]:.2f} s, system {used[1]:.2f} s")
     named = {name: threads_after[name] - threads_before.get(name, 0.0) for name in threads_after}
-    named["exited threads"] = used - sum(named.values())
+    named["exited threads"] = np.maximum(used - sum(named.values()), 0.0)  # (clock ticks round per thread)
     for name, seconds in sorted(named.items(), key=lambda pair: -pair[1].sum()):
         print(f"  {name:<22} {seconds.sum():6.2f} s  {100 * seconds.sum() / wall:5.2f}%  "
               f"(user {seconds[0]:.2f}, system {seconds[1]:.2f})")

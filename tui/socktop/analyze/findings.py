@@ -37,7 +37,7 @@ from operator import itemgetter
 
 import numpy as np
 
-from ..collect.columns import SocketTable, table_of
+from ..collect.columns import SocketTable, group_rows, table_of
 from ..collect.records import SocketRecord, TcpState, TimerKind
 from ..model.aggregate import DEFAULT_EPHEMERAL_PORTS, LOCAL_PORT, ProcessGroup, inbound_flags
 from ..model.history import process_series, rate_per_second, span_seconds
@@ -588,15 +588,8 @@ def _grouped(records: Sequence[SocketRecord], names: tuple[str, ...]
     """The rows grouped by the columns ``names``, at C speed: the table, each row's group,
     each group's first row and each group's size."""
     table = table_of(records)
-    if not len(table):
-        empty = np.zeros(0, np.intp)
-        return table, empty, empty, empty
-    columns = table.columns
-    parts = [np.ascontiguousarray(getattr(columns, name)).view(np.uint8).reshape(len(table), -1) for name in names]
-    packed = np.ascontiguousarray(np.concatenate(parts, axis=1))
-    keys = packed.view(np.dtype(f"V{packed.shape[1]}")).reshape(-1)
-    _, first, inverse, sizes = np.unique(keys, return_index=True, return_inverse=True, return_counts=True)
-    return table, inverse.reshape(-1), first, sizes
+    inverse, first, sizes = group_rows([getattr(table.columns, name) for name in names])
+    return table, inverse, first, sizes
 
 
 def _group_sizes(records: Sequence[SocketRecord], key: Callable[[SocketRecord], Hashable],

@@ -224,7 +224,8 @@ def _message_starts(data: bytes | bytearray | memoryview, length: int) -> np.nda
     """
     if length >= HEADER_SIZE and not length % 4:
         words = np.frombuffer(data, np.uint32, count=length // 4)
-        candidates = np.flatnonzero((words[2:-1] == words[2]) & (words[3:] == words[3]))
+        candidates = np.flatnonzero(words[2:-1] == words[2])  # the sequence number, then the port id
+        candidates = candidates[words[candidates + 3] == words[3]]
         starts = candidates.astype(np.int64) * 4
         sizes = words[candidates].astype(np.int64)
         steps = (sizes + 3) & ~3
@@ -441,7 +442,7 @@ class NetlinkBackend:
     name = "netlink"
 
     def __init__(self) -> None:
-        self._buffer = bytearray(RECV_BUFFER)  # one answer to a lookup
+        self._buffer = bytearray(RECV_BUFFER)  # the answers to lookups, one after the other
         self._dump_buffer = bytearray(16 * RECV_BUFFER)  # a whole dump; grows to the largest seen
         self._seq = 0
         self.interrupted_dumps = 0
@@ -524,28 +525,30 @@ class NetlinkBackend:
         gone since the dump, an NLMSG_ERROR (ENOENT), which is skipped.
         """
         requests = exact_requests(columns, rows, ext)
-        replies: list[bytes] = []
+        starts: list[int] = []  # of the answers kept, one after the other in the lookup buffer
+        used = 0
         with _opened(reused) as sock:
             sock.settimeout(5.0)
             for first in range(0, len(requests), LOOKUP_BATCH):
                 batch = requests[first:first + LOOKUP_BATCH]
                 sock.send(batch.tobytes())
                 for _reply in range(len(batch)):
-                    size = sock.recv_into(self._buffer, RECV_BUFFER, socket.MSG_TRUNC)
+                    if len(self._buffer) - used < RECV_BUFFER:
+                        self._buffer = _grown(self._buffer, used)
+                    size = sock.recv_into(memoryview(self._buffer)[used:], RECV_BUFFER, socket.MSG_TRUNC)
                     if size < HEADER_SIZE or size > RECV_BUFFER:
                         raise CollectError(f"sock_diag: a {size}-byte answer to a socket lookup")
-                    msg_len, msg_type = _HEADER.unpack_from(self._buffer)
+                    msg_len, msg_type = _HEADER.unpack_from(self._buffer, used)
                     if msg_type == SOCK_DIAG_BY_FAMILY and MIN_MESSAGE <= msg_len <= size:
-                        replies.append(bytes(self._buffer[:msg_len]).ljust((msg_len + 3) & ~3, b"\0"))
+                        starts.append(used)
+                        used += (msg_len + 3) & ~3
                     elif msg_type != NLMSG_ERROR:
                         raise CollectError(f"sock_diag: unexpected message type {msg_type} answering a lookup")
-        if not replies:
+        if not starts:
             return SocketColumns.empty()
-        steps = np.fromiter(map(len, replies), np.int64, len(replies))
-        starts = np.concatenate([[0], np.cumsum(steps)[:-1]])
-        data = b"".join(replies)
-        sizes = np.frombuffer(data, np.uint32, count=len(data) // 4)[starts // 4].astype(np.int64)
-        return _columns(data, len(data), starts, sizes)
+        at = np.array(starts, np.int64)
+        sizes = np.frombuffer(self._buffer, np.uint32, count=used // 4)[at // 4].astype(np.int64)
+        return _columns(self._buffer, used, at, sizes)
 
     def dump_family(self, family: int, states: int = ALL_STATES, ext: int = 0,
                     sock: socket.socket | None = None) -> SocketColumns:
@@ -571,10 +574,8 @@ class NetlinkBackend:
             received = parsed = 0  # bytes in the buffer, and of those the bytes parsed
             done = False
             while not done:
-                if len(self._dump_buffer) - received < RECV_BUFFER:  # a new buffer: a dump may still read the old
-                    grown = bytearray(max(2 * len(self._dump_buffer), received + RECV_BUFFER))
-                    grown[:received] = memoryview(self._dump_buffer)[:received]
-                    self._dump_buffer = grown
+                if len(self._dump_buffer) - received < RECV_BUFFER:
+                    self._dump_buffer = _grown(self._dump_buffer, received)
                 view = memoryview(self._dump_buffer)
                 size = sock.recv_into(view[received:], RECV_BUFFER, socket.MSG_TRUNC)
                 if size > RECV_BUFFER:
@@ -586,6 +587,14 @@ class NetlinkBackend:
                     done = parse_dump_chunk(view[parsed:received], received - parsed, dump, copy=False)
                     parsed = received
         return dump
+
+
+def _grown(buffer: bytearray, used: int) -> bytearray:
+    """A larger buffer with the first ``used`` bytes of ``buffer``: a new one, since a dump may
+    still read the old (a bytearray cannot be resized while a view of it lives)."""
+    grown = bytearray(max(2 * len(buffer), used + RECV_BUFFER))
+    grown[:used] = memoryview(buffer)[:used]
+    return grown
 
 
 def _opened(reused: socket.socket | None) -> contextlib.AbstractContextManager[socket.socket]:

@@ -8,9 +8,10 @@ the processes that are new since the last look or already hold sockets
 for what is still unplaced and still in the table, every other process.
 It re-reads only descriptors that are new or whose socket has gone,
 remembers inodes known to be unowned (other users' sockets without root,
-or a container's PID 1), and rescans everything at a bounded rate to catch
-descriptor numbers reused in place. Under fork churn the cost follows the
-new processes, not the whole of /proc.
+or a container's PID 1), and rescans everything at a bounded rate (every
+FULL_RESCAN_EVERY seconds, and at most once in SPREAD_UPDATES updates) to
+catch descriptor numbers reused in place. Under fork churn the cost follows
+the new processes, not the whole of /proc.
 
 A socket in the dump that no process holds by the time its descriptors
 are read has usually just closed: the caller's ``still_present`` re-reads
@@ -36,6 +37,8 @@ PROC = "/proc"
 SOCKET_LINK_PREFIX = "socket:["
 FULL_RESCAN_EVERY = 30.0
 RETRY_UNKNOWN_AFTER = 5.0
+SPREAD_UPDATES = 4  # and each at most once in this many updates: at `socktop serve`'s 15 s a whole scan
+# (about 150 ms at the 50k incident) then falls on one collection a minute, not on every other one
 NOT_A_SOCKET = 0
 
 
@@ -216,6 +219,8 @@ class OwnerScanner:
         self._unlisted_tcp: dict[int, bool] = {}  # socket inode in no TCP table → is it TCP (sockprotoname)
         self._last_full_scan = float("-inf")
         self._last_unknown_retry = float("-inf")
+        self._updates = SPREAD_UPDATES  # updates made, and at which ones the last full scan and retry were
+        self._full_update = self._retry_update = 0
         self._prefetch: tuple[int, int] | None = None  # the child reading every table: its pid, its pipe
         self.stats = ScanStats()
 
@@ -278,7 +283,7 @@ class OwnerScanner:
         self.stats.links_read += links
         self.stats.vanished_pids += vanished
         self.stats.denied_pids = len(denied)
-        self._last_full_scan = self._clock()
+        self._last_full_scan, self._full_update = self._clock(), self._updates
         return True
 
     @property
@@ -305,7 +310,8 @@ class OwnerScanner:
         self.unowned -= gone
         self.closed = frozenset()
         unknown = opened - self.pids_by_inode.keys() - self.unowned
-        if now - self._last_full_scan >= FULL_RESCAN_EVERY:
+        self._updates += 1
+        if now - self._last_full_scan >= FULL_RESCAN_EVERY and self._spread(self._full_update):
             self._scan(present, full=True)
             self._find_closed(present - self.pids_by_inode.keys() - self.unowned, still_present)
         elif unknown:
@@ -320,8 +326,8 @@ class OwnerScanner:
                 pids = self._list_pids()
                 self._scan(present - self.closed, full=False, pids=pids - likely, all_pids=pids)
                 unplaced -= self.pids_by_inode.keys()
-            if unplaced and now - self._last_unknown_retry >= RETRY_UNKNOWN_AFTER:
-                self._last_unknown_retry = now
+            if unplaced and now - self._last_unknown_retry >= RETRY_UNKNOWN_AFTER and self._spread(self._retry_update):
+                self._last_unknown_retry, self._retry_update = now, self._updates
                 self._scan(present - self.closed, full=True)
         else:
             self._forget_closed(gone)
@@ -379,6 +385,10 @@ class OwnerScanner:
             self._present_array = None
             self._present_array = None
 
+    def _spread(self, last: int) -> bool:
+        """Whether SPREAD_UPDATES updates have been made since update ``last``."""
+        return self._updates - last >= SPREAD_UPDATES
+
     def _forget_closed(self, closed: set[int]) -> None:
         """Drop closed sockets from a copy of the map: snapshots share the old one."""
         if not self.pids_by_inode.keys().isdisjoint(closed):
@@ -402,7 +412,7 @@ class OwnerScanner:
         self.stats.scans += 1
         if full:
             self.stats.full_scans += 1
-            self._last_full_scan = self._clock()
+            self._last_full_scan, self._full_update = self._clock(), self._updates
         if all_pids is None:
             all_pids = self._list_pids()
         partial_scan = pids is not None

@@ -125,14 +125,16 @@ class CookieLedger:
                now: float) -> None:
         """Remember the held sockets of one dump: ``pids`` per cookie (empty or None: not held)."""
         owners_of = {group: tuple(processes[pid] for pid in group if pid in processes) for group in set(pids) if group}
-        owners = np.empty(len(pids), object)
-        owners[:] = [owners_of[group] if group else () for group in pids]
-        self.update_held(np.fromiter(cookies, np.uint64, len(cookies)), owners, now)
+        owners = [owners_of[group] if group else () for group in pids]
+        named = np.fromiter(map(bool, owners), bool, len(owners))
+        held = np.empty(int(named.sum()), object)
+        held[:] = [found for found in owners if found]
+        self.update_held(np.fromiter(cookies, np.uint64, len(cookies))[named], held, now)
 
     def update_held(self, cookies: np.ndarray, owners: np.ndarray, now: float) -> None:
-        """`update` with arrays: the cookies of one dump's held sockets, and each one's `Owners` (objects)."""
-        named = np.fromiter(map(bool, owners), bool, len(owners))
-        held = CookieOwners.of(cookies[named], owners[named])
+        """`update` with arrays: the cookies of one dump's held sockets, and each one's `Owners`
+        (an object array, none empty)."""
+        held = CookieOwners.of(cookies, owners)
         previous = self._held
         left = ~np.isin(previous.cookies, held.cookies, assume_unique=True)
         if left.any():
@@ -274,18 +276,18 @@ class ChurnTracker:
         """
         seconds = 0.0 if self._last is None else max(now - self._last, 1e-6)
         columns = table_of(records).columns
-        cookies = columns.cookie
         self.ledger.update_held(*_held(columns, ownership, aggregates), now)
-        current = np.sort(cookies)
+        order = np.argsort(columns.cookie)
+        current = columns.cookie[order]  # sorted: every join below asks about sorted cookies
         closed_cookies = np.sort(np.fromiter(map(CLOSED_COOKIE, closed), np.uint64, len(closed)))
         by_port, by_remote, by_process, exact, by_destination, unseen = self._closes(
             closed, aggregates, (self._previous, current))
         closed_connections = set(map(CLOSED_CONNECTION, closed))
         opens = unseen
         if self._last is not None:
-            opens += self._opened(columns, closed_cookies, closed_connections)
+            opens += self._opened(columns, order, closed_cookies, closed_connections)
         tally = _Tally(seconds, len(closed), opens, unseen, by_port, by_remote, by_process, exact, by_destination)
-        time_wait_owners = self.ledger.gone_owners(cookies[columns.inode == 0])
+        time_wait_owners = self.ledger.gone_owners(current[columns.inode[order] == 0])
         self._previous = current
         self._closed_before = (closed_cookies, closed_connections)
         if self._last is not None:
@@ -293,16 +295,17 @@ class ChurnTracker:
         self._last = now
         return self._churn(tally, overruns, lost, time_wait_owners)
 
-    def _opened(self, columns: SocketColumns, closed_cookies: np.ndarray, closed_connections: set[Connection]) -> int:
-        """Connections new to this dump. Not new: request sockets (the connection gets another
-        cookie), and the TIME_WAIT or orphan of a socket whose close was counted lately: by
-        cookie when a dump saw it alive (the timewait socket keeps it), else by its 4-tuple
-        (a socket no dump asked for has no cookie yet when its timewait socket is made)."""
+    def _opened(self, columns: SocketColumns, order: np.ndarray, closed_cookies: np.ndarray,
+                closed_connections: set[Connection]) -> int:
+        """Connections new to this dump (``order`` sorts its cookies). Not new: request sockets (the
+        connection gets another cookie), and the TIME_WAIT or orphan of a socket whose close was
+        counted lately: by cookie when a dump saw it alive (the timewait socket keeps it), else by
+        its 4-tuple (a socket no dump asked for has no cookie yet when its timewait socket is made)."""
         cookies_before, connections_before = self._closed_before
-        cookies = columns.cookie
-        new = ~found_in(self._previous, cookies) & ~found_in(closed_cookies, cookies) & ~found_in(cookies_before, cookies)
-        new &= ~np.isin(columns.state, _NOT_NEW_CODES)
-        rows = np.flatnonzero(new)
+        current = columns.cookie[order]
+        new = ~found_in(self._previous, current) & ~found_in(closed_cookies, current) & ~found_in(cookies_before, current)
+        rows = np.sort(order[new])
+        rows = rows[~np.isin(columns.state[rows], _NOT_NEW_CODES)]
         closed_lately = closed_connections | connections_before
         descriptorless = rows[columns.inode[rows] == 0]
         if not len(descriptorless) or not closed_lately:
@@ -377,10 +380,11 @@ def _held(columns: SocketColumns, ownership: Ownership, aggregates: Aggregates) 
     if rows is None or len(rows.kinds) != len(columns):  # aggregates made elsewhere: join by inode here
         rows = aggregate(SocketTable(columns), ownership, str, {}).rows
         assert rows is not None
-    held = np.flatnonzero(rows.kinds == RowKind.DIRECT)
     processes = ownership.processes
     owners = np.empty(len(rows.pid_sets), object)
     owners[:] = [tuple(processes[pid] for pid in pids if pid in processes) for pids in rows.pid_sets]
+    named = np.fromiter(map(bool, owners), bool, len(owners))  # a holder that has exited names nobody
+    held = np.flatnonzero((rows.kinds == RowKind.DIRECT) & named[rows.codes])
     return columns.cookie[held], owners[rows.codes[held]]
 
 

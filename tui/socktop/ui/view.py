@@ -26,7 +26,7 @@ from operator import itemgetter
 import numpy as np
 
 from ..collect.columns import (ADDRESS, ADDRESSES, CONNECTION_KEY, ConnectionSet, SocketColumns, SocketTable,
-                               address_order, address_raw, connection_key, connection_keys, table_of)
+                               address_order, address_raw, connection_key, connection_keys, distinct, table_of)
 from ..collect.records import DISPLAY_STATES, STATE_BY_CODE, SocketRecord, TcpState
 from ..model.aggregate import Aggregates, Direction, ProcessGroup, RowKind, RowOwners, inbound_flags
 from ..model.places import place_predicate
@@ -229,9 +229,7 @@ def with_new(view: View, before: ConnectionSet | None) -> View:
     line drawn released the interpreter lock each time, and the UI thread waited to take it back."""
     if not before:
         return view
-    keys, known = connection_keys(table_of(view.sockets).columns), before.keys
-    found = known[np.minimum(np.searchsorted(known, keys), len(known) - 1)] == keys
-    return replace(view, new=~found)
+    return replace(view, new=~before.holds(table_of(view.sockets).columns))
 
 
 # --- socket selection ------------------------------------------------------------------------------
@@ -302,7 +300,7 @@ class Masks:
         if prefix == "proc":
             return self.owned_by(_owner_pids(snapshot, lambda name, user, pid: value in name))
         if prefix == "user":
-            uids = [uid for uid in np.unique(columns.uid).tolist() if value in snapshot.user_of(uid).lower()]
+            uids = [uid for uid in distinct(columns.uid).tolist() if value in snapshot.user_of(uid).lower()]
             unplaced = (self.owners.kinds == RowKind.UNKNOWN) & np.isin(columns.uid, uids)
             return self.owned_by(_owner_pids(snapshot, lambda name, user, pid: value in user)) | unplaced
         if prefix == "addr":
@@ -320,8 +318,8 @@ class Masks:
         """The sockets one of whose addresses' text holds ``part``: each distinct address asked once."""
         kept = []
         for column in (self.columns.local_addr, self.columns.remote_addr):
-            distinct, inverse = np.unique(column, return_inverse=True)
-            texts = ADDRESSES.texts(distinct.tolist())
+            addresses, inverse = np.unique(column, return_inverse=True)
+            texts = ADDRESSES.texts(addresses.tolist())
             kept.append(np.fromiter((part in text for text in texts), bool, len(texts))[inverse.reshape(-1)])
         return kept[0] | kept[1]
 
