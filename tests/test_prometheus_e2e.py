@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "deploy" / "prometheus" / "socktop-rules.yml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "socktop.json"
 POPULATION = str(Path(__file__).with_name("fleet_population.py"))
-LIFETIME = 600  # seconds: every process of the stack stops by itself after this long
+LIFETIME = 600  # seconds: every process of the stack stops by itself after this long (killed 5 s after a TERM)
 LEAK_START, LEAK_RATE, LEAK_MAX = 14, 2, 30  # the leak alert wants 20 and rising: the rise starts at once
 
 pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None,
@@ -103,7 +103,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         processes.append(leaker)
         assert leaker.stdout.readline().startswith("ready")
         exporter = subprocess.Popen(
-            ["timeout", str(LIFETIME), sys.executable, "-m", "socktop", "serve", "--listen", "127.0.0.1:0",
+            ["timeout", "-k", "5", str(LIFETIME), sys.executable, "-m", "socktop", "serve", "--listen", "127.0.0.1:0",
              "--interval", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         processes.append(exporter)
         match = re.search(r"http://127\.0\.0\.1:(\d+)/metrics", exporter.stderr.readline())
@@ -115,7 +115,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             f"scrape_configs:\n  - job_name: socktop\n    static_configs: [{{targets: ['127.0.0.1:{match[1]}']}}]\n")
         port = free_port()
         prometheus = subprocess.Popen(
-            ["timeout", str(LIFETIME), "prometheus", f"--config.file={home / 'prometheus.yml'}",
+            ["timeout", "-k", "5", str(LIFETIME), "prometheus", f"--config.file={home / 'prometheus.yml'}",
              f"--storage.tsdb.path={home / 'data'}", f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=home)
         processes.append(prometheus)

@@ -418,3 +418,22 @@ def test_a_failing_collection_is_counted_and_the_next_one_still_runs() -> None:
     engine.refresh = real_refresh  # type: ignore[method-assign]
     exporter.collect_once()
     assert exporter.errors == 1 and exporter.last_error == "" and exporter.collections == 3
+
+
+SIGNALLED = """
+import os, signal
+from socktop.serve.server import stop_on_signals
+stop = stop_on_signals()
+with stop._cond:  # where the main thread is inside stop.wait(), or inside a first signal's stop.set()
+    os.kill(os.getpid(), signal.SIGTERM)
+    os.kill(os.getpid(), signal.SIGTERM)
+print(stop.wait(10), flush=True)
+"""
+
+
+def test_a_signal_that_comes_while_the_stop_event_is_busy_still_stops() -> None:
+    """The handlers run in the main thread between two steps of whatever it does, maybe inside the stop
+    event's own lock; timeout(1) sends TERM twice (to the command, then to its group). A handler that
+    took that lock waited for itself: serve hung for good, orphaned once the test killed its timeout."""
+    result = subprocess.run([sys.executable, "-c", SIGNALLED], capture_output=True, text=True, timeout=30)
+    assert result.stdout.split() == ["True"], result.stderr

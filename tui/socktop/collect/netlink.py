@@ -224,7 +224,8 @@ def _message_starts(data: bytes | bytearray | memoryview, length: int) -> np.nda
     """
     if length >= HEADER_SIZE and not length % 4:
         words = np.frombuffer(data, np.uint32, count=length // 4)
-        candidates = np.flatnonzero((words[2:-1] == words[2]) & (words[3:] == words[3]))
+        candidates = np.flatnonzero(words[2:-1] == words[2])  # the sequence number, then the port id
+        candidates = candidates[words[candidates + 3] == words[3]]
         starts = candidates.astype(np.int64) * 4
         sizes = words[candidates].astype(np.int64)
         steps = (sizes + 3) & ~3

@@ -10,7 +10,9 @@ changes the system.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import socket
 import ssl
@@ -230,10 +232,26 @@ def bind(host: str, port: int, exporter: Exporter, context: ssl.SSLContext | Non
 
 
 def stop_on_signals() -> threading.Event:
-    """An event SIGTERM and SIGINT set (installed from the main thread, before the slow start-up)."""
+    """An event SIGTERM and SIGINT set (installed from the main thread, before the slow start-up).
+
+    The handlers run in the main thread between two steps of whatever it does, maybe inside the event's
+    own lock (in wait(), or in a first signal's set(): timeout(1) sends TERM twice), so they only write
+    to a pipe; a thread of ours sets the event."""
     stop = threading.Event()
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+
+    def signalled(*_: object) -> None:
+        with contextlib.suppress(OSError):  # a full pipe: a wake-up is pending already
+            os.write(write, b"\0")
+
+    def set_when_signalled() -> None:
+        os.read(read, 1)
+        stop.set()
+
+    threading.Thread(target=set_when_signalled, name="socktop-signals", daemon=True).start()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+        signal.signal(signum, signalled)
     return stop
 
 
