@@ -49,6 +49,18 @@ def test_streamed_rows_match_one_record_at_a_time(seed: int, monkeypatch: pytest
             assert row == expected_row(snapshot, record)
 
 
+@pytest.mark.parametrize("seed", range(10))
+def test_socket_rows_are_the_text_the_json_module_writes(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows are formatted from pre-encoded pieces, not encoded as dicts: byte for byte what json would write."""
+    monkeypatch.setattr(report, "SOCKET_BATCH", 5)
+    batches = list(report.socket_batches(snapshot_of(seed)))
+    assert batches
+    for batch in batches:
+        rows = json.loads(f"[{batch}]", parse_constant=pytest.fail)
+        assert all(list(row) == list(report.SOCKET_FIELDS) for row in rows)
+        assert json.dumps(rows, ensure_ascii=False, allow_nan=False) == f"[{batch}]"
+
+
 def test_without_sockets_the_document_has_none() -> None:
     document = json.loads(report.render_json(snapshot_of(1), {}, False))
     assert "sockets" not in document and document["schema"] == report.JSON_SCHEMA

@@ -61,15 +61,20 @@ def process_dict(group: ProcessGroup) -> dict[str, Any]:
 SOCKET_FIELDS = ("state", "family", "local", "local_port", "remote", "remote_port", "recv_q", "send_q", "timer",
                  "timer_ms", "retransmits", "uid", "inode", "lastack_ms", "cgroup_id", "netns", "container", "pids",
                  "owner")
-SOCKET_BATCH = 4096  # sockets made into dicts and encoded at a time: memory stays flat however many there are
+SOCKET_BATCH = 4096  # sockets written at a time: memory stays flat however many there are
+# One `sockets` row as the json module writes a dict of SOCKET_FIELDS (", " and ": " between items): the
+# text fields come pre-encoded (addresses are inet_ntop's digits, dots and colons: nothing to escape).
+SOCKET_ROW = "{" + ", ".join(f'"{name}": ' + ('"%s"' if name in ("local", "remote") else "%s")
+                             for name in SOCKET_FIELDS) + "}"
 _STATE_NAMES = [STATE_BY_CODE[code].name if code in STATE_BY_CODE else str(code) for code in range(256)]
 _TIMER_LABELS = [TimerKind(code).label or None if code <= 4 else None for code in range(256)]
 _FAMILY_NUMBERS = {socket.AF_INET: 4, socket.AF_INET6: 6}
-_UNKNOWN_AS_NULL = ({-1: None}, {0: None})  # lastack_ms -1 and cgroup_id 0 mean "not known"
+_UNKNOWN_AS_NULL = ({-1: "null"}, {0: "null"})  # lastack_ms -1 and cgroup_id 0 mean "not known"
 
 
-def socket_batches(snapshot: Snapshot) -> Iterator[list[dict[str, Any]]]:
-    """The `sockets` field, `SOCKET_BATCH` rows at a time, made from the columns (no `SocketRecord`).
+def socket_batches(snapshot: Snapshot) -> Iterator[str]:
+    """The `sockets` field, `SOCKET_BATCH` rows at a time as JSON text (rows separated by ", "), made from
+    the columns: no `SocketRecord` and no dict per socket, every repeated text encoded once.
 
     Owners as `Snapshot.owners_of` gives them: the pids of processes
     still known (any the cookie ledger names), and how they were tied.
@@ -81,29 +86,30 @@ def socket_batches(snapshot: Snapshot) -> Iterator[list[dict[str, Any]]]:
     pid_lists, owner_kinds = [], []
     for pair in pairs.tolist():
         kind, pids = RowKind.OWNER_KINDS[pair >> 32], owners.pid_sets[pair & 0xFFFFFFFF]
-        pid_lists.append([pid for pid in pids if pid in known or kind is OwnerKind.COOKIE])
-        owner_kinds.append(kind.value)
+        pid_lists.append(_encode([pid for pid in pids if pid in known or kind is OwnerKind.COOKIE]))
+        owner_kinds.append(_encode(kind.value))
     index = index.reshape(-1)
     lastack, cgroup = _UNKNOWN_AS_NULL
-    place_keys = [slot.key for slot in snapshot.place_slots] + [None]  # code -1: a namespace not read
+    states, timers = list(map(_encode, _STATE_NAMES)), list(map(_encode, _TIMER_LABELS))
+    place_keys = [_encode(slot.key) for slot in snapshot.place_slots] + ["null"]  # code -1: a namespace not read
     codes = snapshot.place_codes if snapshot.place_codes is not None else np.full(len(columns), -1, np.int64)
     for start in range(0, len(columns), SOCKET_BATCH):
         rows = slice(start, start + SOCKET_BATCH)
         pair = index[rows].tolist()
         lastack_ms, cgroup_id = columns.lastack_ms[rows].tolist(), columns.cgroup_id[rows].tolist()
         values = zip(
-            map(_STATE_NAMES.__getitem__, columns.state[rows].tolist()),
+            map(states.__getitem__, columns.state[rows].tolist()),
             map(_FAMILY_NUMBERS.get, columns.family[rows].tolist(), repeat(6)),
             ADDRESSES.texts(columns.local_addr[rows].tolist()), columns.local_port[rows].tolist(),
             ADDRESSES.texts(columns.remote_addr[rows].tolist()), columns.remote_port[rows].tolist(),
             columns.recv_q[rows].tolist(), columns.send_q[rows].tolist(),
-            map(_TIMER_LABELS.__getitem__, columns.timer[rows].tolist()), columns.timer_ms[rows].tolist(),
+            map(timers.__getitem__, columns.timer[rows].tolist()), columns.timer_ms[rows].tolist(),
             columns.retransmits[rows].tolist(), columns.uid[rows].tolist(), columns.inode[rows].tolist(),
             map(lastack.get, lastack_ms, lastack_ms), map(cgroup.get, cgroup_id, cgroup_id),
             columns.netns[rows].tolist(), map(place_keys.__getitem__, codes[rows].tolist()),
             map(pid_lists.__getitem__, pair), map(owner_kinds.__getitem__, pair),
         )
-        yield list(map(dict, map(zip, repeat(SOCKET_FIELDS), values)))
+        yield ", ".join(map(SOCKET_ROW.__mod__, values))
 
 
 def place_dict(place: Place) -> dict[str, Any]:
@@ -301,7 +307,7 @@ def write_json(out: TextIO, snapshot: Snapshot, filters: dict[str, Any], with_so
     if with_sockets:
         out.write(f',\n {_encode("sockets")}: [')
         for number, batch in enumerate(socket_batches(snapshot)):
-            out.write(("," if number else "") + "\n  " + _encode(batch)[1:-1])
+            out.write(("," if number else "") + "\n  " + batch)
         out.write("\n ]")
     out.write("\n}\n")
 
