@@ -1,7 +1,8 @@
 """What the machine's own tools can do, asked once per process.
 
-A probe runs a program, so it belongs here, below the analysis: the engine asks in the poller thread at
-its first refresh (``SourceInfo.ss_bound_inactive``), and the commands offered later read the answer.
+A probe runs a program, so it belongs here, below the analysis. The commands ask it when they first need
+the answer; the TUI asks it in its poller thread first (`ui.analysis.Analyzer`), so that no drawer waits
+for it, while a one-shot `--json` pays for it only when it offers a command that needs it.
 """
 
 from __future__ import annotations

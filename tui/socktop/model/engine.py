@@ -26,7 +26,6 @@ from ..collect.netns import NamespaceSockets, Selection, sock_diag_socket
 from ..collect.nswatch import NamespaceInfo
 from ..collect.owners import OwnerScanner, owner_note_for, user_name
 from ..collect.records import BACKENDS, Backend, BackendUnavailable, OwnerAwareBackend
-from ..collect.tools import ss_has_bound_inactive
 from .aggregate import DEFAULT_EPHEMERAL_PORTS, Aggregates, ConnectionOwners, Ownership, aggregate
 from .churn import Churn, ChurnTracker
 from .history import DEFAULT_WINDOW_SECONDS, History, history_capacity
@@ -246,7 +245,6 @@ class Engine:
             is_root=self._is_root, owner_note=owner_note, churn_note=self.churn_note,
             unavailable=getattr(self.backend, "unavailable", frozenset()),
             netns=netns_scope(self.netns, namespaces, self._is_root, self.namespaces is not None),
-            ss_bound_inactive=ss_has_bound_inactive(),  # asked here, in the poller, never by a drawer
         )
 
 

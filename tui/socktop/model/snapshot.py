@@ -37,7 +37,6 @@ class SourceInfo:
     churn_note: str = ""  # why closes and opens are not counted (no destroy feed), or ""
     unavailable: frozenset[str] = frozenset()  # what this backend cannot know, e.g. "listen_backlog" (proc)
     netns: str = "self"  # the network namespaces read (--netns) and how many, or why only socktop's own
-    ss_bound_inactive: bool | None = None  # the installed ss lists bound-only sockets (-B); None: not asked
 
 
 def plural(count: int, noun: str) -> str:

@@ -14,6 +14,7 @@ from ..analyze.config import DEFAULT_THRESHOLDS, Thresholds
 from ..analyze.findings import Analysis, Finding, analyze
 from ..analyze.sysctl import Suggestion
 from ..collect.records import TcpState
+from ..collect.tools import ss_has_bound_inactive
 from ..model.snapshot import Snapshot
 
 SEVERITIES = ("critical", "warning", "info")
@@ -27,6 +28,7 @@ class Analyzer:
         self.thresholds = thresholds
 
     def analyze(self, snapshot: Snapshot) -> Analysis:
+        ss_has_bound_inactive()  # a drawer's ss line may need it: asked here, in the poller, once a process
         return analyze(snapshot, self.thresholds)
 
 
