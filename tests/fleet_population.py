@@ -164,7 +164,7 @@ def measure(processes: int, listeners: int, n_pairs: int, n_close_wait: int, top
             build_view(snapshot, ViewSpec(), None)
             timings["tui_refresh"].append(time.perf_counter() - started)
             started = time.perf_counter()
-            subprocess.run(["ss", "-tan"], stdout=subprocess.DEVNULL, check=True)
+            subprocess.run(["ss", "-tan"], stdout=subprocess.DEVNULL, check=True, timeout=60)
             timings["ss"].append(time.perf_counter() - started)
         registry = CollectorRegistry(auto_describe=False)
         registry.register(exporter)

@@ -157,7 +157,7 @@ def test_once_writes_counts_as_the_header_does() -> None:
 
 
 def test_once_in_an_empty_namespace_says_so_in_one_line() -> None:
-    if subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode:
+    if subprocess.run(["unshare", "-n", "true"], capture_output=True, timeout=60).returncode:
         pytest.skip("needs unshare -n (root)")
     result = subprocess.run(["unshare", "-n", sys.executable, "-m", "socktop", "--once", "--netns", "self"], capture_output=True,
                             text=True, timeout=60)

@@ -81,7 +81,7 @@ def _assert_inert(line: str, words: list[str]) -> None:
     assert len(shlex.split(comment)) <= 1, comment  # one quoted word even where '#' is not a comment
     assert shlex.split(comment)[0].startswith("comm="), comment  # ...never a pid, a job or an option
     for shell in ("bash", "sh"):
-        assert subprocess.run([shell, "-n", "-c", line], capture_output=True).returncode == 0, (shell, line)
+        assert subprocess.run([shell, "-n", "-c", line], capture_output=True, timeout=60).returncode == 0, (shell, line)
 
 
 @pytest.mark.parametrize("name", HOSTILE_NAMES)
@@ -141,8 +141,9 @@ def test_ss_state_names_are_the_ones_ss_accepts() -> None:
         if state is TcpState.CLOSE:
             continue  # -B needs a recent ss; the state name itself is checked without it
         command = ss_sockets(state)
-        assert subprocess.run(command.line, shell=True, capture_output=True).returncode == 0, command.line
-    assert subprocess.run(["ss", "-tan", "state", ss_state_name(TcpState.CLOSE)], capture_output=True).returncode == 0
+        assert subprocess.run(command.line, shell=True, capture_output=True, timeout=60).returncode == 0, command.line
+    assert subprocess.run(["ss", "-tan", "state", ss_state_name(TcpState.CLOSE)], capture_output=True,
+                          timeout=60).returncode == 0
 
 
 def test_ss_filters_quote_the_expression_and_bracket_ipv6() -> None:
@@ -167,7 +168,7 @@ def test_ss_filters_on_either_end() -> None:
         ss_sockets(either_addrs=["10.0"])  # part of an address is no ss condition
     if shutil.which("ss") is not None:
         line = ss_sockets(TcpState.LISTEN, local_port=1, either_ports=[2], either_addrs=["::1", "127.0.0.1"]).line
-        assert subprocess.run(line, shell=True, capture_output=True).returncode == 0, line
+        assert subprocess.run(line, shell=True, capture_output=True, timeout=60).returncode == 0, line
 
 
 def test_ss_for_row_covers_every_pane() -> None:
@@ -295,7 +296,7 @@ def test_bound_only_sockets_are_listed_by_the_command_socktop_offers() -> None:
 def test_sysctl_runtime_is_one_quoted_assignment(key: str, value: str, words: list[str]) -> None:
     line = sysctl_runtime(key, value).line
     assert shlex.split(line) == words
-    assert subprocess.run(["bash", "-n", "-c", line]).returncode == 0
+    assert subprocess.run(["bash", "-n", "-c", line], timeout=60).returncode == 0
 
 
 def test_sysctl_persistent_works_under_sudo_and_applies_its_own_file(tmp_path: Path) -> None:
@@ -346,7 +347,7 @@ def test_stack_dump_tool_follows_the_kind_of_process(name: str, cmdline: str, ki
     command = stack_dump(process)
     assert shlex.split(command.line)[0 if tool != "jstack" else 3] == tool
     assert "4242" in shlex.split(command.line)
-    assert subprocess.run(["bash", "-n", "-c", command.line]).returncode == 0
+    assert subprocess.run(["bash", "-n", "-c", command.line], timeout=60).returncode == 0
 
 
 def test_jstack_runs_as_the_jvm_user_even_without_a_name() -> None:
@@ -358,4 +359,5 @@ def test_jstack_runs_as_the_jvm_user_even_without_a_name() -> None:
 def test_the_analysis_layer_never_imports_textual_or_rich() -> None:
     code = ("import sys, socktop.analyze.commands, socktop.analyze.knowledge, socktop.analyze.findings, "
             "socktop.analyze.sysctl, socktop.analyze.config; print(sorted({'textual', 'rich'} & set(sys.modules)))")
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "[]"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "[]"

@@ -165,7 +165,7 @@ def test_each_namespace_has_its_own_settings_and_host_wide_ones_come_from_the_ho
     host = read_kernel_state()
     with named_netns() as name:
         subprocess.run(["ip", "netns", "exec", name, "sysctl", "-qw", "net.ipv4.ip_local_port_range=40000 40100"],
-                       check=True)
+                       check=True, timeout=60)
         target = list_namespaces()[netns_inode(name)]
         state = NamespaceKernel().read(target, host)
         assert state.port_range() == (40000, 40100)
@@ -203,7 +203,8 @@ def test_activity_moves_only_when_the_namespace_tcp_does() -> None:
         assert quiet is not None and activity(reader.read(target, KernelState())) == quiet
         subprocess.run(["ip", "netns", "exec", name, sys.executable, "-c",
                         "import socket; l = socket.create_server(('127.0.0.1', 0)); "
-                        "c = socket.create_connection(l.getsockname()); l.accept()[0].close(); c.close()"], check=True)
+                        "c = socket.create_connection(l.getsockname()); l.accept()[0].close(); c.close()"], check=True,
+                       timeout=60)
         assert activity(reader.read(target, KernelState())) != quiet
     assert activity(None) is None and activity(KernelState()) is None
 

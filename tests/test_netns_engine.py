@@ -68,7 +68,7 @@ def test_a_close_wait_leak_in_a_namespace_is_found_and_named() -> None:
             assert leak.id == f"close-wait-leak:pid:{farm.pid}@netns:{inode}"
             assert leak.title.startswith(f"netns {name} ({inode}): ") and "120 CLOSE_WAIT" in leak.title
             assert leak.ss.line.startswith(f"ip netns exec {name} ss -tanp state close-wait")
-            listed = subprocess.run(leak.ss.line, shell=True, capture_output=True, text=True).stdout
+            listed = subprocess.run(leak.ss.line, shell=True, capture_output=True, text=True, timeout=60).stdout
             assert len(listed.splitlines()) == 120  # grep keeps the lines naming the pid: the 120 leaked
         finally:
             engine.close()
@@ -79,7 +79,7 @@ def test_findings_use_each_namespace_own_settings() -> None:
     destination counts against it (port spaces are per namespace)."""
     with named_netns() as narrow, named_netns() as wide:
         subprocess.run(["ip", "netns", "exec", narrow, "sysctl", "-qw", "net.ipv4.ip_local_port_range=40000 40199"],
-                       check=True)
+                       check=True, timeout=60)
         engine, snapshot = refreshed(f"{narrow},{wide}")
         try:
             infos = {info.label: info for info in snapshot.namespaces}
@@ -173,7 +173,7 @@ def test_a_bad_netns_is_one_line_and_status_2() -> None:
 
 def test_without_root_only_its_own_namespace_and_it_says_so() -> None:
     runner = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-    if subprocess.run(["setpriv", "--version"], capture_output=True).returncode != 0:
+    if subprocess.run(["setpriv", "--version"], capture_output=True, timeout=60).returncode != 0:
         pytest.skip("setpriv (util-linux) is not installed")
     with named_netns() as name, farm_in_netns(name, established=3):
         result = subprocess.run([*runner, sys.executable, "-m", "socktop", "--json", "--sockets"],
@@ -230,7 +230,7 @@ def test_connections_closed_inside_a_namespace_are_counted() -> None:
                             "l = socket.create_server(('127.0.0.1', 0))\n"
                             "for _ in range(5):\n"
                             "    c = socket.create_connection(l.getsockname()); s = l.accept()[0]\n"
-                            "    c.close(); s.close()\n"], check=True)
+                            "    c.close(); s.close()\n"], check=True, timeout=60)
             closes, deadline = 0, time.monotonic() + 60
             while closes < 5 and time.monotonic() < deadline:  # the kernel broadcasts from a workqueue
                 snapshot = engine.refresh()

@@ -62,13 +62,16 @@ def test_settings_kept_by_the_container_definition() -> None:
 @needs_root
 def test_the_wrapped_command_runs_in_that_namespace() -> None:
     with named_netns() as name:
-        subprocess.run(["ip", "netns", "exec", name, "sysctl", "-qw", "net.ipv4.tcp_fin_timeout=17"], check=True)
+        subprocess.run(["ip", "netns", "exec", name, "sysctl", "-qw", "net.ipv4.tcp_fin_timeout=17"], check=True,
+                       timeout=60)
         target = list_namespaces()[netns_inode(name)]
         by_pidless_name = inside(Command("sysctl -n net.ipv4.tcp_fin_timeout", ""), target).line
-        assert subprocess.run(by_pidless_name, shell=True, capture_output=True, text=True).stdout.strip() == "17"
+        pidless = subprocess.run(by_pidless_name, shell=True, capture_output=True, text=True, timeout=60)
+        assert pidless.stdout.strip() == "17"
     with process_in_new_netns() as child:
         target = list_namespaces()[os.stat(f"/proc/{child.pid}/ns/net").st_ino]
         line = inside(Command("sysctl -n net.ipv4.tcp_fin_timeout", ""), target).line
         assert line.startswith("nsenter -t ")
-        subprocess.run(["nsenter", "-t", str(child.pid), "-n", "sysctl", "-qw", "net.ipv4.tcp_fin_timeout=23"], check=True)
-        assert subprocess.run(line, shell=True, capture_output=True, text=True).stdout.strip() == "23"
+        subprocess.run(["nsenter", "-t", str(child.pid), "-n", "sysctl", "-qw", "net.ipv4.tcp_fin_timeout=23"],
+                       check=True, timeout=60)
+        assert subprocess.run(line, shell=True, capture_output=True, text=True, timeout=60).stdout.strip() == "23"

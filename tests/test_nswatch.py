@@ -27,7 +27,7 @@ def test_all_reads_each_namespace_with_its_settings() -> None:
     try:
         with named_netns() as name:
             subprocess.run(["ip", "netns", "exec", name, "sysctl", "-qw", "net.ipv4.ip_local_port_range=40000 40100"],
-                           check=True)
+                           check=True, timeout=60)
             found = watch.refresh(read_kernel_state())
             assert found[0][0].own
             [(info, sock)] = [pair for pair in found if pair[0].inode == netns_inode(name)]

@@ -135,7 +135,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 def ss_close_wait(pid: int) -> int:
     lines = subprocess.run(["ss", "-tanpH", "state", "close-wait"], capture_output=True, text=True,
-                           check=True).stdout.splitlines()
+                           check=True, timeout=60).stdout.splitlines()
     return sum(1 for line in lines if f"pid={pid}," in line)
 
 

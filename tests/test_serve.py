@@ -84,7 +84,7 @@ def collected_after(exporter: Exporter, seq: int, timeout: float = 90.0) -> None
 
 def ss_close_wait(pid: int) -> int:
     lines = subprocess.run(["ss", "-tanpH", "state", "close-wait"], capture_output=True, text=True,
-                           check=True).stdout.splitlines()
+                           check=True, timeout=60).stdout.splitlines()
     return sum(1 for line in lines if f"pid={pid}," in line)
 
 
@@ -269,7 +269,7 @@ def test_help_says_what_a_wider_bind_exposes() -> None:
 def unshare_works() -> bool:
     if shutil.which("unshare") is None or shutil.which("ip") is None:
         return False
-    return subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0
+    return subprocess.run(["unshare", "-n", "true"], capture_output=True, timeout=60).returncode == 0
 
 
 @pytest.mark.skipif(not unshare_works(), reason="needs unshare -n (root or user namespaces) to build 50k "

@@ -11,7 +11,7 @@ from test_serve import healthy, samples, scrape, socktop, value
 def ss_state(name: str, state: str) -> int:
     """``ip netns exec NAME ss -tanH state STATE``, counted."""
     return len(subprocess.run(["ip", "netns", "exec", name, "ss", "-tanH", "state", state], capture_output=True,
-                              text=True, check=True).stdout.splitlines())
+                              text=True, check=True, timeout=60).stdout.splitlines())
 
 
 @needs_root

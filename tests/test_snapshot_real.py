@@ -131,7 +131,7 @@ SS_LABELS = {state.label: state for state in TcpState if state is not TcpState.N
 
 
 def ss_state_totals() -> Counter[TcpState]:
-    output = subprocess.run(["ss", "-tanH"], capture_output=True, text=True, check=True).stdout
+    output = subprocess.run(["ss", "-tanH"], capture_output=True, text=True, check=True, timeout=60).stdout
     return Counter(SS_LABELS[line.split()[0]] for line in output.splitlines() if line.strip())
 
 

@@ -44,7 +44,7 @@ def test_reads_this_kernels_sysctls_as_sysctl_prints_them() -> None:
         assert (value is None) is (not Path(sysctl_path(key)).exists()), key
     if shutil.which("sysctl"):
         for key in ("net.ipv4.ip_local_port_range", "net.ipv4.tcp_tw_reuse", "net.core.somaxconn"):
-            shown = subprocess.run(["sysctl", "-n", key], capture_output=True, text=True, check=True).stdout
+            shown = subprocess.run(["sysctl", "-n", key], capture_output=True, text=True, check=True, timeout=60).stdout
             assert state.sysctls[key] == " ".join(shown.split())
     assert state.port_range() is not None and state.sysctl_int("net.ipv4.tcp_fin_timeout") is not None
 

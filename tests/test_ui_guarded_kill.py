@@ -27,7 +27,7 @@ def test_the_guarded_line_is_exact_and_quoted() -> None:
                          "signalled' >&2; fi  # comm=leaky-api")
     assert "kill -KILL 4242;" in kill.line and "start" in term.note
     for shell in ("bash", "sh"):
-        assert subprocess.run([shell, "-n", "-c", term.line], capture_output=True).returncode == 0
+        assert subprocess.run([shell, "-n", "-c", term.line], capture_output=True, timeout=60).returncode == 0
     with pytest.raises(ValueError):
         guarded_signal(1, 1, "TERM; reboot")
 

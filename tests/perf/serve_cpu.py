@@ -12,7 +12,11 @@ the process's CPU time from /proc/PID/stat (and each thread's from
 threads used, e.g. one per HTTP request, is the remainder). It prints the CPU
 share of one core, per thread, the collections' durations as
 socktop_collection_duration_seconds reported them, and `ss -tan` timed in the
-same run for scale. With ``--profile DIR`` every thread of serve runs under
+same run for scale. Then, with ``--compare ROUNDS``, in this process and on the
+same incident: one exporter collection (refresh, findings, metric families) after
+an interval against the TUI's refresh (refresh, findings, view) after 1 s, CPU
+and wall medians (issue 12: a collection costs no more than the TUI's refresh).
+With ``--profile DIR`` every thread of serve runs under
 cProfile and leaves DIR/THREAD.prof (the profiler's own cost inflates the CPU
 figures: profile and measure in separate runs). It asserts nothing: figures
 on a shared machine are for reading. Target (issue 12): <= 2% of one core.
@@ -111,6 +115,37 @@ def ss_seconds(runs: int = 3) -> float:
     return statistics.median(timings)
 
 
+def compare(rounds: int, interval: float) -> dict[str, tuple[float, float]]:
+    """Median (CPU, wall) seconds of an exporter collection ``interval`` after the last and of the TUI's
+    refresh 1 s after its last, on engines of their own, alternated."""
+    from socktop.analyze.findings import analyze
+    from socktop.model.engine import Engine
+    from socktop.serve.server import Exporter
+    from socktop.ui.view import ViewSpec, build_view
+
+    exporter, tui = Exporter(Engine("netlink", interval), interval), Engine("netlink", 1.0)
+
+    def tui_refresh() -> None:  # what the TUI's poller does per refresh
+        snapshot = tui.refresh()
+        analyze(snapshot)
+        build_view(snapshot, ViewSpec(), None)
+
+    timings: dict[str, list[tuple[float, float]]] = {"exporter collection": [], "TUI refresh": []}
+    for action in (exporter.collect_once, tui_refresh):
+        action()  # the first (a whole owner scan) is not counted
+    for _ in range(rounds):
+        for name, action, pause in (("exporter collection", exporter.collect_once, interval),
+                                    ("TUI refresh", tui_refresh, 1.0)):
+            time.sleep(pause)
+            cpu, wall = time.thread_time(), time.perf_counter()
+            action()
+            timings[name].append((time.thread_time() - cpu, time.perf_counter() - wall))
+    for engine in (exporter.engine, tui):
+        engine.close()
+    return {name: (statistics.median(c for c, _ in values), statistics.median(w for _, w in values))
+            for name, values in timings.items() if values}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=50_000)
@@ -120,8 +155,9 @@ def main() -> int:
     parser.add_argument("--netns", default="self", help="serve's --netns (default self: the incident's own "
                         "namespace, as deploy/ runs it; 'all' as root also reads every other namespace on the host)")
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR")
+    parser.add_argument("--compare", type=int, default=0, metavar="ROUNDS")
     options = parser.parse_args()
-    lifetime = options.settle + options.seconds + 4 * options.interval + 120
+    lifetime = options.settle + options.seconds + (4 + options.compare) * (options.interval + 2) + 120
     env = dict(os.environ)
     if options.profile:
         options.profile.mkdir(parents=True, exist_ok=True)
@@ -164,6 +200,7 @@ def main() -> int:
         finally:
             serve.terminate()
             serve.wait(60)
+        compared = compare(options.compare, options.interval)
     used = after - before
     print(f"sockets (last scrape): {sockets:,.0f}; collections in all: {collections:.0f}")
     print(f"serve CPU: {used.sum():.2f} s over {wall:.1f} s = {100 * used.sum() / wall:.2f}% of one core "
@@ -176,6 +213,8 @@ def main() -> int:
     shown = ", ".join(f"{d * 1000:.0f}" for d in durations)
     print(f"socktop_collection_duration_seconds at each scrape (ms): {shown}; ss -tan median "
           f"{statistics.median(ss) * 1000:.0f} ms")
+    for name, (cpu, wall_seconds) in compared.items():
+        print(f"{name}: median CPU {cpu * 1000:.0f} ms, wall {wall_seconds * 1000:.0f} ms")
     return 0
 
 
