@@ -226,9 +226,10 @@ def queue_of(feed: DestroyFeed) -> tuple[str, str]:
     raise LookupError(f"no netlink socket with inode {inode}")
 
 
-def broadcasts_done(feed: DestroyFeed, timeout: float = 30.0) -> None:
-    """Wait (bounded) until the feed's queue stops moving for half a second: the kernel broadcasts each
-    close from a workqueue, which a loaded machine runs late."""
+def broadcasts_done(feed: DestroyFeed, timeout: float = 5.0) -> None:
+    """Wait until the feed's queue stops moving for half a second: the kernel broadcasts each close from
+    a workqueue, which a loaded machine runs late (by far less than ``timeout``, the bound where other
+    processes' closes keep the queue moving)."""
     deadline = time.monotonic() + timeout
     last, steady = None, 0
     while steady < 5 and time.monotonic() < deadline:

@@ -52,3 +52,4 @@ def test_rows_are_grouped_by_their_values_even_when_hashes_collide(monkeypatch) 
     assert groups() == [[0, 2], [1], [3]]
     empty = columns_module.group_rows([addresses[:0], ports[:0]])
     assert all(len(part) == 0 for part in empty)
+    assert len(columns_module.hashes_of([addresses[:0], ports[:0]])) == 0  # an empty view hashes to nothing

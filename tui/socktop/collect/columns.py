@@ -241,7 +241,7 @@ def hashes_of(arrays: Sequence[np.ndarray]) -> np.ndarray:
     hashes = np.full(len(arrays[0]) if arrays else 0, _MIX[2], np.uint64)
     for column in arrays:
         column = np.ascontiguousarray(column)
-        words = column.view(np.uint64).reshape(len(column), -1).T if column.dtype == ADDRESS else [column.astype(np.uint64)]
+        words = column.view(np.uint64).reshape(-1, 2).T if column.dtype == ADDRESS else [column.astype(np.uint64)]
         for word in words:
             hashes = _mixed(hashes ^ word)
     return hashes
