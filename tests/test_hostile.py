@@ -576,6 +576,32 @@ def test_13_inferred_time_wait_is_credited_once_across_workers_sharing_a_listene
             worker.wait()
 
 
+def sampling(pid: int) -> bool:
+    """Whether the process's main thread sleeps (the --sample loop's wait): not importing, not dumping."""
+    try:
+        return "nanosleep" in Path(f"/proc/{pid}/wchan").read_text() or \
+            Path(f"/proc/{pid}/syscall").read_text().split()[0] in ("230", "115")  # clock_nanosleep: x86-64, arm64
+    except (OSError, IndexError):
+        return False
+
+
+def test_ctrl_c_during_a_one_shot_run_says_one_line() -> None:
+    child = subprocess.Popen([*SOCKTOP, "--once", "--netns", "self", "--sample", "60", "--interval", "10"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not sampling(child.pid):
+            assert child.poll() is None and time.monotonic() < deadline, child.communicate(timeout=10)
+            time.sleep(0.05)
+        os.killpg(child.pid, signal.SIGINT)  # what Ctrl-C sends: the whole foreground process group
+        out, err = child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert (child.returncode, err) == (130, "socktop: interrupted\n"), err
+
+
 def test_4_the_demo_survives_a_closed_pipe() -> None:
     result = shell("set -o pipefail; $SOCKTOP demo --duration 2 | head -c 1 >/dev/null; echo \"status $?\"")
     assert "Traceback" not in result.stderr and result.stdout.strip() == "status 0", result.stderr

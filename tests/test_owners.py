@@ -223,6 +223,26 @@ def test_a_prefetch_child_that_died_leaves_update_to_scan_itself() -> None:
     assert seen["scans"] == 1  # its own full scan
 
 
+CANCEL_PROBE = """
+import json, os
+from socktop.collect.owners import OwnerScanner
+
+scanner = OwnerScanner()
+scanner.prefetch()
+child = scanner._prefetch[0] if scanner._prefetch else None
+scanner.cancel_prefetch()
+scanner.cancel_prefetch()  # a second call, as a run's cleanup makes after a failure, does nothing
+print(json.dumps({"forked": child is not None, "child_gone": child is not None and not os.path.exists(f"/proc/{child}"),
+                  "pending": scanner._prefetch is not None}))
+"""
+
+
+def test_a_prefetch_not_taken_is_ended_and_reaped() -> None:
+    """A one-shot run that fails or is interrupted leaves no child behind holding its stdout."""
+    result = subprocess.run([sys.executable, "-c", CANCEL_PROBE], capture_output=True, text=True, timeout=60, check=True)
+    assert json.loads(result.stdout) == {"forked": True, "child_gone": True, "pending": False}
+
+
 def test_prefetch_forks_nothing_while_other_threads_run() -> None:
     stop = threading.Event()
     other = threading.Thread(target=stop.wait)

@@ -251,7 +251,11 @@ def run() -> NoReturn:
     object (numpy's modules, the table's columns): about 25 ms of a `--json`
     run at 25k sockets, for nothing. Every other route exits as usual.
     """
-    status = main()
+    try:
+        status = main()
+    except KeyboardInterrupt:  # Ctrl-C: one line, the status a shell gives an interrupted command
+        _say("interrupted")
+        os._exit(INTERRUPTED)
     if _one_shot_done:
         for stream in (sys.stdout, sys.stderr):
             try:
@@ -263,6 +267,7 @@ def run() -> NoReturn:
     sys.exit(status)
 
 
+INTERRUPTED = 128 + 2  # 128 + SIGINT, as a shell reports a command Ctrl-C ended
 _one_shot_done = False  # set once a one-shot run has written its output: `run` may skip the teardown
 
 
@@ -275,7 +280,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args and args[0] == "explain":
         return _run_explain(args[1:])
     options = build_parser().parse_args(args)
-    scanner = _early_owner_scan(options)
     if options.sockets and not options.json:
         build_parser().error("--sockets needs --json")
     if options.prometheus and (options.once or options.json):
@@ -289,15 +293,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return USAGE_ERROR
     if options.once or options.json:
         global _one_shot_done
-        status = _run_once(options, config, scanner)
+        status = _run_once(options, config, _early_owner_scan(options))
         _one_shot_done = True
         return status
     return _run_tui(options, config)
 
 
 def _early_owner_scan(options: argparse.Namespace) -> OwnerScanner | None:
-    """For a one-shot run, the owner scan started at once in a thread (its readlinks overlap importing
-    numpy and dumping the table, see `OwnerScanner.prefetch`); psutil finds owners itself."""
+    """For a one-shot run whose arguments are good, the owner scan started at once in a forked child (its
+    readlinks overlap importing numpy and dumping the table, see `OwnerScanner.prefetch`); psutil finds
+    owners itself."""
     if not (options.once or options.json) or options.backend == "psutil":
         return None
     from .collect.owners import OwnerScanner
@@ -393,6 +398,8 @@ def _run_once(options: argparse.Namespace, config: Config, scanner: OwnerScanner
     try:
         return _once(options, config, scanner, collecting)
     finally:
+        if scanner is not None:  # a prefetch not taken (a failure, Ctrl-C, psutil finding owners itself)
+            scanner.cancel_prefetch()
         if collecting:
             gc.enable()
 

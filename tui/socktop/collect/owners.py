@@ -25,6 +25,7 @@ import contextlib
 import marshal
 import os
 import pwd
+import signal
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable
@@ -258,6 +259,18 @@ class OwnerScanner:
         os.close(writer)
         self._prefetch = (child, reader)
 
+    def cancel_prefetch(self) -> None:
+        """End a `prefetch` child whose tables will not be used (the run failed or was interrupted), and
+        reap it, so that no child outlives the run holding its stdout."""
+        if self._prefetch is None:
+            return
+        child, reader = self._prefetch
+        self._prefetch = None
+        os.close(reader)
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            os.kill(child, signal.SIGKILL)
+            os.waitpid(child, 0)
+
     def _take_prefetched(self) -> bool:
         """The tables the `prefetch` child read, installed as a full scan's; False when it sent none."""
         assert self._prefetch is not None
@@ -369,7 +382,7 @@ class OwnerScanner:
         if unplaced:
             pids = self._list_pids()
             likely = (pids - self._known_pids) | self._processes.keys()
-            for group in (likely & pids, pids - likely):
+            for group in (likely & pids, pids - likely - self.denied_pids):  # denied stays denied
                 self._scan(present - self.closed, full=False, pids=group, all_pids=pids)
                 unplaced -= self.pids_by_inode.keys()
                 if not unplaced:
@@ -382,7 +395,6 @@ class OwnerScanner:
         if unplaced and still_present is not None:
             self.closed = frozenset(unplaced.difference(still_present(unplaced)))
             self._present = self._present - self.closed
-            self._present_array = None
             self._present_array = None
 
     def _spread(self, last: int) -> bool:
