@@ -12,6 +12,7 @@ import argparse
 import errno
 import gc
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -254,6 +255,7 @@ def run() -> NoReturn:
     try:
         status = main()
     except KeyboardInterrupt:  # Ctrl-C: one line, the status a shell gives an interrupted command
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the line into a traceback
         _say("interrupted")
         os._exit(INTERRUPTED)
     if _one_shot_done:
