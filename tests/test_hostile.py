@@ -586,8 +586,11 @@ def sampling(pid: int) -> bool:
 
 
 def test_ctrl_c_during_a_one_shot_run_says_one_line() -> None:
+    # SIGINT as an interactive shell leaves it: a suite started in the background (`pytest &`) ignores SIGINT,
+    # its children inherit that, and Python installs no Ctrl-C handler over an ignored SIGINT (as intended)
     child = subprocess.Popen([*SOCKTOP, "--once", "--netns", "self", "--sample", "60", "--interval", "10"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 60
         while not sampling(child.pid):
