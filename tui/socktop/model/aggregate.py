@@ -10,7 +10,7 @@ groups, which are few.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from enum import Enum
 from operator import itemgetter
@@ -363,7 +363,11 @@ class RowOwners:
 
     def holding(self, pid: int) -> np.ndarray:
         """True for the sockets held by ``pid`` or tied to it by inference."""
-        return np.array([pid in pids for pids in self.pid_sets], bool)[self.codes]
+        return self.holding_any({pid})
+
+    def holding_any(self, pids: Set[int]) -> np.ndarray:
+        """True for the sockets held by one of ``pids`` or tied to one by inference."""
+        return np.array([not pids.isdisjoint(held) for held in self.pid_sets], bool)[self.codes]
 
 
 def aggregate(

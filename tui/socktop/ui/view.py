@@ -286,8 +286,7 @@ class Masks:
 
     def owned_by(self, pids: set[int]) -> np.ndarray:
         """The sockets held by one of ``pids`` or tied to it, as `Snapshot.owners_of` says."""
-        owners = self.owners
-        return np.array([not pids.isdisjoint(held) for held in owners.pid_sets], bool)[owners.codes]
+        return self.owners.holding_any(pids)
 
     def _term(self, prefix: str, value: str) -> np.ndarray:
         snapshot, columns = self.snapshot, self.columns
